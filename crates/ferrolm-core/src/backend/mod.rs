@@ -1,0 +1,129 @@
+//! The compute seam: the few operations the decoder needs, behind a trait.
+//!
+//! The model is written once against [`Backend`]; each backend decides how
+//! its buffers and weights live and how each op runs. [`cpu::Cpu`] is the
+//! reference, always built and tested. A CUDA backend slots in beside it
+//! and is selected through [`Device`].
+
+pub mod cpu;
+
+use crate::error::{Error, Result};
+use crate::weights::HostTensor;
+
+/// Where a model runs. Parsed from strings such as `"cpu"`, `"cuda"`, `"cuda:1"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda(usize),
+}
+
+impl Device {
+    pub fn parse(s: &str) -> Result<Device> {
+        let s = s.trim().to_ascii_lowercase();
+        match s.as_str() {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| {
+                    Error::InvalidInput(format!(
+                        "unknown device `{s}`; use \"cpu\", \"cuda\" or \"cuda:N\""
+                    ))
+                }),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// Static shape of the attention computation for one model.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionShape {
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    /// Attend only to keys at most `window - 1` positions back.
+    pub sliding_window: Option<usize>,
+}
+
+/// One sequence's share of a ragged batch: rows `row..row + len` of the
+/// batch's activations are its tokens at positions `start_pos..start_pos + len`,
+/// and its keys/values live in cache slot `slot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqSpan {
+    pub slot: usize,
+    pub start_pos: usize,
+    pub row: usize,
+    pub len: usize,
+}
+
+/// The operations a decoder needs. Buffers are row-major `[rows, width]` f32
+/// activations; weights are whatever the backend stores.
+pub trait Backend: Send + Sync {
+    /// Activations (a row-major matrix of f32).
+    type Buf: Send + Sync;
+    /// A parameter tensor resident on the device.
+    type Weight: Send + Sync;
+    /// Key/value storage for all cache slots and layers.
+    type Kv: Send + Sync;
+
+    fn device(&self) -> Device;
+
+    fn upload(&self, tensor: HostTensor) -> Result<Self::Weight>;
+    fn zeros(&self, len: usize) -> Result<Self::Buf>;
+    fn to_host(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
+
+    /// Copies the listed rows of `x` (rows of width `width`) into a new buffer.
+    fn select_rows(&self, x: &Self::Buf, width: usize, rows: &[usize]) -> Result<Self::Buf>;
+    /// `out[i] = table[ids[i]]` (ids already checked against the vocabulary).
+    fn embedding(&self, table: &Self::Weight, ids: &[u32], out: &mut Self::Buf);
+    /// Row-wise RMSNorm over rows of width `dim` (HF's `LlamaRMSNorm`).
+    fn rms_norm(
+        &self,
+        x: &Self::Buf,
+        weight: &Self::Weight,
+        eps: f32,
+        dim: usize,
+        out: &mut Self::Buf,
+    );
+    /// `out = x @ w^T + bias`, with `w` of shape `[out_features, in_features]`.
+    fn linear(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Weight,
+        bias: Option<&Self::Weight>,
+        out: &mut Self::Buf,
+    );
+    /// Rotates each head of each row by its position (HF's rotate_half convention).
+    fn rope(&self, x: &mut Self::Buf, positions: &[u32], head_dim: usize, inv_freq: &[f32]);
+    /// `gate = silu(gate) * up`.
+    fn silu_mul(&self, gate: &mut Self::Buf, up: &Self::Buf);
+    /// `x += y`.
+    fn add(&self, x: &mut Self::Buf, y: &Self::Buf);
+
+    /// Allocates an empty cache for `slots` sequences.
+    fn new_kv(&self, slots: usize, layers: usize, kv_dim: usize) -> Result<Self::Kv>;
+    /// Stores the rows' keys and values at their positions in `layer`, then
+    /// computes causal attention of `q` over each sequence's cached keys.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        kv: &mut Self::Kv,
+        layer: usize,
+        spans: &[SeqSpan],
+        shape: AttentionShape,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+}

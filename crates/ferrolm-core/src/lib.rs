@@ -1,0 +1,39 @@
+//! # ferrolm-core
+//!
+//! The pure-Rust core of ferrolm: configs, weight loading, one decoder for
+//! every supported family (Llama, Mistral, Qwen2, Qwen3), the KV cache,
+//! sampling and the generation loop. No Python in here: a Rust service can
+//! embed it directly.
+//!
+//! ```no_run
+//! use ferrolm_core::{generate, backend::cpu::Cpu, GenerateParams, SamplingParams, Transformer};
+//!
+//! let model = Transformer::<Cpu>::from_pretrained("path/to/model", Some(512))?;
+//! let mut cache = model.new_cache(1)?;
+//! let params = GenerateParams { max_new_tokens: 16, sampling: SamplingParams::greedy(), seed: None };
+//! let out = generate(&model, &mut cache, &[vec![1, 15043, 29892]], &params)?;
+//! println!("{:?}", out[0].tokens);
+//! # Ok::<(), ferrolm_core::Error>(())
+//! ```
+//!
+//! Layout: [`config`] (typed `Config`, family registry) -> [`weights`]
+//! (checkpoint readers, tensor names) -> [`model`] (the decoder, written
+//! against [`backend::Backend`]) -> [`kv`] (the cache passed to every
+//! forward) -> [`sampling`] and [`generate`] (the one decode loop).
+
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod kv;
+pub mod model;
+pub mod sampling;
+pub mod weights;
+
+pub use backend::Device;
+pub use config::{Config, DType, Family, RopeScaling};
+pub use error::{Error, Result};
+pub use generate::{generate, GenerateParams, Generation};
+pub use kv::KvCache;
+pub use model::{Logits, SeqInput, Transformer};
+pub use sampling::{Sampler, SamplingParams};

@@ -1,0 +1,209 @@
+//! One forward pass over a ragged batch: for each sequence its new tokens,
+//! their positions and its cache slot. Matches HF's `LlamaForCausalLM`
+//! (Qwen2/Qwen3/Mistral differences enabled by config flags).
+
+use super::{Layer, Linear, Transformer};
+use crate::backend::{AttentionShape, Backend, SeqSpan};
+use crate::error::{Error, Result};
+use crate::kv::KvCache;
+
+/// The new tokens of one sequence: `tokens` go at positions
+/// `start_pos..start_pos + tokens.len()` of cache slot `slot`.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqInput<'a> {
+    pub slot: usize,
+    pub start_pos: usize,
+    pub tokens: &'a [u32],
+}
+
+/// Which logits a forward pass returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Every position: `[total tokens, vocab]`, sequences in order.
+    All,
+    /// The last position of each sequence: `[sequences, vocab]`.
+    Last,
+}
+
+impl<B: Backend> Transformer<B> {
+    /// Runs the model over `seqs`, writing their keys/values into `cache`,
+    /// and returns f32 logits (see [`Logits`]). Inputs are checked before any
+    /// work; on error the cache holds at most what it held before the call.
+    pub fn forward(
+        &self,
+        cache: &mut KvCache<B>,
+        seqs: &[SeqInput],
+        which: Logits,
+    ) -> Result<Vec<f32>> {
+        let spans = self.check_batch(cache, seqs)?;
+        let result = self.run(cache, seqs, &spans, which);
+        for s in &spans {
+            cache.lens[s.slot] = if result.is_ok() {
+                s.start_pos + s.len
+            } else {
+                s.start_pos
+            };
+        }
+        result
+    }
+
+    fn check_batch(&self, cache: &KvCache<B>, seqs: &[SeqInput]) -> Result<Vec<SeqSpan>> {
+        if seqs.is_empty() {
+            return Err(Error::InvalidInput(
+                "empty batch: pass at least one sequence".into(),
+            ));
+        }
+        let vocab = self.config.vocab_size;
+        let mut seen = vec![false; cache.slots()];
+        let mut spans = Vec::with_capacity(seqs.len());
+        let mut row = 0;
+        for (i, s) in seqs.iter().enumerate() {
+            if s.tokens.is_empty() {
+                return Err(Error::InvalidInput(format!(
+                    "sequence {i} is empty: pass at least one token"
+                )));
+            }
+            if let Some(&t) = s.tokens.iter().find(|&&t| t as usize >= vocab) {
+                return Err(Error::InvalidInput(format!(
+                    "token id {t} in sequence {i} is outside the vocabulary (vocab_size={vocab})"
+                )));
+            }
+            if s.slot >= cache.slots() {
+                return Err(Error::InvalidInput(format!(
+                    "batch has more sequences than the cache has slots ({}); raise max_batch_size",
+                    cache.slots()
+                )));
+            }
+            if std::mem::replace(&mut seen[s.slot], true) {
+                return Err(Error::InvalidInput(format!(
+                    "cache slot {} is used twice in one batch",
+                    s.slot
+                )));
+            }
+            if s.start_pos > cache.len(s.slot) {
+                return Err(Error::InvalidInput(format!(
+                    "start_pos {} is past the {} positions cached for sequence {i}; \
+                     continue from start_pos <= {}",
+                    s.start_pos,
+                    cache.len(s.slot),
+                    cache.len(s.slot)
+                )));
+            }
+            let needed = s.start_pos + s.tokens.len();
+            if needed > cache.max_seq_len() {
+                return Err(Error::ContextOverflow {
+                    needed,
+                    max_seq_len: cache.max_seq_len(),
+                });
+            }
+            spans.push(SeqSpan {
+                slot: s.slot,
+                start_pos: s.start_pos,
+                row,
+                len: s.tokens.len(),
+            });
+            row += s.tokens.len();
+        }
+        Ok(spans)
+    }
+
+    fn run(
+        &self,
+        cache: &mut KvCache<B>,
+        seqs: &[SeqInput],
+        spans: &[SeqSpan],
+        which: Logits,
+    ) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let b = &self.backend;
+        let ids: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let positions: Vec<u32> = spans
+            .iter()
+            .flat_map(|s| (s.start_pos..s.start_pos + s.len).map(|p| p as u32))
+            .collect();
+        let rows = ids.len();
+
+        let mut x = b.zeros(rows * c.hidden_size)?;
+        b.embedding(&self.embed_tokens, &ids, &mut x);
+        for (i, layer) in self.layers.iter().enumerate() {
+            self.block(cache, i, layer, spans, &positions, &mut x)?;
+        }
+
+        // Only the rows whose logits are wanted go through the (large) head.
+        let (x, out_rows) = match which {
+            Logits::All => (x, rows),
+            Logits::Last => {
+                let last: Vec<usize> = spans.iter().map(|s| s.row + s.len - 1).collect();
+                (b.select_rows(&x, c.hidden_size, &last)?, last.len())
+            }
+        };
+        let mut h = b.zeros(out_rows * c.hidden_size)?;
+        b.rms_norm(&x, &self.norm, c.rms_norm_eps as f32, c.hidden_size, &mut h);
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let mut logits = b.zeros(out_rows * c.vocab_size)?;
+        b.linear(&h, head, None, &mut logits);
+        b.to_host(&logits)
+    }
+
+    /// One decoder block, updating the residual stream `x` in place.
+    fn block(
+        &self,
+        cache: &mut KvCache<B>,
+        index: usize,
+        layer: &Layer<B>,
+        spans: &[SeqSpan],
+        positions: &[u32],
+        x: &mut B::Buf,
+    ) -> Result<()> {
+        let c = &self.config;
+        let b = &self.backend;
+        let rows = positions.len();
+        let eps = c.rms_norm_eps as f32;
+        let linear = |input: &B::Buf, lin: &Linear<B>, width: usize| -> Result<B::Buf> {
+            let mut out = b.zeros(rows * width)?;
+            b.linear(input, &lin.weight, lin.bias.as_ref(), &mut out);
+            Ok(out)
+        };
+        // RMSNorm over groups of `dim` within rows of `width` (dim < width: per head).
+        let norm =
+            |input: &B::Buf, weight: &B::Weight, dim: usize, width: usize| -> Result<B::Buf> {
+                let mut out = b.zeros(rows * width)?;
+                b.rms_norm(input, weight, eps, dim, &mut out);
+                Ok(out)
+            };
+
+        // Attention.
+        let h = norm(x, &layer.input_layernorm, c.hidden_size, c.hidden_size)?;
+        let mut q = linear(&h, &layer.q_proj, c.q_dim())?;
+        let mut k = linear(&h, &layer.k_proj, c.kv_dim())?;
+        let v = linear(&h, &layer.v_proj, c.kv_dim())?;
+        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+            q = norm(&q, qn, c.head_dim, c.q_dim())?;
+            k = norm(&k, kn, c.head_dim, c.kv_dim())?;
+        }
+        b.rope(&mut q, positions, c.head_dim, &self.inv_freq);
+        b.rope(&mut k, positions, c.head_dim, &self.inv_freq);
+        let shape = AttentionShape {
+            num_heads: c.num_attention_heads,
+            num_kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+            sliding_window: c.sliding_window,
+        };
+        let mut attn = b.zeros(rows * c.q_dim())?;
+        b.attention(&mut cache.store, index, spans, shape, &q, &k, &v, &mut attn)?;
+        b.add(x, &linear(&attn, &layer.o_proj, c.hidden_size)?);
+
+        // Gated MLP.
+        let h = norm(
+            x,
+            &layer.post_attention_layernorm,
+            c.hidden_size,
+            c.hidden_size,
+        )?;
+        let mut gate = linear(&h, &layer.gate_proj, c.intermediate_size)?;
+        let up = linear(&h, &layer.up_proj, c.intermediate_size)?;
+        b.silu_mul(&mut gate, &up);
+        b.add(x, &linear(&gate, &layer.down_proj, c.hidden_size)?);
+        Ok(())
+    }
+}

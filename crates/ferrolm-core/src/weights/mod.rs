@@ -1,0 +1,61 @@
+//! Named tensors from checkpoints, before they reach a backend.
+//!
+//! A [`TensorSource`] lists tensor names and reads one tensor at a time, so
+//! a loader never holds two copies of the model. Sources: safetensors files
+//! (single or sharded, memory-mapped) and in-memory maps (Python state dicts).
+
+pub mod names;
+mod safetensors;
+
+use std::collections::HashMap;
+
+pub use self::safetensors::SafetensorsDir;
+use crate::error::{Error, Result};
+
+/// A dense tensor in host memory, upcast to f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<HostTensor> {
+        let expected: usize = shape.iter().product();
+        if expected != data.len() {
+            return Err(Error::InvalidWeights(format!(
+                "shape {shape:?} needs {expected} elements but {} were given",
+                data.len()
+            )));
+        }
+        Ok(HostTensor { shape, data })
+    }
+}
+
+/// Something that holds named tensors: a checkpoint on disk or a state dict.
+pub trait TensorSource {
+    /// All tensor names the source holds.
+    fn names(&self) -> Vec<String>;
+    /// The shape of one tensor, without reading its data.
+    fn shape(&self, name: &str) -> Result<Vec<usize>>;
+    /// Reads one tensor, converted to f32.
+    fn read(&self, name: &str) -> Result<HostTensor>;
+}
+
+impl TensorSource for HashMap<String, HostTensor> {
+    fn names(&self) -> Vec<String> {
+        self.keys().cloned().collect()
+    }
+
+    fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        self.get(name)
+            .map(|t| t.shape.clone())
+            .ok_or_else(|| Error::MissingTensor(name.to_string()))
+    }
+
+    fn read(&self, name: &str) -> Result<HostTensor> {
+        self.get(name)
+            .cloned()
+            .ok_or_else(|| Error::MissingTensor(name.to_string()))
+    }
+}
