@@ -31,25 +31,17 @@ impl Family {
     ];
 
     pub fn from_architecture(name: &str) -> Result<Family> {
-        Self::SUPPORTED
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, f)| *f)
-            .ok_or_else(|| {
-                let names: Vec<_> = Self::SUPPORTED.iter().map(|(n, _)| *n).collect();
-                Error::Unsupported(format!(
-                    "unsupported architecture `{name}`; supported architectures: {}",
-                    names.join(", ")
-                ))
-            })
+        Self::SUPPORTED.iter().find(|(n, _)| *n == name).map(|(_, f)| *f).ok_or_else(|| {
+            let names: Vec<_> = Self::SUPPORTED.iter().map(|(n, _)| *n).collect();
+            Error::Unsupported(format!(
+                "unsupported architecture `{name}`; supported architectures: {}",
+                names.join(", ")
+            ))
+        })
     }
 
     pub fn architecture(self) -> &'static str {
-        Self::SUPPORTED
-            .iter()
-            .find(|(_, f)| *f == self)
-            .map(|(n, _)| *n)
-            .expect("every family is registered")
+        Self::SUPPORTED.iter().find(|(_, f)| *f == self).map(|(n, _)| *n).expect("every family is registered")
     }
 }
 
@@ -161,10 +153,7 @@ impl Config {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let value: Value = serde_json::from_str(&text).map_err(|e| {
-            Error::config(
-                "config.json",
-                format!("{} is not valid JSON: {e}", path.display()),
-            )
+            Error::config("config.json", format!("{} is not valid JSON: {e}", path.display()))
         })?;
         Config::from_json(&value)
     }
@@ -172,9 +161,7 @@ impl Config {
     /// Parses an HF config dict or the canonical form written by [`Config::to_json`].
     /// Keys ferrolm does not use are ignored.
     pub fn from_json(value: &Value) -> Result<Config> {
-        let obj = value
-            .as_object()
-            .ok_or_else(|| Error::config("config", "expected a JSON object"))?;
+        let obj = value.as_object().ok_or_else(|| Error::config("config", "expected a JSON object"))?;
         let f = Fields(obj);
 
         let architecture = match (obj.get("architecture"), obj.get("architectures")) {
@@ -191,9 +178,7 @@ impl Config {
 
         let hidden_size = f.usize_or("hidden_size", 4096)?;
         let num_attention_heads = f.usize_or("num_attention_heads", 32)?;
-        let num_key_value_heads = f
-            .opt_usize("num_key_value_heads")?
-            .unwrap_or(num_attention_heads);
+        let num_key_value_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(num_attention_heads);
         let head_dim = match f.opt_usize("head_dim")? {
             Some(d) => d,
             None if num_attention_heads > 0 && hidden_size % num_attention_heads == 0 => {
@@ -207,9 +192,7 @@ impl Config {
             }
         };
         let max_position_embeddings = f.usize_or("max_position_embeddings", 2048)?;
-        let max_seq_len = f
-            .opt_usize("max_seq_len")?
-            .unwrap_or(max_position_embeddings);
+        let max_seq_len = f.opt_usize("max_seq_len")?.unwrap_or(max_position_embeddings);
 
         let (rope_theta, rope_scaling) = parse_rope(obj)?;
         let sliding_window = parse_sliding_window(family, obj)?;
@@ -223,18 +206,10 @@ impl Config {
         let dtype_name = match obj.get("dtype").or_else(|| obj.get("torch_dtype")) {
             None | Some(Value::Null) => "float32".to_string(),
             Some(Value::String(s)) => s.clone(),
-            Some(_) => {
-                return Err(Error::config(
-                    "dtype",
-                    "expected a string such as \"bfloat16\"",
-                ))
-            }
+            Some(_) => return Err(Error::config("dtype", "expected a string such as \"bfloat16\"")),
         };
         let dtype = DType::parse(&dtype_name).ok_or_else(|| {
-            Error::config(
-                "dtype",
-                format!("unknown dtype `{dtype_name}`; use float32, float16 or bfloat16"),
-            )
+            Error::config("dtype", format!("unknown dtype `{dtype_name}`; use float32, float16 or bfloat16"))
         })?;
 
         let config = Config {
@@ -291,10 +266,7 @@ impl Config {
             ));
         }
         if self.head_dim % 2 != 0 {
-            return Err(Error::config(
-                "head_dim",
-                "must be even for rotary embeddings",
-            ));
+            return Err(Error::config("head_dim", "must be even for rotary embeddings"));
         }
         if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite()) {
             return Err(Error::config("rms_norm_eps", "must be a positive number"));
@@ -314,10 +286,7 @@ impl Config {
             if *id as usize >= self.vocab_size {
                 return Err(Error::config(
                     field,
-                    format!(
-                        "token id {id} is outside the vocabulary (vocab_size={})",
-                        self.vocab_size
-                    ),
+                    format!("token id {id} is outside the vocabulary (vocab_size={})", self.vocab_size),
                 ));
             }
         }
@@ -387,9 +356,9 @@ fn parse_rope(obj: &Map<String, Value>) -> Result<(f64, Option<RopeScaling>)> {
         Some(_) => return Err(Error::config("rope_parameters", "expected an object")),
     };
     let theta = match params.and_then(|p| p.get("rope_theta")) {
-        Some(v) => v
-            .as_f64()
-            .ok_or_else(|| Error::config("rope_parameters.rope_theta", "expected a number"))?,
+        Some(v) => {
+            v.as_f64().ok_or_else(|| Error::config("rope_parameters.rope_theta", "expected a number"))?
+        }
         None => Fields(obj).f64_or("rope_theta", 10000.0)?,
     };
     let (field, scaling) = match obj.get("rope_scaling") {
@@ -400,21 +369,15 @@ fn parse_rope(obj: &Map<String, Value>) -> Result<(f64, Option<RopeScaling>)> {
     let Some(scaling) = scaling else {
         return Ok((theta, None));
     };
-    let kind = scaling
-        .get("rope_type")
-        .or_else(|| scaling.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
+    let kind =
+        scaling.get("rope_type").or_else(|| scaling.get("type")).and_then(Value::as_str).unwrap_or("default");
     let s = Fields(scaling);
     let factor = || -> Result<f64> {
-        let factor = s.opt_f64("factor")?.ok_or_else(|| {
-            Error::config(format!("{field}.factor"), "required for this rope type")
-        })?;
+        let factor = s
+            .opt_f64("factor")?
+            .ok_or_else(|| Error::config(format!("{field}.factor"), "required for this rope type"))?;
         if !(factor > 0.0 && factor.is_finite()) {
-            return Err(Error::config(
-                format!("{field}.factor"),
-                "must be a positive number",
-            ));
+            return Err(Error::config(format!("{field}.factor"), "must be a positive number"));
         }
         Ok(factor)
     };
@@ -425,8 +388,7 @@ fn parse_rope(obj: &Map<String, Value>) -> Result<(f64, Option<RopeScaling>)> {
             factor: factor()?,
             low_freq_factor: s.f64_or("low_freq_factor", 1.0)?,
             high_freq_factor: s.f64_or("high_freq_factor", 4.0)?,
-            original_max_position_embeddings: s
-                .usize_or("original_max_position_embeddings", 8192)?,
+            original_max_position_embeddings: s.usize_or("original_max_position_embeddings", 8192)?,
         }),
         other => {
             return Err(Error::Unsupported(format!(
@@ -447,8 +409,7 @@ fn parse_sliding_window(family: Family, obj: &Map<String, Value>) -> Result<Opti
         Family::Qwen2 | Family::Qwen3 => {
             if f.bool_or("use_sliding_window", false)? {
                 return Err(Error::Unsupported(
-                    "use_sliding_window=true is not supported for Qwen models; set it to false"
-                        .into(),
+                    "use_sliding_window=true is not supported for Qwen models; set it to false".into(),
                 ));
             }
             Ok(None)
@@ -468,9 +429,10 @@ impl Fields<'_> {
     fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
-                Error::config(key, format!("expected a non-negative integer, got {v}"))
-            }),
+            Some(v) => v
+                .as_u64()
+                .map(|n| Some(n as usize))
+                .ok_or_else(|| Error::config(key, format!("expected a non-negative integer, got {v}"))),
         }
     }
 
@@ -481,10 +443,9 @@ impl Fields<'_> {
     fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| Error::config(key, format!("expected a number, got {v}"))),
+            Some(v) => {
+                v.as_f64().map(Some).ok_or_else(|| Error::config(key, format!("expected a number, got {v}")))
+            }
         }
     }
 
@@ -495,9 +456,9 @@ impl Fields<'_> {
     fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
         match self.get(key) {
             None => Ok(default),
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| Error::config(key, format!("expected true or false, got {v}"))),
+            Some(v) => {
+                v.as_bool().ok_or_else(|| Error::config(key, format!("expected true or false, got {v}")))
+            }
         }
     }
 
@@ -522,19 +483,10 @@ impl Fields<'_> {
         let bad = || Error::config(key, "expected a token id or a list of token ids");
         match self.get(key) {
             None => Ok(Vec::new()),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|v| {
-                    v.as_u64()
-                        .and_then(|n| u32::try_from(n).ok())
-                        .ok_or_else(bad)
-                })
-                .collect(),
-            Some(v) => v
-                .as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .map(|n| vec![n])
-                .ok_or_else(bad),
+            Some(Value::Array(items)) => {
+                items.iter().map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(bad)).collect()
+            }
+            Some(v) => v.as_u64().and_then(|n| u32::try_from(n).ok()).map(|n| vec![n]).ok_or_else(bad),
         }
     }
 }
@@ -598,31 +550,19 @@ mod tests {
 
         let mut v = qwen3();
         v["rope_scaling"] = json!({"rope_type": "yarn", "factor": 4.0});
-        assert!(Config::from_json(&v)
-            .unwrap_err()
-            .to_string()
-            .contains("yarn"));
+        assert!(Config::from_json(&v).unwrap_err().to_string().contains("yarn"));
 
         let mut v = qwen3();
         v["architectures"] = json!(["GPT2LMHeadModel"]);
         let err = Config::from_json(&v).unwrap_err().to_string();
-        assert!(
-            err.contains("Qwen3ForCausalLM") && err.contains("GPT2LMHeadModel"),
-            "{err}"
-        );
+        assert!(err.contains("Qwen3ForCausalLM") && err.contains("GPT2LMHeadModel"), "{err}");
 
         let mut v = qwen3();
         v["hidden_size"] = json!(-1);
-        assert!(Config::from_json(&v)
-            .unwrap_err()
-            .to_string()
-            .contains("hidden_size"));
+        assert!(Config::from_json(&v).unwrap_err().to_string().contains("hidden_size"));
 
         let mut v = qwen3();
         v["eos_token_id"] = json!([2, 999]);
-        assert!(Config::from_json(&v)
-            .unwrap_err()
-            .to_string()
-            .contains("eos_token_id"));
+        assert!(Config::from_json(&v).unwrap_err().to_string().contains("eos_token_id"));
     }
 }

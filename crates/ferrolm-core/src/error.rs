@@ -35,11 +35,7 @@ pub enum Error {
 
     /// A tensor has the wrong shape for the model.
     #[error("tensor `{name}` has shape {got:?} but the model expects {expected:?}")]
-    ShapeMismatch {
-        name: String,
-        expected: Vec<usize>,
-        got: Vec<usize>,
-    },
+    ShapeMismatch { name: String, expected: Vec<usize>, got: Vec<usize> },
 
     /// A tensor the model needs is absent.
     #[error("missing tensor `{0}`")]
@@ -68,10 +64,7 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::InvalidConfig {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        Error::InvalidConfig { field: field.into(), reason: reason.into() }
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
@@ -88,10 +81,8 @@ impl Error {
 /// of aborting the process when memory is short.
 pub fn try_zeroed(len: usize, what: &str) -> Result<Vec<f32>> {
     let mut v = Vec::new();
-    v.try_reserve_exact(len).map_err(|_| Error::OutOfMemory {
-        what: what.to_string(),
-        bytes: len.saturating_mul(4),
-    })?;
+    v.try_reserve_exact(len)
+        .map_err(|_| Error::OutOfMemory { what: what.to_string(), bytes: len.saturating_mul(4) })?;
     v.resize(len, 0.0);
     Ok(v)
 }

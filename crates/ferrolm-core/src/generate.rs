@@ -26,7 +26,8 @@ pub struct Generation {
 
 /// Generates a continuation of each prompt (prompt `i` in cache slot `i`).
 /// A sequence stops at an end-of-sequence token (not included in its
-/// output), after `max_new_tokens`, or when the cache is full.
+/// output), after `max_new_tokens`, or when prompt plus output reach the
+/// cache's `max_seq_len` (as Meta's `total_len`).
 pub fn generate<B: Backend>(
     model: &Transformer<B>,
     cache: &mut KvCache<B>,
@@ -45,25 +46,12 @@ pub fn generate<B: Backend>(
         .collect::<Result<Vec<_>>>()?;
     let eos = &model.config.eos_token_ids;
     let vocab = model.config.vocab_size;
-    let mut out = vec![
-        Generation {
-            tokens: Vec::new(),
-            logprobs: Vec::new()
-        };
-        prompts.len()
-    ];
+    let mut out = vec![Generation { tokens: Vec::new(), logprobs: Vec::new() }; prompts.len()];
     let mut active: Vec<usize> = (0..prompts.len()).collect();
 
     // Prefill: every prompt at once.
-    let batch: Vec<SeqInput> = prompts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| SeqInput {
-            slot: i,
-            start_pos: 0,
-            tokens: p,
-        })
-        .collect();
+    let batch: Vec<SeqInput> =
+        prompts.iter().enumerate().map(|(i, p)| SeqInput { slot: i, start_pos: 0, tokens: p }).collect();
     let mut logits = model.forward(cache, &batch, Logits::Last)?;
     let mut last = vec![0u32; prompts.len()];
 
@@ -71,8 +59,8 @@ pub fn generate<B: Backend>(
         // Sample one token for each active sequence; drop the finished ones.
         let mut still = Vec::with_capacity(active.len());
         for (row, &i) in active.iter().enumerate() {
-            if params.max_new_tokens == 0 {
-                break;
+            if params.max_new_tokens == 0 || cache.len(i) >= cache.max_seq_len() {
+                continue; // no room for even one new token
             }
             let row_logits = &logits[row * vocab..(row + 1) * vocab];
             let token = samplers[i].sample(row_logits);
@@ -80,12 +68,12 @@ pub fn generate<B: Backend>(
                 continue;
             }
             out[i].tokens.push(token);
-            out[i]
-                .logprobs
-                .push(log_softmax(row_logits)[token as usize]);
+            out[i].logprobs.push(log_softmax(row_logits)[token as usize]);
             last[i] = token;
-            let full = cache.len(i) + 1 > cache.max_seq_len();
-            if out[i].tokens.len() < params.max_new_tokens && !full {
+            // The token just drawn sits at position cache.len(i); a next one
+            // would need position cache.len(i) + 1 to exist.
+            let room = cache.len(i) + 1 < cache.max_seq_len();
+            if out[i].tokens.len() < params.max_new_tokens && room {
                 still.push(i);
             }
         }
@@ -98,11 +86,7 @@ pub fn generate<B: Backend>(
         let batch: Vec<SeqInput> = active
             .iter()
             .zip(&tokens)
-            .map(|(&i, t)| SeqInput {
-                slot: i,
-                start_pos: cache.len(i),
-                tokens: t,
-            })
+            .map(|(&i, t)| SeqInput { slot: i, start_pos: cache.len(i), tokens: t })
             .collect();
         logits = model.forward(cache, &batch, Logits::Last)?;
     }

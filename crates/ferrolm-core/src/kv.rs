@@ -17,23 +17,13 @@ pub struct KvCache<B: Backend> {
 }
 
 impl<B: Backend> KvCache<B> {
-    pub fn new(
-        backend: &B,
-        slots: usize,
-        layers: usize,
-        kv_dim: usize,
-        max_seq_len: usize,
-    ) -> Result<Self> {
+    pub fn new(backend: &B, slots: usize, layers: usize, kv_dim: usize, max_seq_len: usize) -> Result<Self> {
         if slots == 0 {
             return Err(Error::InvalidInput(
                 "a KV cache needs at least one slot (max_batch_size >= 1)".into(),
             ));
         }
-        Ok(KvCache {
-            store: backend.new_kv(slots, layers, kv_dim)?,
-            lens: vec![0; slots],
-            max_seq_len,
-        })
+        Ok(KvCache { store: backend.new_kv(slots, layers, kv_dim)?, lens: vec![0; slots], max_seq_len })
     }
 
     pub fn slots(&self) -> usize {

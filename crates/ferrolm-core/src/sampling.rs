@@ -20,24 +20,15 @@ pub struct SamplingParams {
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        SamplingParams {
-            temperature: 0.0,
-            top_p: 1.0,
-        }
+        SamplingParams { temperature: 0.0, top_p: 1.0 }
     }
 
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(Error::InvalidInput(format!(
-                "temperature must be >= 0, got {}",
-                self.temperature
-            )));
+            return Err(Error::InvalidInput(format!("temperature must be >= 0, got {}", self.temperature)));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::InvalidInput(format!(
-                "top_p must be in (0, 1], got {}",
-                self.top_p
-            )));
+            return Err(Error::InvalidInput(format!("top_p must be in (0, 1], got {}", self.top_p)));
         }
         Ok(())
     }
@@ -106,10 +97,7 @@ pub fn argmax(logits: &[f32]) -> u32 {
 /// Softmax of `logits / temperature`, in f32 like torch.
 pub fn softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut p: Vec<f32> = logits
-        .iter()
-        .map(|&l| ((l - max) / temperature).exp())
-        .collect();
+    let mut p: Vec<f32> = logits.iter().map(|&l| ((l - max) / temperature).exp()).collect();
     let sum: f32 = p.iter().sum();
     p.iter_mut().for_each(|v| *v /= sum);
     p
@@ -118,11 +106,7 @@ pub fn softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
 /// Natural-log softmax of `logits` (temperature 1), for reporting log-probabilities.
 pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let log_sum = logits
-        .iter()
-        .map(|&l| ((l - max) as f64).exp())
-        .sum::<f64>()
-        .ln() as f32;
+    let log_sum = logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32;
     logits.iter().map(|&l| l - max - log_sum).collect()
 }
 
@@ -139,10 +123,7 @@ mod tests {
     #[test]
     fn seeds_reproduce_and_streams_differ() {
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
-        let p = SamplingParams {
-            temperature: 1.0,
-            top_p: 1.0,
-        };
+        let p = SamplingParams { temperature: 1.0, top_p: 1.0 };
         let draw = |seed, stream| {
             let mut s = Sampler::new(p, Some(seed), stream).unwrap();
             (0..64).map(|_| s.sample(&logits)).collect::<Vec<_>>()
@@ -157,25 +138,9 @@ mod tests {
         // Probabilities ~ [0.6, 0.3, 0.05, 0.05]: top_p 0.5 keeps only token 0
         // (0.6 reaches it), top_p 0.8 keeps tokens 0 and 1.
         let logits: Vec<f32> = [0.6f32, 0.3, 0.05, 0.05].iter().map(|p| p.ln()).collect();
-        let mut s = Sampler::new(
-            SamplingParams {
-                temperature: 1.0,
-                top_p: 0.5,
-            },
-            Some(1),
-            0,
-        )
-        .unwrap();
+        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_p: 0.5 }, Some(1), 0).unwrap();
         assert!((0..200).all(|_| s.sample(&logits) == 0));
-        let mut s = Sampler::new(
-            SamplingParams {
-                temperature: 1.0,
-                top_p: 0.8,
-            },
-            Some(1),
-            0,
-        )
-        .unwrap();
+        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_p: 0.8 }, Some(1), 0).unwrap();
         let draws: Vec<u32> = (0..400).map(|_| s.sample(&logits)).collect();
         assert!(draws.iter().all(|&t| t < 2));
         assert!(draws.contains(&0) && draws.contains(&1));
@@ -183,32 +148,8 @@ mod tests {
 
     #[test]
     fn rejects_bad_params() {
-        assert!(Sampler::new(
-            SamplingParams {
-                temperature: -1.0,
-                top_p: 0.9
-            },
-            None,
-            0
-        )
-        .is_err());
-        assert!(Sampler::new(
-            SamplingParams {
-                temperature: 1.0,
-                top_p: 0.0
-            },
-            None,
-            0
-        )
-        .is_err());
-        assert!(Sampler::new(
-            SamplingParams {
-                temperature: f32::NAN,
-                top_p: 0.5
-            },
-            None,
-            0
-        )
-        .is_err());
+        assert!(Sampler::new(SamplingParams { temperature: -1.0, top_p: 0.9 }, None, 0).is_err());
+        assert!(Sampler::new(SamplingParams { temperature: 1.0, top_p: 0.0 }, None, 0).is_err());
+        assert!(Sampler::new(SamplingParams { temperature: f32::NAN, top_p: 0.5 }, None, 0).is_err());
     }
 }

@@ -20,11 +20,7 @@ fn fixtures() -> Vec<PathBuf> {
         .filter(|p| p.join("reference.safetensors").is_file())
         .collect();
     dirs.sort();
-    assert!(
-        dirs.len() >= 8,
-        "expected the committed fixtures in {}",
-        root.display()
-    );
+    assert!(dirs.len() >= 8, "expected the committed fixtures in {}", root.display());
     dirs
 }
 
@@ -34,9 +30,7 @@ struct Reference {
 
 impl Reference {
     fn open(dir: &Path) -> Reference {
-        Reference {
-            bytes: std::fs::read(dir.join("reference.safetensors")).unwrap(),
-        }
+        Reference { bytes: std::fs::read(dir.join("reference.safetensors")).unwrap() }
     }
 
     fn tensor(&self, name: &str) -> Option<(Dtype, Vec<u8>)> {
@@ -47,19 +41,13 @@ impl Reference {
     fn tokens(&self, name: &str) -> Option<Vec<u32>> {
         let (dtype, data) = self.tensor(name)?;
         assert_eq!(dtype, Dtype::I64);
-        Some(
-            data.chunks_exact(8)
-                .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
-                .collect(),
-        )
+        Some(data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32).collect())
     }
 
     fn logits(&self, name: &str) -> Vec<f32> {
         let (dtype, data) = self.tensor(name).unwrap();
         assert_eq!(dtype, Dtype::F32);
-        data.chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect()
+        data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
     }
 }
 
@@ -89,43 +77,20 @@ fn logits_match_hf_in_one_pass_and_token_by_token() {
 
             let mut cache = model.new_cache(1).unwrap();
             let full = model
-                .forward(
-                    &mut cache,
-                    &[SeqInput {
-                        slot: 0,
-                        start_pos: 0,
-                        tokens: &tokens,
-                    }],
-                    Logits::All,
-                )
+                .forward(&mut cache, &[SeqInput { slot: 0, start_pos: 0, tokens: &tokens }], Logits::All)
                 .unwrap();
             let err = max_rel_error(&full, &expected, vocab);
-            eprintln!(
-                "{}: seq {k} full {err:.2e}",
-                dir.file_name().unwrap().to_string_lossy()
-            );
-            assert!(
-                err < TOLERANCE,
-                "{}: sequence {k} full pass error {err}",
-                dir.display()
-            );
+            eprintln!("{}: seq {k} full {err:.2e}", dir.file_name().unwrap().to_string_lossy());
+            assert!(err < TOLERANCE, "{}: sequence {k} full pass error {err}", dir.display());
 
             let mut cache = model.new_cache(1).unwrap();
             let mut stepped = Vec::new();
             for (pos, t) in tokens.iter().enumerate() {
-                let input = [SeqInput {
-                    slot: 0,
-                    start_pos: pos,
-                    tokens: std::slice::from_ref(t),
-                }];
+                let input = [SeqInput { slot: 0, start_pos: pos, tokens: std::slice::from_ref(t) }];
                 stepped.extend(model.forward(&mut cache, &input, Logits::Last).unwrap());
             }
             let err = max_rel_error(&stepped, &expected, vocab);
-            assert!(
-                err < TOLERANCE,
-                "{}: sequence {k} token-by-token error {err}",
-                dir.display()
-            );
+            assert!(err < TOLERANCE, "{}: sequence {k} token-by-token error {err}", dir.display());
         }
     }
 }
@@ -138,18 +103,11 @@ fn greedy_matches_hf() {
         let prompt = reference.tokens("greedy_prompt").unwrap();
         let mut expected = reference.tokens("greedy_tokens").unwrap();
         // HF keeps the end-of-sequence token; ferrolm, like Meta's llama, drops it.
-        if expected
-            .last()
-            .is_some_and(|t| model.config.eos_token_ids.contains(t))
-        {
+        if expected.last().is_some_and(|t| model.config.eos_token_ids.contains(t)) {
             expected.pop();
         }
         let mut cache = model.new_cache(1).unwrap();
-        let params = GenerateParams {
-            max_new_tokens: 24,
-            sampling: SamplingParams::greedy(),
-            seed: None,
-        };
+        let params = GenerateParams { max_new_tokens: 24, sampling: SamplingParams::greedy(), seed: None };
         let out = generate(&model, &mut cache, &[prompt], &params).unwrap();
         assert_eq!(out[0].tokens, expected, "{}", dir.display());
     }

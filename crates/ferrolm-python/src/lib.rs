@@ -1,1 +1,22 @@
-//! placeholder
+//! `ferrolm._core`: the thin PyO3 layer over `ferrolm-core`.
+//!
+//! Each function converts its arguments, runs the core with the GIL
+//! released (panics caught and turned into RuntimeError), and maps core
+//! errors to Python exceptions. No algorithms live here.
+
+mod config;
+mod errors;
+mod model;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(config::config_from_file, m)?)?;
+    m.add_function(wrap_pyfunction!(config::config_from_json, m)?)?;
+    m.add_function(wrap_pyfunction!(config::parameter_shapes, m)?)?;
+    m.add_function(wrap_pyfunction!(errors::_panic_for_tests, m)?)?;
+    m.add_class::<model::Model>()?;
+    Ok(())
+}

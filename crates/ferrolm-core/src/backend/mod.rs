@@ -23,15 +23,22 @@ impl Device {
         match s.as_str() {
             "cpu" => Ok(Device::Cpu),
             "cuda" | "gpu" => Ok(Device::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(Device::Cuda)
-                .ok_or_else(|| {
-                    Error::InvalidInput(format!(
-                        "unknown device `{s}`; use \"cpu\", \"cuda\" or \"cuda:N\""
-                    ))
-                }),
+            _ => s.strip_prefix("cuda:").and_then(|n| n.parse().ok()).map(Device::Cuda).ok_or_else(|| {
+                Error::InvalidInput(format!("unknown device `{s}`; use \"cpu\", \"cuda\" or \"cuda:N\""))
+            }),
+        }
+    }
+}
+
+impl Device {
+    /// Fails with a clear message for devices this build cannot drive.
+    pub fn ensure_available(self) -> Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            Device::Cuda(_) => Err(Error::DeviceUnavailable {
+                device: self.to_string(),
+                reason: "this build of ferrolm has no CUDA backend yet; use device=\"cpu\"".into(),
+            }),
         }
     }
 }
@@ -87,22 +94,9 @@ pub trait Backend: Send + Sync {
     /// `out[i] = table[ids[i]]` (ids already checked against the vocabulary).
     fn embedding(&self, table: &Self::Weight, ids: &[u32], out: &mut Self::Buf);
     /// Row-wise RMSNorm over rows of width `dim` (HF's `LlamaRMSNorm`).
-    fn rms_norm(
-        &self,
-        x: &Self::Buf,
-        weight: &Self::Weight,
-        eps: f32,
-        dim: usize,
-        out: &mut Self::Buf,
-    );
+    fn rms_norm(&self, x: &Self::Buf, weight: &Self::Weight, eps: f32, dim: usize, out: &mut Self::Buf);
     /// `out = x @ w^T + bias`, with `w` of shape `[out_features, in_features]`.
-    fn linear(
-        &self,
-        x: &Self::Buf,
-        w: &Self::Weight,
-        bias: Option<&Self::Weight>,
-        out: &mut Self::Buf,
-    );
+    fn linear(&self, x: &Self::Buf, w: &Self::Weight, bias: Option<&Self::Weight>, out: &mut Self::Buf);
     /// Rotates each head of each row by its position (HF's rotate_half convention).
     fn rope(&self, x: &mut Self::Buf, positions: &[u32], head_dim: usize, inv_freq: &[f32]);
     /// `gate = silu(gate) * up`.

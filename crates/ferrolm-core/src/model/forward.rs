@@ -29,29 +29,40 @@ impl<B: Backend> Transformer<B> {
     /// Runs the model over `seqs`, writing their keys/values into `cache`,
     /// and returns f32 logits (see [`Logits`]). Inputs are checked before any
     /// work; on error the cache holds at most what it held before the call.
-    pub fn forward(
-        &self,
-        cache: &mut KvCache<B>,
-        seqs: &[SeqInput],
-        which: Logits,
-    ) -> Result<Vec<f32>> {
+    pub fn forward(&self, cache: &mut KvCache<B>, seqs: &[SeqInput], which: Logits) -> Result<Vec<f32>> {
         let spans = self.check_batch(cache, seqs)?;
         let result = self.run(cache, seqs, &spans, which);
         for s in &spans {
-            cache.lens[s.slot] = if result.is_ok() {
-                s.start_pos + s.len
-            } else {
-                s.start_pos
-            };
+            cache.lens[s.slot] = if result.is_ok() { s.start_pos + s.len } else { s.start_pos };
         }
         result
     }
 
+    /// Meta's `Transformer.forward(tokens, start_pos)`: a rectangular batch
+    /// (sequence `i` in cache slot `i`, all of one length, all continuing from
+    /// `start_pos`) returning logits `[batch, seq, vocab]` flattened.
+    pub fn forward_rectangular(
+        &self,
+        cache: &mut KvCache<B>,
+        sequences: &[Vec<u32>],
+        start_pos: usize,
+    ) -> Result<Vec<f32>> {
+        let len = sequences.first().map_or(0, Vec::len);
+        if let Some(i) = sequences.iter().position(|s| s.len() != len) {
+            return Err(Error::InvalidInput(format!(
+                "ragged batch: sequence {i} has {} tokens but sequence 0 has {len}; \
+                 pass sequences of equal length",
+                sequences[i].len()
+            )));
+        }
+        let batch: Vec<SeqInput> =
+            sequences.iter().enumerate().map(|(slot, tokens)| SeqInput { slot, start_pos, tokens }).collect();
+        self.forward(cache, &batch, Logits::All)
+    }
+
     fn check_batch(&self, cache: &KvCache<B>, seqs: &[SeqInput]) -> Result<Vec<SeqSpan>> {
         if seqs.is_empty() {
-            return Err(Error::InvalidInput(
-                "empty batch: pass at least one sequence".into(),
-            ));
+            return Err(Error::InvalidInput("empty batch: pass at least one sequence".into()));
         }
         let vocab = self.config.vocab_size;
         let mut seen = vec![false; cache.slots()];
@@ -59,9 +70,7 @@ impl<B: Backend> Transformer<B> {
         let mut row = 0;
         for (i, s) in seqs.iter().enumerate() {
             if s.tokens.is_empty() {
-                return Err(Error::InvalidInput(format!(
-                    "sequence {i} is empty: pass at least one token"
-                )));
+                return Err(Error::InvalidInput(format!("sequence {i} is empty: pass at least one token")));
             }
             if let Some(&t) = s.tokens.iter().find(|&&t| t as usize >= vocab) {
                 return Err(Error::InvalidInput(format!(
@@ -75,10 +84,7 @@ impl<B: Backend> Transformer<B> {
                 )));
             }
             if std::mem::replace(&mut seen[s.slot], true) {
-                return Err(Error::InvalidInput(format!(
-                    "cache slot {} is used twice in one batch",
-                    s.slot
-                )));
+                return Err(Error::InvalidInput(format!("cache slot {} is used twice in one batch", s.slot)));
             }
             if s.start_pos > cache.len(s.slot) {
                 return Err(Error::InvalidInput(format!(
@@ -91,17 +97,9 @@ impl<B: Backend> Transformer<B> {
             }
             let needed = s.start_pos + s.tokens.len();
             if needed > cache.max_seq_len() {
-                return Err(Error::ContextOverflow {
-                    needed,
-                    max_seq_len: cache.max_seq_len(),
-                });
+                return Err(Error::ContextOverflow { needed, max_seq_len: cache.max_seq_len() });
             }
-            spans.push(SeqSpan {
-                slot: s.slot,
-                start_pos: s.start_pos,
-                row,
-                len: s.tokens.len(),
-            });
+            spans.push(SeqSpan { slot: s.slot, start_pos: s.start_pos, row, len: s.tokens.len() });
             row += s.tokens.len();
         }
         Ok(spans)
@@ -117,10 +115,8 @@ impl<B: Backend> Transformer<B> {
         let c = &self.config;
         let b = &self.backend;
         let ids: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
-        let positions: Vec<u32> = spans
-            .iter()
-            .flat_map(|s| (s.start_pos..s.start_pos + s.len).map(|p| p as u32))
-            .collect();
+        let positions: Vec<u32> =
+            spans.iter().flat_map(|s| (s.start_pos..s.start_pos + s.len).map(|p| p as u32)).collect();
         let rows = ids.len();
 
         let mut x = b.zeros(rows * c.hidden_size)?;
@@ -165,12 +161,11 @@ impl<B: Backend> Transformer<B> {
             Ok(out)
         };
         // RMSNorm over groups of `dim` within rows of `width` (dim < width: per head).
-        let norm =
-            |input: &B::Buf, weight: &B::Weight, dim: usize, width: usize| -> Result<B::Buf> {
-                let mut out = b.zeros(rows * width)?;
-                b.rms_norm(input, weight, eps, dim, &mut out);
-                Ok(out)
-            };
+        let norm = |input: &B::Buf, weight: &B::Weight, dim: usize, width: usize| -> Result<B::Buf> {
+            let mut out = b.zeros(rows * width)?;
+            b.rms_norm(input, weight, eps, dim, &mut out);
+            Ok(out)
+        };
 
         // Attention.
         let h = norm(x, &layer.input_layernorm, c.hidden_size, c.hidden_size)?;
@@ -194,12 +189,7 @@ impl<B: Backend> Transformer<B> {
         b.add(x, &linear(&attn, &layer.o_proj, c.hidden_size)?);
 
         // Gated MLP.
-        let h = norm(
-            x,
-            &layer.post_attention_layernorm,
-            c.hidden_size,
-            c.hidden_size,
-        )?;
+        let h = norm(x, &layer.post_attention_layernorm, c.hidden_size, c.hidden_size)?;
         let mut gate = linear(&h, &layer.gate_proj, c.intermediate_size)?;
         let up = linear(&h, &layer.up_proj, c.intermediate_size)?;
         b.silu_mul(&mut gate, &up);

@@ -63,18 +63,13 @@ impl<B: Backend> Transformer<B> {
         mut make: impl FnMut(&B, &str, &[usize]) -> Result<B::Weight>,
     ) -> Result<Self> {
         config.validate()?;
-        let shapes: HashMap<String, Vec<usize>> =
-            names::parameter_shapes(&config).into_iter().collect();
+        let shapes: HashMap<String, Vec<usize>> = names::parameter_shapes(&config).into_iter().collect();
         // `None` for parameters this config does not have (biases, q/k norms, a tied head).
         let mut opt = |name: String| -> Result<Option<B::Weight>> {
-            shapes
-                .get(&name)
-                .map(|shape| make(&backend, &name, shape))
-                .transpose()
+            shapes.get(&name).map(|shape| make(&backend, &name, shape)).transpose()
         };
         // Required parameters are always in `shapes`.
-        let req =
-            |w: Option<B::Weight>| w.expect("parameter_shapes lists every required parameter");
+        let req = |w: Option<B::Weight>| w.expect("parameter_shapes lists every required parameter");
         let embed_tokens = req(opt(names::EMBED.into())?);
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
@@ -91,11 +86,8 @@ impl<B: Backend> Transformer<B> {
                 linear("self_attn.v_proj")?,
                 linear("self_attn.o_proj")?,
             );
-            let (gate_proj, up_proj, down_proj) = (
-                linear("mlp.gate_proj")?,
-                linear("mlp.up_proj")?,
-                linear("mlp.down_proj")?,
-            );
+            let (gate_proj, up_proj, down_proj) =
+                (linear("mlp.gate_proj")?, linear("mlp.up_proj")?, linear("mlp.down_proj")?);
             layers.push(Layer {
                 input_layernorm: req(opt(l("input_layernorm.weight"))?),
                 q_proj,
@@ -113,15 +105,7 @@ impl<B: Backend> Transformer<B> {
         let norm = req(opt(names::FINAL_NORM.into())?);
         let lm_head = opt(names::LM_HEAD.into())?;
         let inv_freq = rope::inv_freq(&config);
-        Ok(Transformer {
-            config,
-            backend,
-            embed_tokens,
-            layers,
-            norm,
-            lm_head,
-            inv_freq,
-        })
+        Ok(Transformer { config, backend, embed_tokens, layers, norm, lm_head, inv_freq })
     }
 
     /// Loads every parameter from `source`, checking names and shapes first.
@@ -171,8 +155,7 @@ impl<B: Backend> Transformer<B> {
 
     /// Every parameter with its checkpoint name, in `names::parameter_shapes` order.
     fn parameters_mut(&mut self) -> Vec<(String, &mut B::Weight)> {
-        let mut out: Vec<(String, &mut B::Weight)> =
-            vec![(names::EMBED.into(), &mut self.embed_tokens)];
+        let mut out: Vec<(String, &mut B::Weight)> = vec![(names::EMBED.into(), &mut self.embed_tokens)];
         for (i, layer) in self.layers.iter_mut().enumerate() {
             let l = |suffix: &str| names::layer(i, suffix);
             out.push((l("input_layernorm.weight"), &mut layer.input_layernorm));
@@ -196,10 +179,7 @@ impl<B: Backend> Transformer<B> {
             if let Some(w) = layer.k_norm.as_mut() {
                 out.push((l("self_attn.k_norm.weight"), w));
             }
-            out.push((
-                l("post_attention_layernorm.weight"),
-                &mut layer.post_attention_layernorm,
-            ));
+            out.push((l("post_attention_layernorm.weight"), &mut layer.post_attention_layernorm));
             for (path, lin) in [
                 ("mlp.gate_proj", &mut layer.gate_proj),
                 ("mlp.up_proj", &mut layer.up_proj),
@@ -254,11 +234,7 @@ fn check_source(config: &Config, source: &dyn TensorSource, strict: bool) -> Res
         }
         let got = source.shape(&name)?;
         if got != shape {
-            return Err(Error::ShapeMismatch {
-                name,
-                expected: shape,
-                got,
-            });
+            return Err(Error::ShapeMismatch { name, expected: shape, got });
         }
     }
     Ok(())
@@ -271,10 +247,7 @@ impl<B: Backend + Default> Transformer<B> {
     pub fn from_pretrained(dir: impl AsRef<Path>, max_seq_len: Option<usize>) -> Result<Self> {
         let dir = dir.as_ref();
         if !dir.exists() {
-            return Err(Error::NotFound {
-                what: "model directory",
-                path: dir.to_path_buf(),
-            });
+            return Err(Error::NotFound { what: "model directory", path: dir.to_path_buf() });
         }
         if !dir.is_dir() {
             return Err(Error::InvalidInput(format!(
@@ -284,10 +257,7 @@ impl<B: Backend + Default> Transformer<B> {
         }
         let config_path = dir.join("config.json");
         if !config_path.is_file() {
-            return Err(Error::NotFound {
-                what: "config.json",
-                path: config_path,
-            });
+            return Err(Error::NotFound { what: "config.json", path: config_path });
         }
         let mut config = Config::from_file(&config_path)?;
         if let Some(n) = max_seq_len {

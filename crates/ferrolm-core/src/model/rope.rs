@@ -10,9 +10,8 @@ use crate::config::{Config, RopeScaling};
 /// `p` is `p * inv_freq[i]`.
 pub fn inv_freq(config: &Config) -> Vec<f32> {
     let dim = config.head_dim;
-    let base: Vec<f64> = (0..dim / 2)
-        .map(|i| 1.0 / config.rope_theta.powf((2 * i) as f64 / dim as f64))
-        .collect();
+    let base: Vec<f64> =
+        (0..dim / 2).map(|i| 1.0 / config.rope_theta.powf((2 * i) as f64 / dim as f64)).collect();
     let scaled = match config.rope_scaling {
         None => base,
         Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / factor).collect(),
@@ -33,8 +32,8 @@ pub fn inv_freq(config: &Config) -> Vec<f32> {
                     } else if wavelen > low_freq_wavelen {
                         f / factor
                     } else {
-                        let smooth = (old_len / wavelen - low_freq_factor)
-                            / (high_freq_factor - low_freq_factor);
+                        let smooth =
+                            (old_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
                         (1.0 - smooth) * f / factor + smooth * f
                     }
                 })
@@ -78,10 +77,8 @@ mod tests {
     #[test]
     fn llama3_keeps_high_and_scales_low_frequencies() {
         let base = inv_freq(&config(serde_json::Value::Null));
-        let f = inv_freq(&config(
-            json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
-        ));
+        let f = inv_freq(&config(json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64})));
         // wavelength 2*pi < 64/4: unchanged; wavelength > 64: divided by 8.
         assert_eq!(f[0], base[0]);
         let last = f.len() - 1;

@@ -48,14 +48,10 @@ impl TensorSource for HashMap<String, HostTensor> {
     }
 
     fn shape(&self, name: &str) -> Result<Vec<usize>> {
-        self.get(name)
-            .map(|t| t.shape.clone())
-            .ok_or_else(|| Error::MissingTensor(name.to_string()))
+        self.get(name).map(|t| t.shape.clone()).ok_or_else(|| Error::MissingTensor(name.to_string()))
     }
 
     fn read(&self, name: &str) -> Result<HostTensor> {
-        self.get(name)
-            .cloned()
-            .ok_or_else(|| Error::MissingTensor(name.to_string()))
+        self.get(name).cloned().ok_or_else(|| Error::MissingTensor(name.to_string()))
     }
 }

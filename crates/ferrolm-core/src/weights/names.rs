@@ -23,13 +23,7 @@ pub fn is_ignorable(name: &str) -> bool {
 
 /// Every parameter of the model with its shape, in a stable order.
 pub fn parameter_shapes(c: &Config) -> Vec<(String, Vec<usize>)> {
-    let (h, q, kv, inter, d) = (
-        c.hidden_size,
-        c.q_dim(),
-        c.kv_dim(),
-        c.intermediate_size,
-        c.head_dim,
-    );
+    let (h, q, kv, inter, d) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size, c.head_dim);
     let mut out = vec![(EMBED.to_string(), vec![c.vocab_size, h])];
     for i in 0..c.num_hidden_layers {
         let mut push = |suffix: &str, shape: Vec<usize>| out.push((layer(i, suffix), shape));
@@ -49,11 +43,9 @@ pub fn parameter_shapes(c: &Config) -> Vec<(String, Vec<usize>)> {
             push("self_attn.k_norm.weight", vec![d]);
         }
         push("post_attention_layernorm.weight", vec![h]);
-        for (proj, shape) in [
-            ("gate_proj", vec![inter, h]),
-            ("up_proj", vec![inter, h]),
-            ("down_proj", vec![h, inter]),
-        ] {
+        for (proj, shape) in
+            [("gate_proj", vec![inter, h]), ("up_proj", vec![inter, h]), ("down_proj", vec![h, inter])]
+        {
             let rows = shape[0];
             push(&format!("mlp.{proj}.weight"), shape);
             if c.mlp_bias {

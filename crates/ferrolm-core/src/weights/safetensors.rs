@@ -56,9 +56,7 @@ impl SafetensorsDir {
                 .collect::<Vec<_>>();
             for (name, shape) in tensors {
                 if index.insert(name.clone(), (files.len(), shape)).is_some() {
-                    return Err(Error::InvalidWeights(format!(
-                        "tensor `{name}` appears in two shards"
-                    )));
+                    return Err(Error::InvalidWeights(format!("tensor `{name}` appears in two shards")));
                 }
             }
             files.push((path, mmap));
@@ -71,15 +69,11 @@ fn read_shard_names(index_path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(index_path).map_err(|e| Error::io(index_path, e))?;
     let bad = |why: &str| Error::InvalidWeights(format!("{}: {why}", index_path.display()));
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(&e.to_string()))?;
-    let map = value
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| bad("no `weight_map` object"))?;
+    let map =
+        value.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad("no `weight_map` object"))?;
     let mut shards = Vec::new();
     for file in map.values() {
-        let file = file
-            .as_str()
-            .ok_or_else(|| bad("weight_map values must be file names"))?;
+        let file = file.as_str().ok_or_else(|| bad("weight_map values must be file names"))?;
         if file.contains('/') || file.contains('\\') || file == ".." {
             return Err(bad("shard names must be plain file names"));
         }
@@ -103,34 +97,21 @@ impl TensorSource for SafetensorsDir {
     }
 
     fn read(&self, name: &str) -> Result<HostTensor> {
-        let &(file, _) = self
-            .index
-            .get(name)
-            .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        let &(file, _) = self.index.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
         let (path, mmap) = &self.files[file];
-        let bad =
-            |why: String| Error::InvalidWeights(format!("{} `{name}`: {why}", path.display()));
+        let bad = |why: String| Error::InvalidWeights(format!("{} `{name}`: {why}", path.display()));
         let st = SafeTensors::deserialize(mmap).map_err(|e| bad(e.to_string()))?;
         let view = st.tensor(name).map_err(|e| bad(e.to_string()))?;
         let bytes = view.data();
         let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(bad(format!(
-                    "dtype {other:?} is not supported (use f32, f16 or bf16)"
-                )))
+            Dtype::F32 => {
+                bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
             }
+            Dtype::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => {
+                bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+            }
+            other => return Err(bad(format!("dtype {other:?} is not supported (use f32, f16 or bf16)"))),
         };
         HostTensor::new(view.shape().to_vec(), data)
     }

@@ -15,52 +15,42 @@ pub(super) fn attend(
     q: &[f32],
     out: &mut [f32],
 ) {
-    let AttentionShape {
-        num_heads,
-        num_kv_heads,
-        head_dim,
-        sliding_window,
-    } = shape;
+    let AttentionShape { num_heads, num_kv_heads, head_dim, sliding_window } = shape;
     let q_width = num_heads * head_dim;
     let kv_dim = num_kv_heads * head_dim;
     let group = num_heads / num_kv_heads;
     let scale = 1.0 / (head_dim as f32).sqrt();
 
     // Each output row belongs to one span; work row by row in parallel.
-    let row_span: Vec<&SeqSpan> = spans
-        .iter()
-        .flat_map(|s| std::iter::repeat_n(s, s.len))
-        .collect();
-    out.par_chunks_mut(q_width)
-        .enumerate()
-        .for_each(|(row, out_row)| {
-            let span = row_span[row];
-            let pos = span.start_pos + (row - span.row);
-            let (keys, values) = kv.get(span.slot, layer, span.start_pos + span.len);
-            let first = sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            let mut scores = vec![0f32; pos + 1 - first];
-            for h in 0..num_heads {
-                let kvh = h / group;
-                let qh = &q[row * q_width + h * head_dim..][..head_dim];
-                for (j, s) in (first..=pos).zip(scores.iter_mut()) {
-                    let kj = &keys[j * kv_dim + kvh * head_dim..][..head_dim];
-                    *s = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
-                }
-                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                let o = &mut out_row[h * head_dim..][..head_dim];
-                o.fill(0.0);
-                for (j, s) in (first..=pos).zip(&scores) {
-                    let p = s / sum;
-                    let vj = &values[j * kv_dim + kvh * head_dim..][..head_dim];
-                    for (o, v) in o.iter_mut().zip(vj) {
-                        *o += p * v;
-                    }
+    let row_span: Vec<&SeqSpan> = spans.iter().flat_map(|s| std::iter::repeat_n(s, s.len)).collect();
+    out.par_chunks_mut(q_width).enumerate().for_each(|(row, out_row)| {
+        let span = row_span[row];
+        let pos = span.start_pos + (row - span.row);
+        let (keys, values) = kv.get(span.slot, layer, span.start_pos + span.len);
+        let first = sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let mut scores = vec![0f32; pos + 1 - first];
+        for h in 0..num_heads {
+            let kvh = h / group;
+            let qh = &q[row * q_width + h * head_dim..][..head_dim];
+            for (j, s) in (first..=pos).zip(scores.iter_mut()) {
+                let kj = &keys[j * kv_dim + kvh * head_dim..][..head_dim];
+                *s = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+            }
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let o = &mut out_row[h * head_dim..][..head_dim];
+            o.fill(0.0);
+            for (j, s) in (first..=pos).zip(&scores) {
+                let p = s / sum;
+                let vj = &values[j * kv_dim + kvh * head_dim..][..head_dim];
+                for (o, v) in o.iter_mut().zip(vj) {
+                    *o += p * v;
                 }
             }
-        });
+        }
+    });
 }

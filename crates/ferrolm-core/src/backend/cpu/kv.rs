@@ -15,10 +15,7 @@ pub struct CpuKv {
 
 impl CpuKv {
     pub(super) fn new(slots: usize, layers: usize, kv_dim: usize) -> CpuKv {
-        CpuKv {
-            kv_dim,
-            slots: vec![vec![(Vec::new(), Vec::new()); layers]; slots],
-        }
+        CpuKv { kv_dim, slots: vec![vec![(Vec::new(), Vec::new()); layers]; slots] }
     }
 
     /// Keys and values of `slot` in `layer`, positions `0..len`.
@@ -29,13 +26,7 @@ impl CpuKv {
 
     /// Stores each span's rows at positions `start_pos..start_pos + len`,
     /// dropping anything cached after them (as a rewrite from `start_pos` must).
-    pub(super) fn write(
-        &mut self,
-        layer: usize,
-        spans: &[SeqSpan],
-        k: &[f32],
-        v: &[f32],
-    ) -> Result<()> {
+    pub(super) fn write(&mut self, layer: usize, spans: &[SeqSpan], k: &[f32], v: &[f32]) -> Result<()> {
         let d = self.kv_dim;
         for span in spans {
             let (keys, values) = &mut self.slots[span.slot][layer];
@@ -44,10 +35,7 @@ impl CpuKv {
                 store.truncate(span.start_pos * d);
                 store
                     .try_reserve(src.len())
-                    .map_err(|_| Error::OutOfMemory {
-                        what: "KV cache".into(),
-                        bytes: src.len() * 4,
-                    })?;
+                    .map_err(|_| Error::OutOfMemory { what: "KV cache".into(), bytes: src.len() * 4 })?;
                 store.extend_from_slice(src);
             }
         }

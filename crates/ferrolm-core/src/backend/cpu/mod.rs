@@ -22,9 +22,7 @@ pub struct Cpu {
 
 impl Default for Cpu {
     fn default() -> Self {
-        Cpu {
-            threads: rayon::current_num_threads(),
-        }
+        Cpu { threads: rayon::current_num_threads() }
     }
 }
 
@@ -59,31 +57,20 @@ impl Backend for Cpu {
 
     fn embedding(&self, table: &HostTensor, ids: &[u32], out: &mut Vec<f32>) {
         let dim = table.shape[1];
-        out.par_chunks_mut(dim)
-            .zip(ids.par_iter())
-            .for_each(|(row, &id)| {
-                let id = id as usize;
-                row.copy_from_slice(&table.data[id * dim..(id + 1) * dim]);
-            });
+        out.par_chunks_mut(dim).zip(ids.par_iter()).for_each(|(row, &id)| {
+            let id = id as usize;
+            row.copy_from_slice(&table.data[id * dim..(id + 1) * dim]);
+        });
     }
 
-    fn rms_norm(
-        &self,
-        x: &Vec<f32>,
-        weight: &HostTensor,
-        eps: f32,
-        dim: usize,
-        out: &mut Vec<f32>,
-    ) {
-        out.par_chunks_mut(dim)
-            .zip(x.par_chunks(dim))
-            .for_each(|(o, x)| {
-                let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / dim as f32;
-                let inv = 1.0 / (mean_sq + eps).sqrt();
-                for ((o, x), w) in o.iter_mut().zip(x).zip(&weight.data) {
-                    *o = w * (x * inv);
-                }
-            });
+    fn rms_norm(&self, x: &Vec<f32>, weight: &HostTensor, eps: f32, dim: usize, out: &mut Vec<f32>) {
+        out.par_chunks_mut(dim).zip(x.par_chunks(dim)).for_each(|(o, x)| {
+            let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / dim as f32;
+            let inv = 1.0 / (mean_sq + eps).sqrt();
+            for ((o, x), w) in o.iter_mut().zip(x).zip(&weight.data) {
+                *o = w * (x * inv);
+            }
+        });
     }
 
     fn linear(&self, x: &Vec<f32>, w: &HostTensor, bias: Option<&HostTensor>, out: &mut Vec<f32>) {
@@ -134,26 +121,24 @@ impl Backend for Cpu {
     fn rope(&self, x: &mut Vec<f32>, positions: &[u32], head_dim: usize, inv_freq: &[f32]) {
         let width = x.len() / positions.len();
         let half = head_dim / 2;
-        x.par_chunks_mut(width)
-            .zip(positions.par_iter())
-            .for_each(|(row, &pos)| {
-                // Angles are rounded to f32 before cos/sin, as HF computes them.
-                let (cos, sin): (Vec<f32>, Vec<f32>) = inv_freq
-                    .iter()
-                    .map(|f| {
-                        let angle = pos as f32 * f;
-                        (angle.cos(), angle.sin())
-                    })
-                    .unzip();
-                for head in row.chunks_mut(head_dim) {
-                    let (a, b) = head.split_at_mut(half);
-                    for i in 0..half {
-                        let (x1, x2) = (a[i], b[i]);
-                        a[i] = x1 * cos[i] - x2 * sin[i];
-                        b[i] = x2 * cos[i] + x1 * sin[i];
-                    }
+        x.par_chunks_mut(width).zip(positions.par_iter()).for_each(|(row, &pos)| {
+            // Angles are rounded to f32 before cos/sin, as HF computes them.
+            let (cos, sin): (Vec<f32>, Vec<f32>) = inv_freq
+                .iter()
+                .map(|f| {
+                    let angle = pos as f32 * f;
+                    (angle.cos(), angle.sin())
+                })
+                .unzip();
+            for head in row.chunks_mut(head_dim) {
+                let (a, b) = head.split_at_mut(half);
+                for i in 0..half {
+                    let (x1, x2) = (a[i], b[i]);
+                    a[i] = x1 * cos[i] - x2 * sin[i];
+                    b[i] = x2 * cos[i] + x1 * sin[i];
                 }
-            });
+            }
+        });
     }
 
     fn silu_mul(&self, gate: &mut Vec<f32>, up: &Vec<f32>) {
@@ -163,9 +148,7 @@ impl Backend for Cpu {
     }
 
     fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>) {
-        x.par_iter_mut()
-            .zip(y.par_iter())
-            .for_each(|(a, b)| *a += b);
+        x.par_iter_mut().zip(y.par_iter()).for_each(|(a, b)| *a += b);
     }
 
     fn new_kv(&self, slots: usize, layers: usize, kv_dim: usize) -> Result<CpuKv> {

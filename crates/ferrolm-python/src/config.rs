@@ -1,0 +1,32 @@
+//! Config parsing for Python: `ModelArgs` travels as JSON text both ways.
+
+use ferrolm_core::weights::names;
+use ferrolm_core::Config;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use crate::errors::to_py;
+
+pub fn parse(json: &str) -> PyResult<Config> {
+    let value: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| PyValueError::new_err(format!("config is not valid JSON: {e}")))?;
+    Config::from_json(&value).map_err(to_py)
+}
+
+/// Reads an HF `config.json`; returns the canonical config as JSON text.
+#[pyfunction]
+pub fn config_from_file(path: std::path::PathBuf) -> PyResult<String> {
+    Ok(Config::from_file(path).map_err(to_py)?.to_json().to_string())
+}
+
+/// Validates a config (HF or canonical keys) given as JSON text; returns the canonical form.
+#[pyfunction]
+pub fn config_from_json(json: &str) -> PyResult<String> {
+    Ok(parse(json)?.to_json().to_string())
+}
+
+/// The checkpoint names and shapes of every parameter of a config.
+#[pyfunction]
+pub fn parameter_shapes(json: &str) -> PyResult<Vec<(String, Vec<usize>)>> {
+    Ok(names::parameter_shapes(&parse(json)?))
+}

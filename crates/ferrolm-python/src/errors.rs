@@ -1,0 +1,47 @@
+//! Core errors to Python exceptions (one exhaustive mapping), and the
+//! wrapper that runs core work with the GIL released and panics caught.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use ferrolm_core::Error;
+use pyo3::exceptions::{PyFileNotFoundError, PyMemoryError, PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+
+pub fn to_py(err: Error) -> PyErr {
+    let msg = err.to_string();
+    match err {
+        Error::NotFound { .. } => PyFileNotFoundError::new_err(msg),
+        Error::Io { .. } => PyOSError::new_err(msg),
+        Error::InvalidConfig { .. }
+        | Error::Unsupported(_)
+        | Error::InvalidWeights(_)
+        | Error::ShapeMismatch { .. }
+        | Error::MissingTensor(_)
+        | Error::UnexpectedTensor(_)
+        | Error::InvalidInput(_)
+        | Error::ContextOverflow { .. } => PyValueError::new_err(msg),
+        Error::OutOfMemory { .. } => PyMemoryError::new_err(msg),
+        Error::DeviceUnavailable { .. } => PyRuntimeError::new_err(msg),
+    }
+}
+
+/// Runs `work` without the GIL. A panic inside becomes RuntimeError instead
+/// of unwinding into (or aborting) the interpreter.
+pub fn run<T: Send>(py: Python<'_>, work: impl FnOnce() -> ferrolm_core::Result<T> + Send) -> PyResult<T> {
+    py.detach(|| catch_unwind(AssertUnwindSafe(work)))
+        .map_err(|panic| {
+            let detail = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            PyRuntimeError::new_err(format!("internal error in ferrolm (please report it): {detail}"))
+        })?
+        .map_err(to_py)
+}
+
+/// Panics inside [`run`]; lets the tests prove a panic never reaches the interpreter.
+#[pyfunction]
+pub fn _panic_for_tests(py: Python<'_>, message: String) -> PyResult<()> {
+    run(py, || -> ferrolm_core::Result<()> { panic!("{message}") })
+}

@@ -1,0 +1,158 @@
+//! `_core.Model`: a CPU model plus its KV cache, for Python's `Transformer`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use ferrolm_core::backend::cpu::Cpu;
+use ferrolm_core::weights::HostTensor;
+use ferrolm_core::{generate, Device, Error, GenerateParams, KvCache, SamplingParams, Transformer};
+use numpy::{PyArray1, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::prelude::*;
+
+use crate::config::parse;
+use crate::errors::{run, to_py};
+
+#[pyclass(module = "ferrolm._core")]
+pub struct Model {
+    model: Transformer<Cpu>,
+    cache: KvCache<Cpu>,
+}
+
+impl Model {
+    fn new(model: Transformer<Cpu>, max_batch_size: usize) -> ferrolm_core::Result<Model> {
+        let cache = model.new_cache(max_batch_size)?;
+        Ok(Model { model, cache })
+    }
+}
+
+/// Copies numpy float32 arrays into host tensors, keyed by name.
+fn host_tensors(
+    state: HashMap<String, PyReadonlyArrayDyn<'_, f32>>,
+) -> PyResult<HashMap<String, HostTensor>> {
+    state
+        .into_iter()
+        .map(|(name, array)| {
+            let shape = array.shape().to_vec();
+            let data = array.as_array().iter().copied().collect();
+            Ok((name, HostTensor::new(shape, data).map_err(to_py)?))
+        })
+        .collect()
+}
+
+fn token_ids(sequences: Vec<Vec<i64>>) -> ferrolm_core::Result<Vec<Vec<u32>>> {
+    sequences
+        .into_iter()
+        .map(|s| {
+            s.into_iter()
+                .map(|t| {
+                    u32::try_from(t)
+                        .map_err(|_| Error::InvalidInput(format!("token id {t} is outside the vocabulary")))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[pymethods]
+impl Model {
+    /// Loads an HF model directory.
+    #[staticmethod]
+    #[pyo3(signature = (path, device, max_seq_len, max_batch_size))]
+    fn from_pretrained(
+        py: Python<'_>,
+        path: PathBuf,
+        device: &str,
+        max_seq_len: Option<usize>,
+        max_batch_size: usize,
+    ) -> PyResult<Model> {
+        run(py, || {
+            Device::parse(device)?.ensure_available()?;
+            Model::new(Transformer::from_pretrained(&path, max_seq_len)?, max_batch_size)
+        })
+    }
+
+    /// A model with random weights (HF's initialisation), reproducible from `seed`.
+    #[staticmethod]
+    fn random(py: Python<'_>, config: &str, seed: u64, max_batch_size: usize) -> PyResult<Model> {
+        let config = parse(config)?;
+        run(py, || Model::new(Transformer::random(config, Cpu::default(), seed)?, max_batch_size))
+    }
+
+    /// A model built from a complete state dict of float32 arrays.
+    #[staticmethod]
+    fn from_state_dict(
+        py: Python<'_>,
+        config: &str,
+        state: HashMap<String, PyReadonlyArrayDyn<'_, f32>>,
+        max_batch_size: usize,
+    ) -> PyResult<Model> {
+        let config = parse(config)?;
+        let tensors = host_tensors(state)?;
+        run(py, || Model::new(Transformer::from_source(config, Cpu::default(), &tensors)?, max_batch_size))
+    }
+
+    /// Replaces the parameters in `state`; with `strict`, all must be present.
+    fn load_state_dict(
+        &mut self,
+        py: Python<'_>,
+        state: HashMap<String, PyReadonlyArrayDyn<'_, f32>>,
+        strict: bool,
+    ) -> PyResult<()> {
+        let tensors = host_tensors(state)?;
+        run(py, || self.model.load_state(&tensors, strict))
+    }
+
+    /// Logits `[batch, seq, vocab]` for equal-length sequences continuing at `start_pos`.
+    fn forward<'py>(
+        &mut self,
+        py: Python<'py>,
+        sequences: Vec<Vec<i64>>,
+        start_pos: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (batch, len) = (sequences.len(), sequences.first().map_or(0, Vec::len));
+        let vocab = self.model.config.vocab_size;
+        let logits = run(py, || {
+            let sequences = token_ids(sequences)?;
+            if sequences.is_empty() {
+                return Err(Error::InvalidInput("empty batch: pass at least one sequence".into()));
+            }
+            self.model.forward_rectangular(&mut self.cache, &sequences, start_pos)
+        })?;
+        Ok(PyArray1::from_vec(py, logits).reshape([batch, len, vocab])?.into_any())
+    }
+
+    /// New tokens and their log-probabilities for each prompt.
+    #[pyo3(signature = (prompts, max_new_tokens, temperature, top_p, seed))]
+    fn generate(
+        &mut self,
+        py: Python<'_>,
+        prompts: Vec<Vec<i64>>,
+        max_new_tokens: usize,
+        temperature: f32,
+        top_p: f32,
+        seed: Option<u64>,
+    ) -> PyResult<Vec<(Vec<u32>, Vec<f32>)>> {
+        let params = GenerateParams { max_new_tokens, sampling: SamplingParams { temperature, top_p }, seed };
+        let out = run(py, || {
+            let prompts = token_ids(prompts)?;
+            generate(&self.model, &mut self.cache, &prompts, &params)
+        })?;
+        Ok(out.into_iter().map(|g| (g.tokens, g.logprobs)).collect())
+    }
+
+    /// The canonical config as JSON text.
+    #[getter]
+    fn config(&self) -> String {
+        self.model.config.to_json().to_string()
+    }
+
+    #[getter]
+    fn max_batch_size(&self) -> usize {
+        self.cache.slots()
+    }
+
+    #[getter]
+    fn device(&self) -> String {
+        self.model.device().to_string()
+    }
+}
