@@ -221,8 +221,14 @@ fn check_source(config: &Config, source: &dyn TensorSource, strict: bool) -> Res
     let mut present = source.names();
     present.sort();
     for name in &present {
-        let tied_head = config.tie_word_embeddings && name == names::LM_HEAD;
-        if !shapes.contains_key(name) && !names::is_ignorable(name) && !tied_head {
+        // Checkpoints of tied models may still carry the head; it must at
+        // least have the embedding's shape, and is then ignored.
+        if config.tie_word_embeddings && name == names::LM_HEAD {
+            let (got, expected) = (source.shape(name)?, vec![config.vocab_size, config.hidden_size]);
+            if got != expected {
+                return Err(Error::ShapeMismatch { name: name.clone(), expected, got });
+            }
+        } else if !shapes.contains_key(name) && !names::is_ignorable(name) {
             return Err(Error::UnexpectedTensor(name.clone()));
         }
     }
@@ -265,5 +271,79 @@ impl<B: Backend + Default> Transformer<B> {
         }
         let source = SafetensorsDir::open(dir)?;
         Self::from_source(config, B::default(), &source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::backend::cpu::Cpu;
+
+    fn config() -> Config {
+        Config::from_json(&json!({
+            "architectures": ["Qwen2ForCausalLM"], "hidden_size": 8, "intermediate_size": 16,
+            "vocab_size": 10, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "num_key_value_heads": 1, "tie_word_embeddings": true,
+        }))
+        .unwrap()
+    }
+
+    fn state() -> HashMap<String, HostTensor> {
+        names::parameter_shapes(&config())
+            .into_iter()
+            .map(|(n, s)| {
+                let len = s.iter().product();
+                (n, HostTensor::new(s, vec![0.1; len]).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn loads_a_complete_state_and_names_what_is_wrong() {
+        assert!(Transformer::from_source(config(), Cpu::default(), &state()).is_ok());
+
+        let mut s = state();
+        s.remove("model.layers.0.self_attn.k_proj.bias");
+        let err = Transformer::from_source(config(), Cpu::default(), &s).err().unwrap();
+        assert!(matches!(err, Error::MissingTensor(ref n) if n == "model.layers.0.self_attn.k_proj.bias"));
+
+        let mut s = state();
+        s.insert("model.norm.weight".into(), HostTensor::new(vec![3], vec![1.0; 3]).unwrap());
+        let err = Transformer::from_source(config(), Cpu::default(), &s).err().unwrap();
+        assert!(matches!(err, Error::ShapeMismatch { ref name, .. } if name == "model.norm.weight"));
+
+        let mut s = state();
+        s.insert(
+            "model.layers.0.self_attn.o_proj.bias".into(),
+            HostTensor::new(vec![8], vec![0.0; 8]).unwrap(),
+        );
+        let err = Transformer::from_source(config(), Cpu::default(), &s).err().unwrap();
+        assert!(matches!(err, Error::UnexpectedTensor(_)), "Qwen2 has no o_proj bias: {err}");
+    }
+
+    #[test]
+    fn partial_load_changes_only_given_tensors_and_failed_load_changes_nothing() {
+        let mut model = Transformer::random(config(), Cpu::default(), 0).unwrap();
+        let mut cache = model.new_cache(1).unwrap();
+        let input = [SeqInput { slot: 0, start_pos: 0, tokens: &[1, 2, 3] }];
+        let before = model.forward(&mut cache, &input, Logits::All).unwrap();
+
+        let mut bad = HashMap::new();
+        bad.insert("model.norm.weight".to_string(), HostTensor::new(vec![8], vec![2.0; 8]).unwrap());
+        bad.insert("lm_head.weight".to_string(), HostTensor::new(vec![1], vec![0.0]).unwrap());
+        assert!(model.load_state(&bad, false).is_err());
+        assert_eq!(model.forward(&mut cache, &input, Logits::All).unwrap(), before);
+
+        bad.remove("lm_head.weight");
+        model.load_state(&bad, false).unwrap();
+        assert_ne!(model.forward(&mut cache, &input, Logits::All).unwrap(), before);
+    }
+
+    #[test]
+    fn missing_directory_is_not_found() {
+        let err = Transformer::<Cpu>::from_pretrained("/no/such/dir", None).err().unwrap();
+        assert!(matches!(err, Error::NotFound { .. }), "{err}");
     }
 }

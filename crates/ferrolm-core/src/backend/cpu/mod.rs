@@ -5,6 +5,8 @@
 
 mod attention;
 mod kv;
+#[cfg(test)]
+mod tests;
 
 use rayon::prelude::*;
 
