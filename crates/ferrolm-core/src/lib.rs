@@ -28,6 +28,7 @@ pub mod generate;
 pub mod kv;
 pub mod model;
 pub mod sampling;
+pub mod tokenizer;
 pub mod weights;
 
 pub use backend::Device;

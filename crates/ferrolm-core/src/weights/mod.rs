@@ -4,6 +4,7 @@
 //! a loader never holds two copies of the model. Sources: safetensors files
 //! (single or sharded, memory-mapped) and in-memory maps (Python state dicts).
 
+pub mod gguf;
 pub mod names;
 mod safetensors;
 

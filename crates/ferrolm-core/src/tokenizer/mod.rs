@@ -1,0 +1,1 @@
+//! Tokenizers and chat templates (HF `tokenizers`, GGUF vocabularies, minijinja).
