@@ -187,9 +187,9 @@ class Transformer:
         prompts = _token_lists(prompt_tokens)
         out = self._core_model().generate(
             prompts, _index(max_gen_len, "max_gen_len"), float(temperature), float(top_p),
-            None if seed is None else _index(seed, "seed"),
+            None if seed is None else _index(seed, "seed"), False,
         )
-        return [tokens for tokens, _ in out]
+        return [tokens for tokens, _, _ in out]
 
     def _core_model(self) -> _core.Model:
         if self._model is None:

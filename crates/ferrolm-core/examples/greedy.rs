@@ -4,7 +4,7 @@
 //!     cargo run --release -p ferrolm-core --example greedy -- MODEL_DIR [TOKEN_ID ...]
 
 use ferrolm_core::backend::cpu::Cpu;
-use ferrolm_core::{generate, GenerateParams, SamplingParams, Transformer};
+use ferrolm_core::{generate, SamplingConfig, Transformer};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -26,8 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let mut cache = model.new_cache(1)?;
-    let params = GenerateParams { max_new_tokens: 16, sampling: SamplingParams::greedy(), seed: None };
-    let out = generate(&model, &mut cache, &[prompt.clone()], &params)?;
+    let out = generate(&model, &mut cache, &[prompt.clone()], &SamplingConfig::greedy(16), false)?;
     println!("prompt {prompt:?} -> greedy {:?}", out[0].tokens);
     Ok(())
 }

@@ -6,12 +6,11 @@
 //! embed it directly.
 //!
 //! ```no_run
-//! use ferrolm_core::{generate, backend::cpu::Cpu, GenerateParams, SamplingParams, Transformer};
+//! use ferrolm_core::{generate, backend::cpu::Cpu, SamplingConfig, Transformer};
 //!
 //! let model = Transformer::<Cpu>::from_pretrained("path/to/model", Some(512))?;
 //! let mut cache = model.new_cache(1)?;
-//! let params = GenerateParams { max_new_tokens: 16, sampling: SamplingParams::greedy(), seed: None };
-//! let out = generate(&model, &mut cache, &[vec![1, 15043, 29892]], &params)?;
+//! let out = generate(&model, &mut cache, &[vec![1, 15043, 29892]], &SamplingConfig::greedy(16), false)?;
 //! println!("{:?}", out[0].tokens);
 //! # Ok::<(), ferrolm_core::Error>(())
 //! ```
@@ -34,7 +33,7 @@ pub mod weights;
 pub use backend::Device;
 pub use config::{Config, DType, Family, RopeScaling};
 pub use error::{Error, Result};
-pub use generate::{generate, GenerateParams, Generation};
+pub use generate::{generate, Decoding, FinishReason, Generation, Request, TokenEvent};
 pub use kv::KvCache;
 pub use model::{Logits, SeqInput, Transformer};
-pub use sampling::{Sampler, SamplingParams};
+pub use sampling::{Sampled, Sampler, SamplingConfig};

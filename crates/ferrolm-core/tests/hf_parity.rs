@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use ferrolm_core::backend::cpu::Cpu;
-use ferrolm_core::{generate, GenerateParams, Logits, SamplingParams, SeqInput, Transformer};
+use ferrolm_core::{generate, Logits, SamplingConfig, SeqInput, Transformer};
 use safetensors::{Dtype, SafeTensors};
 
 /// Bound on max |ours - HF| / max |HF| per position (f32 end to end).
@@ -107,8 +107,7 @@ fn greedy_matches_hf() {
             expected.pop();
         }
         let mut cache = model.new_cache(1).unwrap();
-        let params = GenerateParams { max_new_tokens: 24, sampling: SamplingParams::greedy(), seed: None };
-        let out = generate(&model, &mut cache, &[prompt], &params).unwrap();
+        let out = generate(&model, &mut cache, &[prompt], &SamplingConfig::greedy(24), false).unwrap();
         assert_eq!(out[0].tokens, expected, "{}", dir.display());
     }
 }

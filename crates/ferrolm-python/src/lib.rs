@@ -7,6 +7,7 @@
 mod config;
 mod errors;
 mod model;
+mod sampling;
 
 use pyo3::prelude::*;
 
@@ -17,6 +18,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(config::config_from_json, m)?)?;
     m.add_function(wrap_pyfunction!(config::parameter_shapes, m)?)?;
     m.add_function(wrap_pyfunction!(errors::_panic_for_tests, m)?)?;
+    m.add_function(wrap_pyfunction!(sampling::validate_sampling, m)?)?;
     m.add_class::<model::Model>()?;
     Ok(())
 }

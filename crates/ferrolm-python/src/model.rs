@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use ferrolm_core::backend::cpu::Cpu;
 use ferrolm_core::weights::HostTensor;
-use ferrolm_core::{generate, Device, Error, GenerateParams, KvCache, SamplingParams, Transformer};
+use ferrolm_core::{generate, Device, Error, KvCache, SamplingConfig, Transformer};
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
@@ -121,8 +121,10 @@ impl Model {
         Ok(PyArray1::from_vec(py, logits).reshape([batch, len, vocab])?.into_any())
     }
 
-    /// New tokens and their log-probabilities for each prompt.
-    #[pyo3(signature = (prompts, max_new_tokens, temperature, top_p, seed))]
+    /// Meta-style sampling (temperature and top-p only): for each prompt its
+    /// new tokens, their log-probabilities and, if asked, the prompt's.
+    #[pyo3(signature = (prompts, max_new_tokens, temperature, top_p, seed, prompt_logprobs))]
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn generate(
         &mut self,
         py: Python<'_>,
@@ -131,13 +133,14 @@ impl Model {
         temperature: f32,
         top_p: f32,
         seed: Option<u64>,
-    ) -> PyResult<Vec<(Vec<u32>, Vec<f32>)>> {
-        let params = GenerateParams { max_new_tokens, sampling: SamplingParams { temperature, top_p }, seed };
+        prompt_logprobs: bool,
+    ) -> PyResult<Vec<(Vec<u32>, Vec<f32>, Option<Vec<f32>>)>> {
+        let config = SamplingConfig::temperature_top_p(temperature, top_p, max_new_tokens, seed);
         let out = run(py, || {
             let prompts = token_ids(prompts)?;
-            generate(&self.model, &mut self.cache, &prompts, &params)
+            generate(&self.model, &mut self.cache, &prompts, &config, prompt_logprobs)
         })?;
-        Ok(out.into_iter().map(|g| (g.tokens, g.logprobs)).collect())
+        Ok(out.into_iter().map(|g| (g.tokens, g.logprobs, g.prompt_logprobs)).collect())
     }
 
     /// The canonical config as JSON text.

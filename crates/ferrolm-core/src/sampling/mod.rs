@@ -1,0 +1,9 @@
+//! Choosing the next token: the seed's `SamplingConfig` (temperature, top-k,
+//! top-p, min-p, repetition/frequency/presence penalties over a window,
+//! seeds) applied to one row of logits by a per-sequence [`Sampler`].
+
+mod config;
+mod sampler;
+
+pub use self::config::SamplingConfig;
+pub use self::sampler::{argmax, log_softmax, softmax, Sampled, Sampler};

@@ -1,0 +1,157 @@
+"""The ``ferrolm`` command: generate, chat, info, pull.
+
+Every command that takes a model accepts a directory, a ``.gguf`` file or a
+short name (default ``smollm2``, pulled on first use).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ferrolm import hub
+
+_EPILOG = """examples:
+  ferrolm generate "The capital of France is"
+  ferrolm chat --system "You are terse."
+  ferrolm info smollm2
+  ferrolm pull smollm2
+"""
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling (defaults as in SamplingConfig)")
+    g.add_argument("--max-tokens", type=int, default=256, help="most new tokens (default: 256)")
+    g.add_argument("--temperature", type=float, help="0 = greedy (default: 0.6)")
+    g.add_argument("--top-k", type=int, help="keep the k most likely tokens, 0 = off (default: 20)")
+    g.add_argument("--top-p", type=float, help="nucleus probability mass (default: 0.95)")
+    g.add_argument("--min-p", type=float, help="drop tokens below min_p x the best (default: 0.05)")
+    g.add_argument("--repetition-penalty", type=float, help="> 1 discourages repeats (default: 1.1)")
+    g.add_argument("--seed", type=int, help="fix the random draws")
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    g.add_argument("--think", action="store_true", help="let reasoning models think first (reasoning_mode=1)")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", default=hub.DEFAULT_MODEL,
+                   help=f"directory, .gguf file or short name (default: {hub.DEFAULT_MODEL})")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--system", help="system prompt")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ferrolm", description="Run LLMs with ferrolm.", epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ferrolm {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    g = sub.add_parser("generate", help="answer one prompt, streaming the text")
+    g.add_argument("prompt", help="the prompt text")
+    g.add_argument("--raw", action="store_true", help="continue the text as is (no chat template)")
+    _model_args(g)
+    _sampling_args(g)
+
+    c = sub.add_parser("chat", help="interactive multi-turn chat (/reset, /exit)")
+    _model_args(c)
+    _sampling_args(c)
+
+    i = sub.add_parser("info", help="describe a model")
+    i.add_argument("model", nargs="?", default=hub.DEFAULT_MODEL, help="directory, .gguf file or short name")
+
+    p = sub.add_parser("pull", help="download a known model into the cache")
+    p.add_argument("name", choices=sorted(hub.KNOWN_MODELS), help="short name")
+    return parser
+
+
+def _version() -> str:
+    from ferrolm import __version__
+
+    return __version__
+
+
+def _config(args: argparse.Namespace):
+    from ferrolm.sampling import SamplingConfig
+
+    given = {
+        "max_tokens": args.max_tokens, "temperature": args.temperature, "top_k": args.top_k,
+        "top_p": args.top_p, "min_p": args.min_p, "repetition_penalty": args.repetition_penalty,
+        "seed": args.seed, "stop": args.stop, "reasoning_mode": 1 if args.think else 0,
+    }
+    return SamplingConfig(**{k: v for k, v in given.items() if v is not None})
+
+
+def _session(args: argparse.Namespace):
+    from ferrolm.session import InferenceSession
+
+    return InferenceSession(args.model, device=args.device)
+
+
+def _stream(pieces) -> None:
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    config = _config(args)
+    with _session(args) as session:
+        if args.raw:
+            _stream(session.complete(args.prompt, config, stream=True))
+        else:
+            _stream(session.generate(args.prompt, config, system_prompt=args.system, stream=True))
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    config = _config(args)
+    interactive = sys.stdin.isatty()
+    with _session(args) as session:
+        if args.system:
+            session.set_system_prompt(args.system)
+        if interactive:
+            print("Chatting with ferrolm. /reset starts over, /exit quits.", file=sys.stderr)
+        while True:
+            try:
+                line = input("> " if interactive else "")
+            except EOFError:
+                break
+            text = line.strip()
+            if text in ("/exit", "/quit"):
+                break
+            if text == "/reset":
+                session.reset_conversation()
+                print("(conversation reset)", file=sys.stderr)
+                continue
+            if text:
+                _stream(session.generate(text, config, stream=True))
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from ferrolm.session import InferenceSession
+
+    with InferenceSession(args.model) as session:
+        print(json.dumps(session.get_model_info(), indent=2))
+
+
+def cmd_pull(args: argparse.Namespace) -> None:
+    print(hub.pull(args.name))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    commands = {"generate": cmd_generate, "chat": cmd_chat, "info": cmd_info, "pull": cmd_pull}
+    try:
+        commands[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
+        print(f"ferrolm: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

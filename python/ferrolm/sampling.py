@@ -1,0 +1,84 @@
+"""``SamplingConfig``: the seed's sampling knobs, checked by the Rust core."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ferrolm import _core
+
+_FLOATS = ("temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty")
+_INTS = ("top_k", "penalty_window", "max_tokens", "reasoning_mode")
+
+
+@dataclass
+class SamplingConfig:
+    """How to pick tokens and when to stop (defaults as in the seed API).
+
+    Args:
+        temperature: softmax temperature; 0.0 is greedy.
+        top_k: keep only the k most likely tokens (0 disables).
+        top_p: nucleus sampling: smallest set of tokens with this much probability.
+        min_p: drop tokens less likely than ``min_p`` times the most likely one.
+        repetition_penalty: > 1 discourages tokens seen in the last ``penalty_window`` tokens.
+        frequency_penalty: subtracted per earlier occurrence of a token.
+        presence_penalty: subtracted once from any token already present.
+        penalty_window: how many recent tokens (prompt included) the penalties consider.
+        max_tokens: most new tokens.
+        seed: fixes the random draws (None: a fresh seed each time).
+        reasoning_mode: 1 lets a reasoning model (Qwen3) think first; 0 turns thinking off.
+        stop: strings that end generation (not included in the output).
+        stop_token_ids: token ids that end generation.
+        logprobs: report this many top alternatives per token (None: no log-probabilities).
+
+    Out-of-range values raise ``ValueError`` naming the field.
+    """
+
+    temperature: float = 0.6
+    top_k: int = 20
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repetition_penalty: float = 1.1
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    penalty_window: int = 64
+    max_tokens: int = 512
+    seed: int | None = None
+    reasoning_mode: int = 0
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    logprobs: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in _FLOATS:
+            setattr(self, name, _number(getattr(self, name), name, float))
+        for name in _INTS:
+            setattr(self, name, _number(getattr(self, name), name, int, minimum=0))
+        for name in ("seed", "logprobs"):
+            if getattr(self, name) is not None:
+                setattr(self, name, _number(getattr(self, name), name, int, minimum=0))
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        if not all(isinstance(s, str) for s in self.stop):
+            raise ValueError("invalid config field `stop`: expected a string or a list of strings")
+        self.stop = list(self.stop)
+        self.stop_token_ids = [_number(t, "stop_token_ids", int, minimum=0) for t in self.stop_token_ids]
+        _core.validate_sampling(self.to_json())
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+
+def _number(value: Any, name: str, kind: type, minimum: int | None = None) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            (kind is int and isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"invalid config field `{name}`: expected a number, got {value!r}")
+    value = kind(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"invalid config field `{name}`: must be >= {minimum}, got {value!r}")
+    return value
