@@ -45,6 +45,10 @@ pub enum Error {
     #[error("unexpected tensor `{0}` (not a parameter of this model)")]
     UnexpectedTensor(String),
 
+    /// A tokenizer file, GGUF vocabulary or chat template is malformed.
+    #[error("invalid tokenizer: {0}")]
+    InvalidTokenizer(String),
+
     /// The caller passed an input the model cannot run (bad token, ragged batch, ...).
     #[error("{0}")]
     InvalidInput(String),

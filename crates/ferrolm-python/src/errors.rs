@@ -18,6 +18,7 @@ pub fn to_py(err: Error) -> PyErr {
         | Error::ShapeMismatch { .. }
         | Error::MissingTensor(_)
         | Error::UnexpectedTensor(_)
+        | Error::InvalidTokenizer(_)
         | Error::InvalidInput(_)
         | Error::ContextOverflow { .. } => PyValueError::new_err(msg),
         Error::OutOfMemory { .. } => PyMemoryError::new_err(msg),
