@@ -247,17 +247,21 @@ fn check_source(config: &Config, source: &dyn TensorSource, strict: bool) -> Res
 }
 
 impl<B: Backend + Default> Transformer<B> {
-    /// Loads an HF model directory: `config.json` plus safetensors weights.
+    /// Loads an HF model directory: `config.json` plus safetensors weights;
+    /// or a GGUF file (a path ending in `.gguf`, see [`Transformer::from_gguf`]).
     /// `max_seq_len` (default: the config's `max_position_embeddings`) sets the
     /// cache capacity per sequence.
     pub fn from_pretrained(dir: impl AsRef<Path>, max_seq_len: Option<usize>) -> Result<Self> {
         let dir = dir.as_ref();
+        if dir.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) && !dir.is_dir() {
+            return Self::from_gguf(dir, max_seq_len);
+        }
         if !dir.exists() {
             return Err(Error::NotFound { what: "model directory", path: dir.to_path_buf() });
         }
         if !dir.is_dir() {
             return Err(Error::InvalidInput(format!(
-                "{} is not a directory; pass the model directory holding config.json",
+                "{} is not a directory; pass the model directory holding config.json, or a .gguf file",
                 dir.display()
             )));
         }

@@ -127,9 +127,48 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<Config> {
         eos_token_ids: token("eos_token_id")?.into_iter().collect(),
         dtype: storage_dtype(file),
     };
+    config.validate()?;
+    check_against_tensors(file, &config)?;
     config.rope_scaling = rope_scaling(&m, &config)?;
     config.validate()?;
     Ok(config)
+}
+
+/// The sizes in the metadata must be those of the tensors: a clear error for
+/// an inconsistent file, and a bound (the file's size) on everything the
+/// loader allocates from the config before it checks shapes.
+fn check_against_tensors(file: &GgufFile, c: &Config) -> Result<()> {
+    let arch = file.architecture().unwrap_or_default();
+    let last = format!("blk.{}.attn_norm.weight", c.num_hidden_layers - 1);
+    if file.tensor_info(&last).is_none() {
+        return Err(Error::InvalidWeights(format!(
+            "{}: {arch}.block_count is {} but there is no tensor `{last}`",
+            file.path().display(),
+            c.num_hidden_layers
+        )));
+    }
+    let expect = |name: &str, key: &str, dim: usize, value: Option<usize>| -> Result<()> {
+        let info = file.tensor_info(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        let got = info.dims.get(dim).copied();
+        if value.map(|v| v as u64) != got {
+            return Err(Error::InvalidWeights(format!(
+                "{}: the metadata gives {key} = {} but tensor `{name}` has dimensions {:?} (innermost first)",
+                file.path().display(),
+                value.map_or("an overflowing size".to_string(), |v| v.to_string()),
+                info.dims
+            )));
+        }
+        Ok(())
+    };
+    let heads = format!("{arch}.attention.head_count x head size");
+    let kv_heads = format!("{arch}.attention.head_count_kv x head size");
+    let q = c.num_attention_heads.checked_mul(c.head_dim);
+    let kv = c.num_key_value_heads.checked_mul(c.head_dim);
+    expect("blk.0.attn_q.weight", &format!("{arch}.embedding_length"), 0, Some(c.hidden_size))?;
+    expect("blk.0.attn_q.weight", &heads, 1, q)?;
+    expect("blk.0.attn_k.weight", &kv_heads, 1, kv)?;
+    expect("blk.0.ffn_up.weight", &format!("{arch}.feed_forward_length"), 1, Some(c.intermediate_size))?;
+    Ok(())
 }
 
 /// Typed access to `{arch}.*` keys with errors that name the key.

@@ -26,3 +26,26 @@ mod reader;
 
 pub use self::config::config_from_gguf;
 pub use self::reader::{GgmlType, GgufFile, GgufTensorInfo, GgufValue};
+
+use std::path::Path;
+
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::model::Transformer;
+
+impl<B: Backend + Default> Transformer<B> {
+    /// Loads a model from one GGUF file: the config from its metadata
+    /// ([`config_from_gguf`]), the weights dequantized to f32. Every tensor
+    /// type is checked before anything is read. `max_seq_len` (default:
+    /// `{arch}.context_length`) sets the cache capacity per sequence.
+    /// [`Transformer::from_pretrained`] calls this for a path ending in `.gguf`.
+    pub fn from_gguf(path: impl AsRef<Path>, max_seq_len: Option<usize>) -> Result<Self> {
+        let file = GgufFile::open(path.as_ref())?;
+        file.check_supported_types()?;
+        let mut config = config_from_gguf(&file)?;
+        if let Some(n) = max_seq_len {
+            config.max_seq_len = n;
+        }
+        Self::from_source(config, B::default(), &file)
+    }
+}

@@ -364,6 +364,11 @@ impl GgufFile {
         self.alignment
     }
 
+    /// Absolute byte offset of the tensor data section (tensor offsets are relative to it).
+    pub fn data_start(&self) -> u64 {
+        self.data_start
+    }
+
     /// The tensor table in file order, with GGUF names and ggml dims.
     pub fn tensor_infos(&self) -> &[GgufTensorInfo] {
         &self.tensors
@@ -442,11 +447,14 @@ impl GgufFile {
 
 fn unsupported_type(info: &GgufTensorInfo) -> Error {
     let supported: Vec<String> = GgmlType::SUPPORTED.iter().map(|t| t.to_string()).collect();
+    let ty = info.ggml_type;
+    let stored = match ty.name() {
+        Some(name) => format!("{name} (ggml type {})", ty.0),
+        None => format!("unknown ggml type {}", ty.0),
+    };
     Error::Unsupported(format!(
-        "tensor `{}` is stored as {} (ggml type {}), which ferrolm cannot dequantize; supported types: {}",
+        "tensor `{}` is stored as {stored}, which ferrolm cannot dequantize; supported types: {}",
         info.name,
-        info.ggml_type,
-        info.ggml_type.0,
         supported.join(", ")
     ))
 }
