@@ -27,6 +27,8 @@ pub mod generate;
 pub mod kv;
 pub mod model;
 pub mod sampling;
+pub mod session;
+mod stop;
 pub mod tokenizer;
 pub mod weights;
 
@@ -37,3 +39,4 @@ pub use generate::{generate, Decoding, FinishReason, Generation, Request, TokenE
 pub use kv::KvCache;
 pub use model::{Logits, SeqInput, Transformer};
 pub use sampling::{Sampled, Sampler, SamplingConfig};
+pub use session::{Session, TurnSummary};
