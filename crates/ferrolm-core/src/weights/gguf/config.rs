@@ -358,7 +358,7 @@ fn llama3_from_rope_freqs(m: &Meta, config: &Config) -> Result<Option<RopeScalin
         let s = (1.0 / f64::from(freqs[i]) - 1.0 / factor) / (1.0 - 1.0 / factor);
         let wavelen = 2.0 * std::f64::consts::PI / base[i];
         let solved = wavelen * (s * (high - low) + low);
-        if solved.is_finite() && solved >= 1.0 && solved < 1e12 {
+        if (1.0..1e12).contains(&solved) {
             lengths.push(solved.round() as usize);
         }
     }

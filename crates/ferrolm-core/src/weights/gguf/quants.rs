@@ -181,10 +181,13 @@ pub fn dequantize_q6_k(src: &[u8], dst: &mut [f32]) {
     }
 }
 
+/// A block decoder: whole blocks in, values out.
+pub type BlockDecoder = fn(&[u8], &mut [f32]);
+
 /// The block decoder of a supported type, with its block layout.
-fn decoder(ty: GgmlType) -> Option<(fn(&[u8], &mut [f32]), usize, usize)> {
+fn decoder(ty: GgmlType) -> Option<(BlockDecoder, usize, usize)> {
     Some(match ty {
-        GgmlType::F32 => (dequantize_f32 as fn(&[u8], &mut [f32]), 1, 4),
+        GgmlType::F32 => (dequantize_f32 as BlockDecoder, 1, 4),
         GgmlType::F16 => (dequantize_f16, 1, 2),
         GgmlType::BF16 => (dequantize_bf16, 1, 2),
         GgmlType::Q4_0 => (dequantize_q4_0, QK4_0, BLOCK_Q4_0_BYTES),
