@@ -7,5 +7,6 @@
 
 from ferrolm._core import __version__
 from ferrolm.model import ModelArgs, Transformer, create_transformer_from_config
+from ferrolm.tokenizer import Tokenizer
 
-__all__ = ["ModelArgs", "Transformer", "__version__", "create_transformer_from_config"]
+__all__ = ["ModelArgs", "Tokenizer", "Transformer", "__version__", "create_transformer_from_config"]
