@@ -59,3 +59,40 @@ def load_state(model_dir: Path) -> dict[str, np.ndarray]:
                 a = (a.astype(np.uint32) << 16).view(np.float32)
             state[name] = a.astype(np.float32).reshape(info["shape"])
     return state
+
+
+TOKENIZERS = Path(__file__).parent / "fixtures" / "tokenizers"
+
+
+@pytest.fixture(scope="session")
+def chat_model(tmp_path_factory) -> Path:
+    """A tiny random Llama with SmolLM2's real tokenizer and chat template.
+
+    Its text is gibberish, but everything around the model (templates,
+    streaming, stop strings, cache reuse, history) behaves as with a real one.
+    Made at test time: a committed copy would weigh megabytes.
+    """
+    from safetensors.numpy import save_file
+
+    d = tmp_path_factory.mktemp("chat_model")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (d / name).write_bytes((TOKENIZERS / "smollm2" / name).read_bytes())
+    config = {
+        "architectures": ["LlamaForCausalLM"], "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "vocab_size": 49152, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
+        "rope_theta": 100000.0, "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2,
+        "torch_dtype": "float32",
+    }
+    (d / "config.json").write_text(json.dumps(config))
+    from ferrolm import _core
+
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for name, shape in _core.parameter_shapes(json.dumps(config)):
+        if name.endswith("norm.weight"):
+            tensors[name] = np.ones(shape, np.float32)
+        else:
+            tensors[name] = rng.normal(0, 0.5, shape).astype(np.float32)
+    save_file(tensors, str(d / "model.safetensors"))
+    return d

@@ -15,7 +15,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from ferrolm import _core
+from ferrolm import _core, hub
 
 Tokens = Union[list[list[int]], np.ndarray]
 
@@ -123,17 +123,19 @@ class Transformer:
         max_seq_len: int | None = None,
         max_batch_size: int = 1,
     ) -> Transformer:
-        """Loads an HF model directory (``config.json`` + safetensors weights).
+        """Loads an HF model directory (``config.json`` + safetensors), a ``.gguf`` file,
+        or a short name such as ``"smollm2"`` (pulled on first use).
 
         Args:
-            path: the model directory.
-            device: ``"cpu"`` (``"cuda"`` raises RuntimeError until the CUDA backend lands).
+            path: the model.
+            device: ``"cpu"`` (``"cuda"``, ``"cuda:N"`` or a GPU index raise RuntimeError
+                until the CUDA backend lands).
             max_seq_len: KV cache capacity per sequence (default: the model's
                 ``max_position_embeddings``).
             max_batch_size: sequences per forward call.
         """
         model = _core.Model.from_pretrained(
-            os.fspath(path), str(device), max_seq_len, _positive(max_batch_size, "max_batch_size")
+            str(hub.resolve(path)), _device(device), max_seq_len, _positive(max_batch_size, "max_batch_size")
         )
         self = cls(ModelArgs(**json.loads(model.config), max_batch_size=max_batch_size))
         self._model = model
@@ -184,12 +186,16 @@ class Transformer:
         ``max_gen_len`` tokens or when ``max_seq_len`` is reached.
         ``temperature=0`` is greedy; ``seed`` makes sampling reproducible.
         """
-        prompts = _token_lists(prompt_tokens)
-        out = self._core_model().generate(
-            prompts, _index(max_gen_len, "max_gen_len"), float(temperature), float(top_p),
-            None if seed is None else _index(seed, "seed"), False,
+        return [tokens for tokens, _, _ in self._generate(prompt_tokens, max_gen_len, temperature, top_p, seed)]
+
+    def _generate(self, prompt_tokens: Tokens, max_gen_len: int, temperature: float, top_p: float,
+                  seed: int | None, prompt_logprobs: bool = False,
+                  ) -> list[tuple[list[int], list[float], list[float] | None]]:
+        """Per prompt: new tokens, their log-probabilities, and the prompt's if asked."""
+        return self._core_model().generate(
+            _token_lists(prompt_tokens), _index(max_gen_len, "max_gen_len"), float(temperature),
+            float(top_p), None if seed is None else _index(seed, "seed"), prompt_logprobs,
         )
-        return [tokens for tokens, _, _ in out]
 
     def _core_model(self) -> _core.Model:
         if self._model is None:
@@ -218,6 +224,13 @@ def _index(value: Any, name: str, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _device(device: str | int) -> str:
+    """``0`` means the first GPU, as in the seed API; strings pass through."""
+    if isinstance(device, (int, np.integer)) and not isinstance(device, bool):
+        return f"cuda:{int(device)}"
+    return str(device)
 
 
 def _positive(value: Any, name: str) -> int:

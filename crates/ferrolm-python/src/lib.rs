@@ -8,6 +8,7 @@ mod config;
 mod errors;
 mod model;
 mod sampling;
+mod session;
 mod tokenizer;
 
 use pyo3::prelude::*;
@@ -21,6 +22,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(errors::_panic_for_tests, m)?)?;
     m.add_function(wrap_pyfunction!(sampling::validate_sampling, m)?)?;
     m.add_class::<model::Model>()?;
+    m.add_class::<session::Session>()?;
     tokenizer::register(m)?;
     Ok(())
 }

@@ -1,0 +1,80 @@
+//! `_core.Session`: a conversation over one model, for `InferenceSession`.
+
+use std::path::PathBuf;
+
+use ferrolm_core::backend::cpu::Cpu;
+use ferrolm_core::{Device, Session as CoreSession};
+use pyo3::prelude::*;
+
+use crate::errors::run;
+use crate::sampling;
+
+#[pyclass(module = "ferrolm._core")]
+pub struct Session {
+    inner: CoreSession<Cpu>,
+}
+
+#[pymethods]
+impl Session {
+    /// Opens a model directory or `.gguf` file with its tokenizer.
+    #[staticmethod]
+    fn load(py: Python<'_>, path: PathBuf, device: &str, max_seq_len: Option<usize>) -> PyResult<Session> {
+        run(py, || {
+            Device::parse(device)?.ensure_available()?;
+            Ok(Session { inner: CoreSession::from_pretrained(&path, max_seq_len)? })
+        })
+    }
+
+    #[pyo3(signature = (prompt, config, system_prompt=None))]
+    fn start_turn(
+        &mut self,
+        py: Python<'_>,
+        prompt: &str,
+        config: &str,
+        system_prompt: Option<&str>,
+    ) -> PyResult<()> {
+        let config = sampling::parse(config)?;
+        run(py, || self.inner.start_turn(prompt, config, system_prompt))
+    }
+
+    fn start_completion(&mut self, py: Python<'_>, text: &str, config: &str) -> PyResult<()> {
+        let config = sampling::parse(config)?;
+        run(py, || self.inner.start_completion(text, config))
+    }
+
+    /// The next piece of text of the current turn, or None when it has ended.
+    fn next_piece(&mut self, py: Python<'_>) -> PyResult<Option<String>> {
+        run(py, || self.inner.next_piece())
+    }
+
+    /// Runs the current turn to its end; returns its whole text.
+    fn finish_turn(&mut self, py: Python<'_>) -> PyResult<String> {
+        run(py, || self.inner.finish_turn())
+    }
+
+    /// `(text, finish_reason, prompt_tokens, cached_tokens, completion_tokens)` of the last turn.
+    fn last_turn(&self) -> Option<(String, &'static str, usize, usize, usize)> {
+        self.inner.last_turn().map(|t| {
+            (t.text.clone(), t.finish.as_str(), t.prompt_tokens, t.cached_tokens, t.completion_tokens)
+        })
+    }
+
+    #[pyo3(signature = (prompt=None))]
+    fn set_system_prompt(&mut self, prompt: Option<String>) {
+        self.inner.set_system_prompt(prompt);
+    }
+
+    fn reset(&mut self) {
+        self.inner.reset();
+    }
+
+    /// `(role, content)` of each message so far.
+    fn history(&self) -> Vec<(String, String)> {
+        self.inner.history().iter().map(|m| (m.role.clone(), m.content.clone())).collect()
+    }
+
+    /// The model description as JSON text.
+    fn model_info(&self) -> String {
+        self.inner.model_info().to_string()
+    }
+}

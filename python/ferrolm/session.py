@@ -1,0 +1,136 @@
+"""``InferenceSession``: the seed's session API (``QwenInferenceSession``).
+
+A session holds one model and one conversation. Each ``generate`` call is a
+chat turn: the conversation is rendered with the model's chat template and
+only the new part is computed (the KV cache of earlier turns is kept).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from ferrolm import _core, hub
+from ferrolm.model import _device
+from ferrolm.sampling import SamplingConfig
+
+
+class InferenceSession:
+    """Talk to a model.
+
+    Args:
+        model_path: a model directory, a ``.gguf`` file, or a short name such
+            as ``"smollm2"`` (pulled on first use).
+        device: ``"cpu"``; ``"cuda"``/``"cuda:N"`` or an integer GPU index once
+            the CUDA backend exists (until then RuntimeError).
+        max_seq_len: longest conversation in tokens (default: the model's context length).
+
+    Raises:
+        FileNotFoundError: the model does not exist.
+        ValueError: the model files are invalid or unsupported.
+        RuntimeError: the device is not available.
+    """
+
+    def __init__(self, model_path: str | os.PathLike[str] = hub.DEFAULT_MODEL,
+                 device: str | int = "cpu", max_seq_len: int | None = None) -> None:
+        self._core: _core.Session | None = None
+        path = hub.resolve(model_path)
+        self._core = _core.Session.load(str(path), _device(device), max_seq_len)
+        self.model_path = str(path)
+
+    def generate(self, prompt: str, config: SamplingConfig | None = None,
+                 system_prompt: str | None = None, stream: bool = False) -> str | Iterator[str]:
+        """Answers ``prompt`` as the next turn of the conversation.
+
+        Args:
+            prompt: the user's message.
+            config: sampling settings (``SamplingConfig()`` defaults if None).
+            system_prompt: a system prompt for this turn only (see ``set_system_prompt``).
+            stream: return an iterator of text pieces as they are produced.
+        """
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+        core = self._session()
+        core.start_turn(prompt, _config(config).to_json(), system_prompt)
+        return _pieces(core) if stream else core.finish_turn()
+
+    def complete(self, text: str, config: SamplingConfig | None = None,
+                 stream: bool = False) -> str | Iterator[str]:
+        """Continues ``text`` as is (no chat template, not part of the conversation)."""
+        if not isinstance(text, str):
+            raise ValueError(f"text must be a string, got {type(text).__name__}")
+        core = self._session()
+        core.start_completion(text, _config(config).to_json())
+        return _pieces(core) if stream else core.finish_turn()
+
+    def set_system_prompt(self, system_prompt: str | None) -> None:
+        """Sets the system prompt of every later turn (None removes it)."""
+        self._session().set_system_prompt(system_prompt)
+
+    def reset_conversation(self) -> None:
+        """Forgets the conversation (a shared prefix such as the system prompt stays cached)."""
+        self._session().reset()
+
+    @property
+    def history(self) -> list[dict[str, str]]:
+        """The conversation so far as ``{"role", "content"}`` messages."""
+        return [{"role": r, "content": c} for r, c in self._session().history()]
+
+    def last_usage(self) -> dict[str, Any] | None:
+        """Token counts and finish reason of the last finished turn."""
+        last = self._session().last_turn()
+        if last is None:
+            return None
+        _, finish, prompt, cached, completion = last
+        return {"finish_reason": finish, "prompt_tokens": prompt, "cached_tokens": cached,
+                "completion_tokens": completion}
+
+    def get_model_info(self) -> dict[str, Any]:
+        """Context length, vocabulary size, architecture, dtype, parameter count, ..."""
+        info = json.loads(self._session().model_info())
+        info["model_path"] = self.model_path
+        return info
+
+    def close(self) -> None:
+        """Frees the model and its cache; the session cannot be used afterwards."""
+        self._core = None
+
+    def _session(self) -> _core.Session:
+        if self._core is None:
+            raise RuntimeError("this InferenceSession is closed; create a new one")
+        return self._core
+
+    def __enter__(self) -> InferenceSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._core is None else self.model_path
+        return f"InferenceSession({state})"
+
+
+QwenInferenceSession = InferenceSession
+
+
+def generate_text(model_path: str | os.PathLike[str], prompt: str,
+                  config: SamplingConfig | None = None, device: str | int = "cpu") -> str:
+    """One-off generation: opens a session, answers ``prompt``, closes it."""
+    with InferenceSession(model_path, device=device) as session:
+        return session.generate(prompt, config)
+
+
+def _config(config: SamplingConfig | None) -> SamplingConfig:
+    if config is None:
+        return SamplingConfig()
+    if not isinstance(config, SamplingConfig):
+        raise ValueError(f"config must be a SamplingConfig, got {type(config).__name__}")
+    return config
+
+
+def _pieces(core: _core.Session) -> Iterator[str]:
+    while (piece := core.next_piece()) is not None:
+        yield piece
