@@ -136,6 +136,33 @@ fn from_pretrained_reads_config_and_template() {
 }
 
 #[test]
+fn from_pretrained_applies_config_flags_and_generation_eos() {
+    let dir = std::env::temp_dir().join(format!("ferrolm-tok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(fixtures().join("gguf/llama-sp.tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    let config = serde_json::json!({
+        "bos_token": {"content": "<s>", "special": true},
+        "eos_token": "</s>",
+        "pad_token": "<pad-not-in-vocab>",
+        "add_bos_token": false,
+        "add_eos_token": true,
+        "chat_template": [{"name": "tool_use", "template": "x"}, {"name": "default", "template": "{{ eos_token }}"}],
+    });
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+    std::fs::write(dir.join("generation_config.json"), r#"{"eos_token_id": [2, 5]}"#).unwrap();
+    let tok = Tokenizer::from_pretrained(&dir).unwrap();
+    let plain = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    let body = plain.encode("hello", false).unwrap();
+    assert_eq!(plain.encode("hello", true).unwrap()[0], 1, "tokenizer.json adds bos");
+    assert_eq!(tok.encode("hello", true).unwrap(), [body, vec![2]].concat(), "config: no bos, eos");
+    let im_end = tok.token_to_id("<|im_end|>").unwrap();
+    assert_eq!(tok.eos_ids(), &[2, 5, im_end]);
+    assert_eq!((tok.bos_id(), tok.pad_id()), (Some(1), Some(2)), "unknown pad token falls back to eos");
+    assert_eq!(tok.apply_chat_template(&[], false, &Value::Null).unwrap(), "</s>");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn errors_say_what_is_wrong() {
     let missing = Tokenizer::from_file("/nonexistent/tokenizer.json").unwrap_err();
     assert!(matches!(missing, Error::NotFound { .. }), "{missing}");

@@ -240,19 +240,16 @@ impl Tokenizer {
                 self.special_tokens.push((name.to_string(), token));
             }
         }
-        let id_of = |name: &str| -> Result<Option<u32>> {
-            match self.special_tokens.iter().find(|(n, _)| n == name) {
-                None => Ok(None),
-                Some((_, token)) => self.inner.token_to_id(token).map(Some).ok_or_else(|| {
-                    Error::InvalidTokenizer(format!(
-                        "tokenizer_config.json names {name} `{token}`, which is not in the vocabulary"
-                    ))
-                }),
-            }
+        // A named token missing from the vocabulary (HF would append it) gets no id.
+        let id_of = |name: &str| {
+            self.special_tokens
+                .iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, token)| self.inner.token_to_id(token))
         };
-        self.bos = id_of("bos_token")?;
-        self.pad = id_of("pad_token")?;
-        let declared_eos = id_of("eos_token")?;
+        self.bos = id_of("bos_token");
+        self.pad = id_of("pad_token");
+        let declared_eos = id_of("eos_token");
         let mut eos: Vec<u32> = declared_eos.into_iter().collect();
         for file in ["generation_config.json", "config.json"] {
             if let Some(ids) = read_json(&dir.join(file))?.as_ref().and_then(|j| j.get("eos_token_id")) {
