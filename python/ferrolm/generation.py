@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, TypedDict
+from typing import Any, TypedDict
 
 from ferrolm import hub
 from ferrolm.model import Transformer
@@ -48,11 +48,11 @@ class Llama:
         llama._seed = seed
         return llama
 
-    _seed: Optional[int] = None
+    _seed: int | None = None
 
     def generate(self, prompt_tokens: list[list[int]], max_gen_len: int, temperature: float = 0.6,
                  top_p: float = 0.9, logprobs: bool = False, echo: bool = False,
-                 ) -> tuple[list[list[int]], Optional[list[list[float]]]]:
+                 ) -> tuple[list[list[int]], list[list[float]] | None]:
         """Continues token prompts, as Meta's ``Llama.generate``.
 
         Returns ``(tokens, logprobs)``: per prompt the new tokens (the prompt
@@ -68,7 +68,7 @@ class Llama:
         return tokens, (probs if logprobs else None)
 
     def text_completion(self, prompts: list[str], temperature: float = 0.6, top_p: float = 0.9,
-                        max_gen_len: Optional[int] = None, logprobs: bool = False,
+                        max_gen_len: int | None = None, logprobs: bool = False,
                         echo: bool = False) -> list[dict[str, Any]]:
         """Completes each text prompt; returns ``[{"generation": str, ...}]``."""
         prompt_tokens = [self.tokenizer.encode(p, add_special_tokens=True) for p in prompts]
@@ -77,7 +77,7 @@ class Llama:
         return [self._result(t, probs[i] if probs else None) for i, t in enumerate(tokens)]
 
     def chat_completion(self, dialogs: list[Dialog], temperature: float = 0.6, top_p: float = 0.9,
-                        max_gen_len: Optional[int] = None, logprobs: bool = False,
+                        max_gen_len: int | None = None, logprobs: bool = False,
                         ) -> list[dict[str, Any]]:
         """Answers each dialog with the model's chat template; returns
         ``[{"generation": {"role": "assistant", "content": str}, ...}]``."""
@@ -95,10 +95,10 @@ class Llama:
             results.append(r)
         return results
 
-    def _max_gen_len(self, max_gen_len: Optional[int]) -> int:
+    def _max_gen_len(self, max_gen_len: int | None) -> int:
         return self.model.params.max_seq_len - 1 if max_gen_len is None else max_gen_len
 
-    def _result(self, tokens: list[int], logprobs: Optional[list[float]]) -> dict[str, Any]:
+    def _result(self, tokens: list[int], logprobs: list[float] | None) -> dict[str, Any]:
         result: dict[str, Any] = {"generation": self.tokenizer.decode(tokens)}
         if logprobs is not None:
             result["tokens"] = [self.tokenizer.decode([t], skip_special_tokens=False) for t in tokens]
