@@ -97,6 +97,20 @@ def test_top_k_1_is_greedy(chat_model):
                                                repetition_penalty=1.0, seed=5)) == greedy
 
 
+def test_logprobs_with_top_alternatives(chat_model):
+    s = InferenceSession(chat_model)
+    s.generate("Hello!", SamplingConfig(temperature=0, max_tokens=6, repetition_penalty=1.0, logprobs=3))
+    lp = s.last_logprobs()
+    assert len(lp) == s.last_usage()["completion_tokens"]
+    for entry in lp:
+        top = entry["top_logprobs"]
+        assert len(top) == 3 and entry["logprob"] <= 0
+        assert top[0]["token_id"] == entry["token_id"]  # greedy: the chosen token is the most likely
+        assert top[0]["logprob"] >= top[1]["logprob"] >= top[2]["logprob"]
+    s.generate("Hi", GREEDY)
+    assert s.last_logprobs() == []
+
+
 def test_model_info(chat_model):
     with InferenceSession(chat_model) as s:
         info = s.get_model_info()

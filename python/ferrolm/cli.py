@@ -86,7 +86,20 @@ def _config(args: argparse.Namespace):
 def _session(args: argparse.Namespace):
     from ferrolm.session import InferenceSession
 
-    return InferenceSession(args.model, device=args.device)
+    return _load(lambda: InferenceSession(hub.resolve(args.model), device=args.device), args.model)
+
+
+def _load(make, name):
+    """Runs ``make``, showing a loading line on a terminal (nothing otherwise)."""
+    if not sys.stderr.isatty():
+        return make()
+    sys.stderr.write(f"loading {name} ...")
+    sys.stderr.flush()
+    try:
+        return make()
+    finally:
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
 
 
 def _stream(pieces) -> None:
@@ -132,7 +145,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
 def cmd_info(args: argparse.Namespace) -> None:
     from ferrolm.session import InferenceSession
 
-    with InferenceSession(args.model) as session:
+    with _load(lambda: InferenceSession(hub.resolve(args.model)), args.model) as session:
         print(json.dumps(session.get_model_info(), indent=2))
 
 

@@ -87,6 +87,18 @@ class InferenceSession:
         return {"finish_reason": finish, "prompt_tokens": prompt, "cached_tokens": cached,
                 "completion_tokens": completion}
 
+    def last_logprobs(self) -> list[dict[str, Any]]:
+        """Log-probabilities of the last turn's tokens (needs ``SamplingConfig(logprobs=N)``).
+
+        One entry per generated token: ``{"token_id", "logprob", "top_logprobs":
+        [{"token_id", "logprob"}, ...]}`` with the N most likely alternatives.
+        """
+        return [
+            {"token_id": t, "logprob": lp,
+             "top_logprobs": [{"token_id": a, "logprob": alp} for a, alp in top]}
+            for t, lp, top in self._session().last_logprobs()
+        ]
+
     def get_model_info(self) -> dict[str, Any]:
         """Context length, vocabulary size, architecture, dtype, parameter count, ..."""
         info = json.loads(self._session().model_info())

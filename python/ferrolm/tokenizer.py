@@ -20,7 +20,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from ferrolm import _core
+from ferrolm import _core, hub
 
 TokenIds = Union[Sequence[int], np.ndarray]
 PathLike = Union[str, "os.PathLike[str]"]
@@ -85,7 +85,9 @@ class Tokenizer:
     def from_pretrained(cls, path: PathLike) -> Tokenizer:
         """A model directory (``tokenizer.json`` with ``tokenizer_config.json``,
         ``chat_template.jinja``, ``generation_config.json``; or one ``.gguf``),
-        a ``tokenizer.json`` or a ``.gguf`` file."""
+        a ``tokenizer.json``, a ``.gguf`` file, or a short name such as ``"smollm2"``."""
+        if not os.path.exists(path) and str(path).lower() in hub.KNOWN_MODELS:
+            path = hub.resolve(path)
         return cls(_core.Tokenizer.from_pretrained(os.fspath(path)))
 
     # -- encode / decode ----------------------------------------------------------

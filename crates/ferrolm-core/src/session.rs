@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::generate::{Decoding, FinishReason, Request};
 use crate::kv::KvCache;
 use crate::model::Transformer;
-use crate::sampling::{Sampler, SamplingConfig};
+use crate::sampling::{Sampled, Sampler, SamplingConfig};
 use crate::stop::StopStrings;
 use crate::tokenizer::{ChatMessage, StreamDecoder, Tokenizer};
 
@@ -28,6 +28,9 @@ pub struct TurnSummary {
     /// Prompt tokens taken from the cache instead of being recomputed.
     pub cached_tokens: usize,
     pub completion_tokens: usize,
+    /// Each output token with its log-probability and the top alternatives,
+    /// when the turn's `SamplingConfig::logprobs` asked for them.
+    pub logprobs: Vec<Sampled>,
 }
 
 struct Turn {
@@ -38,6 +41,7 @@ struct Turn {
     prompt_tokens: usize,
     cached_tokens: usize,
     completion_tokens: usize,
+    logprobs: Option<Vec<Sampled>>,
     finish: Option<FinishReason>,
     /// The user's message, recorded in the history when the turn ends (None for raw completions).
     user: Option<ChatMessage>,
@@ -166,6 +170,7 @@ impl<B: Backend> Session<B> {
         let common = self.cached.iter().zip(&tokens).take_while(|(a, b)| a == b).count();
         let reuse = common.min(tokens.len() - 1);
         let stops = StopStrings::new(config.stop.clone());
+        let logprobs = config.logprobs.map(|_| Vec::new());
         let sampler = Sampler::new(config, 0)?;
         let prompt_tokens = tokens.len();
         // Whatever happens next, the cache no longer holds more than the reused prefix.
@@ -181,6 +186,7 @@ impl<B: Backend> Session<B> {
             prompt_tokens,
             cached_tokens: reuse,
             completion_tokens: 0,
+            logprobs,
             finish: None,
             user,
         });
@@ -200,6 +206,9 @@ impl<B: Backend> Session<B> {
                 if let Some(s) = event.sampled {
                     turn.completion_tokens += 1;
                     piece += &turn.stream.push(s.token)?;
+                    if let Some(all) = turn.logprobs.as_mut() {
+                        all.push(s);
+                    }
                 }
                 if let Some(f) = event.finish {
                     turn.finish = Some(f);
@@ -247,6 +256,7 @@ impl<B: Backend> Session<B> {
             prompt_tokens: turn.prompt_tokens,
             cached_tokens: turn.cached_tokens,
             completion_tokens: turn.completion_tokens,
+            logprobs: turn.logprobs.unwrap_or_default(),
         });
     }
 

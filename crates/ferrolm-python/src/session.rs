@@ -9,6 +9,9 @@ use pyo3::prelude::*;
 use crate::errors::run;
 use crate::sampling;
 
+/// A token's id and log-probability with its top alternatives.
+type TokenLogprobs = (u32, f32, Vec<(u32, f32)>);
+
 #[pyclass(module = "ferrolm._core")]
 pub struct Session {
     inner: CoreSession<Cpu>,
@@ -56,6 +59,13 @@ impl Session {
     fn last_turn(&self) -> Option<(String, &'static str, usize, usize, usize)> {
         self.inner.last_turn().map(|t| {
             (t.text.clone(), t.finish.as_str(), t.prompt_tokens, t.cached_tokens, t.completion_tokens)
+        })
+    }
+
+    /// Per output token of the last turn: `(id, logprob, [(alternative id, logprob), ...])`.
+    fn last_logprobs(&self) -> Vec<TokenLogprobs> {
+        self.inner.last_turn().map_or_else(Vec::new, |t| {
+            t.logprobs.iter().map(|s| (s.token, s.logprob, s.top_logprobs.clone())).collect()
         })
     }
 
