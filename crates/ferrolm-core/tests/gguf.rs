@@ -12,9 +12,13 @@
 //! - the real SmolLM2-135M-Instruct Q4_1 GGUF (only where
 //!   `FERROLM_SMOLLM2_GGUF` points to it) gives HF's logits and greedy text.
 
+mod common;
+
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+
+use common::{max_rel_error, Reference};
 
 use ferrolm_core::backend::cpu::Cpu;
 use ferrolm_core::weights::gguf::{config_from_gguf, GgmlType, GgufFile, GgufValue};
@@ -22,7 +26,6 @@ use ferrolm_core::weights::TensorSource;
 use ferrolm_core::{
     generate, Config, Error, Family, Logits, RopeScaling, SamplingConfig, SeqInput, Transformer,
 };
-use safetensors::{Dtype, SafeTensors};
 
 /// Bound on max |ours - HF| / max |HF| per position (f32 end to end).
 const TOLERANCE: f32 = 1e-3;
@@ -33,52 +36,6 @@ fn fixtures() -> PathBuf {
 
 fn hf_fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models").join(name)
-}
-
-struct Reference {
-    bytes: Vec<u8>,
-}
-
-impl Reference {
-    fn open(path: &Path) -> Reference {
-        Reference { bytes: std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())) }
-    }
-
-    fn tensor(&self, name: &str) -> Option<(Dtype, Vec<usize>, Vec<u8>)> {
-        let st = SafeTensors::deserialize(&self.bytes).unwrap();
-        st.tensor(name).ok().map(|t| (t.dtype(), t.shape().to_vec(), t.data().to_vec()))
-    }
-
-    fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> =
-            SafeTensors::deserialize(&self.bytes).unwrap().names().into_iter().map(str::to_string).collect();
-        names.sort();
-        names
-    }
-
-    fn tokens(&self, name: &str) -> Option<Vec<u32>> {
-        let (dtype, _, data) = self.tensor(name)?;
-        assert_eq!(dtype, Dtype::I64);
-        Some(data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32).collect())
-    }
-
-    fn floats(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
-        let (dtype, shape, data) = self.tensor(name).unwrap();
-        assert_eq!(dtype, Dtype::F32);
-        (shape, data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect())
-    }
-}
-
-fn max_rel_error(ours: &[f32], reference: &[f32], vocab: usize) -> f32 {
-    assert_eq!(ours.len(), reference.len());
-    ours.chunks(vocab)
-        .zip(reference.chunks(vocab))
-        .map(|(a, b)| {
-            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let err = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-            err / scale
-        })
-        .fold(0f32, f32::max)
 }
 
 /// One pass and token by token; returns the worst error of the two.

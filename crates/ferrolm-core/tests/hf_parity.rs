@@ -3,11 +3,14 @@
 //! must give HF's logits in one pass and token by token through the KV
 //! cache, and HF's greedy continuation.
 
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::{max_rel_error, Reference};
 
 use ferrolm_core::backend::cpu::Cpu;
 use ferrolm_core::{generate, Logits, SamplingConfig, SeqInput, Transformer};
-use safetensors::{Dtype, SafeTensors};
 
 /// Bound on max |ours - HF| / max |HF| per position (f32 end to end).
 const TOLERANCE: f32 = 1e-3;
@@ -24,56 +27,17 @@ fn fixtures() -> Vec<PathBuf> {
     dirs
 }
 
-struct Reference {
-    bytes: Vec<u8>,
-}
-
-impl Reference {
-    fn open(dir: &Path) -> Reference {
-        Reference { bytes: std::fs::read(dir.join("reference.safetensors")).unwrap() }
-    }
-
-    fn tensor(&self, name: &str) -> Option<(Dtype, Vec<u8>)> {
-        let st = SafeTensors::deserialize(&self.bytes).unwrap();
-        st.tensor(name).ok().map(|t| (t.dtype(), t.data().to_vec()))
-    }
-
-    fn tokens(&self, name: &str) -> Option<Vec<u32>> {
-        let (dtype, data) = self.tensor(name)?;
-        assert_eq!(dtype, Dtype::I64);
-        Some(data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32).collect())
-    }
-
-    fn logits(&self, name: &str) -> Vec<f32> {
-        let (dtype, data) = self.tensor(name).unwrap();
-        assert_eq!(dtype, Dtype::F32);
-        data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
-    }
-}
-
-fn max_rel_error(ours: &[f32], reference: &[f32], vocab: usize) -> f32 {
-    assert_eq!(ours.len(), reference.len());
-    ours.chunks(vocab)
-        .zip(reference.chunks(vocab))
-        .map(|(a, b)| {
-            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let err = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-            err / scale
-        })
-        .fold(0f32, f32::max)
-}
-
 #[test]
 fn logits_match_hf_in_one_pass_and_token_by_token() {
     for dir in fixtures() {
         let model = Transformer::<Cpu>::from_pretrained(&dir, None).unwrap();
         let vocab = model.config.vocab_size;
-        let reference = Reference::open(&dir);
+        let reference = Reference::open(&dir.join("reference.safetensors"));
         for k in 0.. {
             let Some(tokens) = reference.tokens(&format!("tokens_{k}")) else {
                 break;
             };
-            let expected = reference.logits(&format!("logits_{k}"));
+            let expected = reference.floats(&format!("logits_{k}")).1;
 
             let mut cache = model.new_cache(1).unwrap();
             let full = model
@@ -99,7 +63,7 @@ fn logits_match_hf_in_one_pass_and_token_by_token() {
 fn greedy_matches_hf() {
     for dir in fixtures() {
         let model = Transformer::<Cpu>::from_pretrained(&dir, None).unwrap();
-        let reference = Reference::open(&dir);
+        let reference = Reference::open(&dir.join("reference.safetensors"));
         let prompt = reference.tokens("greedy_prompt").unwrap();
         let mut expected = reference.tokens("greedy_tokens").unwrap();
         // HF keeps the end-of-sequence token; ferrolm, like Meta's llama, drops it.
