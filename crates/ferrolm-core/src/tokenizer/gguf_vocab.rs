@@ -442,24 +442,7 @@ impl GgufVocab {
     fn post_processor(&self) -> Result<TemplateProcessing> {
         let bos = self.token(self.bos).filter(|_| self.add_bos).zip(self.bos);
         let eos = self.token(self.eos).filter(|_| self.add_eos).zip(self.eos);
-        let piece = |t: Option<(&str, u32)>, type_id: u32| t.map(|(s, _)| format!("{s}:{type_id}"));
-        let single: Vec<String> =
-            piece(bos, 0).into_iter().chain(["$A:0".into()]).chain(piece(eos, 0)).collect();
-        let pair: Vec<String> =
-            single.iter().cloned().chain(piece(bos, 1)).chain(["$B:1".into()]).chain(piece(eos, 1)).collect();
-        let mut specials: Vec<(String, u32)> = Vec::new();
-        for (s, id) in bos.into_iter().chain(eos) {
-            if !specials.iter().any(|(t, _)| t == s) {
-                specials.push((s.to_string(), id));
-            }
-        }
-        TemplateProcessing::builder()
-            .try_single(single.join(" "))
-            .and_then(|b| b.try_pair(pair.join(" ")))
-            .map_err(|e| Error::InvalidTokenizer(format!("post-processor template: {e}")))?
-            .special_tokens(specials)
-            .build()
-            .map_err(|e| Error::InvalidTokenizer(format!("post-processor: {e}")))
+        super::bos_eos_processor(bos, eos)
     }
 }
 

@@ -527,27 +527,26 @@ fn template_processor(tok: &Tokenizer, add_bos: bool, add_eos: bool) -> Result<T
     let named = |name: &str| tok.special_tokens.iter().find(|(n, _)| n == name).map(|(_, t)| t.clone());
     let bos = named("bos_token").filter(|_| add_bos).zip(tok.bos);
     let eos = named("eos_token").filter(|_| add_eos).zip(tok.eos_id());
-    let mut single = Vec::new();
-    let mut pair = Vec::new();
-    if let Some((b, _)) = &bos {
-        single.push(format!("{b}:0"));
-    }
-    single.push("$A:0".to_string());
-    if let Some((e, _)) = &eos {
-        single.push(format!("{e}:0"));
-    }
-    pair.extend(single.iter().cloned());
-    if let Some((b, _)) = &bos {
-        pair.push(format!("{b}:1"));
-    }
-    pair.push("$B:1".to_string());
-    if let Some((e, _)) = &eos {
-        pair.push(format!("{e}:1"));
-    }
+    bos_eos_processor(
+        bos.as_ref().map(|(s, id)| (s.as_str(), *id)),
+        eos.as_ref().map(|(s, id)| (s.as_str(), *id)),
+    )
+}
+
+/// The post-processor that adds `bos` before and `eos` after each sequence
+/// (either may be absent), for single sequences and pairs.
+pub(crate) fn bos_eos_processor(
+    bos: Option<(&str, u32)>,
+    eos: Option<(&str, u32)>,
+) -> Result<TemplateProcessing> {
+    let piece = |t: Option<(&str, u32)>, type_id: u32| t.map(|(s, _)| format!("{s}:{type_id}"));
+    let single: Vec<String> = piece(bos, 0).into_iter().chain(["$A:0".into()]).chain(piece(eos, 0)).collect();
+    let pair: Vec<String> =
+        single.iter().cloned().chain(piece(bos, 1)).chain(["$B:1".into()]).chain(piece(eos, 1)).collect();
     let mut specials: Vec<(String, u32)> = Vec::new();
-    for (t, id) in bos.into_iter().chain(eos) {
-        if !specials.iter().any(|(s, _)| *s == t) {
-            specials.push((t, id));
+    for (s, id) in bos.into_iter().chain(eos) {
+        if !specials.iter().any(|(t, _)| t == s) {
+            specials.push((s.to_string(), id));
         }
     }
     TemplateProcessing::builder()
