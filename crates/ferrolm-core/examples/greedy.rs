@@ -25,8 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         c.parameter_count()
     );
 
-    let mut cache = model.new_cache(1)?;
-    let out = generate(&model, &mut cache, &[prompt.clone()], &SamplingConfig::greedy(16), false)?;
+    let out = generate(&std::sync::Arc::new(model), &[prompt.clone()], &SamplingConfig::greedy(16), false)?;
     println!("prompt {prompt:?} -> greedy {:?}", out[0].tokens);
     Ok(())
 }

@@ -57,6 +57,13 @@ pub enum Error {
     #[error("sequence needs {needed} positions but max_seq_len is {max_seq_len}")]
     ContextOverflow { needed: usize, max_seq_len: usize },
 
+    /// The KV page pool cannot hold what a forward pass would write.
+    #[error(
+        "the KV cache needs {needed} more page(s) but only {available} are free; \
+         use a larger pool (num_pages / kv_cache_bytes) or fewer, shorter sequences"
+    )]
+    KvCacheFull { needed: usize, available: usize },
+
     /// An allocation the model needs could not be made.
     #[error("out of memory: could not allocate {bytes} bytes for {what}")]
     OutOfMemory { what: String, bytes: usize },

@@ -8,20 +8,21 @@
 //! ```no_run
 //! use ferrolm_core::{generate, backend::cpu::Cpu, SamplingConfig, Transformer};
 //!
-//! let model = Transformer::<Cpu>::from_pretrained("path/to/model", Some(512))?;
-//! let mut cache = model.new_cache(1)?;
-//! let out = generate(&model, &mut cache, &[vec![1, 15043, 29892]], &SamplingConfig::greedy(16), false)?;
+//! let model = std::sync::Arc::new(Transformer::<Cpu>::from_pretrained("path/to/model", Some(512))?);
+//! let out = generate(&model, &[vec![1, 15043, 29892]], &SamplingConfig::greedy(16), false)?;
 //! println!("{:?}", out[0].tokens);
 //! # Ok::<(), ferrolm_core::Error>(())
 //! ```
 //!
 //! Layout: [`config`] (typed `Config`, family registry) -> [`weights`]
 //! (checkpoint readers, tensor names) -> [`model`] (the decoder, written
-//! against [`backend::Backend`]) -> [`kv`] (the cache passed to every
-//! forward) -> [`sampling`] and [`generate`] (the one decode loop).
+//! against [`backend::Backend`]) -> [`kv`] (the paged cache passed to every
+//! forward) -> [`sampling`] -> [`engine`] (continuous batching: the one
+//! decode loop, used by [`generate`], [`session`] and servers).
 
 pub mod backend;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod kv;
@@ -34,9 +35,11 @@ pub mod weights;
 
 pub use backend::Device;
 pub use config::{Config, DType, Family, RopeScaling};
+pub use engine::{Engine, EngineClient, EngineConfig, FinishReason, GenerationRequest};
 pub use error::{Error, Result};
-pub use generate::{generate, Decoding, FinishReason, Generation, Request, TokenEvent};
-pub use kv::KvCache;
+pub use generate::{generate, Generation};
+pub use kv::{KvCache, KvLayout, SeqId};
 pub use model::{Logits, SeqInput, Transformer};
 pub use sampling::{Sampled, Sampler, SamplingConfig};
 pub use session::{Session, TurnSummary};
+pub use tokenizer::Tokenizer;

@@ -2,22 +2,20 @@
 //! between turns, streamed as UTF-8-safe text pieces.
 //!
 //! Each turn renders the whole conversation with the model's chat template,
-//! tokenizes it, and prefills only what the cache does not already hold (the
-//! longest common prefix with the cached tokens), so earlier turns are not
-//! recomputed. Models without a chat template continue plain text instead.
+//! tokenizes it, and prefills only what the prefix cache does not already
+//! hold (the full KV pages it shares with earlier turns), so earlier turns
+//! are not recomputed. Models without a chat template continue plain text instead.
 
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 
 use crate::backend::Backend;
+use crate::engine::{Completion, Engine, EngineConfig, FinishReason, GenerationRequest, RequestHandle};
 use crate::error::{Error, Result};
-use crate::generate::{Decoding, FinishReason, Request};
-use crate::kv::KvCache;
 use crate::model::Transformer;
-use crate::sampling::{Sampled, Sampler, SamplingConfig};
-use crate::stop::StopStrings;
-use crate::tokenizer::{ChatMessage, StreamDecoder, Tokenizer};
+use crate::sampling::{Sampled, SamplingConfig};
+use crate::tokenizer::{ChatMessage, Tokenizer};
 
 /// What a finished turn produced.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,42 +32,40 @@ pub struct TurnSummary {
 }
 
 struct Turn {
-    decoding: Decoding,
-    stream: StreamDecoder,
-    stops: StopStrings,
-    text: String,
+    handle: RequestHandle,
+    done: Completion,
     prompt_tokens: usize,
-    cached_tokens: usize,
-    completion_tokens: usize,
-    logprobs: Option<Vec<Sampled>>,
-    finish: Option<FinishReason>,
+    want_logprobs: bool,
     /// The user's message, recorded in the history when the turn ends (None for raw completions).
     user: Option<ChatMessage>,
 }
 
-/// A multi-turn conversation over one model (one KV cache slot).
+/// A multi-turn conversation over one model. Turns run through a private
+/// [`Engine`] whose prefix cache keeps the conversation's KV pages between
+/// turns, so each turn computes little more than its new tokens.
 pub struct Session<B: Backend> {
-    model: Arc<Transformer<B>>,
+    engine: Engine<B>,
     tokenizer: Tokenizer,
-    cache: KvCache<B>,
     system_prompt: Option<String>,
     history: Vec<ChatMessage>,
-    /// Tokens whose keys/values sit in the cache, in order.
-    cached: Vec<u32>,
     turn: Option<Turn>,
     last: Option<TurnSummary>,
 }
 
-impl<B: Backend> Session<B> {
+impl<B: Backend + 'static> Session<B> {
     pub fn new(model: Arc<Transformer<B>>, tokenizer: Tokenizer) -> Result<Self> {
-        let cache = model.new_cache(1)?;
+        // One conversation at a time, with room for a full-length one.
+        let page_size = EngineConfig::default().page_size;
+        let config = EngineConfig {
+            num_pages: Some(model.config.max_seq_len.div_ceil(page_size)),
+            max_num_seqs: 1,
+            ..EngineConfig::default()
+        };
         Ok(Session {
-            model,
+            engine: Engine::new(model, Some(tokenizer.clone()), config)?,
             tokenizer,
-            cache,
             system_prompt: None,
             history: Vec::new(),
-            cached: Vec::new(),
             turn: None,
             last: None,
         })
@@ -87,7 +83,7 @@ impl<B: Backend> Session<B> {
     }
 
     pub fn model(&self) -> &Transformer<B> {
-        &self.model
+        self.engine.model()
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -99,7 +95,7 @@ impl<B: Backend> Session<B> {
         self.system_prompt = prompt;
     }
 
-    /// Forgets the conversation. The cache keeps its tokens, so a new
+    /// Forgets the conversation. The cache keeps its pages, so a new
     /// conversation that starts the same way (same system prompt) reuses them.
     pub fn reset(&mut self) {
         self.end_turn();
@@ -159,37 +155,15 @@ impl<B: Backend> Session<B> {
     }
 
     fn begin(&mut self, tokens: Vec<u32>, config: SamplingConfig, user: Option<ChatMessage>) -> Result<()> {
-        if tokens.is_empty() {
-            return Err(Error::InvalidInput("the prompt is empty".into()));
+        // A turn needs room for at least one token of answer.
+        let max_seq_len = self.model().config.max_seq_len;
+        if tokens.len() >= max_seq_len {
+            return Err(Error::ContextOverflow { needed: tokens.len() + 1, max_seq_len });
         }
-        let max = self.cache.max_seq_len();
-        if tokens.len() >= max {
-            return Err(Error::ContextOverflow { needed: tokens.len() + 1, max_seq_len: max });
-        }
-        // Reuse the cached prefix; at least one token must run to give logits.
-        let common = self.cached.iter().zip(&tokens).take_while(|(a, b)| a == b).count();
-        let reuse = common.min(tokens.len() - 1);
-        let stops = StopStrings::new(config.stop.clone());
-        let logprobs = config.logprobs.map(|_| Vec::new());
-        let sampler = Sampler::new(config, 0)?;
+        let want_logprobs = config.logprobs.is_some();
         let prompt_tokens = tokens.len();
-        // Whatever happens next, the cache no longer holds more than the reused prefix.
-        self.cached.truncate(reuse);
-        let request = Request { slot: 0, tokens, cached: reuse, sampler };
-        let eos = self.tokenizer.eos_ids().to_vec();
-        let decoding = Decoding::start(&self.model, &mut self.cache, vec![request], &eos, false)?;
-        self.turn = Some(Turn {
-            decoding,
-            stream: self.tokenizer.stream_decoder(true),
-            stops,
-            text: String::new(),
-            prompt_tokens,
-            cached_tokens: reuse,
-            completion_tokens: 0,
-            logprobs,
-            finish: None,
-            user,
-        });
+        let handle = self.engine.add_request(GenerationRequest::new(tokens, config))?;
+        self.turn = Some(Turn { handle, done: Completion::default(), prompt_tokens, want_logprobs, user });
         Ok(())
     }
 
@@ -197,32 +171,20 @@ impl<B: Backend> Session<B> {
     pub fn next_piece(&mut self) -> Result<Option<String>> {
         loop {
             let Some(turn) = self.turn.as_mut() else { return Ok(None) };
-            if turn.finish.is_some() {
+            if let Some(output) = turn.handle.try_recv() {
+                let text = output.text().to_string();
+                if let Err(e) = turn.done.absorb(output) {
+                    self.turn = None;
+                    return Err(e);
+                }
+                if !text.is_empty() {
+                    return Ok(Some(text));
+                }
+            } else if turn.done.finish.is_some() || !self.engine.has_work() && turn.handle.is_closed() {
                 self.end_turn();
                 return Ok(None);
-            }
-            let mut piece = String::new();
-            for event in turn.decoding.step(&self.model, &mut self.cache)? {
-                if let Some(s) = event.sampled {
-                    turn.completion_tokens += 1;
-                    piece += &turn.stream.push(s.token)?;
-                    if let Some(all) = turn.logprobs.as_mut() {
-                        all.push(s);
-                    }
-                }
-                if let Some(f) = event.finish {
-                    turn.finish = Some(f);
-                    piece += &turn.stream.flush()?;
-                }
-            }
-            let (emit, stopped) = turn.stops.feed(&piece, turn.finish.is_some());
-            if stopped {
-                turn.finish = Some(FinishReason::Stop);
-                turn.decoding.finish(0);
-            }
-            turn.text += &emit;
-            if !emit.is_empty() {
-                return Ok(Some(emit));
+            } else {
+                self.engine.step()?;
             }
         }
     }
@@ -241,45 +203,32 @@ impl<B: Backend> Session<B> {
         self.last.as_ref()
     }
 
-    /// Records the current turn (if any) in the conversation.
+    /// Records the current turn (if any) in the conversation; an unfinished
+    /// one is cancelled and keeps the answer so far.
     fn end_turn(&mut self) {
         let Some(turn) = self.turn.take() else { return };
-        let positions = self.cache.len(0);
-        self.cached = turn.decoding.tokens(0)[..positions].to_vec();
+        if turn.done.finish.is_none() {
+            self.engine.abort(turn.handle.id);
+            // Let the engine release the request's pages now.
+            let _ = self.engine.step();
+        }
+        let done = turn.done;
         if let Some(user) = turn.user {
             self.history.push(user);
-            self.history.push(ChatMessage::assistant(turn.text.clone()));
+            self.history.push(ChatMessage::assistant(done.text.clone()));
         }
         self.last = Some(TurnSummary {
-            text: turn.text,
-            finish: turn.finish.unwrap_or(FinishReason::Stop),
+            finish: done.finish.unwrap_or(FinishReason::Stop),
             prompt_tokens: turn.prompt_tokens,
-            cached_tokens: turn.cached_tokens,
-            completion_tokens: turn.completion_tokens,
-            logprobs: turn.logprobs.unwrap_or_default(),
+            cached_tokens: done.usage.cached_tokens,
+            completion_tokens: done.tokens.len(),
+            logprobs: if turn.want_logprobs { done.logprobs } else { Vec::new() },
+            text: done.text,
         });
     }
 
     /// A description of the model (what `get_model_info` returns).
     pub fn model_info(&self) -> Value {
-        let c = &self.model.config;
-        json!({
-            "architecture": c.family.architecture(),
-            "context_length": c.max_position_embeddings,
-            "max_seq_len": c.max_seq_len,
-            "vocab_size": c.vocab_size,
-            "hidden_size": c.hidden_size,
-            "num_hidden_layers": c.num_hidden_layers,
-            "num_attention_heads": c.num_attention_heads,
-            "num_key_value_heads": c.num_key_value_heads,
-            "head_dim": c.head_dim,
-            "intermediate_size": c.intermediate_size,
-            "parameters": c.parameter_count(),
-            "dtype": c.dtype.name(),
-            "device": self.model.device().to_string(),
-            "bos_token_id": self.tokenizer.bos_id(),
-            "eos_token_ids": self.tokenizer.eos_ids(),
-            "has_chat_template": self.tokenizer.chat_template().is_some(),
-        })
+        self.engine.model_info()
     }
 }

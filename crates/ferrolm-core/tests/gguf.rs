@@ -42,14 +42,14 @@ fn hf_fixture(name: &str) -> PathBuf {
 fn check_logits(model: &Transformer<Cpu>, tokens: &[u32], expected: &[f32], what: &str) -> f32 {
     let vocab = model.config.vocab_size;
     let mut cache = model.new_cache(1).unwrap();
-    let full = model.forward(&mut cache, &[SeqInput { slot: 0, start_pos: 0, tokens }], Logits::All).unwrap();
+    let full = model.forward(&mut cache, &[SeqInput { seq: 0, start_pos: 0, tokens }], Logits::All).unwrap();
     let err_full = max_rel_error(&full, expected, vocab);
     assert!(err_full < TOLERANCE, "{what}: full pass error {err_full}");
 
     let mut cache = model.new_cache(1).unwrap();
     let mut stepped = Vec::new();
     for (pos, t) in tokens.iter().enumerate() {
-        let input = [SeqInput { slot: 0, start_pos: pos, tokens: std::slice::from_ref(t) }];
+        let input = [SeqInput { seq: 0, start_pos: pos, tokens: std::slice::from_ref(t) }];
         stepped.extend(model.forward(&mut cache, &input, Logits::Last).unwrap());
     }
     let err_step = max_rel_error(&stepped, expected, vocab);
@@ -600,7 +600,7 @@ fn smollm2_q4_1_matches_hf() {
     eprintln!("SmolLM2 Q4_1: max relative logit error {err:.2e}");
 
     let greedy = reference.tokens("greedy_tokens").unwrap();
-    let mut cache = model.new_cache(1).unwrap();
-    let out = generate(&model, &mut cache, &[tokens], &SamplingConfig::greedy(greedy.len()), false).unwrap();
+    let out = generate(&std::sync::Arc::new(model), &[tokens], &SamplingConfig::greedy(greedy.len()), false)
+        .unwrap();
     assert_eq!(out[0].tokens, greedy);
 }

@@ -41,7 +41,7 @@ fn logits_match_hf_in_one_pass_and_token_by_token() {
 
             let mut cache = model.new_cache(1).unwrap();
             let full = model
-                .forward(&mut cache, &[SeqInput { slot: 0, start_pos: 0, tokens: &tokens }], Logits::All)
+                .forward(&mut cache, &[SeqInput { seq: 0, start_pos: 0, tokens: &tokens }], Logits::All)
                 .unwrap();
             let err = max_rel_error(&full, &expected, vocab);
             eprintln!("{}: seq {k} full {err:.2e}", dir.file_name().unwrap().to_string_lossy());
@@ -50,7 +50,7 @@ fn logits_match_hf_in_one_pass_and_token_by_token() {
             let mut cache = model.new_cache(1).unwrap();
             let mut stepped = Vec::new();
             for (pos, t) in tokens.iter().enumerate() {
-                let input = [SeqInput { slot: 0, start_pos: pos, tokens: std::slice::from_ref(t) }];
+                let input = [SeqInput { seq: 0, start_pos: pos, tokens: std::slice::from_ref(t) }];
                 stepped.extend(model.forward(&mut cache, &input, Logits::Last).unwrap());
             }
             let err = max_rel_error(&stepped, &expected, vocab);
@@ -70,8 +70,8 @@ fn greedy_matches_hf() {
         if expected.last().is_some_and(|t| model.config.eos_token_ids.contains(t)) {
             expected.pop();
         }
-        let mut cache = model.new_cache(1).unwrap();
-        let out = generate(&model, &mut cache, &[prompt], &SamplingConfig::greedy(24), false).unwrap();
+        let out =
+            generate(&std::sync::Arc::new(model), &[prompt], &SamplingConfig::greedy(24), false).unwrap();
         assert_eq!(out[0].tokens, expected, "{}", dir.display());
     }
 }

@@ -20,7 +20,8 @@ pub fn to_py(err: Error) -> PyErr {
         | Error::UnexpectedTensor(_)
         | Error::InvalidTokenizer(_)
         | Error::InvalidInput(_)
-        | Error::ContextOverflow { .. } => PyValueError::new_err(msg),
+        | Error::ContextOverflow { .. }
+        | Error::KvCacheFull { .. } => PyValueError::new_err(msg),
         Error::OutOfMemory { .. } => PyMemoryError::new_err(msg),
         Error::DeviceUnavailable { .. } => PyRuntimeError::new_err(msg),
     }

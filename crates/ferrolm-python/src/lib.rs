@@ -5,6 +5,7 @@
 //! errors to Python exceptions. No algorithms live here.
 
 mod config;
+mod engine;
 mod errors;
 mod model;
 mod sampling;
@@ -22,6 +23,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(errors::_panic_for_tests, m)?)?;
     m.add_function(wrap_pyfunction!(sampling::validate_sampling, m)?)?;
     m.add_class::<model::Model>()?;
+    m.add_class::<engine::Engine>()?;
+    m.add_class::<engine::PagedKVCache>()?;
     m.add_class::<session::Session>()?;
     tokenizer::register(m)?;
     Ok(())

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use ferrolm_core::backend::cpu::Cpu;
 use ferrolm_core::weights::HostTensor;
@@ -14,14 +15,16 @@ use crate::errors::{run, to_py};
 
 #[pyclass(module = "ferrolm._core")]
 pub struct Model {
-    model: Transformer<Cpu>,
+    /// Shared with the engine that `generate` runs.
+    model: Arc<Transformer<Cpu>>,
     cache: KvCache<Cpu>,
+    max_batch_size: usize,
 }
 
 impl Model {
     fn new(model: Transformer<Cpu>, max_batch_size: usize) -> ferrolm_core::Result<Model> {
         let cache = model.new_cache(max_batch_size)?;
-        Ok(Model { model, cache })
+        Ok(Model { model: Arc::new(model), cache, max_batch_size })
     }
 }
 
@@ -99,7 +102,11 @@ impl Model {
         strict: bool,
     ) -> PyResult<()> {
         let tensors = host_tensors(state)?;
-        run(py, || self.model.load_state(&tensors, strict))
+        run(py, || {
+            Arc::get_mut(&mut self.model)
+                .ok_or_else(|| Error::InvalidInput("the model is in use by a running generation".into()))?
+                .load_state(&tensors, strict)
+        })
     }
 
     /// Logits `[batch, seq, vocab]` for equal-length sequences continuing at `start_pos`.
@@ -138,7 +145,14 @@ impl Model {
         let config = SamplingConfig::temperature_top_p(temperature, top_p, max_new_tokens, seed);
         let out = run(py, || {
             let prompts = token_ids(prompts)?;
-            generate(&self.model, &mut self.cache, &prompts, &config, prompt_logprobs)
+            if prompts.len() > self.max_batch_size {
+                return Err(Error::InvalidInput(format!(
+                    "{} prompts but max_batch_size is {}",
+                    prompts.len(),
+                    self.max_batch_size
+                )));
+            }
+            generate(&self.model, &prompts, &config, prompt_logprobs)
         })?;
         Ok(out.into_iter().map(|g| (g.tokens, g.logprobs, g.prompt_logprobs)).collect())
     }
@@ -151,7 +165,7 @@ impl Model {
 
     #[getter]
     fn max_batch_size(&self) -> usize {
-        self.cache.slots()
+        self.max_batch_size
     }
 
     #[getter]

@@ -1,6 +1,7 @@
 //! `_core.Session`: a conversation over one model, for `InferenceSession`.
 
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use ferrolm_core::backend::cpu::Cpu;
 use ferrolm_core::{Device, Session as CoreSession};
@@ -14,7 +15,19 @@ type TokenLogprobs = (u32, f32, Vec<(u32, f32)>);
 
 #[pyclass(module = "ferrolm._core")]
 pub struct Session {
-    inner: CoreSession<Cpu>,
+    /// The core session holds channel receivers (not `Sync`); the mutex
+    /// makes the class shareable, and `&mut self` methods bypass it.
+    inner: Mutex<CoreSession<Cpu>>,
+}
+
+impl Session {
+    fn get(&self) -> std::sync::MutexGuard<'_, CoreSession<Cpu>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get_mut(&mut self) -> &mut CoreSession<Cpu> {
+        self.inner.get_mut().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 #[pymethods]
@@ -24,7 +37,7 @@ impl Session {
     fn load(py: Python<'_>, path: PathBuf, device: &str, max_seq_len: Option<usize>) -> PyResult<Session> {
         run(py, || {
             Device::parse(device)?.ensure_available()?;
-            Ok(Session { inner: CoreSession::from_pretrained(&path, max_seq_len)? })
+            Ok(Session { inner: Mutex::new(CoreSession::from_pretrained(&path, max_seq_len)?) })
         })
     }
 
@@ -37,54 +50,54 @@ impl Session {
         system_prompt: Option<&str>,
     ) -> PyResult<()> {
         let config = sampling::parse(config)?;
-        run(py, || self.inner.start_turn(prompt, config, system_prompt))
+        run(py, || self.get_mut().start_turn(prompt, config, system_prompt))
     }
 
     fn start_completion(&mut self, py: Python<'_>, text: &str, config: &str) -> PyResult<()> {
         let config = sampling::parse(config)?;
-        run(py, || self.inner.start_completion(text, config))
+        run(py, || self.get_mut().start_completion(text, config))
     }
 
     /// The next piece of text of the current turn, or None when it has ended.
     fn next_piece(&mut self, py: Python<'_>) -> PyResult<Option<String>> {
-        run(py, || self.inner.next_piece())
+        run(py, || self.get_mut().next_piece())
     }
 
     /// Runs the current turn to its end; returns its whole text.
     fn finish_turn(&mut self, py: Python<'_>) -> PyResult<String> {
-        run(py, || self.inner.finish_turn())
+        run(py, || self.get_mut().finish_turn())
     }
 
     /// `(text, finish_reason, prompt_tokens, cached_tokens, completion_tokens)` of the last turn.
     fn last_turn(&self) -> Option<(String, &'static str, usize, usize, usize)> {
-        self.inner.last_turn().map(|t| {
+        self.get().last_turn().map(|t| {
             (t.text.clone(), t.finish.as_str(), t.prompt_tokens, t.cached_tokens, t.completion_tokens)
         })
     }
 
     /// Per output token of the last turn: `(id, logprob, [(alternative id, logprob), ...])`.
     fn last_logprobs(&self) -> Vec<TokenLogprobs> {
-        self.inner.last_turn().map_or_else(Vec::new, |t| {
+        self.get().last_turn().map_or_else(Vec::new, |t| {
             t.logprobs.iter().map(|s| (s.token, s.logprob, s.top_logprobs.clone())).collect()
         })
     }
 
     #[pyo3(signature = (prompt=None))]
     fn set_system_prompt(&mut self, prompt: Option<String>) {
-        self.inner.set_system_prompt(prompt);
+        self.get().set_system_prompt(prompt);
     }
 
     fn reset(&mut self) {
-        self.inner.reset();
+        self.get().reset();
     }
 
     /// `(role, content)` of each message so far.
     fn history(&self) -> Vec<(String, String)> {
-        self.inner.history().iter().map(|m| (m.role.clone(), m.content.clone())).collect()
+        self.get().history().iter().map(|m| (m.role.clone(), m.content.clone())).collect()
     }
 
     /// The model description as JSON text.
     fn model_info(&self) -> String {
-        self.inner.model_info().to_string()
+        self.get().model_info().to_string()
     }
 }

@@ -63,11 +63,13 @@ pub struct AttentionShape {
 }
 
 /// One sequence's share of a ragged batch: rows `row..row + len` of the
-/// batch's activations are its tokens at positions `start_pos..start_pos + len`,
-/// and its keys/values live in cache slot `slot`.
+/// batch's activations are its tokens at positions `start_pos..start_pos + len`.
+/// Position `p` of the sequence lives at offset `p % page_size` of page
+/// `pages[p / page_size]` (its block table, long enough for every position
+/// up to `start_pos + len`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SeqSpan {
-    pub slot: usize,
+pub struct SeqSpan<'a> {
+    pub pages: &'a [u32],
     pub start_pos: usize,
     pub row: usize,
     pub len: usize,
@@ -80,7 +82,8 @@ pub trait Backend: Send + Sync {
     type Buf: Send + Sync;
     /// A parameter tensor resident on the device.
     type Weight: Send + Sync;
-    /// Key/value storage for all cache slots and layers.
+    /// Key/value storage: a pool of pages, each holding `page_size`
+    /// positions of every layer.
     type Kv: Send + Sync;
 
     fn device(&self) -> Device;
@@ -104,10 +107,13 @@ pub trait Backend: Send + Sync {
     /// `x += y`.
     fn add(&self, x: &mut Self::Buf, y: &Self::Buf);
 
-    /// Allocates an empty cache for `slots` sequences.
-    fn new_kv(&self, slots: usize, layers: usize, kv_dim: usize) -> Result<Self::Kv>;
+    /// Allocates storage for `pages` pages.
+    fn new_kv(&self, pages: usize, page_size: usize, layers: usize, kv_dim: usize) -> Result<Self::Kv>;
+    /// Copies every layer of page `src` into page `dst` (copy-on-write).
+    fn copy_page(&self, kv: &mut Self::Kv, src: u32, dst: u32) -> Result<()>;
     /// Stores the rows' keys and values at their positions in `layer`, then
-    /// computes causal attention of `q` over each sequence's cached keys.
+    /// computes causal attention of `q` over each sequence's cached keys,
+    /// read in place through its block table.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,

@@ -1,45 +1,80 @@
 //! One forward pass over a ragged batch: for each sequence its new tokens,
-//! their positions and its cache slot. Matches HF's `LlamaForCausalLM`
+//! their positions and its KV-cache sequence (whose block table says where
+//! their keys and values go). Matches HF's `LlamaForCausalLM`
 //! (Qwen2/Qwen3/Mistral differences enabled by config flags).
 
 use super::{Layer, Linear, Transformer};
 use crate::backend::{AttentionShape, Backend, SeqSpan};
 use crate::error::{Error, Result};
-use crate::kv::KvCache;
+use crate::kv::{KvCache, SeqId};
 
 /// The new tokens of one sequence: `tokens` go at positions
-/// `start_pos..start_pos + tokens.len()` of cache slot `slot`.
+/// `start_pos..start_pos + tokens.len()` of cache sequence `seq` (whatever it
+/// held from `start_pos` on is replaced).
 #[derive(Debug, Clone, Copy)]
 pub struct SeqInput<'a> {
-    pub slot: usize,
+    pub seq: SeqId,
     pub start_pos: usize,
     pub tokens: &'a [u32],
 }
 
 /// Which logits a forward pass returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Logits {
     /// Every position: `[total tokens, vocab]`, sequences in order.
     All,
     /// The last position of each sequence: `[sequences, vocab]`.
     Last,
+    /// The listed rows of the batch (row `r` is the `r`-th token overall),
+    /// in the order given: `[rows.len(), vocab]`.
+    Rows(Vec<usize>),
 }
 
 impl<B: Backend> Transformer<B> {
     /// Runs the model over `seqs`, writing their keys/values into `cache`,
     /// and returns f32 logits (see [`Logits`]). Inputs are checked before any
-    /// work; on error the cache holds at most what it held before the call.
+    /// work; on error each sequence keeps at most its positions before `start_pos`.
     pub fn forward(&self, cache: &mut KvCache<B>, seqs: &[SeqInput], which: Logits) -> Result<Vec<f32>> {
-        let spans = self.check_batch(cache, seqs)?;
-        let result = self.run(cache, seqs, &spans, which);
-        for s in &spans {
-            cache.lens[s.slot] = if result.is_ok() { s.start_pos + s.len } else { s.start_pos };
+        self.check_batch(cache, seqs, &which)?;
+        let result = self.prepare(cache, seqs).and_then(|()| {
+            // Block tables are copied out so the storage can be borrowed mutably.
+            let tables: Vec<Vec<u32>> = seqs.iter().map(|s| cache.pages(s.seq).to_vec()).collect();
+            let mut row = 0;
+            let spans: Vec<SeqSpan> = seqs
+                .iter()
+                .zip(&tables)
+                .map(|(s, pages)| {
+                    let span = SeqSpan { pages, start_pos: s.start_pos, row, len: s.tokens.len() };
+                    row += s.tokens.len();
+                    span
+                })
+                .collect();
+            self.run(cache, seqs, &spans, which)
+        });
+        for s in seqs {
+            match &result {
+                Ok(_) => cache.commit(s.seq, s.tokens),
+                Err(_) => cache.truncate(s.seq, s.start_pos)?,
+            }
         }
         result
     }
 
+    /// Makes room for every sequence's new positions (all or nothing).
+    fn prepare(&self, cache: &mut KvCache<B>, seqs: &[SeqInput]) -> Result<()> {
+        let needed: usize =
+            seqs.iter().map(|s| cache.pages_needed(s.seq, s.start_pos, s.start_pos + s.tokens.len())).sum();
+        if needed > cache.available_pages() {
+            return Err(Error::KvCacheFull { needed, available: cache.available_pages() });
+        }
+        for s in seqs {
+            cache.prepare_write(&self.backend, s.seq, s.start_pos, s.start_pos + s.tokens.len())?;
+        }
+        Ok(())
+    }
+
     /// Meta's `Transformer.forward(tokens, start_pos)`: a rectangular batch
-    /// (sequence `i` in cache slot `i`, all of one length, all continuing from
+    /// (row `i` in cache sequence `i`, all of one length, all continuing from
     /// `start_pos`) returning logits `[batch, seq, vocab]` flattened.
     pub fn forward_rectangular(
         &self,
@@ -55,19 +90,32 @@ impl<B: Backend> Transformer<B> {
                 sequences[i].len()
             )));
         }
+        if sequences.len() > cache.num_sequences() {
+            return Err(Error::InvalidInput(format!(
+                "batch has {} sequences but the cache was made for max_batch_size={}; raise max_batch_size",
+                sequences.len(),
+                cache.num_sequences()
+            )));
+        }
         let batch: Vec<SeqInput> =
-            sequences.iter().enumerate().map(|(slot, tokens)| SeqInput { slot, start_pos, tokens }).collect();
+            sequences.iter().enumerate().map(|(seq, tokens)| SeqInput { seq, start_pos, tokens }).collect();
         self.forward(cache, &batch, Logits::All)
     }
 
-    fn check_batch(&self, cache: &KvCache<B>, seqs: &[SeqInput]) -> Result<Vec<SeqSpan>> {
+    fn check_batch(&self, cache: &KvCache<B>, seqs: &[SeqInput], which: &Logits) -> Result<()> {
         if seqs.is_empty() {
             return Err(Error::InvalidInput("empty batch: pass at least one sequence".into()));
         }
         let vocab = self.config.vocab_size;
-        let mut seen = vec![false; cache.slots()];
-        let mut spans = Vec::with_capacity(seqs.len());
-        let mut row = 0;
+        let total: usize = seqs.iter().map(|s| s.tokens.len()).sum();
+        if let Logits::Rows(rows) = which {
+            if let Some(r) = rows.iter().find(|&&r| r >= total) {
+                return Err(Error::InvalidInput(format!(
+                    "logits row {r} is outside the batch of {total} tokens"
+                )));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
         for (i, s) in seqs.iter().enumerate() {
             if s.tokens.is_empty() {
                 return Err(Error::InvalidInput(format!("sequence {i} is empty: pass at least one token")));
@@ -77,32 +125,32 @@ impl<B: Backend> Transformer<B> {
                     "token id {t} in sequence {i} is outside the vocabulary (vocab_size={vocab})"
                 )));
             }
-            if s.slot >= cache.slots() {
+            if !cache.contains(s.seq) {
                 return Err(Error::InvalidInput(format!(
-                    "batch has more sequences than the cache has slots ({}); raise max_batch_size",
-                    cache.slots()
+                    "sequence {i} names cache sequence {}, which does not exist",
+                    s.seq
                 )));
             }
-            if std::mem::replace(&mut seen[s.slot], true) {
-                return Err(Error::InvalidInput(format!("cache slot {} is used twice in one batch", s.slot)));
-            }
-            if s.start_pos > cache.len(s.slot) {
+            if !seen.insert(s.seq) {
                 return Err(Error::InvalidInput(format!(
-                    "start_pos {} is past the {} positions cached for sequence {i}; \
-                     continue from start_pos <= {}",
-                    s.start_pos,
-                    cache.len(s.slot),
-                    cache.len(s.slot)
+                    "cache sequence {} is used twice in one batch",
+                    s.seq
+                )));
+            }
+            let cached = cache.len(s.seq);
+            if s.start_pos > cached {
+                return Err(Error::InvalidInput(format!(
+                    "start_pos {} is past the {cached} positions cached for sequence {i}; \
+                     continue from start_pos <= {cached}",
+                    s.start_pos
                 )));
             }
             let needed = s.start_pos + s.tokens.len();
             if needed > cache.max_seq_len() {
                 return Err(Error::ContextOverflow { needed, max_seq_len: cache.max_seq_len() });
             }
-            spans.push(SeqSpan { slot: s.slot, start_pos: s.start_pos, row, len: s.tokens.len() });
-            row += s.tokens.len();
         }
-        Ok(spans)
+        Ok(())
     }
 
     fn run(
@@ -118,6 +166,7 @@ impl<B: Backend> Transformer<B> {
         let positions: Vec<u32> =
             spans.iter().flat_map(|s| (s.start_pos..s.start_pos + s.len).map(|p| p as u32)).collect();
         let rows = ids.len();
+        let which_all = which == Logits::All;
 
         let mut x = b.zeros(rows * c.hidden_size)?;
         b.embedding(&self.embed_tokens, &ids, &mut x);
@@ -126,13 +175,13 @@ impl<B: Backend> Transformer<B> {
         }
 
         // Only the rows whose logits are wanted go through the (large) head.
-        let (x, out_rows) = match which {
-            Logits::All => (x, rows),
-            Logits::Last => {
-                let last: Vec<usize> = spans.iter().map(|s| s.row + s.len - 1).collect();
-                (b.select_rows(&x, c.hidden_size, &last)?, last.len())
-            }
+        let wanted: Vec<usize> = match which {
+            Logits::All => Vec::new(),
+            Logits::Last => spans.iter().map(|s| s.row + s.len - 1).collect(),
+            Logits::Rows(r) => r,
         };
+        let (x, out_rows) =
+            if which_all { (x, rows) } else { (b.select_rows(&x, c.hidden_size, &wanted)?, wanted.len()) };
         let mut h = b.zeros(out_rows * c.hidden_size)?;
         b.rms_norm(&x, &self.norm, c.rms_norm_eps as f32, c.hidden_size, &mut h);
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);

@@ -18,7 +18,7 @@ pub use self::forward::{Logits, SeqInput};
 use crate::backend::{Backend, Device};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::kv::KvCache;
+use crate::kv::{KvCache, KvLayout};
 use crate::weights::{names, HostTensor, SafetensorsDir, TensorSource};
 
 /// A weight matrix `[out_features, in_features]` and its optional bias `[out_features]`.
@@ -198,15 +198,28 @@ impl<B: Backend> Transformer<B> {
         out
     }
 
-    /// A KV cache for `slots` concurrent sequences of up to `config.max_seq_len` positions.
+    /// A KV cache with room for `slots` sequences of up to
+    /// `config.max_seq_len` positions each, holding `slots` empty sequences
+    /// (ids `0..slots`, Meta's `max_batch_size` rows).
     pub fn new_cache(&self, slots: usize) -> Result<KvCache<B>> {
-        KvCache::new(
-            &self.backend,
-            slots,
-            self.config.num_hidden_layers,
-            self.config.kv_dim(),
-            self.config.max_seq_len,
-        )
+        if slots == 0 {
+            return Err(Error::InvalidInput(
+                "a KV cache needs at least one slot (max_batch_size >= 1)".into(),
+            ));
+        }
+        let page_size = KvLayout::DEFAULT_PAGE_SIZE;
+        let num_pages = slots * self.config.max_seq_len.div_ceil(page_size);
+        let mut cache = self.new_paged_cache(KvLayout { page_size, num_pages }, false)?;
+        for _ in 0..slots {
+            cache.add_sequence();
+        }
+        Ok(cache)
+    }
+
+    /// An empty page pool for this model (sequences are added by the caller).
+    pub fn new_paged_cache(&self, layout: KvLayout, prefix_caching: bool) -> Result<KvCache<B>> {
+        let c = &self.config;
+        KvCache::new(&self.backend, c.num_hidden_layers, c.kv_dim(), layout, c.max_seq_len, prefix_caching)
     }
 
     pub fn device(&self) -> Device {
@@ -331,7 +344,7 @@ mod tests {
     fn partial_load_changes_only_given_tensors_and_failed_load_changes_nothing() {
         let mut model = Transformer::random(config(), Cpu::default(), 0).unwrap();
         let mut cache = model.new_cache(1).unwrap();
-        let input = [SeqInput { slot: 0, start_pos: 0, tokens: &[1, 2, 3] }];
+        let input = [SeqInput { seq: 0, start_pos: 0, tokens: &[1, 2, 3] }];
         let before = model.forward(&mut cache, &input, Logits::All).unwrap();
 
         let mut bad = HashMap::new();

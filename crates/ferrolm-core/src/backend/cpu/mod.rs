@@ -153,8 +153,12 @@ impl Backend for Cpu {
         x.par_iter_mut().zip(y.par_iter()).for_each(|(a, b)| *a += b);
     }
 
-    fn new_kv(&self, slots: usize, layers: usize, kv_dim: usize) -> Result<CpuKv> {
-        Ok(CpuKv::new(slots, layers, kv_dim))
+    fn new_kv(&self, pages: usize, page_size: usize, layers: usize, kv_dim: usize) -> Result<CpuKv> {
+        Ok(CpuKv::new(pages, page_size, layers, kv_dim))
+    }
+
+    fn copy_page(&self, kv: &mut CpuKv, src: u32, dst: u32) -> Result<()> {
+        kv.copy_page(src, dst)
     }
 
     fn attention(

@@ -54,15 +54,16 @@ fn silu_mul_and_add() {
     close(&g, &[1.0, 2.0 / (1.0 + (-2.0f32).exp()) * 3.0 + 1.0]);
 }
 
-/// One kv head of dim 2 shared by two query heads; three positions.
+/// One kv head of dim 2 shared by two query heads; three positions, one
+/// per page, with the block table out of order.
 fn attend(window: Option<usize>, q: &[f32]) -> Vec<f32> {
     let cpu = Cpu::default();
-    let mut kv = cpu.new_kv(1, 1, 2).unwrap();
+    let mut kv = cpu.new_kv(4, 1, 1, 2).unwrap();
     let shape = AttentionShape { num_heads: 2, num_kv_heads: 1, head_dim: 2, sliding_window: window };
     let k = vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
     let v = vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
     let mut out = vec![0.0; 12];
-    let span = SeqSpan { slot: 0, start_pos: 0, row: 0, len: 3 };
+    let span = SeqSpan { pages: &[2, 0, 3], start_pos: 0, row: 0, len: 3 };
     cpu.attention(&mut kv, 0, &[span], shape, &q.to_vec(), &k, &v, &mut out).unwrap();
     out
 }
@@ -91,4 +92,21 @@ fn sliding_window_drops_old_positions() {
     let out = attend(Some(2), &[0.0; 12]);
     close(&out[8..12], &[4.0, 5.0, 4.0, 5.0]);
     close(&out[4..8], &[2.0, 3.0, 2.0, 3.0]);
+}
+
+#[test]
+fn copied_pages_hold_the_same_keys_and_values() {
+    let cpu = Cpu::default();
+    let mut kv = cpu.new_kv(2, 2, 1, 1).unwrap();
+    let shape = AttentionShape { num_heads: 1, num_kv_heads: 1, head_dim: 1, sliding_window: None };
+    let mut out = vec![0.0; 2];
+    let span = SeqSpan { pages: &[0], start_pos: 0, row: 0, len: 2 };
+    cpu.attention(&mut kv, 0, &[span], shape, &vec![0.0; 2], &vec![1.0, 2.0], &vec![3.0, 5.0], &mut out)
+        .unwrap();
+    cpu.copy_page(&mut kv, 0, 1).unwrap();
+    // Reading position 1 through the copy: uniform weights over values 3 and 5.
+    let span = SeqSpan { pages: &[1], start_pos: 1, row: 0, len: 1 };
+    let mut out = vec![0.0; 1];
+    cpu.attention(&mut kv, 0, &[span], shape, &vec![0.0], &vec![2.0], &vec![5.0], &mut out).unwrap();
+    close(&out, &[4.0]);
 }

@@ -1,0 +1,188 @@
+//! [`EngineClient`]: a cheap, clonable handle for talking to an engine from
+//! any thread — queue requests (checked before they are queued), cancel
+//! them, read the engine's counters.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+
+use super::request::{GenerationRequest, Output, RequestHandle, RequestId};
+use super::sequence::Sequence;
+use crate::error::{Error, Result};
+use crate::kv::PoolStats;
+use crate::sampling::SamplingConfig;
+use crate::tokenizer::Tokenizer;
+
+pub(crate) enum Command {
+    Add(Box<Sequence>),
+    Abort(RequestId),
+    Shutdown,
+}
+
+/// What a request must fit in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub vocab_size: usize,
+    pub max_seq_len: usize,
+    pub page_size: usize,
+    pub num_pages: usize,
+}
+
+/// The engine's counters, as of its last step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EngineStats {
+    pub running: usize,
+    pub waiting: usize,
+    pub pool: PoolStats,
+    pub page_size: usize,
+    /// Requests ever added and ever ended (any reason).
+    pub requests_added: u64,
+    pub requests_finished: u64,
+    pub prompt_tokens: u64,
+    /// Prompt tokens served from the prefix cache instead of recomputed.
+    pub cached_prompt_tokens: u64,
+    pub generation_tokens: u64,
+    pub preemptions: u64,
+}
+
+pub(crate) struct Shared {
+    next_id: AtomicU64,
+    pub limits: Limits,
+    pub tokenizer: Option<Tokenizer>,
+    stats: Mutex<EngineStats>,
+}
+
+impl Shared {
+    pub fn new(limits: Limits, tokenizer: Option<Tokenizer>, pool: PoolStats) -> Shared {
+        let stats = EngineStats { pool, page_size: limits.page_size, ..Default::default() };
+        Shared { next_id: AtomicU64::new(0), limits, tokenizer, stats: Mutex::new(stats) }
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, f: impl FnOnce(&mut EngineStats)) {
+        f(&mut self.stats.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    pub fn publish(&self, running: usize, waiting: usize, preemptions: u64, pool: PoolStats) {
+        self.update(|s| {
+            s.running = running;
+            s.waiting = waiting;
+            s.preemptions = preemptions;
+            s.pool = pool;
+        });
+    }
+
+    pub fn count_generated(&self, n: u64) {
+        self.update(|s| s.generation_tokens += n);
+    }
+
+    pub fn count_finished(&self, seq: &Sequence) {
+        self.update(|s| {
+            s.requests_finished += 1;
+            s.prompt_tokens += seq.prompt_len as u64;
+            s.cached_prompt_tokens += seq.cached_tokens.unwrap_or(0) as u64;
+        });
+    }
+}
+
+#[derive(Clone)]
+pub struct EngineClient {
+    sender: Sender<Command>,
+    shared: Arc<Shared>,
+}
+
+impl EngineClient {
+    pub(crate) fn new(sender: Sender<Command>, shared: Arc<Shared>) -> Self {
+        EngineClient { sender, shared }
+    }
+
+    /// Queues a request; its outputs arrive on the returned handle.
+    pub fn add_request(&self, request: GenerationRequest) -> Result<RequestHandle> {
+        let (sink, outputs) = channel();
+        let id = self.add_request_with_sink(request, sink)?;
+        Ok(RequestHandle { id, outputs })
+    }
+
+    /// Queues a request whose outputs go to `sink` (one sink may serve many
+    /// requests: each [`Output`] names its request). Bad requests are
+    /// refused here, before anything is queued.
+    pub fn add_request_with_sink(
+        &self,
+        request: GenerationRequest,
+        sink: Sender<Output>,
+    ) -> Result<RequestId> {
+        self.check(&request)?;
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let seq = Sequence::new(id, request, self.shared.tokenizer.as_ref(), sink)?;
+        self.sender.send(Command::Add(Box::new(seq))).map_err(|_| stopped())?;
+        self.shared.update(|s| s.requests_added += 1);
+        Ok(id)
+    }
+
+    /// Tokenizes `prompt` (with the model's BOS token) and queues it.
+    pub fn add_text_request(&self, prompt: &str, sampling: SamplingConfig) -> Result<RequestHandle> {
+        let tokens = self.tokenizer()?.encode(prompt, true)?;
+        self.add_request(GenerationRequest::new(tokens, sampling))
+    }
+
+    /// Cancels a request: it ends with `FinishReason::Abort` and its pages
+    /// are freed at the engine's next step. Unknown or finished ids are ignored.
+    pub fn abort(&self, id: RequestId) {
+        let _ = self.sender.send(Command::Abort(id));
+    }
+
+    /// Asks the engine thread to cancel everything and exit.
+    pub fn shutdown(&self) {
+        let _ = self.sender.send(Command::Shutdown);
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        self.shared.stats()
+    }
+
+    pub fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.shared.tokenizer.as_ref().ok_or_else(|| {
+            Error::InvalidInput("this engine has no tokenizer; pass token ids instead of text".into())
+        })
+    }
+
+    /// Largest number of positions a sequence may hold.
+    pub fn max_seq_len(&self) -> usize {
+        self.shared.limits.max_seq_len
+    }
+
+    fn check(&self, r: &GenerationRequest) -> Result<()> {
+        let limits = self.shared.limits;
+        r.sampling.validate()?;
+        if r.prompt.is_empty() {
+            return Err(Error::InvalidInput("the prompt is empty: pass at least one token".into()));
+        }
+        if let Some(t) = r.prompt.iter().find(|&&t| t as usize >= limits.vocab_size) {
+            return Err(Error::InvalidInput(format!(
+                "token id {t} is outside the vocabulary (vocab_size={})",
+                limits.vocab_size
+            )));
+        }
+        // A prompt that fills the context exactly is run and ends with no
+        // new token (as Meta's `generate` does); callers that need room for
+        // an answer check for it themselves.
+        if r.prompt.len() > limits.max_seq_len {
+            return Err(Error::ContextOverflow { needed: r.prompt.len(), max_seq_len: limits.max_seq_len });
+        }
+        let pages = r.prompt.len().div_ceil(limits.page_size);
+        if pages > limits.num_pages {
+            return Err(Error::KvCacheFull { needed: pages, available: limits.num_pages });
+        }
+        if !r.sampling.stop.is_empty() && self.shared.tokenizer.is_none() {
+            return Err(Error::InvalidInput("stop strings need an engine with a tokenizer".into()));
+        }
+        Ok(())
+    }
+}
+
+fn stopped() -> Error {
+    Error::InvalidInput("the engine has shut down; start a new one".into())
+}

@@ -1,0 +1,62 @@
+//! [`EngineConfig`]: the knobs of the scheduler and the size of the page pool.
+
+use crate::error::{Error, Result};
+use crate::kv::KvLayout;
+
+/// How an [`super::Engine`] schedules work and sizes its KV pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    /// Positions per KV page.
+    pub page_size: usize,
+    /// Pool size in pages; when `None`, taken from `kv_cache_bytes`.
+    pub num_pages: Option<usize>,
+    /// Pool size in bytes (used when `num_pages` is `None`). The pool never
+    /// gets more pages than `max_num_seqs` full-length sequences could use.
+    pub kv_cache_bytes: usize,
+    /// Most requests running (holding pages) at once.
+    pub max_num_seqs: usize,
+    /// Most tokens in one forward pass: decode tokens first, then prompt
+    /// chunks fill what is left (chunked prefill).
+    pub max_batch_tokens: usize,
+    /// Share full KV pages between requests with the same token prefix.
+    pub prefix_caching: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            page_size: KvLayout::DEFAULT_PAGE_SIZE,
+            num_pages: None,
+            kv_cache_bytes: 2 << 30,
+            max_num_seqs: 64,
+            max_batch_tokens: 512,
+            prefix_caching: true,
+        }
+    }
+}
+
+impl EngineConfig {
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("page_size", self.page_size),
+            ("max_num_seqs", self.max_num_seqs),
+            ("max_batch_tokens", self.max_batch_tokens),
+            ("num_pages", self.num_pages.unwrap_or(1)),
+            ("kv_cache_bytes", self.kv_cache_bytes),
+        ];
+        match positive.iter().find(|(_, v)| *v == 0) {
+            Some((field, _)) => Err(Error::config(*field, "must be at least 1")),
+            None => Ok(()),
+        }
+    }
+
+    /// The pool geometry for a model with `layers` layers, `kv_dim` key
+    /// features per position and sequences of up to `max_seq_len` positions.
+    pub fn layout(&self, layers: usize, kv_dim: usize, max_seq_len: usize) -> KvLayout {
+        let page_bytes = KvLayout::page_bytes(self.page_size, layers, kv_dim);
+        let most_useful = self.max_num_seqs.saturating_mul(max_seq_len.div_ceil(self.page_size));
+        let num_pages =
+            self.num_pages.unwrap_or_else(|| (self.kv_cache_bytes / page_bytes).clamp(1, most_useful));
+        KvLayout { page_size: self.page_size, num_pages }
+    }
+}

@@ -1,0 +1,314 @@
+//! [`Engine`]: the step loop. Each step takes new commands, asks the
+//! scheduler for a batch, runs one forward pass, draws tokens, and streams
+//! outputs; finished and cancelled requests give their pages back at once.
+
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use super::client::{Command, EngineClient, EngineStats, Limits, Shared};
+use super::config::EngineConfig;
+use super::request::{FinishReason, GenerationRequest, RequestHandle, RequestId};
+use super::scheduler::Scheduler;
+use super::sequence::{token_logprobs, Drawn, Sequence};
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::kv::KvCache;
+use crate::model::{Logits, SeqInput, Transformer};
+use crate::tokenizer::Tokenizer;
+
+pub struct Engine<B: Backend> {
+    model: Arc<Transformer<B>>,
+    cache: KvCache<B>,
+    scheduler: Scheduler,
+    commands: Receiver<Command>,
+    /// Kept to hand out clients; dropped by [`Engine::spawn`] so the thread
+    /// ends once every client is gone.
+    sender: Option<Sender<Command>>,
+    shared: Arc<Shared>,
+    eos: Vec<u32>,
+    stopping: bool,
+}
+
+impl<B: Backend + 'static> Engine<B> {
+    /// An engine over `model`. With a tokenizer, outputs carry text and
+    /// requests may use stop strings; its end-of-turn tokens also end requests.
+    pub fn new(
+        model: Arc<Transformer<B>>,
+        tokenizer: Option<Tokenizer>,
+        config: EngineConfig,
+    ) -> Result<Self> {
+        config.validate()?;
+        let c = &model.config;
+        let layout = config.layout(c.num_hidden_layers, c.kv_dim(), c.max_seq_len);
+        let cache = model.new_paged_cache(layout, config.prefix_caching)?;
+        let mut eos: Vec<u32> = Vec::new();
+        for &id in tokenizer.iter().flat_map(|t| t.eos_ids()).chain(&c.eos_token_ids) {
+            if !eos.contains(&id) {
+                eos.push(id);
+            }
+        }
+        let limits = Limits {
+            vocab_size: c.vocab_size,
+            max_seq_len: c.max_seq_len,
+            page_size: layout.page_size,
+            num_pages: layout.num_pages,
+        };
+        let (sender, commands) = channel();
+        Ok(Engine {
+            scheduler: Scheduler::new(config.max_num_seqs, config.max_batch_tokens),
+            shared: Arc::new(Shared::new(limits, tokenizer, cache.stats())),
+            model,
+            cache,
+            commands,
+            sender: Some(sender),
+            eos,
+            stopping: false,
+        })
+    }
+
+    /// A handle for adding and cancelling requests from any thread.
+    pub fn client(&self) -> EngineClient {
+        let sender = self.sender.clone().expect("a spawned engine is driven by its thread");
+        EngineClient::new(sender, self.shared.clone())
+    }
+
+    /// Queues a request (see [`EngineClient::add_request`]).
+    pub fn add_request(&self, request: GenerationRequest) -> Result<RequestHandle> {
+        self.client().add_request(request)
+    }
+
+    pub fn abort(&self, id: RequestId) {
+        self.client().abort(id);
+    }
+
+    /// Whether any request is waiting or running.
+    pub fn has_work(&self) -> bool {
+        !self.scheduler.waiting.is_empty() || !self.scheduler.running.is_empty()
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        self.shared.stats()
+    }
+
+    pub fn model(&self) -> &Arc<Transformer<B>> {
+        &self.model
+    }
+
+    /// A description of the model and tokenizer (what `get_model_info` and
+    /// the server's `/health` report).
+    pub fn model_info(&self) -> serde_json::Value {
+        let c = &self.model.config;
+        let tokenizer = self.shared.tokenizer.as_ref();
+        serde_json::json!({
+            "architecture": c.family.architecture(),
+            "context_length": c.max_position_embeddings,
+            "max_seq_len": c.max_seq_len,
+            "vocab_size": c.vocab_size,
+            "hidden_size": c.hidden_size,
+            "num_hidden_layers": c.num_hidden_layers,
+            "num_attention_heads": c.num_attention_heads,
+            "num_key_value_heads": c.num_key_value_heads,
+            "head_dim": c.head_dim,
+            "intermediate_size": c.intermediate_size,
+            "parameters": c.parameter_count(),
+            "dtype": c.dtype.name(),
+            "device": self.model.device().to_string(),
+            "bos_token_id": tokenizer.and_then(Tokenizer::bos_id),
+            "eos_token_ids": &self.eos,
+            "has_chat_template": tokenizer.is_some_and(|t| t.chat_template().is_some()),
+        })
+    }
+
+    /// Takes queued commands, then runs one scheduled batch (if there is work).
+    pub fn step(&mut self) -> Result<()> {
+        while let Ok(command) = self.commands.try_recv() {
+            self.apply(command)?;
+        }
+        if self.has_work() {
+            self.run_batch()?;
+        }
+        self.publish_stats();
+        Ok(())
+    }
+
+    /// Steps until every queued request has ended.
+    pub fn run_until_idle(&mut self) -> Result<()> {
+        self.step()?;
+        while self.has_work() {
+            self.step()?;
+        }
+        Ok(())
+    }
+
+    /// Moves the engine onto its own thread. It runs while there is work,
+    /// sleeps when idle, and exits on [`EngineClient::shutdown`] or when the
+    /// last client is dropped (cancelling what is left).
+    pub fn spawn(mut self) -> (EngineClient, JoinHandle<()>) {
+        let client = self.client();
+        self.sender = None;
+        let thread = std::thread::Builder::new()
+            .name("ferrolm-engine".into())
+            .spawn(move || self.serve())
+            .expect("spawning the engine thread");
+        (client, thread)
+    }
+
+    fn serve(mut self) {
+        while !self.stopping {
+            if !self.has_work() {
+                match self.commands.recv() {
+                    Ok(command) => {
+                        if let Err(e) = self.apply(command) {
+                            eprintln!("ferrolm engine: {e}");
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = self.step() {
+                // Only a broken invariant gets here; the requests were told.
+                eprintln!("ferrolm engine: {e}");
+                self.abort_all();
+            }
+        }
+        self.abort_all();
+        self.publish_stats();
+    }
+
+    fn apply(&mut self, command: Command) -> Result<()> {
+        match command {
+            Command::Add(seq) => self.scheduler.waiting.push_back(*seq),
+            Command::Abort(id) => self.end(id, FinishReason::Abort)?,
+            Command::Shutdown => self.stopping = true,
+        }
+        Ok(())
+    }
+
+    fn run_batch(&mut self) -> Result<()> {
+        let plan = self.scheduler.schedule(&mut self.cache)?;
+        let out_of_room: Vec<RequestId> =
+            plan.out_of_room.iter().map(|&i| self.scheduler.running[i].id).collect();
+        for id in out_of_room {
+            self.end(id, FinishReason::Length)?;
+        }
+        if plan.work.is_empty() {
+            return Ok(());
+        }
+        let vocab = self.model.config.vocab_size;
+        let running = &self.scheduler.running;
+
+        // Logits rows: the last row of each request that draws this step,
+        // and every row of a prompt whose log-probabilities were asked for.
+        let mut rows = Vec::new();
+        let mut row = 0;
+        for w in &plan.work {
+            let s = &running[w.index];
+            if s.prompt_logprobs.is_some() && w.start < s.prompt_len {
+                rows.extend(row..row + w.len);
+            } else if w.start + w.len == s.tokens.len() {
+                rows.push(row + w.len - 1);
+            }
+            row += w.len;
+        }
+        let inputs: Vec<SeqInput> = plan
+            .work
+            .iter()
+            .map(|w| {
+                let s = &running[w.index];
+                SeqInput {
+                    seq: s.seq.expect("scheduled requests hold pages"),
+                    start_pos: w.start,
+                    tokens: &s.tokens[w.start..w.start + w.len],
+                }
+            })
+            .collect();
+        let logits = match self.model.forward(&mut self.cache, &inputs, Logits::Rows(rows)) {
+            Ok(l) => l,
+            Err(e) => {
+                // The batch failed as a whole (e.g. out of memory): its
+                // requests end with the error; everyone else carries on.
+                let message = e.to_string();
+                let ids: Vec<RequestId> = plan.work.iter().map(|w| running[w.index].id).collect();
+                for id in ids {
+                    if let Some(s) = self.remove(id)? {
+                        s.fail(crate::Error::InvalidInput(format!(
+                            "the engine could not run this request: {message}"
+                        )));
+                    }
+                }
+                return Ok(());
+            }
+        };
+
+        let mut ended = Vec::new();
+        let mut offset = 0;
+        let max_seq_len = self.cache.max_seq_len();
+        for w in &plan.work {
+            let s = &mut self.scheduler.running[w.index];
+            s.computed += w.len;
+            let mut own = 1;
+            if let Some(lp) = s.prompt_logprobs.as_mut().filter(|_| w.start < s.prompt_len) {
+                own = w.len;
+                let next_end = (w.start + w.len + 1).min(s.prompt_len);
+                let next = &s.tokens[w.start + 1..next_end];
+                lp.extend(token_logprobs(&logits[offset * vocab..], vocab, next));
+            }
+            if s.computed == s.tokens.len() {
+                let last = &logits[(offset + own - 1) * vocab..(offset + own) * vocab];
+                match s.draw(last, &self.eos, max_seq_len)? {
+                    Drawn::Continue => {}
+                    Drawn::Finished(reason) => ended.push((s.id, Some(reason))),
+                    Drawn::Disconnected => ended.push((s.id, None)),
+                }
+                self.shared.count_generated(1);
+            }
+            offset += own;
+        }
+        for (id, reason) in ended {
+            match reason {
+                Some(reason) => self.end(id, reason)?,
+                None => drop(self.remove(id)?),
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends request `id` (if it is still here) with `reason`.
+    fn end(&mut self, id: RequestId, reason: FinishReason) -> Result<()> {
+        if let Some(mut s) = self.remove(id)? {
+            s.finish(reason)?;
+        }
+        Ok(())
+    }
+
+    /// Takes request `id` out of the queues and releases its pages.
+    fn remove(&mut self, id: RequestId) -> Result<Option<Sequence>> {
+        let sched = &mut self.scheduler;
+        let s = if let Some(i) = sched.running.iter().position(|s| s.id == id) {
+            sched.running.remove(i)
+        } else if let Some(i) = sched.waiting.iter().position(|s| s.id == id) {
+            sched.waiting.remove(i).expect("index from position")
+        } else {
+            return Ok(None);
+        };
+        if let Some(seq) = s.seq {
+            self.cache.remove_sequence(seq)?;
+        }
+        self.shared.count_finished(&s);
+        Ok(Some(s))
+    }
+
+    fn abort_all(&mut self) {
+        let ids: Vec<RequestId> =
+            self.scheduler.running.iter().chain(&self.scheduler.waiting).map(|s| s.id).collect();
+        for id in ids {
+            let _ = self.end(id, FinishReason::Abort);
+        }
+    }
+
+    fn publish_stats(&self) {
+        let s = &self.scheduler;
+        self.shared.publish(s.running.len(), s.waiting.len(), s.preemptions, self.cache.stats());
+    }
+}

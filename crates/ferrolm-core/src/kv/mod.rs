@@ -1,0 +1,13 @@
+//! The paged KV cache: a fixed pool of pages ([`PagePool`], with reference
+//! counts and a prefix cache of full pages), the block table of each live
+//! sequence, and the backend storage the pages index ([`KvCache`]).
+//!
+//! Attention reads keys and values through each sequence's block table, so
+//! sequences share pages (a common prompt prefix, or a forked sequence)
+//! without copies; a shared page is copied only when one owner writes to it.
+
+mod cache;
+mod pool;
+
+pub use cache::{KvCache, KvLayout, SeqId};
+pub use pool::{page_hash, PageId, PagePool, PoolStats, PrefixHash};

@@ -1,0 +1,292 @@
+//! `_core.Engine` (the serving engine on its own thread, for `ferrolm.LLM`
+//! and the server) and `_core.PagedKVCache` (the page allocator, for
+//! inspection and tests).
+
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ferrolm_core::backend::cpu::Cpu;
+use ferrolm_core::engine::{
+    Engine as CoreEngine, EngineClient, EngineConfig, GenerationRequest, Output, OutputKind,
+};
+use ferrolm_core::kv::PagePool;
+use ferrolm_core::{Device, Error, Tokenizer, Transformer};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::errors::{run, to_py};
+use crate::sampling;
+
+/// One engine output for Python:
+/// `(request_id, kind, token, text, logprob, top_logprobs, finish_reason, usage, prompt_logprobs, error)`
+/// with `kind` one of "token", "finished", "failed".
+type PyOutput = (
+    u64,
+    &'static str,
+    Option<u32>,
+    String,
+    Option<f32>,
+    Vec<(u32, f32)>,
+    Option<&'static str>,
+    Option<(usize, usize, usize)>,
+    Option<Vec<f32>>,
+    Option<PyErr>,
+);
+
+fn convert(output: Output) -> PyOutput {
+    let id = output.request;
+    match output.kind {
+        OutputKind::Token { sampled, text } => (
+            id,
+            "token",
+            Some(sampled.token),
+            text,
+            Some(sampled.logprob),
+            sampled.top_logprobs,
+            None,
+            None,
+            None,
+            None,
+        ),
+        OutputKind::Finished { reason, text, usage, prompt_logprobs } => {
+            let usage = (usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens);
+            (
+                id,
+                "finished",
+                None,
+                text,
+                None,
+                Vec::new(),
+                Some(reason.as_str()),
+                Some(usage),
+                prompt_logprobs,
+                None,
+            )
+        }
+        OutputKind::Failed(e) => {
+            (id, "failed", None, String::new(), None, Vec::new(), None, None, None, Some(to_py(e)))
+        }
+    }
+}
+
+#[pyclass(module = "ferrolm._core")]
+pub struct Engine {
+    client: EngineClient,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Every request's outputs arrive here, in order.
+    sink: Sender<Output>,
+    outputs: Mutex<Receiver<Output>>,
+    info: String,
+}
+
+#[pymethods]
+impl Engine {
+    /// Loads a model directory or `.gguf` file with its tokenizer and starts
+    /// the engine thread.
+    #[staticmethod]
+    #[pyo3(signature = (path, device, max_seq_len, page_size, num_pages, kv_cache_bytes, max_num_seqs, max_batch_tokens, prefix_caching))]
+    #[allow(clippy::too_many_arguments)]
+    fn load(
+        py: Python<'_>,
+        path: PathBuf,
+        device: &str,
+        max_seq_len: Option<usize>,
+        page_size: usize,
+        num_pages: Option<usize>,
+        kv_cache_bytes: usize,
+        max_num_seqs: usize,
+        max_batch_tokens: usize,
+        prefix_caching: bool,
+    ) -> PyResult<Engine> {
+        let config = EngineConfig {
+            page_size,
+            num_pages,
+            kv_cache_bytes,
+            max_num_seqs,
+            max_batch_tokens,
+            prefix_caching,
+        };
+        run(py, || {
+            Device::parse(device)?.ensure_available()?;
+            let model = Arc::new(Transformer::<Cpu>::from_pretrained(&path, max_seq_len)?);
+            let tokenizer = Tokenizer::from_pretrained(&path)?;
+            let engine = CoreEngine::new(model, Some(tokenizer), config)?;
+            let info = engine.model_info().to_string();
+            let (client, thread) = engine.spawn();
+            let (sink, outputs) = channel();
+            Ok(Engine { client, thread: Mutex::new(Some(thread)), sink, outputs: Mutex::new(outputs), info })
+        })
+    }
+
+    /// Queues a tokenized prompt; returns its request id.
+    #[pyo3(signature = (prompt, sampling, stream=0, prompt_logprobs=false))]
+    fn add_request(
+        &self,
+        prompt: Vec<i64>,
+        sampling: &str,
+        stream: u64,
+        prompt_logprobs: bool,
+    ) -> PyResult<u64> {
+        let sampling = sampling::parse(sampling)?;
+        let prompt = prompt
+            .into_iter()
+            .map(|t| {
+                u32::try_from(t)
+                    .map_err(|_| Error::InvalidInput(format!("token id {t} is outside the vocabulary")))
+            })
+            .collect::<Result<Vec<u32>, Error>>()
+            .map_err(to_py)?;
+        let request = GenerationRequest { prompt, sampling, stream, prompt_logprobs };
+        self.client.add_request_with_sink(request, self.sink.clone()).map_err(to_py)
+    }
+
+    /// Cancels a request (its pages are freed at the engine's next step).
+    fn abort(&self, request_id: u64) {
+        self.client.abort(request_id);
+    }
+
+    /// Waits up to `timeout` seconds for outputs (without the GIL), then
+    /// returns every output ready, up to `max_outputs`.
+    #[pyo3(signature = (timeout, max_outputs=4096))]
+    fn poll(&self, py: Python<'_>, timeout: f64, max_outputs: usize) -> PyResult<Vec<PyOutput>> {
+        let outputs = py.detach(|| {
+            let rx = self.outputs.lock().unwrap_or_else(|e| e.into_inner());
+            let mut got = Vec::new();
+            match rx.recv_timeout(Duration::from_secs_f64(timeout.max(0.0))) {
+                Ok(o) => got.push(o),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return got,
+            }
+            while got.len() < max_outputs {
+                match rx.try_recv() {
+                    Ok(o) => got.push(o),
+                    Err(_) => break,
+                }
+            }
+            got
+        });
+        Ok(outputs.into_iter().map(convert).collect())
+    }
+
+    /// The engine's counters as a dict.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.client.stats();
+        let d = PyDict::new(py);
+        d.set_item("running", s.running)?;
+        d.set_item("waiting", s.waiting)?;
+        d.set_item("total_pages", s.pool.total_pages)?;
+        d.set_item("used_pages", s.pool.used_pages)?;
+        d.set_item("cached_pages", s.pool.cached_pages)?;
+        d.set_item("free_pages", s.pool.free_pages)?;
+        d.set_item("page_size", s.page_size)?;
+        d.set_item("prefix_queries", s.pool.prefix_queries)?;
+        d.set_item("prefix_hits", s.pool.prefix_hits)?;
+        d.set_item("requests_added", s.requests_added)?;
+        d.set_item("requests_finished", s.requests_finished)?;
+        d.set_item("prompt_tokens", s.prompt_tokens)?;
+        d.set_item("cached_prompt_tokens", s.cached_prompt_tokens)?;
+        d.set_item("generation_tokens", s.generation_tokens)?;
+        d.set_item("preemptions", s.preemptions)?;
+        Ok(d)
+    }
+
+    /// The model description as JSON text.
+    fn model_info(&self) -> String {
+        self.info.clone()
+    }
+
+    #[getter]
+    fn max_seq_len(&self) -> usize {
+        self.client.max_seq_len()
+    }
+
+    /// Cancels everything and stops the engine thread (idempotent).
+    fn shutdown(&self, py: Python<'_>) {
+        self.client.shutdown();
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = thread {
+            py.detach(|| {
+                let _ = t.join();
+            });
+        }
+    }
+
+    #[getter]
+    fn is_running(&self) -> bool {
+        self.thread.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|t| !t.is_finished())
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.client.shutdown();
+    }
+}
+
+/// The seed's `PagedKVCache`: the reference-counted page allocator.
+#[pyclass(module = "ferrolm._core")]
+pub struct PagedKVCache {
+    pool: Mutex<PagePool>,
+    page_size: usize,
+}
+
+impl PagedKVCache {
+    fn with<T>(&self, f: impl FnOnce(&mut PagePool) -> ferrolm_core::Result<T>) -> PyResult<T> {
+        f(&mut self.pool.lock().unwrap_or_else(|e| e.into_inner())).map_err(to_py)
+    }
+}
+
+#[pymethods]
+impl PagedKVCache {
+    #[new]
+    #[pyo3(signature = (num_pages, page_size=16))]
+    fn new(num_pages: usize, page_size: usize) -> PyResult<Self> {
+        if page_size == 0 {
+            return Err(to_py(Error::InvalidInput("page_size must be at least 1".into())));
+        }
+        Ok(PagedKVCache { pool: Mutex::new(PagePool::new(num_pages).map_err(to_py)?), page_size })
+    }
+
+    /// Takes `num_pages` pages (each with one reference), or None if the pool has fewer free.
+    fn allocate_pages(&self, num_pages: usize) -> PyResult<Option<Vec<u32>>> {
+        self.with(|p| Ok(p.allocate(num_pages)))
+    }
+
+    /// Adds a reference to each page (sharing it).
+    fn add_reference(&self, page_ids: Vec<u32>) -> PyResult<()> {
+        self.with(|p| p.add_ref(&page_ids))
+    }
+
+    /// Drops one reference from each page; pages left unreferenced are free again.
+    fn free_pages(&self, page_ids: Vec<u32>) -> PyResult<()> {
+        self.with(|p| p.release(&page_ids))
+    }
+
+    fn ref_count(&self, page_id: u32) -> PyResult<u32> {
+        self.with(|p| {
+            if page_id as usize >= p.total() {
+                return Err(Error::InvalidInput(format!("page {page_id} does not exist")));
+            }
+            Ok(p.ref_count(page_id))
+        })
+    }
+
+    #[getter]
+    fn page_size(&self) -> usize {
+        self.page_size
+    }
+
+    /// `{"total_pages", "used_pages", "free_pages", "cached_pages", "page_size"}`.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.with(|p| Ok(p.stats()))?;
+        let d = PyDict::new(py);
+        d.set_item("total_pages", s.total_pages)?;
+        d.set_item("used_pages", s.used_pages)?;
+        d.set_item("free_pages", s.free_pages + s.cached_pages)?;
+        d.set_item("cached_pages", s.cached_pages)?;
+        d.set_item("page_size", self.page_size)?;
+        Ok(d)
+    }
+}
