@@ -6,17 +6,24 @@
 """
 
 from ferrolm._core import __version__
+from ferrolm.engine import AsyncEngine, RequestOutput
 from ferrolm.generation import Llama
+from ferrolm.kv import PagedKVCache
+from ferrolm.llm import LLM
 from ferrolm.model import ModelArgs, Transformer, create_transformer_from_config
 from ferrolm.sampling import SamplingConfig
 from ferrolm.session import InferenceSession, QwenInferenceSession, generate_text
 from ferrolm.tokenizer import Tokenizer
 
 __all__ = [
+    "LLM",
+    "AsyncEngine",
     "InferenceSession",
     "Llama",
     "ModelArgs",
+    "PagedKVCache",
     "QwenInferenceSession",
+    "RequestOutput",
     "SamplingConfig",
     "Tokenizer",
     "Transformer",

@@ -1,0 +1,245 @@
+"""``AsyncEngine``: the Rust serving engine for Python, streaming to threads and asyncio.
+
+The engine runs on its own Rust thread (without the GIL). One pump thread
+here waits for its outputs and hands each one to whoever is waiting for
+that request: a ``queue.Queue`` for blocking callers, an ``asyncio.Queue``
+(through ``call_soon_threadsafe``) for coroutines. The server, ``LLM`` and
+benchmarks all use this one class.
+
+>>> engine = AsyncEngine("smollm2")                                   # doctest: +SKIP
+>>> ids = engine.tokenizer.encode("Once upon a time")                 # doctest: +SKIP
+>>> for out in engine.stream(ids, SamplingConfig(max_tokens=16)):      # doctest: +SKIP
+...     print(out.text, end="")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from ferrolm import _core, hub
+from ferrolm.model import _device
+from ferrolm.sampling import SamplingConfig
+from ferrolm.tokenizer import Tokenizer
+
+
+class Output(NamedTuple):
+    """One message from the engine about one request.
+
+    ``kind`` is ``"token"`` (one generated token and the text it completes,
+    possibly empty while a stop string or a multi-byte character is pending),
+    ``"finished"`` (the end: ``finish_reason`` is ``"stop"``, ``"length"`` or
+    ``"abort"``, ``text`` holds any held-back text) or ``"failed"`` (``error``
+    is the exception to raise).
+    """
+
+    request_id: int
+    kind: str
+    token: int | None
+    text: str
+    logprob: float | None
+    top_logprobs: list[tuple[int, float]]
+    finish_reason: str | None
+    usage: tuple[int, int, int] | None  # (prompt_tokens, cached_tokens, completion_tokens)
+    prompt_logprobs: list[float] | None
+    error: BaseException | None
+
+
+@dataclass
+class RequestOutput:
+    """The whole result of one request."""
+
+    request_id: int
+    prompt_token_ids: list[int]
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    prompt_logprobs: list[float] | None = None
+    prompt: str | None = None
+
+    def add(self, out: Output) -> None:
+        """Folds one output in (raises the request's error if it failed)."""
+        if out.kind == "failed":
+            raise out.error if out.error is not None else RuntimeError("request failed")
+        self.text += out.text
+        if out.kind == "token":
+            self.token_ids.append(out.token)
+            self.logprobs.append(out.logprob)
+            self.top_logprobs.append(out.top_logprobs)
+        else:
+            self.finish_reason = out.finish_reason
+            self.prompt_tokens, self.cached_tokens, self.completion_tokens = out.usage
+            self.prompt_logprobs = out.prompt_logprobs
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+_DEFAULT_KV_BYTES = 2 << 30
+
+
+class AsyncEngine:
+    """A model served by the continuous-batching engine.
+
+    Args:
+        model: a model directory, a ``.gguf`` file or a short name (``"smollm2"``).
+        device: ``"cpu"`` (CUDA once its backend exists).
+        max_seq_len: longest sequence, prompt plus output (default: the model's context).
+        page_size: tokens per KV page.
+        num_pages: KV pool size in pages (default: from ``kv_cache_bytes``).
+        kv_cache_bytes: KV pool size in bytes when ``num_pages`` is not given.
+        max_num_seqs: most requests running at once.
+        max_batch_tokens: most tokens per forward pass (long prompts are chunked).
+        prefix_caching: share KV pages of common prompt prefixes between requests.
+    """
+
+    def __init__(self, model: str | os.PathLike[str] = hub.DEFAULT_MODEL, *, device: str | int = "cpu",
+                 max_seq_len: int | None = None, page_size: int = 16, num_pages: int | None = None,
+                 kv_cache_bytes: int = _DEFAULT_KV_BYTES, max_num_seqs: int = 64,
+                 max_batch_tokens: int = 512, prefix_caching: bool = True) -> None:
+        path = hub.resolve(model)
+        for name, value in (("page_size", page_size), ("kv_cache_bytes", kv_cache_bytes),
+                            ("max_num_seqs", max_num_seqs), ("max_batch_tokens", max_batch_tokens),
+                            ("num_pages", num_pages), ("max_seq_len", max_seq_len)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.model_path = str(path)
+        self._core = _core.Engine.load(self.model_path, _device(device), max_seq_len, page_size, num_pages,
+                                       kv_cache_bytes, max_num_seqs, max_batch_tokens, bool(prefix_caching))
+        self.tokenizer = Tokenizer.from_pretrained(path)
+        self.model_info: dict[str, Any] = json.loads(self._core.model_info())
+        self.max_seq_len: int = self._core.max_seq_len
+        self._listeners: dict[int, Callable[[Output], None]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._pump = threading.Thread(target=self._run_pump, name="ferrolm-outputs", daemon=True)
+        self._pump.start()
+
+    # -- submitting ----------------------------------------------------------------
+
+    def submit(self, prompt: Sequence[int], sampling: SamplingConfig, listener: Callable[[Output], None], *,
+               prompt_logprobs: bool = False, stream: int = 0) -> int:
+        """Queues a tokenized prompt; ``listener`` receives its outputs (on the
+        pump thread). Returns the request id. Bad input raises ``ValueError``."""
+        if self._closed:
+            raise RuntimeError("the engine is closed; create a new one")
+        if not isinstance(sampling, SamplingConfig):
+            raise ValueError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
+        ids = [_token(t) for t in prompt]
+        # Registered under the lock the pump dispatches under, so no output
+        # can arrive before its listener.
+        with self._lock:
+            request_id = self._core.add_request(ids, sampling.to_json(), stream, prompt_logprobs)
+            self._listeners[request_id] = listener
+        return request_id
+
+    def abort(self, request_id: int) -> None:
+        """Cancels a request; its pages are freed at the engine's next step."""
+        self._core.abort(request_id)
+
+    def stream(self, prompt: Sequence[int], sampling: SamplingConfig, *,
+               prompt_logprobs: bool = False) -> Iterator[Output]:
+        """Yields the request's outputs as they come (blocking); leaving the
+        loop early cancels the request."""
+        inbox: queue.Queue[Output] = queue.Queue()
+        request_id = self.submit(prompt, sampling, inbox.put, prompt_logprobs=prompt_logprobs)
+        done = False
+        try:
+            while not done:
+                out = inbox.get()
+                done = out.kind != "token"
+                yield out
+        finally:
+            if not done:
+                self.abort(request_id)
+
+    async def astream(self, prompt: Sequence[int], sampling: SamplingConfig, *,
+                      prompt_logprobs: bool = False) -> AsyncIterator[Output]:
+        """``stream`` for asyncio: awaiting never blocks the event loop, and a
+        cancelled consumer (e.g. a client that disconnected) cancels the request."""
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue[Output] = asyncio.Queue()
+        request_id = self.submit(prompt, sampling, lambda out: loop.call_soon_threadsafe(inbox.put_nowait, out),
+                                 prompt_logprobs=prompt_logprobs)
+        done = False
+        try:
+            while not done:
+                out = await inbox.get()
+                done = out.kind != "token"
+                yield out
+        finally:
+            if not done:
+                self.abort(request_id)
+
+    async def agenerate(self, prompt: Sequence[int], sampling: SamplingConfig, *,
+                        prompt_logprobs: bool = False) -> RequestOutput:
+        """Runs one request to its end (asyncio)."""
+        result = RequestOutput(request_id=-1, prompt_token_ids=list(prompt))
+        async for out in self.astream(prompt, sampling, prompt_logprobs=prompt_logprobs):
+            result.request_id = out.request_id
+            result.add(out)
+        return result
+
+    # -- state -----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Counters: running, waiting, pages (total/used/cached/free), prefix
+        hits, prompt/cached/generation tokens, preemptions."""
+        return self._core.stats()
+
+    @property
+    def is_running(self) -> bool:
+        return not self._closed and self._core.is_running
+
+    def close(self) -> None:
+        """Cancels every request and stops the engine (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._core.shutdown()
+        self._pump.join(timeout=5)
+
+    def __enter__(self) -> AsyncEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_core", None) is not None and not getattr(self, "_closed", True):
+            self._closed = True
+            self._core.shutdown()
+
+    # -- the pump --------------------------------------------------------------------
+
+    def _run_pump(self) -> None:
+        while not self._closed or self._listeners:
+            batch = self._core.poll(0.05)
+            if not batch and self._closed:
+                break
+            with self._lock:
+                for raw in batch:
+                    out = Output(*raw)
+                    listener = self._listeners.get(out.request_id)
+                    if out.kind != "token":
+                        self._listeners.pop(out.request_id, None)
+                    if listener is not None:
+                        listener(out)
+
+
+def _token(t: Any) -> int:
+    if isinstance(t, bool) or not isinstance(t, int):
+        raise ValueError(f"token ids must be integers, got {t!r}")
+    return t
