@@ -235,8 +235,15 @@ class AsyncEngine:
                     listener = self._listeners.get(out.request_id)
                     if out.kind != "token":
                         self._listeners.pop(out.request_id, None)
-                    if listener is not None:
+                    if listener is None:
+                        continue
+                    try:
                         listener(out)
+                    except Exception:
+                        # The listener is gone (e.g. its event loop closed):
+                        # stop the request rather than the pump.
+                        self._listeners.pop(out.request_id, None)
+                        self._core.abort(out.request_id)
 
 
 def _token(t: Any) -> int:

@@ -1,0 +1,184 @@
+"""The serving engine from Python: ``AsyncEngine`` (threads and asyncio),
+``LLM.generate``/``chat`` and the ``PagedKVCache`` allocator view."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from ferrolm import LLM, AsyncEngine, PagedKVCache, SamplingConfig, Transformer
+
+
+def greedy(max_tokens: int, **kw) -> SamplingConfig:
+    return SamplingConfig(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
+                          max_tokens=max_tokens, **kw)
+
+
+@pytest.fixture(scope="module")
+def llm(chat_model):
+    with LLM(chat_model, max_seq_len=256) as llm:
+        yield llm
+
+
+def reference_greedy(model_dir, prompt: list[int], n: int) -> list[int]:
+    """Greedy continuation from plain ``Transformer.forward`` logits (no engine)."""
+    model = Transformer.from_pretrained(model_dir, max_seq_len=256)
+    logits = model.forward([prompt])[0, -1]
+    out = []
+    for _ in range(n):
+        out.append(int(np.argmax(logits)))
+        logits = model.forward([[out[-1]]], start_pos=len(prompt) + len(out) - 1)[0, -1]
+    return out
+
+
+def test_llm_greedy_equals_the_plain_forward_pass(llm, chat_model):
+    prompts = ["Hello there", "The weather today is", "1 2 3"]
+    outs = llm.generate(prompts, greedy(6, stop_token_ids=[]))
+    assert [o.prompt for o in outs] == prompts
+    for o in outs:
+        if o.finish_reason == "length":
+            assert o.token_ids == reference_greedy(chat_model, o.prompt_token_ids, 6)
+        assert o.completion_tokens == len(o.token_ids) and o.prompt_tokens == len(o.prompt_token_ids)
+        assert o.text == llm.tokenizer.decode(o.token_ids)
+    assert llm.stats()["used_pages"] == 0
+
+
+def test_results_come_back_in_input_order_with_per_prompt_configs(llm):
+    prompts = [[5, 6, 7], "a b c", [9] * 40]
+    configs = [greedy(1), greedy(7), greedy(3)]
+    outs = llm.generate(prompts, configs)
+    assert [o.completion_tokens <= c.max_tokens for o, c in zip(outs, configs)] == [True] * 3
+    assert outs[0].prompt_token_ids == [5, 6, 7] and outs[2].prompt_token_ids == [9] * 40
+    alone = [llm.generate([p], c)[0].token_ids for p, c in zip(prompts, configs)]
+    assert [o.token_ids for o in outs] == alone
+
+
+def test_bad_batch_input_is_a_clear_error(llm):
+    with pytest.raises(ValueError, match="2 sampling configs for 3 prompts"):
+        llm.generate(["a", "b", "c"], [greedy(1), greedy(1)])
+    with pytest.raises(ValueError, match="max_seq_len is 256"):
+        llm.generate([[5] * 300], greedy(1))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        llm.generate([[10**7]], greedy(1))
+    with pytest.raises(ValueError, match="string or a list of token ids"):
+        llm.generate([3.5], greedy(1))
+    # The engine keeps serving.
+    assert llm.generate("still here", greedy(2))[0].finish_reason in ("stop", "length")
+
+
+def test_chat_renders_the_template(llm):
+    out = llm.chat([{"role": "user", "content": "Hi!"}], greedy(4))[0]
+    assert out.prompt.startswith("<|im_start|>") and out.prompt.endswith("<|im_start|>assistant\n")
+    assert out.completion_tokens >= 1
+
+
+def test_sampling_with_a_seed_is_reproducible_and_streams_differ(llm):
+    config = SamplingConfig(temperature=1.0, max_tokens=8, seed=3)
+    a, b = llm.generate(["x y", "x y"], config)
+    again = llm.generate(["x y", "x y"], config)
+    assert [a.token_ids, b.token_ids] == [again[0].token_ids, again[1].token_ids]
+    assert a.token_ids != b.token_ids, "each prompt of a batch draws from its own stream"
+
+
+def test_stream_yields_tokens_then_the_end(llm):
+    engine = llm.engine
+    ids = llm.tokenizer.encode("Once upon")
+    outs = list(engine.stream(ids, greedy(5)))
+    assert [o.kind for o in outs[:-1]] == ["token"] * (len(outs) - 1)
+    assert outs[-1].kind == "finished" and outs[-1].usage[2] == len(outs) - 1
+
+
+def test_leaving_a_stream_early_aborts_it_and_frees_its_pages(llm):
+    engine = llm.engine
+    for out in engine.stream([7] * 50, SamplingConfig(temperature=1.0, max_tokens=200, seed=1)):
+        assert out.kind == "token"
+        break
+    stats = wait_idle(engine)
+    assert stats["used_pages"] == 0 and stats["running"] == 0
+
+
+def test_asyncio_streams_run_concurrently(llm):
+    engine = llm.engine
+
+    async def main():
+        prompts = [[11, 12, 13], [14] * 20, [15, 16]]
+        results = await asyncio.gather(*(engine.agenerate(p, greedy(6)) for p in prompts))
+        return prompts, results
+
+    prompts, results = asyncio.run(main())
+    for p, r in zip(prompts, results):
+        assert r.token_ids == llm.generate([p], greedy(6))[0].token_ids
+        assert r.finished
+
+
+def test_a_cancelled_coroutine_aborts_its_request(llm):
+    engine = llm.engine
+
+    async def main():
+        async def consume():
+            async for _ in engine.astream([8] * 30, SamplingConfig(temperature=1.0, max_tokens=500, seed=2)):
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    stats = wait_idle(engine)
+    assert stats["used_pages"] == 0 and stats["running"] == 0
+
+
+def test_prefix_cache_skips_a_shared_prompt(chat_model):
+    with AsyncEngine(chat_model, max_seq_len=256) as engine:
+        system = list(range(100, 150))  # 50 tokens: 3 full pages
+        first = asyncio.run(engine.agenerate([*system, 1, 2], greedy(2)))
+        second = asyncio.run(engine.agenerate([*system, 3, 4, 5], greedy(2)))
+        assert (first.cached_tokens, second.cached_tokens) == (0, 48)
+        assert engine.stats()["cached_prompt_tokens"] == 48
+
+
+def test_engine_settings_are_checked(chat_model):
+    with pytest.raises(ValueError, match="max_num_seqs must be a positive integer"):
+        AsyncEngine(chat_model, max_num_seqs=0)
+    with pytest.raises(FileNotFoundError):
+        AsyncEngine(chat_model / "nope")
+    engine = AsyncEngine(chat_model, max_seq_len=64)
+    engine.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.submit([1], greedy(1), lambda out: None)
+
+
+def test_paged_kv_cache_counts_references():
+    cache = PagedKVCache(num_pages=4, page_size=16)
+    pages = cache.allocate_pages(3)
+    assert sorted(pages) == sorted(set(pages)) and len(pages) == 3
+    assert cache.allocate_pages(2) is None, "all or nothing"
+    cache.add_reference(pages[:1])
+    assert cache.ref_count(pages[0]) == 2
+    cache.free_pages(pages)
+    assert cache.stats() == {"total_pages": 4, "used_pages": 1, "free_pages": 3, "cached_pages": 0,
+                             "page_size": 16}
+    cache.free_pages(pages[:1])
+    assert cache.stats()["used_pages"] == 0
+    with pytest.raises(ValueError, match="not allocated"):
+        cache.free_pages(pages[:1])
+    with pytest.raises(ValueError, match="does not exist"):
+        cache.add_reference([99])
+    with pytest.raises(ValueError):
+        PagedKVCache(num_pages=0)
+
+
+def wait_idle(engine: AsyncEngine, timeout: float = 10.0) -> dict:
+    """Polls until the engine has no running or waiting request (bounded)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = engine.stats()
+        if (stats["running"] == 0 and stats["waiting"] == 0) or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.01)
