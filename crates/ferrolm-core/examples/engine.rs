@@ -41,7 +41,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         OutputKind::Token { text: piece, .. } => text += &piece,
                         OutputKind::Finished { reason, text: tail, usage, .. } => {
                             text += &tail;
-                            println!("[{i}] {text:?} ({}, {} tokens)", reason.as_str(), usage.completion_tokens);
+                            println!(
+                                "[{i}] {text:?} ({}, {} tokens)",
+                                reason.as_str(),
+                                usage.completion_tokens
+                            );
                         }
                         OutputKind::Failed(e) => return Err(e),
                     }

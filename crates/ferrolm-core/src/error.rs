@@ -68,6 +68,10 @@ pub enum Error {
     #[error("out of memory: could not allocate {bytes} bytes for {what}")]
     OutOfMemory { what: String, bytes: usize },
 
+    /// A bug in ferrolm (a broken invariant, a caught panic); please report it.
+    #[error("internal error in ferrolm (please report it): {0}")]
+    Internal(String),
+
     /// The requested device cannot be used in this build or on this machine.
     #[error("device `{device}` is not available: {reason}")]
     DeviceUnavailable { device: String, reason: String },

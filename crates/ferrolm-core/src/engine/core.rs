@@ -2,9 +2,12 @@
 //! scheduler for a batch, runs one forward pass, draws tokens, and streams
 //! outputs; finished and cancelled requests give their pages back at once.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+
+use rayon::prelude::*;
 
 use super::client::{Command, EngineClient, EngineStats, Limits, Shared};
 use super::config::EngineConfig;
@@ -12,7 +15,7 @@ use super::request::{FinishReason, GenerationRequest, RequestHandle, RequestId};
 use super::scheduler::Scheduler;
 use super::sequence::{token_logprobs, Drawn, Sequence};
 use crate::backend::Backend;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kv::KvCache;
 use crate::model::{Logits, SeqInput, Transformer};
 use crate::tokenizer::Tokenizer;
@@ -160,20 +163,46 @@ impl<B: Backend + 'static> Engine<B> {
                 match self.commands.recv() {
                     Ok(command) => {
                         if let Err(e) = self.apply(command) {
-                            eprintln!("ferrolm engine: {e}");
+                            self.fail_all(&e.to_string(), true);
                         }
                     }
                     Err(_) => break,
                 }
             }
-            if let Err(e) = self.step() {
-                // Only a broken invariant gets here; the requests were told.
-                eprintln!("ferrolm engine: {e}");
-                self.abort_all();
+            // Only a broken invariant fails a step or panics. Every request
+            // is told (none is left waiting forever); after a panic the
+            // engine's state cannot be trusted, so the thread ends.
+            match catch_unwind(AssertUnwindSafe(|| self.step())) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => self.fail_all(&e.to_string(), true),
+                Err(panic) => {
+                    let detail = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("unknown panic");
+                    self.fail_all(&format!("the engine thread panicked: {detail}"), false);
+                    return;
+                }
             }
         }
         self.abort_all();
         self.publish_stats();
+    }
+
+    /// Ends every request with an internal error. With `release`, their
+    /// pages go back to the pool; after a panic nothing but their channels
+    /// is touched.
+    fn fail_all(&mut self, reason: &str, release: bool) {
+        let sched = &mut self.scheduler;
+        let all: Vec<Sequence> = sched.running.drain(..).chain(sched.waiting.drain(..)).collect();
+        for s in all {
+            if let Some(seq) = s.seq.filter(|_| release) {
+                let _ = self.cache.remove_sequence(seq);
+            }
+            self.shared.count_finished(&s);
+            s.fail(Error::Internal(reason.to_string()));
+        }
     }
 
     fn apply(&mut self, command: Command) -> Result<()> {
@@ -200,15 +229,19 @@ impl<B: Backend + 'static> Engine<B> {
 
         // Logits rows: the last row of each request that draws this step,
         // and every row of a prompt whose log-probabilities were asked for.
+        // `taken[i]` = how many of the returned rows belong to work item i.
         let mut rows = Vec::new();
+        let mut taken = Vec::with_capacity(plan.work.len());
         let mut row = 0;
         for w in &plan.work {
             let s = &running[w.index];
+            let before = rows.len();
             if s.prompt_logprobs.is_some() && w.start < s.prompt_len {
                 rows.extend(row..row + w.len);
             } else if w.start + w.len == s.tokens.len() {
                 rows.push(row + w.len - 1);
             }
+            taken.push(rows.len() - before);
             row += w.len;
         }
         let inputs: Vec<SeqInput> = plan
@@ -241,29 +274,43 @@ impl<B: Backend + 'static> Engine<B> {
             }
         };
 
-        let mut ended = Vec::new();
+        // Bookkeeping in order; then the draws, which are independent per
+        // request (and cost a vocabulary sort each), in parallel.
+        let mut draw_row: Vec<Option<usize>> = vec![None; self.scheduler.running.len()];
         let mut offset = 0;
-        let max_seq_len = self.cache.max_seq_len();
-        for w in &plan.work {
+        for (w, &n) in plan.work.iter().zip(&taken) {
             let s = &mut self.scheduler.running[w.index];
             s.computed += w.len;
-            let mut own = 1;
             if let Some(lp) = s.prompt_logprobs.as_mut().filter(|_| w.start < s.prompt_len) {
-                own = w.len;
-                let next_end = (w.start + w.len + 1).min(s.prompt_len);
-                let next = &s.tokens[w.start + 1..next_end];
-                lp.extend(token_logprobs(&logits[offset * vocab..], vocab, next));
+                let next = &s.tokens[w.start + 1..(w.start + w.len + 1).min(s.prompt_len)];
+                lp.extend(token_logprobs(&logits[offset * vocab..(offset + n) * vocab], vocab, next));
             }
             if s.computed == s.tokens.len() {
-                let last = &logits[(offset + own - 1) * vocab..(offset + own) * vocab];
-                match s.draw(last, &self.eos, max_seq_len)? {
-                    Drawn::Continue => {}
-                    Drawn::Finished(reason) => ended.push((s.id, Some(reason))),
-                    Drawn::Disconnected => ended.push((s.id, None)),
-                }
-                self.shared.count_generated(1);
+                draw_row[w.index] = Some(offset + n - 1);
             }
-            offset += own;
+            offset += n;
+        }
+        let (eos, max_seq_len) = (&self.eos, self.cache.max_seq_len());
+        let drawn: Vec<(RequestId, Result<Drawn>, bool)> = self
+            .scheduler
+            .running
+            .par_iter_mut()
+            .zip(draw_row)
+            .filter_map(|(s, row)| {
+                let row = row?;
+                let before = s.generated();
+                let drawn = s.draw(&logits[row * vocab..(row + 1) * vocab], eos, max_seq_len);
+                Some((s.id, drawn, s.generated() > before))
+            })
+            .collect();
+        self.shared.count_generated(drawn.iter().filter(|d| d.2).count() as u64);
+        let mut ended = Vec::new();
+        for (id, result, _) in drawn {
+            match result? {
+                Drawn::Continue => {}
+                Drawn::Finished(reason) => ended.push((id, Some(reason))),
+                Drawn::Disconnected => ended.push((id, None)),
+            }
         }
         for (id, reason) in ended {
             match reason {
