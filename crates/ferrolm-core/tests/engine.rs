@@ -201,3 +201,41 @@ fn the_engine_serves_many_threads_from_its_own_thread() {
     assert_eq!(client.stats().pool.used_pages, 0);
     assert!(client.add_request(GenerationRequest::new(vec![5], SamplingConfig::greedy(1))).is_err());
 }
+
+#[test]
+fn parallel_samples_share_the_prompt_and_equal_separate_requests() {
+    let model = model();
+    let prompt: Vec<u32> = (30..70).collect(); // 40 tokens: two full pages and a half-filled one
+    let mut sampling = SamplingConfig::greedy(6);
+    sampling.temperature = 1.0;
+    sampling.seed = Some(11);
+    let request = GenerationRequest::new(prompt.clone(), sampling);
+    let alone: Vec<Completion> = (0..4)
+        .map(|i| run_alone(&model, &GenerationRequest { stream: i, ..request.clone() }))
+        .collect();
+
+    let mut engine = Engine::new(model, None, EngineConfig::default()).unwrap();
+    let (sink, outputs) = std::sync::mpsc::channel();
+    let ids = engine.client().add_request_group(request, 4, sink).unwrap();
+    // One step prefills the prompt once and forks it: 3 prompt pages, shared.
+    engine.step().unwrap();
+    let stats = engine.stats();
+    assert_eq!(stats.running, 4);
+    assert_eq!(stats.pool.used_pages, 3, "the siblings share the leader's pages: {stats:?}");
+    engine.step().unwrap();
+    assert_eq!(engine.stats().pool.used_pages, 3 + 3, "each writer but one copied the half-filled page");
+    engine.run_until_idle().unwrap();
+
+    let mut got = vec![Completion::default(); 4];
+    for output in outputs.try_iter() {
+        let i = ids.iter().position(|&id| id == output.request).unwrap();
+        got[i].absorb(output).unwrap();
+    }
+    for (i, (g, a)) in got.iter().zip(&alone).enumerate() {
+        assert_eq!(g.tokens, a.tokens, "sample {i} equals the same stream run alone");
+        assert_eq!(g.usage.prompt_tokens, 40);
+    }
+    assert!(got.iter().any(|g| g.tokens != got[0].tokens), "different streams draw differently");
+    assert_eq!(engine.stats().pool.used_pages, 0);
+    assert_eq!(engine.stats().prompt_tokens, 4 * 40);
+}

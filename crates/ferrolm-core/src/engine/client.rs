@@ -122,6 +122,35 @@ impl EngineClient {
         Ok(id)
     }
 
+    /// Queues `n` samples of one prompt (OpenAI's `n`): sample `i` draws
+    /// from random stream `request.stream + i`. The prompt is computed once;
+    /// the other samples share its KV pages. Returns the ids in sample order.
+    pub fn add_request_group(
+        &self,
+        request: GenerationRequest,
+        n: usize,
+        sink: Sender<Output>,
+    ) -> Result<Vec<RequestId>> {
+        if n == 0 {
+            return Err(Error::InvalidInput("n must be at least 1".into()));
+        }
+        self.check(&request)?;
+        let first = self.shared.next_id.fetch_add(n as u64, Ordering::Relaxed);
+        let seqs = (0..n as u64)
+            .map(|i| {
+                let r = GenerationRequest { stream: request.stream + i, ..request.clone() };
+                let mut seq = Sequence::new(first + i, r, self.shared.tokenizer.as_ref(), sink.clone())?;
+                seq.fork_from = (i > 0).then_some(first);
+                Ok(seq)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for seq in seqs {
+            self.sender.send(Command::Add(Box::new(seq))).map_err(|_| stopped())?;
+        }
+        self.shared.update(|s| s.requests_added += n as u64);
+        Ok((first..first + n as u64).collect())
+    }
+
     /// Tokenizes `prompt` (with the model's BOS token) and queues it.
     pub fn add_text_request(&self, prompt: &str, sampling: SamplingConfig) -> Result<RequestHandle> {
         let tokens = self.tokenizer()?.encode(prompt, true)?;

@@ -290,6 +290,7 @@ impl<B: Backend + 'static> Engine<B> {
             }
             offset += n;
         }
+        self.fork_siblings(&mut draw_row)?;
         let (eos, max_seq_len) = (&self.eos, self.cache.max_seq_len());
         let drawn: Vec<(RequestId, Result<Drawn>, bool)> = self
             .scheduler
@@ -321,6 +322,36 @@ impl<B: Backend + 'static> Engine<B> {
         Ok(())
     }
 
+    /// Siblings whose leader just computed its prompt join the running list
+    /// on a fork of its pages (the partly filled last page is copied when
+    /// first written) and draw from the leader's logits row.
+    fn fork_siblings(&mut self, draw_row: &mut Vec<Option<usize>>) -> Result<()> {
+        let sched = &mut self.scheduler;
+        let leaders: Vec<(usize, usize)> = (0..sched.running.len())
+            .filter_map(|i| draw_row[i].filter(|_| sched.running[i].generated() == 0).map(|row| (i, row)))
+            .collect();
+        for (leader, row) in leaders {
+            let id = sched.running[leader].id;
+            while sched.running.len() < sched.max_num_seqs {
+                let Some(at) = sched.waiting.iter().position(|s| s.fork_from == Some(id)) else { break };
+                let mut sibling = sched.waiting.remove(at).expect("index from position");
+                let parent = &sched.running[leader];
+                sibling.seq = Some(self.cache.fork(parent.seq.expect("running requests hold pages"))?);
+                sibling.computed = parent.computed;
+                sibling.cached_tokens = parent.cached_tokens;
+                if sibling.prompt_logprobs.is_some() {
+                    sibling.prompt_logprobs = parent.prompt_logprobs.clone();
+                }
+                sibling.fork_from = None;
+                sched.running.push(sibling);
+                draw_row.push(Some(row));
+            }
+            // No room left: the rest compute their prompt themselves.
+            sched.orphan_siblings(id);
+        }
+        Ok(())
+    }
+
     /// Ends request `id` (if it is still here) with `reason`.
     fn end(&mut self, id: RequestId, reason: FinishReason) -> Result<()> {
         if let Some(mut s) = self.remove(id)? {
@@ -342,6 +373,7 @@ impl<B: Backend + 'static> Engine<B> {
         if let Some(seq) = s.seq {
             self.cache.remove_sequence(seq)?;
         }
+        sched.orphan_siblings(id);
         self.shared.count_finished(&s);
         Ok(Some(s))
     }

@@ -8,7 +8,8 @@
 //! else's decode tokens instead of stalling them. When the pool cannot
 //! supply a page, the newest running request is preempted: its pages are
 //! released and it goes back to the front of the queue, to be recomputed
-//! (mostly from the prefix cache) when pages free up.
+//! (mostly from the prefix cache) when pages free up. Siblings of a request
+//! with `n > 1` wait for their leader's prompt and then share its pages.
 
 use std::collections::VecDeque;
 
@@ -83,8 +84,14 @@ impl Scheduler {
                 self.preempt_newest(cache)?;
             }
         }
-        while budget > 0 && self.running.len() < self.max_num_seqs {
-            let Some(s) = self.waiting.front_mut() else { break };
+        let mut next = 0;
+        while budget > 0 && self.running.len() < self.max_num_seqs && next < self.waiting.len() {
+            let s = &mut self.waiting[next];
+            if s.fork_from.is_some() {
+                // A sibling waits for its leader's prompt, then forks its pages.
+                next += 1;
+                continue;
+            }
             let seq = match s.seq {
                 Some(seq) => seq,
                 None => {
@@ -108,7 +115,7 @@ impl Scheduler {
                 s.computed = 0;
                 break;
             }
-            let s = self.waiting.pop_front().expect("front exists");
+            let s = self.waiting.remove(next).expect("index is in range");
             plan.work.push(Scheduled { index: self.running.len(), start: s.computed, len });
             self.running.push(s);
             promised += need;
@@ -126,8 +133,16 @@ impl Scheduler {
         if let Some(lp) = s.prompt_logprobs.as_mut() {
             lp.truncate(1);
         }
+        self.orphan_siblings(s.id);
         self.waiting.push_front(s);
         self.preemptions += 1;
         Ok(())
+    }
+
+    /// Siblings still waiting for `leader`'s prompt compute it themselves.
+    pub fn orphan_siblings(&mut self, leader: super::RequestId) {
+        for s in self.waiting.iter_mut().filter(|s| s.fork_from == Some(leader)) {
+            s.fork_from = None;
+        }
     }
 }

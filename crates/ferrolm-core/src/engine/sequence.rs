@@ -22,6 +22,9 @@ pub(crate) struct Sequence {
     pub seq: Option<SeqId>,
     pub sampler: Sampler,
     pub cached_tokens: Option<usize>,
+    /// A sibling of a parallel-sampling group waits for this request's
+    /// prompt, then forks its KV pages instead of computing them again.
+    pub fork_from: Option<RequestId>,
     pub prompt_logprobs: Option<Vec<f32>>,
     text: Option<(StreamDecoder, StopStrings)>,
     /// A stop string matched: text after it is not part of the answer.
@@ -54,6 +57,7 @@ impl Sequence {
             seq: None,
             sampler,
             cached_tokens: None,
+            fork_from: None,
             prompt_logprobs: request.prompt_logprobs.then(|| vec![0.0]),
             text: tokenizer.map(|t| (t.stream_decoder(true), stops)),
             stop_matched: false,
