@@ -182,3 +182,30 @@ def wait_idle(engine: AsyncEngine, timeout: float = 10.0) -> dict:
         if (stats["running"] == 0 and stats["waiting"] == 0) or time.monotonic() > deadline:
             return stats
         time.sleep(0.01)
+
+
+def test_n_samples_share_one_prompt_and_equal_separate_streams(llm):
+    engine = llm.engine
+    ids = list(range(200, 240))
+    config = SamplingConfig(temperature=1.0, max_tokens=5, seed=9)
+    by_index: dict[int, list[int]] = {0: [], 1: [], 2: []}
+    for out in engine.stream(ids, config, n=3):
+        assert out.kind != "failed"
+        if out.kind == "token":
+            by_index[out.index].append(out.token)
+    for i in range(3):
+        alone = [o.token for o in stream_with(engine, ids, config, i) if o.kind == "token"]
+        assert by_index[i] == alone, f"sample {i}"
+    assert len({tuple(v) for v in by_index.values()}) > 1
+    assert wait_idle(engine)["used_pages"] == 0
+
+
+def stream_with(engine: AsyncEngine, ids: list[int], config: SamplingConfig, stream: int) -> list:
+    import queue
+
+    inbox: queue.Queue = queue.Queue()
+    engine.submit(ids, config, inbox.put, stream=stream)
+    outs = [inbox.get()]
+    while outs[-1].kind == "token":
+        outs.append(inbox.get())
+    return outs

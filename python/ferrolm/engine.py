@@ -49,6 +49,7 @@ class Output(NamedTuple):
     usage: tuple[int, int, int] | None  # (prompt_tokens, cached_tokens, completion_tokens)
     prompt_logprobs: list[float] | None
     error: BaseException | None
+    index: int = 0  # which sample of an ``n > 1`` group
 
 
 @dataclass
@@ -133,54 +134,67 @@ class AsyncEngine:
                prompt_logprobs: bool = False, stream: int = 0) -> int:
         """Queues a tokenized prompt; ``listener`` receives its outputs (on the
         pump thread). Returns the request id. Bad input raises ``ValueError``."""
+        return self.submit_group(prompt, sampling, 1, listener, prompt_logprobs=prompt_logprobs, stream=stream)[0]
+
+    def submit_group(self, prompt: Sequence[int], sampling: SamplingConfig, n: int,
+                     listener: Callable[[Output], None], *, prompt_logprobs: bool = False,
+                     stream: int = 0) -> list[int]:
+        """Queues ``n`` samples of one prompt (computed once, its KV pages
+        shared); sample ``i`` draws from random stream ``stream + i`` and its
+        outputs carry ``index == i``. Returns the request ids in sample order."""
         if self._closed:
             raise RuntimeError("the engine is closed; create a new one")
         if not isinstance(sampling, SamplingConfig):
             raise ValueError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
         ids = [_token(t) for t in prompt]
         # Registered under the lock the pump dispatches under, so no output
         # can arrive before its listener.
         with self._lock:
-            request_id = self._core.add_request(ids, sampling.to_json(), stream, prompt_logprobs)
-            self._listeners[request_id] = listener
-        return request_id
+            request_ids = self._core.add_request(ids, sampling.to_json(), n, stream, prompt_logprobs)
+            for request_id in request_ids:
+                self._listeners[request_id] = listener
+        return request_ids
 
     def abort(self, request_id: int) -> None:
         """Cancels a request; its pages are freed at the engine's next step."""
         self._core.abort(request_id)
 
-    def stream(self, prompt: Sequence[int], sampling: SamplingConfig, *,
+    def stream(self, prompt: Sequence[int], sampling: SamplingConfig, *, n: int = 1,
                prompt_logprobs: bool = False) -> Iterator[Output]:
-        """Yields the request's outputs as they come (blocking); leaving the
-        loop early cancels the request."""
+        """Yields the outputs of the ``n`` samples as they come (blocking),
+        until every sample has ended; leaving the loop early cancels them."""
         inbox: queue.Queue[Output] = queue.Queue()
-        request_id = self.submit(prompt, sampling, inbox.put, prompt_logprobs=prompt_logprobs)
-        done = False
+        ids = self.submit_group(prompt, sampling, n, inbox.put, prompt_logprobs=prompt_logprobs)
+        running = set(ids)
         try:
-            while not done:
+            while running:
                 out = inbox.get()
-                done = out.kind != "token"
+                if out.kind != "token":
+                    running.discard(out.request_id)
                 yield out
         finally:
-            if not done:
+            for request_id in running:
                 self.abort(request_id)
 
-    async def astream(self, prompt: Sequence[int], sampling: SamplingConfig, *,
+    async def astream(self, prompt: Sequence[int], sampling: SamplingConfig, *, n: int = 1,
                       prompt_logprobs: bool = False) -> AsyncIterator[Output]:
         """``stream`` for asyncio: awaiting never blocks the event loop, and a
         cancelled consumer (e.g. a client that disconnected) cancels the request."""
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue[Output] = asyncio.Queue()
-        request_id = self.submit(prompt, sampling, lambda out: loop.call_soon_threadsafe(inbox.put_nowait, out),
-                                 prompt_logprobs=prompt_logprobs)
-        done = False
+        ids = self.submit_group(prompt, sampling, n, lambda out: loop.call_soon_threadsafe(inbox.put_nowait, out),
+                                prompt_logprobs=prompt_logprobs)
+        running = set(ids)
         try:
-            while not done:
+            while running:
                 out = await inbox.get()
-                done = out.kind != "token"
+                if out.kind != "token":
+                    running.discard(out.request_id)
                 yield out
         finally:
-            if not done:
+            for request_id in running:
                 self.abort(request_id)
 
     async def agenerate(self, prompt: Sequence[int], sampling: SamplingConfig, *,

@@ -210,9 +210,8 @@ fn parallel_samples_share_the_prompt_and_equal_separate_requests() {
     sampling.temperature = 1.0;
     sampling.seed = Some(11);
     let request = GenerationRequest::new(prompt.clone(), sampling);
-    let alone: Vec<Completion> = (0..4)
-        .map(|i| run_alone(&model, &GenerationRequest { stream: i, ..request.clone() }))
-        .collect();
+    let alone: Vec<Completion> =
+        (0..4).map(|i| run_alone(&model, &GenerationRequest { stream: i, ..request.clone() })).collect();
 
     let mut engine = Engine::new(model, None, EngineConfig::default()).unwrap();
     let (sink, outputs) = std::sync::mpsc::channel();

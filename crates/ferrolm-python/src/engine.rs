@@ -21,7 +21,7 @@ use crate::errors::{run, to_py};
 use crate::sampling;
 
 /// One engine output for Python:
-/// `(request_id, kind, token, text, logprob, top_logprobs, finish_reason, usage, prompt_logprobs, error)`
+/// `(request_id, kind, token, text, logprob, top_logprobs, finish_reason, usage, prompt_logprobs, error, index)`
 /// with `kind` one of "token", "finished", "failed".
 type PyOutput = (
     u64,
@@ -34,25 +34,18 @@ type PyOutput = (
     Option<(usize, usize, usize)>,
     Option<Vec<f32>>,
     Option<PyErr>,
+    usize,
 );
 
 fn convert(output: Output) -> PyOutput {
-    let id = output.request;
+    let (id, i) = (output.request, output.index);
     match output.kind {
-        OutputKind::Token { sampled, text } => (
-            id,
-            "token",
-            Some(sampled.token),
-            text,
-            Some(sampled.logprob),
-            sampled.top_logprobs,
-            None,
-            None,
-            None,
-            None,
-        ),
+        OutputKind::Token { sampled, text } => {
+            let (token, logprob) = (Some(sampled.token), Some(sampled.logprob));
+            (id, "token", token, text, logprob, sampled.top_logprobs, None, None, None, None, i)
+        }
         OutputKind::Finished { reason, text, usage, prompt_logprobs } => {
-            let usage = (usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens);
+            let usage = Some((usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens));
             (
                 id,
                 "finished",
@@ -61,13 +54,14 @@ fn convert(output: Output) -> PyOutput {
                 None,
                 Vec::new(),
                 Some(reason.as_str()),
-                Some(usage),
+                usage,
                 prompt_logprobs,
                 None,
+                i,
             )
         }
         OutputKind::Failed(e) => {
-            (id, "failed", None, String::new(), None, Vec::new(), None, None, None, Some(to_py(e)))
+            (id, "failed", None, String::new(), None, Vec::new(), None, None, None, Some(to_py(e)), i)
         }
     }
 }
@@ -121,15 +115,18 @@ impl Engine {
         })
     }
 
-    /// Queues a tokenized prompt; returns its request id.
-    #[pyo3(signature = (prompt, sampling, stream=0, prompt_logprobs=false))]
+    /// Queues `n` samples of a tokenized prompt (the prompt is computed
+    /// once; sample `i` draws from random stream `stream + i`); returns
+    /// their request ids in sample order.
+    #[pyo3(signature = (prompt, sampling, n=1, stream=0, prompt_logprobs=false))]
     fn add_request(
         &self,
         prompt: Vec<i64>,
         sampling: &str,
+        n: usize,
         stream: u64,
         prompt_logprobs: bool,
-    ) -> PyResult<u64> {
+    ) -> PyResult<Vec<u64>> {
         let sampling = sampling::parse(sampling)?;
         let prompt = prompt
             .into_iter()
@@ -140,7 +137,7 @@ impl Engine {
             .collect::<Result<Vec<u32>, Error>>()
             .map_err(to_py)?;
         let request = GenerationRequest { prompt, sampling, stream, prompt_logprobs };
-        self.client.add_request_with_sink(request, self.sink.clone()).map_err(to_py)
+        self.client.add_request_group(request, n, self.sink.clone()).map_err(to_py)
     }
 
     /// Cancels a request (its pages are freed at the engine's next step).

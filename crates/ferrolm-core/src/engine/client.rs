@@ -141,6 +141,7 @@ impl EngineClient {
                 let r = GenerationRequest { stream: request.stream + i, ..request.clone() };
                 let mut seq = Sequence::new(first + i, r, self.shared.tokenizer.as_ref(), sink.clone())?;
                 seq.fork_from = (i > 0).then_some(first);
+                seq.index = i as usize;
                 Ok(seq)
             })
             .collect::<Result<Vec<_>>>()?;

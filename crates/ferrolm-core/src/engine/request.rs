@@ -62,6 +62,8 @@ pub struct Usage {
 #[derive(Debug)]
 pub struct Output {
     pub request: RequestId,
+    /// Which sample of a group (`n` > 1) this request is; 0 otherwise.
+    pub index: usize,
     pub kind: OutputKind,
 }
 

@@ -25,6 +25,8 @@ pub(crate) struct Sequence {
     /// A sibling of a parallel-sampling group waits for this request's
     /// prompt, then forks its KV pages instead of computing them again.
     pub fork_from: Option<RequestId>,
+    /// Position in its group (0 for a lone request).
+    pub index: usize,
     pub prompt_logprobs: Option<Vec<f32>>,
     text: Option<(StreamDecoder, StopStrings)>,
     /// A stop string matched: text after it is not part of the answer.
@@ -58,6 +60,7 @@ impl Sequence {
             sampler,
             cached_tokens: None,
             fork_from: None,
+            index: 0,
             prompt_logprobs: request.prompt_logprobs.then(|| vec![0.0]),
             text: tokenizer.map(|t| (t.stream_decoder(true), stops)),
             stop_matched: false,
@@ -137,7 +140,7 @@ impl Sequence {
 
     /// Sends an output; false when nobody listens any more.
     fn send(&self, kind: OutputKind) -> bool {
-        self.sink.send(Output { request: self.id, kind }).is_ok()
+        self.sink.send(Output { request: self.id, index: self.index, kind }).is_ok()
     }
 }
 
