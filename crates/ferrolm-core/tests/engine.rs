@@ -238,3 +238,30 @@ fn parallel_samples_share_the_prompt_and_equal_separate_requests() {
     assert_eq!(engine.stats().pool.used_pages, 0);
     assert_eq!(engine.stats().prompt_tokens, 4 * 40);
 }
+
+#[test]
+fn a_long_prompt_is_chunked_and_never_stalls_running_requests() {
+    let model = model();
+    let config = EngineConfig { max_batch_tokens: 16, ..EngineConfig::default() };
+    let mut engine = Engine::new(model, None, config).unwrap();
+    let mut sampling = SamplingConfig::greedy(40);
+    sampling.temperature = 1.0; // keep drawing: no early end-of-sequence by greedy ties
+    sampling.seed = Some(5);
+    let short = engine.add_request(GenerationRequest::new(vec![7, 8, 9], sampling.clone())).unwrap();
+    engine.step().unwrap();
+    assert!(short.try_recv().is_some(), "the short request drew its first token");
+
+    let long = engine
+        .add_request(GenerationRequest::new((0..120).map(|i| 3 + i % 200).collect(), sampling))
+        .unwrap();
+    // 120 prompt tokens at 15 per step (one budget slot goes to the decode):
+    // eight steps of prefill, and the short request gets a token in each.
+    for step in 0..8 {
+        engine.step().unwrap();
+        let out =
+            short.try_recv().unwrap_or_else(|| panic!("no token for the running request at step {step}"));
+        assert!(matches!(out.kind, OutputKind::Token { .. }));
+        let first_of_long = long.try_recv();
+        assert_eq!(first_of_long.is_some(), step == 7, "the long prompt draws only once fully prefilled");
+    }
+}
