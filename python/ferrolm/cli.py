@@ -1,4 +1,4 @@
-"""The ``ferrolm`` command: generate, chat, info, pull.
+"""The ``ferrolm`` command: generate, chat, serve, info, pull.
 
 Every command that takes a model accepts a directory, a ``.gguf`` file or a
 short name (default ``smollm2``, pulled on first use).
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from ferrolm import hub
@@ -15,6 +16,7 @@ from ferrolm import hub
 _EPILOG = """examples:
   ferrolm generate "The capital of France is"
   ferrolm chat --system "You are terse."
+  ferrolm serve smollm2 --port 8000
   ferrolm info smollm2
   ferrolm pull smollm2
 """
@@ -58,12 +60,52 @@ def _parser() -> argparse.ArgumentParser:
     _model_args(c)
     _sampling_args(c)
 
+    _serve_args(sub)
+
     i = sub.add_parser("info", help="describe a model")
     i.add_argument("model", nargs="?", default=hub.DEFAULT_MODEL, help="directory, .gguf file or short name")
 
     p = sub.add_parser("pull", help="download a known model into the cache")
     p.add_argument("name", choices=sorted(hub.KNOWN_MODELS), help="short name")
     return parser
+
+
+_SERVE_EPILOG = """endpoints: POST /v1/completions, POST /v1/chat/completions, GET /v1/models,
+POST /generate, GET /status/{id}, GET /health, GET /metrics (Prometheus).
+
+examples:
+  ferrolm serve smollm2
+  ferrolm serve ./SmolLM2-135M-Instruct.Q4_1.gguf --port 9000 --api-key secret
+  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+       -d '{"messages": [{"role": "user", "content": "Hi!"}], "max_tokens": 32}'
+
+needs the server extra: pip install 'ferrolm[server]'
+"""
+
+
+def _serve_args(sub) -> None:
+    s = sub.add_parser("serve", help="OpenAI-compatible HTTP server (needs ferrolm[server])",
+                       description="Serve a model over HTTP with an OpenAI-compatible API.",
+                       epilog=_SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("model", nargs="?", default=hub.DEFAULT_MODEL,
+                   help=f"directory, .gguf file or short name (default: {hub.DEFAULT_MODEL})")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
+    s.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    s.add_argument("--api-key", default=os.environ.get("FERROLM_API_KEY") or None,
+                   help="require 'Authorization: Bearer KEY' on /v1, /generate and /status "
+                        "(default: $FERROLM_API_KEY; unset = no key)")
+    s.add_argument("--served-model-name", help="the model id clients use (default: MODEL's basename without .gguf)")
+    s.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    e = s.add_argument_group("engine")
+    e.add_argument("--max-seq-len", type=int, help="longest sequence, prompt + output (default: the model's context)")
+    e.add_argument("--max-num-seqs", type=int, default=64, help="most requests decoding at once (default: 64)")
+    e.add_argument("--max-batch-tokens", type=int, default=512,
+                   help="most tokens per forward pass; longer prompts are chunked (default: 512)")
+    e.add_argument("--num-pages", type=int, help="KV cache pages of 16 tokens (default: 2 GiB worth)")
+    e.add_argument("--no-prefix-caching", dest="prefix_caching", action="store_false",
+                   help="do not share KV pages of common prompt prefixes")
+    s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level (default: info)")
 
 
 def _version() -> str:
@@ -142,6 +184,23 @@ def cmd_chat(args: argparse.Namespace) -> None:
                 _stream(session.generate(text, config, stream=True))
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    try:  # lazily: the other commands must work without the server extra
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn  # noqa: F401
+
+        from ferrolm.server.launch import serve
+    except ImportError as e:
+        raise RuntimeError(f"the server needs extra packages ({e.name or e}): pip install 'ferrolm[server]'") from None
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be in 0..65535, got {args.port}")
+    serve(args.model, host=args.host, port=args.port, api_key=args.api_key,
+          served_model_name=args.served_model_name, log_level=args.log_level, device=args.device,
+          max_seq_len=args.max_seq_len, max_num_seqs=args.max_num_seqs, max_batch_tokens=args.max_batch_tokens,
+          num_pages=args.num_pages, prefix_caching=args.prefix_caching)
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     from ferrolm.session import InferenceSession
 
@@ -155,7 +214,8 @@ def cmd_pull(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"generate": cmd_generate, "chat": cmd_chat, "info": cmd_info, "pull": cmd_pull}
+    commands = {"generate": cmd_generate, "chat": cmd_chat, "serve": cmd_serve, "info": cmd_info,
+                "pull": cmd_pull}
     try:
         commands[args.command](args)
     except KeyboardInterrupt:

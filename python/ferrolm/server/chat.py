@@ -1,0 +1,142 @@
+"""``POST /v1/chat/completions``: messages rendered with the model's chat template."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from ferrolm.engine import RequestOutput
+from ferrolm.server.completions import usage_of
+from ferrolm.server.errors import APIError, error_body
+from ferrolm.server.params import check_common, check_logprobs, sampling_config
+from ferrolm.server.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatLogprobs,
+    ChatMessage,
+    DeltaMessage,
+    TokenLogprob,
+    TopLogprob,
+)
+from ferrolm.server.runner import RequestGroup, wait_or_abort
+from ferrolm.server.sse import DONE, EventStream, event
+from ferrolm.server.state import ServerState, get_state, now
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def create_chat_completion(req: ChatCompletionRequest, request: Request):
+    state = get_state(request)
+    started = now()
+    state.metrics.request("chat")
+    state.check_model(req.model)
+    check_common(req)
+    if req.max_completion_tokens is not None and req.max_completion_tokens < 0:
+        raise APIError(f"max_completion_tokens must be >= 0, got {req.max_completion_tokens}",
+                       param="max_completion_tokens")
+    check_logprobs(req.top_logprobs, "top_logprobs")
+    if req.top_logprobs is not None and not req.logprobs:
+        raise APIError("top_logprobs needs logprobs: true", param="top_logprobs")
+    prompt = _render(state, req.messages, req.chat_template_kwargs or {})
+    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    if max_tokens is None:
+        # OpenAI's chat default: until the model stops or the context is full.
+        max_tokens = max(state.engine.max_seq_len - len(prompt), 1)
+    config = sampling_config(req, max_tokens, (req.top_logprobs or 0) if req.logprobs else None)
+    request_id, group = state.start("chatcmpl", [prompt], config, req.n, started)
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        body = _stream(state, group, request_id, req.logprobs, include_usage)
+        return EventStream(body, on_close=group.close)
+    results = await wait_or_abort(group, request.receive)
+    choices = [
+        ChatChoice(index=k, message=AssistantMessage(content=r.text), finish_reason=r.finish_reason,
+                   logprobs=ChatLogprobs(content=_logprobs(state, r, 0)) if req.logprobs else None)
+        for k, r in enumerate(results)
+    ]
+    return ChatCompletionResponse(id=request_id, model=state.model_name, choices=choices, usage=usage_of(group))
+
+
+def _render(state: ServerState, messages: list[ChatMessage], template_args: dict[str, Any]) -> list[int]:
+    """The conversation as prompt token ids, through the model's chat template."""
+    if state.tokenizer.chat_template is None:
+        raise APIError(f"the model `{state.model_name}` has no chat template; use /v1/completions",
+                       param="messages")
+    if not messages:
+        raise APIError("messages must not be empty", param="messages")
+    plain = []
+    for i, m in enumerate(messages):
+        d = m.model_dump(exclude_none=True)
+        d["content"] = _text(m.content, i)
+        # OpenAI's newer "developer" role is the system prompt to templates that predate it.
+        if d["role"] == "developer":
+            d["role"] = "system"
+        plain.append(d)
+    try:
+        text = state.tokenizer.apply_chat_template(plain, True, **template_args)
+    except ValueError as e:
+        raise APIError(f"chat template failed: {e}", param="messages") from None
+    # The template already wrote any BOS token; encoding must not add another.
+    return state.tokenizer.encode(text, add_special_tokens=False)
+
+
+def _text(content: str | list[dict[str, Any]] | None, i: int) -> str:
+    """A message's content as text; content parts must all be text."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    parts = []
+    for part in content:
+        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+            raise APIError(f"messages[{i}]: only text content parts are supported, got {part.get('type')!r}",
+                           param="messages")
+        parts.append(part["text"])
+    return "".join(parts)
+
+
+def _logprobs(state: ServerState, result: RequestOutput, start: int, end: int | None = None) -> list[TokenLogprob]:
+    def entry(token: int, logprob: float) -> dict[str, Any]:
+        text = state.token_text(token)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    return [
+        TokenLogprob(**entry(t, lp), top_logprobs=[TopLogprob(**entry(a, alp)) for a, alp in top])
+        for t, lp, top in zip(result.token_ids[start:end], result.logprobs[start:end],
+                              result.top_logprobs[start:end])
+    ]
+
+
+async def _stream(state: ServerState, group: RequestGroup, request_id: str, logprobs: bool,
+                  include_usage: bool) -> AsyncIterator[str]:
+    def chunk(k: int, delta: DeltaMessage, finish_reason: str | None = None,
+              lp: list[TokenLogprob] | None = None) -> str:
+        choice = ChatChunkChoice(index=k, delta=delta, finish_reason=finish_reason,
+                                 logprobs=ChatLogprobs(content=lp) if lp is not None else None)
+        return event(ChatCompletionChunk(id=request_id, model=state.model_name, choices=[choice]))
+
+    try:
+        # OpenAI opens every choice with the assistant role and empty content.
+        for k in range(len(group.results)):
+            yield chunk(k, DeltaMessage(role="assistant", content=""))
+        async for k, out in group.events():
+            if out.kind == "token":
+                if out.text or logprobs:
+                    r = group.results[k]
+                    n = len(r.token_ids)
+                    lp = _logprobs(state, r, n - 1, n) if logprobs else None
+                    yield chunk(k, DeltaMessage(content=out.text), lp=lp)
+            else:
+                yield chunk(k, DeltaMessage(content=out.text or None), finish_reason=out.finish_reason)
+        if include_usage:
+            yield event(ChatCompletionChunk(id=request_id, model=state.model_name, choices=[], usage=usage_of(group)))
+    except APIError as e:
+        yield event(error_body(e.message, e.status))
+    finally:
+        group.close()
+    yield DONE

@@ -1,0 +1,37 @@
+"""``serve``: load the engine, build the app, run uvicorn until interrupted (``ferrolm serve``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ferrolm import hub
+
+
+def default_model_name(model: str | os.PathLike[str]) -> str:
+    """What ``/v1/models`` calls a model: the argument's basename without ``.gguf``."""
+    name = Path(os.fspath(model)).expanduser().name or str(model)
+    return name[: -len(".gguf")] if name.lower().endswith(".gguf") else name
+
+
+def serve(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, *, host: str = "127.0.0.1", port: int = 8000,
+          api_key: str | None = None, served_model_name: str | None = None, log_level: str = "info",
+          **engine_args: Any) -> None:
+    """Serves ``model`` over HTTP until interrupted; ``engine_args`` go to ``AsyncEngine``."""
+    import uvicorn
+
+    from ferrolm.engine import AsyncEngine
+    from ferrolm.server.app import create_app
+
+    name = served_model_name or default_model_name(model)
+    engine = AsyncEngine(model, **engine_args)
+    try:
+        app = create_app(engine, name, api_key=api_key)
+        shown = f"[{host}]" if ":" in host else host
+        print(f"ferrolm: serving {name!r} (max_seq_len {engine.max_seq_len}) at http://{shown}:{port}/v1"
+              + (" (API key required)" if api_key else ""), file=sys.stderr, flush=True)
+        uvicorn.run(app, host=host, port=port, log_level=log_level)
+    finally:
+        engine.close()

@@ -1,0 +1,64 @@
+"""Request fields -> ``SamplingConfig``, with OpenAI's defaults.
+
+``SamplingConfig``'s own defaults are the seed's (temperature 0.6, top_k 20,
+repetition penalty 1.1, ...). An OpenAI client that sends only a prompt
+expects plain sampling at temperature 1, so every field is set here
+explicitly and none falls through to those defaults.
+"""
+
+from __future__ import annotations
+
+from ferrolm.sampling import SamplingConfig
+from ferrolm.server.errors import APIError
+from ferrolm.server.protocol import SamplingFields
+
+MAX_LOGPROBS = 20  # OpenAI's limit for completions' logprobs and chat's top_logprobs
+COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+
+
+def check_common(req: SamplingFields) -> None:
+    """Rejects what the engine does not do, before any work starts."""
+    if req.n < 1:
+        raise APIError(f"n must be at least 1, got {req.n}", param="n")
+    if req.max_tokens is not None and req.max_tokens < 0:
+        raise APIError(f"max_tokens must be >= 0, got {req.max_tokens}", param="max_tokens")
+    if req.logit_bias:
+        raise APIError("logit_bias is not supported", param="logit_bias")
+
+
+def sampling_config(req: SamplingFields, max_tokens: int, logprobs: int | None) -> SamplingConfig:
+    """The engine's config for one request (``ValueError`` from the core becomes a 400)."""
+    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    try:
+        return SamplingConfig(
+            temperature=_or(req.temperature, 1.0),
+            top_p=_or(req.top_p, 1.0),
+            top_k=_or(req.top_k, 0),
+            min_p=_or(req.min_p, 0.0),
+            repetition_penalty=_or(req.repetition_penalty, 1.0),
+            presence_penalty=_or(req.presence_penalty, 0.0),
+            frequency_penalty=_or(req.frequency_penalty, 0.0),
+            max_tokens=max_tokens,
+            seed=req.seed,
+            stop=[s for s in stop if s],  # an empty stop string would end every request at once
+            stop_token_ids=list(req.stop_token_ids or []),
+            logprobs=logprobs,
+        )
+    except ValueError as e:
+        raise APIError(str(e), param=_field_of(str(e))) from None
+
+
+def check_logprobs(value: int | None, name: str) -> None:
+    if value is not None and not 0 <= value <= MAX_LOGPROBS:
+        raise APIError(f"{name} must be between 0 and {MAX_LOGPROBS}, got {value}", param=name)
+
+
+def _or(value, default):
+    return default if value is None else value
+
+
+def _field_of(message: str) -> str | None:
+    # SamplingConfig's messages name the field as "invalid config field `name`: ...".
+    if "`" in message:
+        return message.split("`")[1]
+    return None

@@ -1,0 +1,147 @@
+"""One HTTP request's engine requests (``n`` choices per prompt), merged for asyncio.
+
+``AsyncEngine.astream`` runs one request; an OpenAI request with ``n > 1``
+or several prompts needs several, on different random streams, read as one
+sequence of events. All of them are submitted up front, in the handler, so
+a bad one (e.g. a prompt longer than the context) is a ``ValueError`` before
+any response byte is sent: a 400 even when streaming. ``close`` aborts
+whatever has not finished, which frees its KV pages; handlers call it in a
+``finally`` and the streaming response calls it when the client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+
+from ferrolm.engine import AsyncEngine, Output, RequestOutput
+from ferrolm.sampling import SamplingConfig
+from ferrolm.server.errors import APIError
+from ferrolm.server.metrics import Metrics
+from ferrolm.server.tracker import Record
+
+
+class RequestGroup:
+    """Choice ``k`` is prompt ``k // n``'s ``k % n``-th sample.
+
+    It runs on random stream ``k % n``, so with a seed choice 0 of every
+    prompt matches the same request sent alone, and the other choices differ.
+    """
+
+    def __init__(self, engine: AsyncEngine, prompts: Sequence[list[int]], config: SamplingConfig, n: int,
+                 metrics: Metrics, record: Record, started: float) -> None:
+        self.n = n
+        self.prompts = list(prompts)
+        self.results = [RequestOutput(request_id=-1, prompt_token_ids=p) for p in self.prompts for _ in range(n)]
+        self.offsets: list[list[int]] = [[] for _ in self.results]  # text offset of each token
+        self._engine = engine
+        self._metrics = metrics
+        self._record = record
+        self._started = started
+        self._last: list[float | None] = [None] * len(self.results)
+        self._open: set[int] = set()
+        self._queue: asyncio.Queue[tuple[int, Output]] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        try:
+            for k, result in enumerate(self.results):
+                # The engine's pump thread calls the listener; hop onto the loop.
+                def listener(out: Output, k: int = k) -> None:
+                    loop.call_soon_threadsafe(self._queue.put_nowait, (k, out))
+
+                result.request_id = engine.submit(result.prompt_token_ids, config, listener, stream=k % n)
+                self._open.add(k)
+        except ValueError as e:
+            self.close()
+            raise APIError(str(e), param="prompt" if "max_seq_len" in str(e) else None) from None
+        except BaseException:
+            self.close()
+            raise
+
+    async def events(self) -> AsyncIterator[tuple[int, Output]]:
+        """Yields ``(choice, output)`` as outputs arrive, each already folded
+        into ``results[choice]``, until every choice has finished."""
+        while self._open:
+            k, out = await self._queue.get()
+            now = time.perf_counter()
+            result = self.results[k]
+            if out.kind == "failed":
+                self._open.discard(k)
+                self._metrics.finished("error")
+                self.close()
+                raise APIError(f"generation failed: {out.error}", status=500)
+            if out.kind == "token":
+                last = self._last[k]
+                if last is None:
+                    self._metrics.ttft.observe(now - self._started)
+                else:
+                    self._metrics.itl.observe(now - last)
+                self._last[k] = now
+                self.offsets[k].append(len(result.text))
+                self._record.tokens_generated += 1
+            else:
+                self._open.discard(k)
+                self._metrics.finished(out.finish_reason or "stop")
+            result.add(out)
+            if not self._open:
+                self._finish()
+            yield k, out
+
+    async def wait(self) -> list[RequestOutput]:
+        """Runs every choice to its end."""
+        async for _ in self.events():
+            pass
+        return self.results
+
+    def close(self) -> None:
+        """Aborts the choices still running (idempotent)."""
+        for k in sorted(self._open):
+            self._engine.abort(self.results[k].request_id)
+            self._metrics.finished("abort")
+            self.results[k].finish_reason = self.results[k].finish_reason or "abort"
+        self._open.clear()
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self._record.finished:
+            self._record.finished = True
+            reasons = {r.finish_reason for r in self.results}
+            self._record.finish_reason = reasons.pop() if len(reasons) == 1 else "mixed"
+
+    # -- usage -------------------------------------------------------------------
+
+    def usage(self) -> tuple[int, int, int]:
+        """(prompt, cached prompt, completion) tokens. Each prompt counts once,
+        however many choices it has, as OpenAI counts them."""
+        firsts = self.results[:: self.n]
+        prompt = sum(len(r.prompt_token_ids) for r in firsts)
+        cached = sum(r.cached_tokens for r in firsts)
+        completion = sum(r.completion_tokens or len(r.token_ids) for r in self.results)
+        return prompt, cached, completion
+
+
+async def until_disconnected(receive) -> None:
+    """Returns when the client of a plain (non-streaming) request goes away."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def wait_or_abort(group: RequestGroup, receive) -> list[RequestOutput]:
+    """``group.wait()``, but a client that hangs up aborts the work (uvicorn
+    does not cancel a handler whose client left)."""
+    work = asyncio.ensure_future(group.wait())
+    watch = asyncio.ensure_future(until_disconnected(receive))
+    try:
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            work.cancel()
+            group.close()
+            raise APIError("client disconnected", status=499)
+        return work.result()
+    finally:
+        watch.cancel()
+        if not work.done():
+            work.cancel()
+        group.close()

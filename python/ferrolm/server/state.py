@@ -1,0 +1,74 @@
+"""What every route needs: the engine, the served name, metrics and the request record.
+
+One ``ServerState`` per app (kept on ``app.state.ferrolm``), so two apps in
+one process never share anything but what they were given.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+from fastapi import Request
+
+from ferrolm.engine import AsyncEngine
+from ferrolm.sampling import SamplingConfig
+from ferrolm.server.errors import APIError
+from ferrolm.server.metrics import Metrics
+from ferrolm.server.runner import RequestGroup
+from ferrolm.server.tracker import Tracker
+
+MAX_CHOICES = 128  # OpenAI's limit on n; bounds what one HTTP request can queue
+
+
+class ServerState:
+    def __init__(self, engine: AsyncEngine, model_name: str, api_key: str | None = None) -> None:
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.model_name = model_name
+        self.api_key = api_key
+        self.metrics = Metrics(engine, model_name)
+        self.tracker = Tracker()
+        # Logprob responses name tokens by their text; the vocabulary is fixed,
+        # so each id is decoded once.
+        self.token_text = lru_cache(maxsize=65536)(self._decode_one)
+
+    def _decode_one(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+
+    def check_model(self, model: str | None) -> None:
+        # A missing model is allowed (curl users); a different one is a 404 like OpenAI's.
+        if model is not None and model != self.model_name:
+            raise APIError(f"The model `{model}` does not exist; this server serves `{self.model_name}`.",
+                           status=404, param="model", code="model_not_found")
+
+    def start(self, prefix: str, prompts: Sequence[list[int]], config: SamplingConfig, n: int,
+              started: float) -> tuple[str, RequestGroup]:
+        """Submits every choice; returns the response id and the running group."""
+        if n * len(prompts) > MAX_CHOICES:
+            raise APIError(f"at most {MAX_CHOICES} choices per request (prompts x n), got {n * len(prompts)}",
+                           param="n")
+        request_id = f"{prefix}-{uuid.uuid4().hex}"
+        record = self.tracker.start(request_id, config.max_tokens * n * len(prompts))
+        try:
+            group = RequestGroup(self.engine, prompts, config, n, self.metrics, record, started)
+        except BaseException:
+            record.finished, record.finish_reason = True, "rejected"
+            raise
+        return request_id, group
+
+
+def get_state(request: Request) -> ServerState:
+    return request.app.state.ferrolm
+
+
+def now() -> float:
+    """The clock latencies are measured with."""
+    return time.perf_counter()
+
+
+def model_info(state: ServerState) -> dict[str, Any]:
+    return dict(state.engine.model_info)
