@@ -207,6 +207,9 @@ def test_n_choices_with_a_seed_are_reproducible_and_differ(server):
     assert a.usage.prompt_tokens == len(server.engine.tokenizer.encode("Tell me a story"))  # counted once
     single = server.client.completions.create(**kw)
     assert single.choices[0].text == texts[0]
+    # OpenAI allows any integer seed; negative ones work and repeat too.
+    neg = [server.client.completions.create(**{**kw, "seed": -5}).choices[0].text for _ in range(2)]
+    assert neg[0] == neg[1]
 
 
 def test_n_choices_stream_interleaved(server):

@@ -39,7 +39,7 @@ def sampling_config(req: SamplingFields, max_tokens: int, logprobs: int | None) 
             presence_penalty=_or(req.presence_penalty, 0.0),
             frequency_penalty=_or(req.frequency_penalty, 0.0),
             max_tokens=max_tokens,
-            seed=req.seed,
+            seed=_seed(req.seed),
             stop=[s for s in stop if s],  # an empty stop string would end every request at once
             stop_token_ids=list(req.stop_token_ids or []),
             logprobs=logprobs,
@@ -53,12 +53,19 @@ def check_logprobs(value: int | None, name: str) -> None:
         raise APIError(f"{name} must be between 0 and {MAX_LOGPROBS}, got {value}", param=name)
 
 
+def _seed(seed: int | None) -> int | None:
+    # OpenAI seeds are any integer (negative ones included); the engine's is a
+    # u64. Wrapping keeps every seed valid and each one reproducible.
+    return None if seed is None else seed % (1 << 64)
+
+
 def _or(value, default):
     return default if value is None else value
 
 
 def _field_of(message: str) -> str | None:
     # SamplingConfig's messages name the field as "invalid config field `name`: ...".
-    if "`" in message:
-        return message.split("`")[1]
+    prefix = "invalid config field `"
+    if message.startswith(prefix):
+        return message[len(prefix):].split("`")[0]
     return None
