@@ -10,7 +10,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
 
 from fastapi import Request
 
@@ -69,6 +68,3 @@ def now() -> float:
     """The clock latencies are measured with."""
     return time.perf_counter()
 
-
-def model_info(state: ServerState) -> dict[str, Any]:
-    return dict(state.engine.model_info)
