@@ -1,8 +1,9 @@
 """One HTTP request's engine requests (``n`` choices per prompt), merged for asyncio.
 
-``AsyncEngine.astream`` runs one request; an OpenAI request with ``n > 1``
-or several prompts needs several, on different random streams, read as one
-sequence of events. All of them are submitted up front, in the handler, so
+An OpenAI request with ``n > 1`` or several prompts is several engine
+requests (one ``submit_group`` per prompt: prefilled once, its pages shared
+by the samples, each on its own random stream), read here as one sequence of
+events. All of them are submitted up front, in the handler, so
 a bad one (e.g. a prompt longer than the context) is a ``ValueError`` before
 any response byte is sent: a 400 even when streaming. ``close`` aborts
 whatever has not finished, which frees its KV pages; handlers call it in a
@@ -25,8 +26,9 @@ from ferrolm.server.tracker import Record
 class RequestGroup:
     """Choice ``k`` is prompt ``k // n``'s ``k % n``-th sample.
 
-    It runs on random stream ``k % n``, so with a seed choice 0 of every
-    prompt matches the same request sent alone, and the other choices differ.
+    It runs on random stream ``k % n`` (the engine's ``submit_group``), so
+    with a seed choice 0 of every prompt matches the same request sent alone,
+    and the other choices differ.
     """
 
     def __init__(self, engine: AsyncEngine, prompts: Sequence[list[int]], config: SamplingConfig, n: int,
@@ -44,13 +46,17 @@ class RequestGroup:
         self._queue: asyncio.Queue[tuple[int, Output]] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         try:
-            for k, result in enumerate(self.results):
+            for p, prompt in enumerate(self.prompts):
                 # The engine's pump thread calls the listener; hop onto the loop.
-                def listener(out: Output, k: int = k) -> None:
-                    loop.call_soon_threadsafe(self._queue.put_nowait, (k, out))
+                def listener(out: Output, first: int = p * n) -> None:
+                    loop.call_soon_threadsafe(self._queue.put_nowait, (first + out.index, out))
 
-                result.request_id = engine.submit(result.prompt_token_ids, config, listener, stream=k % n)
-                self._open.add(k)
+                # One group per prompt: the prompt is prefilled once and its
+                # KV pages shared by the n samples (sample i on stream i).
+                ids = engine.submit_group(prompt, config, n, listener)
+                for i, request_id in enumerate(ids):
+                    self.results[p * n + i].request_id = request_id
+                    self._open.add(p * n + i)
         except ValueError as e:
             self.close()
             raise APIError(str(e), param="prompt" if "max_seq_len" in str(e) else None) from None
