@@ -12,7 +12,7 @@ import os
 import queue
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Union
 
 from tqdm import tqdm
 
@@ -20,7 +20,8 @@ from ferrolm import hub
 from ferrolm.engine import AsyncEngine, RequestOutput
 from ferrolm.sampling import SamplingConfig
 
-Prompt = str | Sequence[int]
+# A runtime alias: `X | Y` would fail on Python 3.9.
+Prompt = Union[str, Sequence[int]]
 
 
 class LLM:

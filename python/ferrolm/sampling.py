@@ -59,6 +59,8 @@ class SamplingConfig:
         for name in ("seed", "logprobs"):
             if getattr(self, name) is not None:
                 setattr(self, name, _number(getattr(self, name), name, int, minimum=0))
+        if self.seed is not None and self.seed >= 2**64:
+            raise ValueError(f"invalid config field `seed`: must be < 2**64, got {self.seed}")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if not all(isinstance(s, str) for s in self.stop):

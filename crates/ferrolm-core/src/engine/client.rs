@@ -82,8 +82,11 @@ impl Shared {
     pub fn count_finished(&self, seq: &Sequence) {
         self.update(|s| {
             s.requests_finished += 1;
-            s.prompt_tokens += seq.prompt_len as u64;
-            s.cached_prompt_tokens += seq.cached_tokens.unwrap_or(0) as u64;
+            // A group's prompt counts once, with its leader.
+            if !seq.forked {
+                s.prompt_tokens += seq.prompt_len as u64;
+                s.cached_prompt_tokens += seq.cached_tokens.unwrap_or(0) as u64;
+            }
         });
     }
 }

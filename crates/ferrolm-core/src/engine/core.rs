@@ -343,6 +343,7 @@ impl<B: Backend + 'static> Engine<B> {
                     sibling.prompt_logprobs = parent.prompt_logprobs.clone();
                 }
                 sibling.fork_from = None;
+                sibling.forked = true;
                 sched.running.push(sibling);
                 draw_row.push(Some(row));
             }

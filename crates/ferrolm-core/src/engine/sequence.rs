@@ -27,6 +27,8 @@ pub(crate) struct Sequence {
     pub fork_from: Option<RequestId>,
     /// Position in its group (0 for a lone request).
     pub index: usize,
+    /// Its prompt came from its leader's pages (so it is not counted again).
+    pub forked: bool,
     pub prompt_logprobs: Option<Vec<f32>>,
     text: Option<(StreamDecoder, StopStrings)>,
     /// A stop string matched: text after it is not part of the answer.
@@ -61,6 +63,7 @@ impl Sequence {
             cached_tokens: None,
             fork_from: None,
             index: 0,
+            forked: false,
             prompt_logprobs: request.prompt_logprobs.then(|| vec![0.0]),
             text: tokenizer.map(|t| (t.stream_decoder(true), stops)),
             stop_matched: false,
