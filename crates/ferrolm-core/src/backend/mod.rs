@@ -95,17 +95,65 @@ pub trait Backend: Send + Sync {
     /// Copies the listed rows of `x` (rows of width `width`) into a new buffer.
     fn select_rows(&self, x: &Self::Buf, width: usize, rows: &[usize]) -> Result<Self::Buf>;
     /// `out[i] = table[ids[i]]` (ids already checked against the vocabulary).
-    fn embedding(&self, table: &Self::Weight, ids: &[u32], out: &mut Self::Buf);
-    /// Row-wise RMSNorm over rows of width `dim` (HF's `LlamaRMSNorm`).
-    fn rms_norm(&self, x: &Self::Buf, weight: &Self::Weight, eps: f32, dim: usize, out: &mut Self::Buf);
+    fn embedding(&self, table: &Self::Weight, ids: &[u32], out: &mut Self::Buf) -> Result<()>;
+    /// RMSNorm over consecutive groups of `dim` values (HF's `LlamaRMSNorm`;
+    /// a group is a row, or one head of a row).
+    fn rms_norm(
+        &self,
+        x: &Self::Buf,
+        weight: &Self::Weight,
+        eps: f32,
+        dim: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
     /// `out = x @ w^T + bias`, with `w` of shape `[out_features, in_features]`.
-    fn linear(&self, x: &Self::Buf, w: &Self::Weight, bias: Option<&Self::Weight>, out: &mut Self::Buf);
+    fn linear(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Weight,
+        bias: Option<&Self::Weight>,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
     /// Rotates each head of each row by its position (HF's rotate_half convention).
-    fn rope(&self, x: &mut Self::Buf, positions: &[u32], head_dim: usize, inv_freq: &[f32]);
+    fn rope(&self, x: &mut Self::Buf, positions: &[u32], head_dim: usize, inv_freq: &[f32]) -> Result<()>;
     /// `gate = silu(gate) * up`.
-    fn silu_mul(&self, gate: &mut Self::Buf, up: &Self::Buf);
+    fn silu_mul(&self, gate: &mut Self::Buf, up: &Self::Buf) -> Result<()>;
     /// `x += y`.
-    fn add(&self, x: &mut Self::Buf, y: &Self::Buf);
+    fn add(&self, x: &mut Self::Buf, y: &Self::Buf) -> Result<()>;
+
+    /// The residual add and the next norm: `x += y; out = rms_norm(x)`.
+    /// Backends may fuse them.
+    fn add_rms_norm(
+        &self,
+        x: &mut Self::Buf,
+        y: &Self::Buf,
+        weight: &Self::Weight,
+        eps: f32,
+        dim: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        self.add(x, y)?;
+        self.rms_norm(x, weight, eps, dim, out)
+    }
+
+    /// Qwen3's per-head q/k RMSNorm followed by RoPE, in place. Backends may fuse them.
+    fn head_norm_rope(
+        &self,
+        x: &mut Self::Buf,
+        weight: &Self::Weight,
+        eps: f32,
+        positions: &[u32],
+        head_dim: usize,
+        inv_freq: &[f32],
+    ) -> Result<()> {
+        let mut normed = self.zeros(positions.len() * (self.len(x) / positions.len()))?;
+        self.rms_norm(x, weight, eps, head_dim, &mut normed)?;
+        *x = normed;
+        self.rope(x, positions, head_dim, inv_freq)
+    }
+
+    /// Number of f32 values in a buffer.
+    fn len(&self, buf: &Self::Buf) -> usize;
 
     /// Allocates storage for `pages` pages.
     fn new_kv(&self, pages: usize, page_size: usize, layers: usize, kv_dim: usize) -> Result<Self::Kv>;

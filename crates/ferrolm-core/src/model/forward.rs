@@ -169,7 +169,7 @@ impl<B: Backend> Transformer<B> {
         let which_all = which == Logits::All;
 
         let mut x = b.zeros(rows * c.hidden_size)?;
-        b.embedding(&self.embed_tokens, &ids, &mut x);
+        b.embedding(&self.embed_tokens, &ids, &mut x)?;
         for (i, layer) in self.layers.iter().enumerate() {
             self.block(cache, i, layer, spans, &positions, &mut x)?;
         }
@@ -183,10 +183,10 @@ impl<B: Backend> Transformer<B> {
         let (x, out_rows) =
             if which_all { (x, rows) } else { (b.select_rows(&x, c.hidden_size, &wanted)?, wanted.len()) };
         let mut h = b.zeros(out_rows * c.hidden_size)?;
-        b.rms_norm(&x, &self.norm, c.rms_norm_eps as f32, c.hidden_size, &mut h);
+        b.rms_norm(&x, &self.norm, c.rms_norm_eps as f32, c.hidden_size, &mut h)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         let mut logits = b.zeros(out_rows * c.vocab_size)?;
-        b.linear(&h, head, None, &mut logits);
+        b.linear(&h, head, None, &mut logits)?;
         b.to_host(&logits)
     }
 
@@ -206,13 +206,13 @@ impl<B: Backend> Transformer<B> {
         let eps = c.rms_norm_eps as f32;
         let linear = |input: &B::Buf, lin: &Linear<B>, width: usize| -> Result<B::Buf> {
             let mut out = b.zeros(rows * width)?;
-            b.linear(input, &lin.weight, lin.bias.as_ref(), &mut out);
+            b.linear(input, &lin.weight, lin.bias.as_ref(), &mut out)?;
             Ok(out)
         };
         // RMSNorm over groups of `dim` within rows of `width` (dim < width: per head).
         let norm = |input: &B::Buf, weight: &B::Weight, dim: usize, width: usize| -> Result<B::Buf> {
             let mut out = b.zeros(rows * width)?;
-            b.rms_norm(input, weight, eps, dim, &mut out);
+            b.rms_norm(input, weight, eps, dim, &mut out)?;
             Ok(out)
         };
 
@@ -222,11 +222,12 @@ impl<B: Backend> Transformer<B> {
         let mut k = linear(&h, &layer.k_proj, c.kv_dim())?;
         let v = linear(&h, &layer.v_proj, c.kv_dim())?;
         if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-            q = norm(&q, qn, c.head_dim, c.q_dim())?;
-            k = norm(&k, kn, c.head_dim, c.kv_dim())?;
+            b.head_norm_rope(&mut q, qn, eps, positions, c.head_dim, &self.inv_freq)?;
+            b.head_norm_rope(&mut k, kn, eps, positions, c.head_dim, &self.inv_freq)?;
+        } else {
+            b.rope(&mut q, positions, c.head_dim, &self.inv_freq)?;
+            b.rope(&mut k, positions, c.head_dim, &self.inv_freq)?;
         }
-        b.rope(&mut q, positions, c.head_dim, &self.inv_freq);
-        b.rope(&mut k, positions, c.head_dim, &self.inv_freq);
         let shape = AttentionShape {
             num_heads: c.num_attention_heads,
             num_kv_heads: c.num_key_value_heads,
@@ -235,14 +236,15 @@ impl<B: Backend> Transformer<B> {
         };
         let mut attn = b.zeros(rows * c.q_dim())?;
         b.attention(&mut cache.store, index, spans, shape, &q, &k, &v, &mut attn)?;
-        b.add(x, &linear(&attn, &layer.o_proj, c.hidden_size)?);
+        let o = linear(&attn, &layer.o_proj, c.hidden_size)?;
 
-        // Gated MLP.
-        let h = norm(x, &layer.post_attention_layernorm, c.hidden_size, c.hidden_size)?;
+        // Gated MLP, its norm fused with the attention residual.
+        let mut h = b.zeros(rows * c.hidden_size)?;
+        b.add_rms_norm(x, &o, &layer.post_attention_layernorm, eps, c.hidden_size, &mut h)?;
         let mut gate = linear(&h, &layer.gate_proj, c.intermediate_size)?;
         let up = linear(&h, &layer.up_proj, c.intermediate_size)?;
-        b.silu_mul(&mut gate, &up);
-        b.add(x, &linear(&gate, &layer.down_proj, c.hidden_size)?);
+        b.silu_mul(&mut gate, &up)?;
+        b.add(x, &linear(&gate, &layer.down_proj, c.hidden_size)?)?;
         Ok(())
     }
 }

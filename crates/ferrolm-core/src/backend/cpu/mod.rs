@@ -57,15 +57,27 @@ impl Backend for Cpu {
         Ok(out)
     }
 
-    fn embedding(&self, table: &HostTensor, ids: &[u32], out: &mut Vec<f32>) {
+    fn len(&self, buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
+
+    fn embedding(&self, table: &HostTensor, ids: &[u32], out: &mut Vec<f32>) -> Result<()> {
         let dim = table.shape[1];
         out.par_chunks_mut(dim).zip(ids.par_iter()).for_each(|(row, &id)| {
             let id = id as usize;
             row.copy_from_slice(&table.data[id * dim..(id + 1) * dim]);
         });
+        Ok(())
     }
 
-    fn rms_norm(&self, x: &Vec<f32>, weight: &HostTensor, eps: f32, dim: usize, out: &mut Vec<f32>) {
+    fn rms_norm(
+        &self,
+        x: &Vec<f32>,
+        weight: &HostTensor,
+        eps: f32,
+        dim: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
         out.par_chunks_mut(dim).zip(x.par_chunks(dim)).for_each(|(o, x)| {
             let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / dim as f32;
             let inv = 1.0 / (mean_sq + eps).sqrt();
@@ -73,9 +85,16 @@ impl Backend for Cpu {
                 *o = w * (x * inv);
             }
         });
+        Ok(())
     }
 
-    fn linear(&self, x: &Vec<f32>, w: &HostTensor, bias: Option<&HostTensor>, out: &mut Vec<f32>) {
+    fn linear(
+        &self,
+        x: &Vec<f32>,
+        w: &HostTensor,
+        bias: Option<&HostTensor>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
         let (n, k) = (w.shape[0], w.shape[1]);
         let m = x.len() / k;
         assert_eq!(x.len(), m * k, "linear: input width does not match weight");
@@ -118,9 +137,10 @@ impl Backend for Cpu {
                 }
             });
         }
+        Ok(())
     }
 
-    fn rope(&self, x: &mut Vec<f32>, positions: &[u32], head_dim: usize, inv_freq: &[f32]) {
+    fn rope(&self, x: &mut Vec<f32>, positions: &[u32], head_dim: usize, inv_freq: &[f32]) -> Result<()> {
         let width = x.len() / positions.len();
         let half = head_dim / 2;
         x.par_chunks_mut(width).zip(positions.par_iter()).for_each(|(row, &pos)| {
@@ -141,16 +161,19 @@ impl Backend for Cpu {
                 }
             }
         });
+        Ok(())
     }
 
-    fn silu_mul(&self, gate: &mut Vec<f32>, up: &Vec<f32>) {
+    fn silu_mul(&self, gate: &mut Vec<f32>, up: &Vec<f32>) -> Result<()> {
         gate.par_iter_mut().zip(up.par_iter()).for_each(|(g, u)| {
             *g = *g / (1.0 + (-*g).exp()) * u;
         });
+        Ok(())
     }
 
-    fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>) {
+    fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>) -> Result<()> {
         x.par_iter_mut().zip(y.par_iter()).for_each(|(a, b)| *a += b);
+        Ok(())
     }
 
     fn new_kv(&self, pages: usize, page_size: usize, layers: usize, kv_dim: usize) -> Result<CpuKv> {

@@ -20,7 +20,7 @@ fn rms_norm_per_row_and_per_head() {
     let cpu = Cpu::default();
     // Row [3, 4]: mean square 12.5, so x / sqrt(12.5) scaled by the weight.
     let mut out = vec![0.0; 4];
-    cpu.rms_norm(&vec![3.0, 4.0, 1.0, 1.0], &t(&[2], &[1.0, 2.0]), 0.0, 2, &mut out);
+    cpu.rms_norm(&vec![3.0, 4.0, 1.0, 1.0], &t(&[2], &[1.0, 2.0]), 0.0, 2, &mut out).unwrap();
     let s = 12.5f32.sqrt();
     close(&out, &[3.0 / s, 8.0 / s, 1.0, 2.0]);
 }
@@ -30,7 +30,7 @@ fn linear_is_x_times_w_transposed_plus_bias() {
     let cpu = Cpu::default();
     let w = t(&[3, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]); // [out=3, in=2]
     let mut out = vec![0.0; 6];
-    cpu.linear(&vec![1.0, 1.0, 2.0, -1.0], &w, Some(&t(&[3], &[0.5, 0.0, -0.5])), &mut out);
+    cpu.linear(&vec![1.0, 1.0, 2.0, -1.0], &w, Some(&t(&[3], &[0.5, 0.0, -0.5])), &mut out).unwrap();
     close(&out, &[3.5, 7.0, 10.5, 0.5, 2.0, 3.5]);
 }
 
@@ -39,7 +39,7 @@ fn rope_rotates_each_half_pair() {
     let cpu = Cpu::default();
     // head_dim 4: pairs (0, 2) and (1, 3) with frequencies 1 and 0.5, position 2.
     let mut x = vec![1.0, 0.0, 0.0, 1.0];
-    cpu.rope(&mut x, &[2], 4, &[1.0, 0.5]);
+    cpu.rope(&mut x, &[2], 4, &[1.0, 0.5]).unwrap();
     let (a, b) = (2.0f32, 1.0f32);
     close(&x, &[a.cos(), -b.sin(), a.sin(), b.cos()]);
 }
@@ -48,9 +48,9 @@ fn rope_rotates_each_half_pair() {
 fn silu_mul_and_add() {
     let cpu = Cpu::default();
     let mut g = vec![0.0, 2.0];
-    cpu.silu_mul(&mut g, &vec![5.0, 3.0]);
+    cpu.silu_mul(&mut g, &vec![5.0, 3.0]).unwrap();
     close(&g, &[0.0, 2.0 / (1.0 + (-2.0f32).exp()) * 3.0]);
-    cpu.add(&mut g, &vec![1.0, 1.0]);
+    cpu.add(&mut g, &vec![1.0, 1.0]).unwrap();
     close(&g, &[1.0, 2.0 / (1.0 + (-2.0f32).exp()) * 3.0 + 1.0]);
 }
 
