@@ -49,9 +49,18 @@ def test_unsupported_architecture_in_config(tmp_path):
         Transformer.from_pretrained(tmp_path)
 
 
-def test_cuda_device_is_refused_clearly():
-    with pytest.raises(RuntimeError, match="CUDA"):
+def test_an_unusable_gpu_is_refused_clearly():
+    import ferrolm
+
+    if ferrolm.cuda_available():
+        pytest.skip("this machine has a usable GPU")
+    with pytest.raises(RuntimeError, match=r"cuda:0.* not available: .*(not found|GPU)"):
         Transformer.from_pretrained(LLAMA, device="cuda")
+    with pytest.raises(RuntimeError, match="cuda:3"):
+        Transformer.from_pretrained(LLAMA, device=3)
+    assert "not available" in ferrolm.cuda_unavailable_reason()
+    with pytest.raises(ValueError, match="float32"):
+        Transformer.from_pretrained(LLAMA, dtype="bfloat16")
     with pytest.raises(ValueError, match="device"):
         Transformer.from_pretrained(LLAMA, device="tpu")
 

@@ -30,7 +30,7 @@ class Llama:
     @staticmethod
     def build(ckpt_dir: str | os.PathLike[str], tokenizer_path: str | os.PathLike[str] | None = None,
               max_seq_len: int = 2048, max_batch_size: int = 1, device: str = "cpu",
-              seed: int | None = None) -> Llama:
+              seed: int | None = None, dtype: str | None = None) -> Llama:
         """Loads a model directory, ``.gguf`` file or short name, and its tokenizer.
 
         Args:
@@ -38,11 +38,13 @@ class Llama:
             tokenizer_path: where the tokenizer is, if not with the model.
             max_seq_len: longest prompt plus generation, in tokens.
             max_batch_size: most prompts per call.
+            device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a GPU index.
             seed: default seed of the sampling calls.
+            dtype: on a GPU ``"bfloat16"`` (default) or ``"float32"`` (exact).
         """
         path = hub.resolve(ckpt_dir)
         model = Transformer.from_pretrained(path, device=device, max_seq_len=max_seq_len,
-                                            max_batch_size=max_batch_size)
+                                            max_batch_size=max_batch_size, dtype=dtype)
         tokenizer = Tokenizer.from_pretrained(tokenizer_path if tokenizer_path is not None else path)
         llama = Llama(model, tokenizer)
         llama._seed = seed

@@ -122,20 +122,23 @@ class Transformer:
         device: str = "cpu",
         max_seq_len: int | None = None,
         max_batch_size: int = 1,
+        dtype: str | None = None,
     ) -> Transformer:
         """Loads an HF model directory (``config.json`` + safetensors), a ``.gguf`` file,
         or a short name such as ``"smollm2"`` (pulled on first use).
 
         Args:
             path: the model.
-            device: ``"cpu"`` (``"cuda"``, ``"cuda:N"`` or a GPU index raise RuntimeError
-                until the CUDA backend lands).
+            device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a GPU index (RuntimeError
+                saying what is missing when no usable GPU is found).
             max_seq_len: KV cache capacity per sequence (default: the model's
                 ``max_position_embeddings``).
             max_batch_size: sequences per forward call.
+            dtype: on a GPU, ``"bfloat16"`` (default: weights in bf16, f32
+                accumulation) or ``"float32"`` (exact); the CPU computes in float32.
         """
         model = _core.Model.from_pretrained(
-            str(hub.resolve(path)), _device(device), max_seq_len, _positive(max_batch_size, "max_batch_size")
+            str(hub.resolve(path)), _device(device), max_seq_len, _positive(max_batch_size, "max_batch_size"), dtype
         )
         self = cls(ModelArgs(**json.loads(model.config), max_batch_size=max_batch_size))
         self._model = model
@@ -227,10 +230,16 @@ def _index(value: Any, name: str, minimum: int = 0) -> int:
 
 
 def _device(device: str | int) -> str:
-    """``0`` means the first GPU, as in the seed API; strings pass through."""
+    """``0`` means the first GPU, as in the seed API; strings pass through.
+    For a GPU, NVIDIA's pip-installed libraries are made findable first."""
     if isinstance(device, (int, np.integer)) and not isinstance(device, bool):
-        return f"cuda:{int(device)}"
-    return str(device)
+        device = f"cuda:{int(device)}"
+    device = str(device)
+    if device.strip().lower().startswith(("cuda", "gpu")):
+        from ferrolm import _cuda
+
+        _cuda.preload()
+    return device
 
 
 def _positive(value: Any, name: str) -> int:

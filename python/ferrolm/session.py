@@ -23,9 +23,9 @@ class InferenceSession:
     Args:
         model_path: a model directory, a ``.gguf`` file, or a short name such
             as ``"smollm2"`` (pulled on first use).
-        device: ``"cpu"``; ``"cuda"``/``"cuda:N"`` or an integer GPU index once
-            the CUDA backend exists (until then RuntimeError).
+        device: ``"cpu"``, ``"cuda"``/``"cuda:N"`` or an integer GPU index.
         max_seq_len: longest conversation in tokens (default: the model's context length).
+        dtype: on a GPU ``"bfloat16"`` (default) or ``"float32"`` (exact).
 
     Raises:
         FileNotFoundError: the model does not exist.
@@ -34,10 +34,10 @@ class InferenceSession:
     """
 
     def __init__(self, model_path: str | os.PathLike[str] = hub.DEFAULT_MODEL,
-                 device: str | int = "cpu", max_seq_len: int | None = None) -> None:
+                 device: str | int = "cpu", max_seq_len: int | None = None, dtype: str | None = None) -> None:
         self._core: _core.Session | None = None
         path = hub.resolve(model_path)
-        self._core = _core.Session.load(str(path), _device(device), max_seq_len)
+        self._core = _core.Session.load(str(path), _device(device), max_seq_len, dtype)
         self.model_path = str(path)
 
     def generate(self, prompt: str, config: SamplingConfig | None = None,

@@ -68,6 +68,10 @@ pub enum Error {
     #[error("out of memory: could not allocate {bytes} bytes for {what}")]
     OutOfMemory { what: String, bytes: usize },
 
+    /// A GPU operation failed (driver, kernel compilation or launch, cuBLAS).
+    #[error("GPU error: {0}")]
+    Gpu(String),
+
     /// A bug in ferrolm (a broken invariant, a caught panic); please report it.
     #[error("internal error in ferrolm (please report it): {0}")]
     Internal(String),

@@ -13,10 +13,11 @@ use ferrolm_core::engine::{
     Engine as CoreEngine, EngineClient, EngineConfig, GenerationRequest, Output, OutputKind,
 };
 use ferrolm_core::kv::PagePool;
-use ferrolm_core::{Device, Error, Tokenizer, Transformer};
+use ferrolm_core::{Error, Tokenizer, Transformer};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use crate::device::{self, Target};
 use crate::errors::{run, to_py};
 use crate::sampling;
 
@@ -81,7 +82,7 @@ impl Engine {
     /// Loads a model directory or `.gguf` file with its tokenizer and starts
     /// the engine thread.
     #[staticmethod]
-    #[pyo3(signature = (path, device, max_seq_len, page_size, num_pages, kv_cache_bytes, max_num_seqs, max_batch_tokens, prefix_caching))]
+    #[pyo3(signature = (path, device, max_seq_len, page_size, num_pages, kv_cache_bytes, max_num_seqs, max_batch_tokens, prefix_caching, dtype=None))]
     #[allow(clippy::too_many_arguments)]
     fn load(
         py: Python<'_>,
@@ -94,6 +95,7 @@ impl Engine {
         max_num_seqs: usize,
         max_batch_tokens: usize,
         prefix_caching: bool,
+        dtype: Option<&str>,
     ) -> PyResult<Engine> {
         let config = EngineConfig {
             page_size,
@@ -104,12 +106,19 @@ impl Engine {
             prefix_caching,
         };
         run(py, || {
-            Device::parse(device)?.ensure_available()?;
-            let model = Arc::new(Transformer::<Cpu>::from_pretrained(&path, max_seq_len)?);
-            let tokenizer = Tokenizer::from_pretrained(&path)?;
-            let engine = CoreEngine::new(model, Some(tokenizer), config)?;
-            let info = engine.model_info().to_string();
-            let (client, thread) = engine.spawn();
+            let tokenizer = Some(Tokenizer::from_pretrained(&path)?);
+            let (info, (client, thread)) = match device::open(device, dtype)? {
+                Target::Cpu => {
+                    let model = Arc::new(Transformer::<Cpu>::from_pretrained(&path, max_seq_len)?);
+                    let engine = CoreEngine::new(model, tokenizer, config)?;
+                    (engine.model_info().to_string(), engine.spawn())
+                }
+                Target::Cuda(gpu) => {
+                    let model = Arc::new(Transformer::from_pretrained_on(&path, max_seq_len, gpu)?);
+                    let engine = CoreEngine::new(model, tokenizer, config)?;
+                    (engine.model_info().to_string(), engine.spawn())
+                }
+            };
             let (sink, outputs) = channel();
             Ok(Engine { client, thread: Mutex::new(Some(thread)), sink, outputs: Mutex::new(outputs), info })
         })

@@ -23,7 +23,7 @@ pub fn to_py(err: Error) -> PyErr {
         | Error::ContextOverflow { .. }
         | Error::KvCacheFull { .. } => PyValueError::new_err(msg),
         Error::OutOfMemory { .. } => PyMemoryError::new_err(msg),
-        Error::DeviceUnavailable { .. } | Error::Internal(_) => PyRuntimeError::new_err(msg),
+        Error::DeviceUnavailable { .. } | Error::Gpu(_) | Error::Internal(_) => PyRuntimeError::new_err(msg),
     }
 }
 

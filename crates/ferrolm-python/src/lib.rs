@@ -5,6 +5,7 @@
 //! errors to Python exceptions. No algorithms live here.
 
 mod config;
+mod device;
 mod engine;
 mod errors;
 mod model;
@@ -20,6 +21,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(config::config_from_file, m)?)?;
     m.add_function(wrap_pyfunction!(config::config_from_json, m)?)?;
     m.add_function(wrap_pyfunction!(config::parameter_shapes, m)?)?;
+    m.add_function(wrap_pyfunction!(device::cuda_unavailable_reason, m)?)?;
+    m.add_function(wrap_pyfunction!(compile_cuda_kernels, m)?)?;
     m.add_function(wrap_pyfunction!(errors::_panic_for_tests, m)?)?;
     m.add_function(wrap_pyfunction!(sampling::validate_sampling, m)?)?;
     m.add_class::<model::Model>()?;
@@ -28,4 +31,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<session::Session>()?;
     tokenizer::register(m)?;
     Ok(())
+}
+
+/// Compiles every CUDA kernel to PTX for `arch` (e.g. "compute_90") through
+/// NVRTC, without a GPU; returns `[(file, ptx)]`. CI runs it to prove the
+/// kernels compile.
+#[pyfunction]
+fn compile_cuda_kernels(py: Python<'_>, arch: String) -> PyResult<Vec<(String, String)>> {
+    errors::run(py, || ferrolm_core::backend::cuda::kernels::compile_all(&arch))
 }

@@ -1,30 +1,48 @@
-//! `_core.Model`: a CPU model plus its KV cache, for Python's `Transformer`.
+//! `_core.Model`: a model plus its KV cache (on the CPU or a GPU), for Python's `Transformer`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use ferrolm_core::backend::cpu::Cpu;
+use ferrolm_core::backend::cuda::Cuda;
+use ferrolm_core::backend::Backend;
 use ferrolm_core::weights::HostTensor;
-use ferrolm_core::{generate, Device, Error, KvCache, SamplingConfig, Transformer};
+use ferrolm_core::{generate, Error, KvCache, SamplingConfig, Transformer};
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
 use crate::config::parse;
+use crate::device::{self, on_backend, Either, OnCpu, OnCuda, Target};
 use crate::errors::{run, to_py};
+
+/// A model and the KV cache `forward` continues from.
+struct Loaded<B: Backend> {
+    /// Shared with the engine that `generate` runs.
+    model: Arc<Transformer<B>>,
+    cache: KvCache<B>,
+}
+
+impl<B: Backend> Loaded<B> {
+    fn new(model: Transformer<B>, max_batch_size: usize) -> ferrolm_core::Result<Self> {
+        let cache = model.new_cache(max_batch_size)?;
+        Ok(Loaded { model: Arc::new(model), cache })
+    }
+}
 
 #[pyclass(module = "ferrolm._core")]
 pub struct Model {
-    /// Shared with the engine that `generate` runs.
-    model: Arc<Transformer<Cpu>>,
-    cache: KvCache<Cpu>,
+    inner: Either<Loaded<Cpu>, Loaded<Cuda>>,
     max_batch_size: usize,
 }
 
 impl Model {
+    fn config_value(&self) -> &ferrolm_core::Config {
+        on_backend!(&self.inner, |m| &m.model.config)
+    }
+
     fn new(model: Transformer<Cpu>, max_batch_size: usize) -> ferrolm_core::Result<Model> {
-        let cache = model.new_cache(max_batch_size)?;
-        Ok(Model { model: Arc::new(model), cache, max_batch_size })
+        Ok(Model { inner: OnCpu(Loaded::new(model, max_batch_size)?), max_batch_size })
     }
 }
 
@@ -58,19 +76,28 @@ fn token_ids(sequences: Vec<Vec<i64>>) -> ferrolm_core::Result<Vec<Vec<u32>>> {
 
 #[pymethods]
 impl Model {
-    /// Loads an HF model directory.
+    /// Loads an HF model directory or a `.gguf` file onto `device`.
     #[staticmethod]
-    #[pyo3(signature = (path, device, max_seq_len, max_batch_size))]
+    #[pyo3(signature = (path, device, max_seq_len, max_batch_size, dtype=None))]
     fn from_pretrained(
         py: Python<'_>,
         path: PathBuf,
         device: &str,
         max_seq_len: Option<usize>,
         max_batch_size: usize,
+        dtype: Option<&str>,
     ) -> PyResult<Model> {
         run(py, || {
-            Device::parse(device)?.ensure_available()?;
-            Model::new(Transformer::from_pretrained(&path, max_seq_len)?, max_batch_size)
+            let inner = match device::open(device, dtype)? {
+                Target::Cpu => {
+                    OnCpu(Loaded::new(Transformer::from_pretrained(&path, max_seq_len)?, max_batch_size)?)
+                }
+                Target::Cuda(gpu) => {
+                    let model = Transformer::from_pretrained_on(&path, max_seq_len, gpu)?;
+                    OnCuda(Loaded::new(model, max_batch_size)?)
+                }
+            };
+            Ok(Model { inner, max_batch_size })
         })
     }
 
@@ -103,9 +130,9 @@ impl Model {
     ) -> PyResult<()> {
         let tensors = host_tensors(state)?;
         run(py, || {
-            Arc::get_mut(&mut self.model)
+            on_backend!(&mut self.inner, |m| Arc::get_mut(&mut m.model)
                 .ok_or_else(|| Error::InvalidInput("the model is in use by a running generation".into()))?
-                .load_state(&tensors, strict)
+                .load_state(&tensors, strict))
         })
     }
 
@@ -117,13 +144,13 @@ impl Model {
         start_pos: usize,
     ) -> PyResult<Bound<'py, PyAny>> {
         let (batch, len) = (sequences.len(), sequences.first().map_or(0, Vec::len));
-        let vocab = self.model.config.vocab_size;
+        let vocab = self.config_value().vocab_size;
         let logits = run(py, || {
             let sequences = token_ids(sequences)?;
             if sequences.is_empty() {
                 return Err(Error::InvalidInput("empty batch: pass at least one sequence".into()));
             }
-            self.model.forward_rectangular(&mut self.cache, &sequences, start_pos)
+            on_backend!(&mut self.inner, |m| m.model.forward_rectangular(&mut m.cache, &sequences, start_pos))
         })?;
         Ok(PyArray1::from_vec(py, logits).reshape([batch, len, vocab])?.into_any())
     }
@@ -152,7 +179,7 @@ impl Model {
                     self.max_batch_size
                 )));
             }
-            generate(&self.model, &prompts, &config, prompt_logprobs)
+            on_backend!(&self.inner, |m| generate(&m.model, &prompts, &config, prompt_logprobs))
         })?;
         Ok(out.into_iter().map(|g| (g.tokens, g.logprobs, g.prompt_logprobs)).collect())
     }
@@ -160,7 +187,7 @@ impl Model {
     /// The canonical config as JSON text.
     #[getter]
     fn config(&self) -> String {
-        self.model.config.to_json().to_string()
+        self.config_value().to_json().to_string()
     }
 
     #[getter]
@@ -170,6 +197,6 @@ impl Model {
 
     #[getter]
     fn device(&self) -> String {
-        self.model.device().to_string()
+        on_backend!(&self.inner, |m| m.model.device()).to_string()
     }
 }

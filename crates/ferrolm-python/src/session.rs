@@ -3,12 +3,18 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+use std::sync::Arc;
+
 use ferrolm_core::backend::cpu::Cpu;
-use ferrolm_core::{Device, Session as CoreSession};
+use ferrolm_core::backend::cuda::Cuda;
+use ferrolm_core::{Session as CoreSession, Tokenizer, Transformer};
 use pyo3::prelude::*;
 
+use crate::device::{self, on_backend, Either, OnCpu, OnCuda, Target};
 use crate::errors::run;
 use crate::sampling;
+
+type AnySession = Either<CoreSession<Cpu>, CoreSession<Cuda>>;
 
 /// A token's id and log-probability with its top alternatives.
 type TokenLogprobs = (u32, f32, Vec<(u32, f32)>);
@@ -17,15 +23,15 @@ type TokenLogprobs = (u32, f32, Vec<(u32, f32)>);
 pub struct Session {
     /// The core session holds channel receivers (not `Sync`); the mutex
     /// makes the class shareable, and `&mut self` methods bypass it.
-    inner: Mutex<CoreSession<Cpu>>,
+    inner: Mutex<AnySession>,
 }
 
 impl Session {
-    fn get(&self) -> std::sync::MutexGuard<'_, CoreSession<Cpu>> {
+    fn get(&self) -> std::sync::MutexGuard<'_, AnySession> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn get_mut(&mut self) -> &mut CoreSession<Cpu> {
+    fn get_mut(&mut self) -> &mut AnySession {
         self.inner.get_mut().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -34,10 +40,27 @@ impl Session {
 impl Session {
     /// Opens a model directory or `.gguf` file with its tokenizer.
     #[staticmethod]
-    fn load(py: Python<'_>, path: PathBuf, device: &str, max_seq_len: Option<usize>) -> PyResult<Session> {
+    #[pyo3(signature = (path, device, max_seq_len, dtype=None))]
+    fn load(
+        py: Python<'_>,
+        path: PathBuf,
+        device: &str,
+        max_seq_len: Option<usize>,
+        dtype: Option<&str>,
+    ) -> PyResult<Session> {
         run(py, || {
-            Device::parse(device)?.ensure_available()?;
-            Ok(Session { inner: Mutex::new(CoreSession::from_pretrained(&path, max_seq_len)?) })
+            let tokenizer = Tokenizer::from_pretrained(&path)?;
+            let session = match device::open(device, dtype)? {
+                Target::Cpu => {
+                    let model = Transformer::<Cpu>::from_pretrained(&path, max_seq_len)?;
+                    OnCpu(CoreSession::new(Arc::new(model), tokenizer)?)
+                }
+                Target::Cuda(gpu) => {
+                    let model = Transformer::from_pretrained_on(&path, max_seq_len, gpu)?;
+                    OnCuda(CoreSession::new(Arc::new(model), tokenizer)?)
+                }
+            };
+            Ok(Session { inner: Mutex::new(session) })
         })
     }
 
@@ -50,54 +73,57 @@ impl Session {
         system_prompt: Option<&str>,
     ) -> PyResult<()> {
         let config = sampling::parse(config)?;
-        run(py, || self.get_mut().start_turn(prompt, config, system_prompt))
+        run(py, || on_backend!(self.get_mut(), |s| s.start_turn(prompt, config, system_prompt)))
     }
 
     fn start_completion(&mut self, py: Python<'_>, text: &str, config: &str) -> PyResult<()> {
         let config = sampling::parse(config)?;
-        run(py, || self.get_mut().start_completion(text, config))
+        run(py, || on_backend!(self.get_mut(), |s| s.start_completion(text, config)))
     }
 
     /// The next piece of text of the current turn, or None when it has ended.
     fn next_piece(&mut self, py: Python<'_>) -> PyResult<Option<String>> {
-        run(py, || self.get_mut().next_piece())
+        run(py, || on_backend!(self.get_mut(), |s| s.next_piece()))
     }
 
     /// Runs the current turn to its end; returns its whole text.
     fn finish_turn(&mut self, py: Python<'_>) -> PyResult<String> {
-        run(py, || self.get_mut().finish_turn())
+        run(py, || on_backend!(self.get_mut(), |s| s.finish_turn()))
     }
 
     /// `(text, finish_reason, prompt_tokens, cached_tokens, completion_tokens)` of the last turn.
     fn last_turn(&self) -> Option<(String, &'static str, usize, usize, usize)> {
-        self.get().last_turn().map(|t| {
+        on_backend!(&*self.get(), |s| s.last_turn().cloned()).map(|t| {
             (t.text.clone(), t.finish.as_str(), t.prompt_tokens, t.cached_tokens, t.completion_tokens)
         })
     }
 
     /// Per output token of the last turn: `(id, logprob, [(alternative id, logprob), ...])`.
     fn last_logprobs(&self) -> Vec<TokenLogprobs> {
-        self.get().last_turn().map_or_else(Vec::new, |t| {
+        on_backend!(&*self.get(), |s| s.last_turn().cloned()).map_or_else(Vec::new, |t| {
             t.logprobs.iter().map(|s| (s.token, s.logprob, s.top_logprobs.clone())).collect()
         })
     }
 
     #[pyo3(signature = (prompt=None))]
     fn set_system_prompt(&mut self, prompt: Option<String>) {
-        self.get().set_system_prompt(prompt);
+        on_backend!(&mut *self.get(), |s| s.set_system_prompt(prompt));
     }
 
     fn reset(&mut self) {
-        self.get().reset();
+        on_backend!(&mut *self.get(), |s| s.reset());
     }
 
     /// `(role, content)` of each message so far.
     fn history(&self) -> Vec<(String, String)> {
-        self.get().history().iter().map(|m| (m.role.clone(), m.content.clone())).collect()
+        on_backend!(&*self.get(), |s| s.history().to_vec())
+            .iter()
+            .map(|m| (m.role.clone(), m.content.clone()))
+            .collect()
     }
 
     /// The model description as JSON text.
     fn model_info(&self) -> String {
-        self.get().model_info().to_string()
+        on_backend!(&*self.get(), |s| s.model_info()).to_string()
     }
 }

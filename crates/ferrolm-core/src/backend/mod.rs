@@ -6,6 +6,7 @@
 //! and is selected through [`Device`].
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::error::{Error, Result};
 use crate::weights::HostTensor;
@@ -35,10 +36,7 @@ impl Device {
     pub fn ensure_available(self) -> Result<()> {
         match self {
             Device::Cpu => Ok(()),
-            Device::Cuda(_) => Err(Error::DeviceUnavailable {
-                device: self.to_string(),
-                reason: "this build of ferrolm has no CUDA backend yet; use device=\"cpu\"".into(),
-            }),
+            Device::Cuda(ordinal) => cuda::probe(ordinal),
         }
     }
 }

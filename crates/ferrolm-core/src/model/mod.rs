@@ -265,9 +265,16 @@ impl<B: Backend + Default> Transformer<B> {
     /// `max_seq_len` (default: the config's `max_position_embeddings`) sets the
     /// cache capacity per sequence.
     pub fn from_pretrained(dir: impl AsRef<Path>, max_seq_len: Option<usize>) -> Result<Self> {
+        Self::from_pretrained_on(dir, max_seq_len, B::default())
+    }
+}
+
+impl<B: Backend> Transformer<B> {
+    /// [`Transformer::from_pretrained`] onto a given backend (e.g. a GPU).
+    pub fn from_pretrained_on(dir: impl AsRef<Path>, max_seq_len: Option<usize>, backend: B) -> Result<Self> {
         let dir = dir.as_ref();
         if dir.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) && !dir.is_dir() {
-            return Self::from_gguf(dir, max_seq_len);
+            return Self::from_gguf_on(dir, max_seq_len, backend);
         }
         if !dir.exists() {
             return Err(Error::NotFound { what: "model directory", path: dir.to_path_buf() });
@@ -287,7 +294,7 @@ impl<B: Backend + Default> Transformer<B> {
             config.max_seq_len = n;
         }
         let source = SafetensorsDir::open(dir)?;
-        Self::from_source(config, B::default(), &source)
+        Self::from_source(config, backend, &source)
     }
 }
 

@@ -40,12 +40,19 @@ impl<B: Backend + Default> Transformer<B> {
     /// `{arch}.context_length`) sets the cache capacity per sequence.
     /// [`Transformer::from_pretrained`] calls this for a path ending in `.gguf`.
     pub fn from_gguf(path: impl AsRef<Path>, max_seq_len: Option<usize>) -> Result<Self> {
+        Self::from_gguf_on(path, max_seq_len, B::default())
+    }
+}
+
+impl<B: Backend> Transformer<B> {
+    /// [`Transformer::from_gguf`] onto a given backend.
+    pub fn from_gguf_on(path: impl AsRef<Path>, max_seq_len: Option<usize>, backend: B) -> Result<Self> {
         let file = GgufFile::open(path.as_ref())?;
         file.check_supported_types()?;
         let mut config = config_from_gguf(&file)?;
         if let Some(n) = max_seq_len {
             config.max_seq_len = n;
         }
-        Self::from_source(config, B::default(), &file)
+        Self::from_source(config, backend, &file)
     }
 }

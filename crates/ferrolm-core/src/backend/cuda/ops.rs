@@ -1,0 +1,380 @@
+//! `impl Backend for Cuda`: each op is one kernel launch (or a cuBLAS call)
+//! on the backend's stream.
+
+use cudarc::cublas::{result as blas, sys as blas_sys, Gemm, GemmConfig};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+
+use super::kv::{CudaKv, RowHost, RowMeta};
+use super::{gpu_err, Cuda, GpuData, GpuDtype, GpuTensor};
+use crate::backend::{AttentionShape, Backend, Device, SeqSpan};
+use crate::error::{Error, Result};
+use crate::weights::HostTensor;
+
+const THREADS: u32 = 256;
+
+fn grid(rows: usize, block: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Enough blocks for a grid-stride loop over `n` elements.
+fn flat(n: usize) -> LaunchConfig {
+    grid(n.div_ceil(THREADS as usize).clamp(1, 65_535), THREADS)
+}
+
+/// Threads for a per-group reduction over `dim` values: a multiple of 32, at most 1024.
+fn reduce_block(dim: usize) -> u32 {
+    (dim.div_ceil(32) * 32).clamp(32, 1024) as u32
+}
+
+fn f32_param(w: &GpuTensor) -> Result<&CudaSlice<f32>> {
+    match &w.data {
+        GpuData::F32(d) => Ok(d),
+        GpuData::Bf16(_) => Err(Error::Internal("a 1-D parameter was stored in bf16".into())),
+    }
+}
+
+impl Cuda {
+    fn upload_u32(&self, v: &[u32]) -> Result<CudaSlice<u32>> {
+        self.stream.clone_htod(v).map_err(gpu_err("copying to the GPU"))
+    }
+
+    fn upload_f32(&self, v: &[f32]) -> Result<CudaSlice<f32>> {
+        self.stream.clone_htod(v).map_err(gpu_err("copying to the GPU"))
+    }
+
+    /// Uploads the row metadata unless the previous layer already did.
+    fn row_meta<'a>(&self, kv: &'a mut CudaKv, spans: &[SeqSpan]) -> Result<&'a RowMeta> {
+        let host = RowHost::new(spans, kv.page_size);
+        if kv.meta.as_ref().is_none_or(|m| m.host != host) {
+            kv.meta = Some(RowMeta {
+                slots: self.upload_u32(&host.slots)?,
+                positions: self.upload_u32(&host.positions)?,
+                table_start: self.upload_u32(&host.table_start)?,
+                tables: self.upload_u32(&host.tables)?,
+                host,
+            });
+        }
+        Ok(kv.meta.as_ref().expect("set above"))
+    }
+}
+
+impl Backend for Cuda {
+    type Buf = CudaSlice<f32>;
+    type Weight = GpuTensor;
+    type Kv = CudaKv;
+
+    fn device(&self) -> Device {
+        Cuda::device(self)
+    }
+
+    fn upload(&self, tensor: HostTensor) -> Result<GpuTensor> {
+        let data = if self.dtype == GpuDtype::Bf16 && tensor.shape.len() == 2 {
+            let bits: Vec<u16> = tensor.data.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
+            GpuData::Bf16(self.stream.clone_htod(&bits).map_err(gpu_err("uploading weights"))?)
+        } else {
+            GpuData::F32(self.upload_f32(&tensor.data)?)
+        };
+        Ok(GpuTensor { shape: tensor.shape, data })
+    }
+
+    fn zeros(&self, len: usize) -> Result<CudaSlice<f32>> {
+        self.stream
+            .alloc_zeros::<f32>(len.max(1))
+            .map_err(|e| Error::OutOfMemory { what: format!("GPU activations ({e})"), bytes: len * 4 })
+    }
+
+    fn to_host(&self, buf: &CudaSlice<f32>) -> Result<Vec<f32>> {
+        self.stream.clone_dtoh(buf).map_err(gpu_err("copying from the GPU"))
+    }
+
+    fn len(&self, buf: &CudaSlice<f32>) -> usize {
+        buf.len()
+    }
+
+    fn select_rows(&self, x: &CudaSlice<f32>, width: usize, rows: &[usize]) -> Result<CudaSlice<f32>> {
+        let mut out = self.zeros(rows.len() * width)?;
+        for (i, &r) in rows.iter().enumerate() {
+            let src = x.slice(r * width..(r + 1) * width);
+            let mut dst = out.slice_mut(i * width..(i + 1) * width);
+            self.stream.memcpy_dtod(&src, &mut dst).map_err(gpu_err("selecting rows"))?;
+        }
+        Ok(out)
+    }
+
+    fn embedding(&self, table: &GpuTensor, ids: &[u32], out: &mut CudaSlice<f32>) -> Result<()> {
+        let dim = table.shape[1] as i32;
+        let ids_dev = self.upload_u32(ids)?;
+        let (name, cfg) = match table.data {
+            GpuData::F32(_) => ("embedding_f32", grid(ids.len(), THREADS)),
+            GpuData::Bf16(_) => ("embedding_bf16", grid(ids.len(), THREADS)),
+        };
+        let mut b = self.stream.launch_builder(self.function(name));
+        match &table.data {
+            GpuData::F32(t) => b.arg(t),
+            GpuData::Bf16(t) => b.arg(t),
+        };
+        b.arg(&ids_dev).arg(out).arg(&dim);
+        // SAFETY: embedding.cu's signature; ids were checked against the vocabulary.
+        unsafe { b.launch(cfg) }.map_err(gpu_err("embedding"))?;
+        Ok(())
+    }
+
+    fn rms_norm(
+        &self,
+        x: &CudaSlice<f32>,
+        w: &GpuTensor,
+        eps: f32,
+        dim: usize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let groups = x.len() / dim;
+        let d = dim as i32;
+        let mut b = self.stream.launch_builder(self.function("rms_norm_f32"));
+        b.arg(x).arg(f32_param(w)?).arg(out).arg(&d).arg(&eps);
+        // SAFETY: norm.cu's signature; x and out hold `groups * dim` values.
+        unsafe { b.launch(grid(groups, reduce_block(dim))) }.map_err(gpu_err("rms_norm"))?;
+        Ok(())
+    }
+
+    fn add_rms_norm(
+        &self,
+        x: &mut CudaSlice<f32>,
+        y: &CudaSlice<f32>,
+        w: &GpuTensor,
+        eps: f32,
+        dim: usize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let groups = x.len() / dim;
+        let d = dim as i32;
+        let mut b = self.stream.launch_builder(self.function("add_rms_norm_f32"));
+        b.arg(x).arg(y).arg(f32_param(w)?).arg(out).arg(&d).arg(&eps);
+        // SAFETY: norm.cu's signature; all buffers hold `groups * dim` values.
+        unsafe { b.launch(grid(groups, reduce_block(dim))) }.map_err(gpu_err("add_rms_norm"))?;
+        Ok(())
+    }
+
+    fn linear(
+        &self,
+        x: &CudaSlice<f32>,
+        w: &GpuTensor,
+        bias: Option<&GpuTensor>,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let (n, k) = (w.shape[0], w.shape[1]);
+        let m = x.len() / k;
+        // Row-major out[m,n] = x[m,k] @ w[n,k]^T is, column-major,
+        // out^T[n,m] = w^T^T (n x k) @ x^T (k x m): op(A)=T on w, op(B)=N on x.
+        let (mi, ni, ki) = (n as i32, m as i32, k as i32);
+        match &w.data {
+            GpuData::F32(wd) => {
+                let cfg = GemmConfig {
+                    transa: blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                    transb: blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                    m: mi,
+                    n: ni,
+                    k: ki,
+                    alpha: 1.0f32,
+                    lda: ki,
+                    ldb: ki,
+                    beta: 0.0f32,
+                    ldc: mi,
+                };
+                // SAFETY: w holds n*k, x m*k and out m*n f32 values.
+                unsafe { self.blas.gemm(cfg, wd, x, out) }
+                    .map_err(|e| Error::Gpu(format!("cuBLAS sgemm: {e}")))?;
+            }
+            GpuData::Bf16(wd) => {
+                let mut xb = self.stream.alloc_zeros::<u16>(m * k).map_err(gpu_err("allocating"))?;
+                let total = (m * k) as i64;
+                let mut b = self.stream.launch_builder(self.function("cast_f32_bf16"));
+                b.arg(x).arg(&mut xb).arg(&total);
+                // SAFETY: elementwise.cu's signature; both hold m*k values.
+                unsafe { b.launch(flat(m * k)) }.map_err(gpu_err("cast to bf16"))?;
+                let (alpha, beta) = (1.0f32, 0.0f32);
+                let (a, _ra) = wd.device_ptr(&self.stream);
+                let (bp, _rb) = xb.device_ptr(&self.stream);
+                let (c, _rc) = out.device_ptr_mut(&self.stream);
+                use blas_sys::cudaDataType_t::{CUDA_R_16BF, CUDA_R_32F};
+                // SAFETY: as above; A and B are bf16, C is f32, accumulation in f32.
+                unsafe {
+                    blas::gemm_ex(
+                        *self.blas.handle(),
+                        blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                        blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                        mi,
+                        ni,
+                        ki,
+                        (&alpha) as *const f32 as *const _,
+                        a as *const _,
+                        CUDA_R_16BF,
+                        ki,
+                        bp as *const _,
+                        CUDA_R_16BF,
+                        ki,
+                        (&beta) as *const f32 as *const _,
+                        c as *mut _,
+                        CUDA_R_32F,
+                        mi,
+                        blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                        blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                    )
+                }
+                .map_err(|e| Error::Gpu(format!("cuBLAS bf16 GEMM: {e}")))?;
+            }
+        }
+        if let Some(bias) = bias {
+            let (total, cols) = ((m * n) as i64, n as i32);
+            let mut b = self.stream.launch_builder(self.function("add_bias_f32"));
+            b.arg(out).arg(f32_param(bias)?).arg(&total).arg(&cols);
+            // SAFETY: elementwise.cu's signature.
+            unsafe { b.launch(flat(m * n)) }.map_err(gpu_err("add_bias"))?;
+        }
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        x: &mut CudaSlice<f32>,
+        positions: &[u32],
+        head_dim: usize,
+        inv_freq: &[f32],
+    ) -> Result<()> {
+        let width = x.len() / positions.len();
+        let (pos, freq) = (self.upload_u32(positions)?, self.upload_f32(inv_freq)?);
+        let (w, hd) = (width as i32, head_dim as i32);
+        let mut b = self.stream.launch_builder(self.function("rope_f32"));
+        b.arg(x).arg(&pos).arg(&freq).arg(&w).arg(&hd);
+        let cfg = LaunchConfig {
+            grid_dim: (positions.len() as u32, (width / head_dim) as u32, 1),
+            block_dim: (reduce_block(head_dim / 2), 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: rope.cu's signature; x holds rows * width values.
+        unsafe { b.launch(cfg) }.map_err(gpu_err("rope"))?;
+        Ok(())
+    }
+
+    fn head_norm_rope(
+        &self,
+        x: &mut CudaSlice<f32>,
+        w: &GpuTensor,
+        eps: f32,
+        positions: &[u32],
+        head_dim: usize,
+        inv_freq: &[f32],
+    ) -> Result<()> {
+        let width = x.len() / positions.len();
+        let (pos, freq) = (self.upload_u32(positions)?, self.upload_f32(inv_freq)?);
+        let (wd, hd) = (width as i32, head_dim as i32);
+        let mut b = self.stream.launch_builder(self.function("rms_norm_rope_f32"));
+        b.arg(x).arg(f32_param(w)?).arg(&pos).arg(&freq).arg(&wd).arg(&hd).arg(&eps);
+        let cfg = LaunchConfig {
+            grid_dim: (positions.len() as u32, (width / head_dim) as u32, 1),
+            block_dim: (reduce_block(head_dim), 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: rope.cu's signature.
+        unsafe { b.launch(cfg) }.map_err(gpu_err("rms_norm_rope"))?;
+        Ok(())
+    }
+
+    fn silu_mul(&self, gate: &mut CudaSlice<f32>, up: &CudaSlice<f32>) -> Result<()> {
+        let n = gate.len() as i64;
+        let mut b = self.stream.launch_builder(self.function("silu_mul_f32"));
+        b.arg(gate).arg(up).arg(&n);
+        // SAFETY: elementwise.cu's signature; equal lengths.
+        unsafe { b.launch(flat(n as usize)) }.map_err(gpu_err("silu_mul"))?;
+        Ok(())
+    }
+
+    fn add(&self, x: &mut CudaSlice<f32>, y: &CudaSlice<f32>) -> Result<()> {
+        let n = x.len() as i64;
+        let mut b = self.stream.launch_builder(self.function("add_f32"));
+        b.arg(x).arg(y).arg(&n);
+        // SAFETY: elementwise.cu's signature; equal lengths.
+        unsafe { b.launch(flat(n as usize)) }.map_err(gpu_err("add"))?;
+        Ok(())
+    }
+
+    fn new_kv(&self, pages: usize, page_size: usize, layers: usize, kv_dim: usize) -> Result<CudaKv> {
+        let len = pages * 2 * layers * page_size * kv_dim;
+        let pool = self.stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| Error::OutOfMemory {
+            what: format!(
+                "the GPU KV cache, {pages} pages ({e}); lower num_pages / kv_cache_bytes / max_seq_len"
+            ),
+            bytes: len * 4,
+        })?;
+        Ok(CudaKv { pool, page_size, layers, kv_dim, meta: None })
+    }
+
+    fn copy_page(&self, kv: &mut CudaKv, src: u32, dst: u32) -> Result<()> {
+        let page_len = kv.page_len() as i64;
+        let mut b = self.stream.launch_builder(self.function("copy_page_f32"));
+        b.arg(&mut kv.pool).arg(&src).arg(&dst).arg(&page_len);
+        // SAFETY: kv_cache.cu's signature; both pages are inside the pool.
+        unsafe { b.launch(flat(page_len as usize)) }.map_err(gpu_err("copy_page"))?;
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        kv: &mut CudaKv,
+        layer: usize,
+        spans: &[SeqSpan],
+        shape: AttentionShape,
+        q: &CudaSlice<f32>,
+        k: &CudaSlice<f32>,
+        v: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let AttentionShape { num_heads, num_kv_heads, head_dim, sliding_window } = shape;
+        if head_dim > 256 || head_dim % 2 != 0 {
+            return Err(Error::Unsupported(format!("head_dim {head_dim} on the GPU (at most 256, even)")));
+        }
+        let (page_size, layers, kv_dim) = (kv.page_size as i32, kv.layers as i32, kv.kv_dim as i32);
+        self.row_meta(kv, spans)?;
+        let meta = kv.meta.as_ref().expect("row_meta set it");
+        let rows = meta.host.slots.len();
+        let layer = layer as i32;
+
+        let mut b = self.stream.launch_builder(self.function("kv_write_f32"));
+        b.arg(&mut kv.pool)
+            .arg(k)
+            .arg(v)
+            .arg(&meta.slots)
+            .arg(&layer)
+            .arg(&layers)
+            .arg(&page_size)
+            .arg(&kv_dim);
+        // SAFETY: kv_cache.cu's signature; every slot is inside a page of the pool.
+        unsafe { b.launch(grid(rows, THREADS.min(reduce_block(kv.kv_dim)))) }.map_err(gpu_err("kv_write"))?;
+
+        let (nh, nkv, hd) = (num_heads as i32, num_kv_heads as i32, head_dim as i32);
+        let window = sliding_window.map_or(0, |w| w as i32);
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let mut b = self.stream.launch_builder(self.function("paged_attention_f32"));
+        b.arg(q)
+            .arg(&kv.pool)
+            .arg(out)
+            .arg(&meta.tables)
+            .arg(&meta.table_start)
+            .arg(&meta.positions)
+            .arg(&nh)
+            .arg(&nkv)
+            .arg(&hd)
+            .arg(&layer)
+            .arg(&layers)
+            .arg(&page_size)
+            .arg(&window)
+            .arg(&scale);
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, num_heads as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: attention.cu's signature (4 warps per block); tables cover every position.
+        unsafe { b.launch(cfg) }.map_err(gpu_err("paged_attention"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,55 @@
+//! Python's `device` and `dtype` arguments to a core backend, and a macro
+//! that runs the same code on whichever backend a value was built for.
+
+use ferrolm_core::backend::cuda::{Cuda, GpuDtype};
+use ferrolm_core::{Device, Error, Result};
+
+/// The backend a Python call asked for.
+pub enum Target {
+    Cpu,
+    Cuda(Cuda),
+}
+
+/// Opens the backend for `device` ("cpu", "cuda", "cuda:N") and `dtype`
+/// (GPU: "bfloat16" by default or "float32"; the CPU computes in float32).
+pub fn open(device: &str, dtype: Option<&str>) -> Result<Target> {
+    match Device::parse(device)? {
+        Device::Cpu => match dtype.map(str::to_ascii_lowercase).as_deref() {
+            None | Some("float32" | "f32" | "fp32") => Ok(Target::Cpu),
+            Some(other) => Err(Error::InvalidInput(format!(
+                "dtype `{other}` is not available on the CPU, which computes in float32; \
+                 use dtype=\"float32\" or device=\"cuda\""
+            ))),
+        },
+        Device::Cuda(ordinal) => {
+            let dtype = dtype.map(GpuDtype::parse).transpose()?.unwrap_or(GpuDtype::Bf16);
+            Ok(Target::Cuda(Cuda::new(ordinal, dtype)?))
+        }
+    }
+}
+
+/// Whether GPU `ordinal` is usable, and if not, why.
+#[pyo3::pyfunction]
+#[pyo3(signature = (ordinal=0))]
+pub fn cuda_unavailable_reason(ordinal: usize) -> Option<String> {
+    Device::Cuda(ordinal).ensure_available().err().map(|e| e.to_string())
+}
+
+/// `on_backend!(value, |x| expr)`: `value` is an enum with `Cpu(..)` and
+/// `Cuda(..)` variants holding the same generic type; runs `expr` on it.
+macro_rules! on_backend {
+    ($value:expr, |$x:pat_param| $body:expr) => {
+        match $value {
+            $crate::device::OnCpu($x) => $body,
+            $crate::device::OnCuda($x) => $body,
+        }
+    };
+}
+pub(crate) use on_backend;
+
+/// A value built for one of the two backends (model, session, ...).
+pub enum Either<C, G> {
+    OnCpu(C),
+    OnCuda(G),
+}
+pub use Either::{OnCpu, OnCuda};
