@@ -163,6 +163,9 @@ impl Backend for Cuda {
     ) -> Result<()> {
         let (n, k) = (w.shape[0], w.shape[1]);
         let m = x.len() / k;
+        // cuBLAS uses the calling thread's current context (the engine runs
+        // on its own thread); the driver-API launches bind it themselves.
+        self.stream.context().bind_to_thread().map_err(gpu_err("binding the GPU context"))?;
         // Row-major out[m,n] = x[m,k] @ w[n,k]^T is, column-major,
         // out^T[n,m] = w^T^T (n x k) @ x^T (k x m): op(A)=T on w, op(B)=N on x.
         let (mi, ni, ki) = (n as i32, m as i32, k as i32);
