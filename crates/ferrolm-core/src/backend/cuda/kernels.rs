@@ -26,7 +26,11 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
         &["silu_mul_f32", "add_f32", "add_bias_f32", "cast_f32_bf16"],
     ),
     ("kv_cache", include_str!("../../../../../kernels/kv_cache.cu"), &["kv_write_f32", "copy_page_f32"]),
-    ("attention", include_str!("../../../../../kernels/attention.cu"), &["paged_attention_f32"]),
+    (
+        "attention",
+        include_str!("../../../../../kernels/attention.cu"),
+        &["paged_attention_f32", "attention_merge_f32"],
+    ),
 ];
 
 /// The full program NVRTC compiles for one kernel file.

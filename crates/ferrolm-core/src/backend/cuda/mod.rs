@@ -59,6 +59,8 @@ pub struct Cuda {
     stream: Arc<CudaStream>,
     blas: CudaBlas,
     functions: HashMap<&'static str, CudaFunction>,
+    /// Streaming multiprocessors: how many blocks keep the GPU busy.
+    sms: usize,
 }
 
 impl std::fmt::Debug for Cuda {
@@ -78,6 +80,9 @@ impl Cuda {
         let ctx = CudaContext::new(ordinal).map_err(gpu_err("opening the GPU"))?;
         let (major, minor) = ctx.compute_capability().map_err(gpu_err("reading the compute capability"))?;
         let arch = format!("compute_{major}{minor}");
+        let sms = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(gpu_err("reading the GPU's size"))? as usize;
         let stream = ctx.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(|e| Error::Gpu(format!("starting cuBLAS: {e}")))?;
         let mut functions = HashMap::new();
@@ -88,7 +93,7 @@ impl Cuda {
                 functions.insert(*entry, module.load_function(entry).map_err(gpu_err("loading a kernel"))?);
             }
         }
-        Ok(Cuda { ordinal, dtype, stream, blas, functions })
+        Ok(Cuda { ordinal, dtype, stream, blas, functions, sms })
     }
 
     pub fn dtype(&self) -> GpuDtype {

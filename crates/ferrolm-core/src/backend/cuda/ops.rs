@@ -356,28 +356,67 @@ impl Backend for Cuda {
         let (nh, nkv, hd) = (num_heads as i32, num_kv_heads as i32, head_dim as i32);
         let window = sliding_window.map_or(0, |w| w as i32);
         let scale = 1.0 / (head_dim as f32).sqrt();
-        let mut b = self.stream.launch_builder(self.function("paged_attention_f32"));
-        b.arg(q)
-            .arg(&kv.pool)
-            .arg(out)
-            .arg(&meta.tables)
-            .arg(&meta.table_start)
-            .arg(&meta.positions)
-            .arg(&nh)
-            .arg(&nkv)
-            .arg(&hd)
-            .arg(&layer)
-            .arg(&layers)
-            .arg(&page_size)
-            .arg(&window)
-            .arg(&scale);
-        let cfg = LaunchConfig {
-            grid_dim: (rows as u32, num_heads as u32, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
+        // Split long contexts along the sequence when (row, head) pairs alone
+        // would leave most of the GPU idle (decode with few sequences).
+        let longest = meta
+            .host
+            .positions
+            .iter()
+            .map(|&p| sliding_window.map_or(p as usize + 1, |w| w.min(p as usize + 1)))
+            .max()
+            .unwrap_or(1);
+        let pairs = rows * num_heads;
+        let splits = if pairs >= 2 * self.sms {
+            1
+        } else {
+            (2 * self.sms).div_ceil(pairs).min(longest.div_ceil(256)).clamp(1, 64)
         };
-        // SAFETY: attention.cu's signature (4 warps per block); tables cover every position.
-        unsafe { b.launch(cfg) }.map_err(gpu_err("paged_attention"))?;
+        let split_len = longest.div_ceil(splits) as i32;
+        let (mut part_ml, mut part_acc) = if splits > 1 {
+            (self.zeros(pairs * splits * 2)?, self.zeros(pairs * splits * head_dim)?)
+        } else {
+            (self.zeros(1)?, self.zeros(1)?)
+        };
+        {
+            let mut b = self.stream.launch_builder(self.function("paged_attention_f32"));
+            b.arg(q)
+                .arg(&kv.pool)
+                .arg(&mut *out)
+                .arg(&meta.tables)
+                .arg(&meta.table_start)
+                .arg(&meta.positions)
+                .arg(&nh)
+                .arg(&nkv)
+                .arg(&hd)
+                .arg(&layer)
+                .arg(&layers)
+                .arg(&page_size)
+                .arg(&window)
+                .arg(&scale)
+                .arg(&split_len)
+                .arg(&mut part_ml)
+                .arg(&mut part_acc);
+            let cfg = LaunchConfig {
+                grid_dim: (rows as u32, num_heads as u32, splits as u32),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: attention.cu's signature (4 warps per block); tables cover
+            // every position; the scratch holds pairs * splits partials.
+            unsafe { b.launch(cfg) }.map_err(gpu_err("paged_attention"))?;
+        }
+        if splits > 1 {
+            let s = splits as i32;
+            let mut b = self.stream.launch_builder(self.function("attention_merge_f32"));
+            b.arg(&part_ml).arg(&part_acc).arg(out).arg(&nh).arg(&hd).arg(&s);
+            let cfg = LaunchConfig {
+                grid_dim: (rows as u32, num_heads as u32, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: attention.cu's signature.
+            unsafe { b.launch(cfg) }.map_err(gpu_err("attention_merge"))?;
+        }
         Ok(())
     }
 }
