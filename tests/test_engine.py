@@ -209,3 +209,16 @@ def stream_with(engine: AsyncEngine, ids: list[int], config: SamplingConfig, str
     while outs[-1].kind == "token":
         outs.append(inbox.get())
     return outs
+
+
+def test_a_model_without_tokenizer_files_serves_token_ids():
+    from conftest import MODELS
+
+    with LLM(MODELS / "llama_f32", max_seq_len=64) as bare:
+        assert bare.tokenizer is None
+        out = bare.generate([[5, 6, 7]], greedy(4, ignore_eos=True))[0]
+        assert (len(out.token_ids), out.finish_reason, out.text) == (4, "length", "")
+        with pytest.raises(ValueError, match="no tokenizer"):
+            bare.generate("text needs a tokenizer", greedy(1))
+    with pytest.raises(ValueError, match="ignore_eos"):
+        SamplingConfig(ignore_eos="yes")

@@ -120,7 +120,8 @@ class AsyncEngine:
         self.model_path = str(path)
         self._core = _core.Engine.load(self.model_path, _device(device), max_seq_len, page_size, num_pages,
                                        kv_cache_bytes, max_num_seqs, max_batch_tokens, bool(prefix_caching), dtype)
-        self.tokenizer = Tokenizer.from_pretrained(path)
+        # None for a model directory without tokenizer files (token ids only).
+        self.tokenizer: Tokenizer | None = _tokenizer_or_none(path)
         self.model_info: dict[str, Any] = json.loads(self._core.model_info())
         self.max_seq_len: int = self._core.max_seq_len
         self._listeners: dict[int, Callable[[Output], None]] = {}
@@ -259,6 +260,13 @@ class AsyncEngine:
                         # stop the request rather than the pump.
                         self._listeners.pop(out.request_id, None)
                         self._core.abort(out.request_id)
+
+
+def _tokenizer_or_none(path: os.PathLike[str]) -> Tokenizer | None:
+    try:
+        return Tokenizer.from_pretrained(path)
+    except FileNotFoundError:
+        return None
 
 
 def _token(t: Any) -> int:

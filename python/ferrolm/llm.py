@@ -64,9 +64,10 @@ class LLM:
         or a list of them, rendered with the model's chat template."""
         if conversations and isinstance(conversations[0], Mapping):
             conversations = [conversations]
-        texts = [self.tokenizer.apply_chat_template(list(c), True, **template_args) for c in conversations]
+        tokenizer = self._tokenizer()
+        texts = [tokenizer.apply_chat_template(list(c), True, **template_args) for c in conversations]
         configs = self._configs(sampling, len(texts))
-        ids = [self.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+        ids = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
         return self._run(texts, ids, configs, use_tqdm)
 
     def _run(self, prompts: list[Any], ids: list[list[int]], configs: list[SamplingConfig],
@@ -99,10 +100,15 @@ class LLM:
 
     def _encode(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):
-            return self.tokenizer.encode(prompt)
+            return self._tokenizer().encode(prompt)
         if isinstance(prompt, Sequence):
             return list(prompt)
         raise ValueError(f"a prompt must be a string or a list of token ids, got {type(prompt).__name__}")
+
+    def _tokenizer(self):
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer files; pass prompts as lists of token ids")
+        return self.tokenizer
 
     @staticmethod
     def _configs(sampling: SamplingConfig | Sequence[SamplingConfig] | None, n: int) -> list[SamplingConfig]:

@@ -32,6 +32,8 @@ class SamplingConfig:
         stop: strings that end generation (not included in the output).
         stop_token_ids: token ids that end generation.
         logprobs: report this many top alternatives per token (None: no log-probabilities).
+        ignore_eos: keep going past the model's end-of-sequence tokens (benchmarks);
+            ``stop`` and ``stop_token_ids`` still apply.
 
     Out-of-range values raise ``ValueError`` naming the field.
     """
@@ -50,6 +52,7 @@ class SamplingConfig:
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     logprobs: int | None = None
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         for name in _FLOATS:
@@ -67,6 +70,8 @@ class SamplingConfig:
             raise ValueError("invalid config field `stop`: expected a string or a list of strings")
         self.stop = list(self.stop)
         self.stop_token_ids = [_number(t, "stop_token_ids", int, minimum=0) for t in self.stop_token_ids]
+        if not isinstance(self.ignore_eos, bool):
+            raise ValueError(f"invalid config field `ignore_eos`: expected True or False, got {self.ignore_eos!r}")
         _core.validate_sampling(self.to_json())
 
     def to_dict(self) -> dict[str, Any]:

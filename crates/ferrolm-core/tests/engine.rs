@@ -265,3 +265,20 @@ fn a_long_prompt_is_chunked_and_never_stalls_running_requests() {
         assert_eq!(first_of_long.is_some(), step == 7, "the long prompt draws only once fully prefilled");
     }
 }
+
+#[test]
+fn ignore_eos_keeps_generating_past_end_of_sequence_tokens() {
+    let first =
+        run_alone(&model(), &GenerationRequest::new(vec![5, 6, 7], SamplingConfig::greedy(1))).tokens[0];
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/llama_f32");
+    let mut eos_model = Transformer::from_pretrained(dir, Some(160)).unwrap();
+    eos_model.config.eos_token_ids = vec![first];
+    let eos_model = Arc::new(eos_model);
+    let stops = run_alone(&eos_model, &GenerationRequest::new(vec![5, 6, 7], SamplingConfig::greedy(5)));
+    assert_eq!((stops.tokens.len(), stops.finish), (0, Some(FinishReason::Stop)));
+    let mut sampling = SamplingConfig::greedy(5);
+    sampling.ignore_eos = true;
+    let goes_on = run_alone(&eos_model, &GenerationRequest::new(vec![5, 6, 7], sampling));
+    assert_eq!((goes_on.tokens.len(), goes_on.finish), (5, Some(FinishReason::Length)));
+    assert_eq!(goes_on.tokens[0], first);
+}

@@ -99,3 +99,17 @@ fn a_full_pool_is_an_error_that_changes_nothing() {
     assert!(matches!(err, Err(ferrolm_core::Error::KvCacheFull { needed: 1, available: 0 })));
     assert_eq!(cache.len(s), 8);
 }
+
+#[test]
+fn rewriting_a_sequence_from_the_start_reuses_its_own_pages() {
+    let model = model();
+    let mut cache = model.new_paged_cache(KvLayout { page_size: 4, num_pages: 3 }, false).unwrap();
+    let s = cache.add_sequence();
+    let tokens: Vec<u32> = (1..=12).collect();
+    model.forward(&mut cache, &[SeqInput { seq: s, start_pos: 0, tokens: &tokens }], Logits::Last).unwrap();
+    assert_eq!(cache.available_pages(), 0);
+    // The pool is full of this sequence; starting over from 0 must still fit.
+    let again =
+        model.forward(&mut cache, &[SeqInput { seq: s, start_pos: 0, tokens: &tokens }], Logits::Last);
+    assert_eq!(again.unwrap(), fresh_logits(&model, &tokens));
+}

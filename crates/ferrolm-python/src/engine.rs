@@ -106,7 +106,12 @@ impl Engine {
             prefix_caching,
         };
         run(py, || {
-            let tokenizer = Some(Tokenizer::from_pretrained(&path)?);
+            // A model directory without tokenizer files still serves token ids.
+            let tokenizer = match Tokenizer::from_pretrained(&path) {
+                Ok(t) => Some(t),
+                Err(Error::NotFound { .. }) => None,
+                Err(e) => return Err(e),
+            };
             let (info, (client, thread)) = match device::open(device, dtype)? {
                 Target::Cpu => {
                     let model = Arc::new(Transformer::<Cpu>::from_pretrained(&path, max_seq_len)?);

@@ -150,6 +150,13 @@ pub trait Backend: Send + Sync {
         self.rope(x, positions, head_dim, inv_freq)
     }
 
+    /// For each row of `logits` (rows of `vocab`): the index of its largest
+    /// value (the first on ties) and that value's log-softmax.
+    fn argmax_rows(&self, logits: &Self::Buf, vocab: usize) -> Result<Vec<(u32, f32)>> {
+        let host = self.to_host(logits)?;
+        Ok(host.chunks(vocab).map(crate::sampling::argmax_logprob).collect())
+    }
+
     /// Number of f32 values in a buffer.
     fn len(&self, buf: &Self::Buf) -> usize;
 

@@ -18,7 +18,15 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::kv::KvCache;
 use crate::model::{Logits, SeqInput, Transformer};
+use crate::sampling::Sampled;
 use crate::tokenizer::Tokenizer;
+
+/// What a forward pass handed back: logits rows to sample from on the host,
+/// or, for plain greedy batches, each row's chosen token and its log-probability.
+enum Picked {
+    Logits(Vec<f32>),
+    Greedy(Vec<(u32, f32)>),
+}
 
 pub struct Engine<B: Backend> {
     model: Arc<Transformer<B>>,
@@ -256,8 +264,20 @@ impl<B: Backend + 'static> Engine<B> {
                 }
             })
             .collect();
-        let logits = match self.model.forward(&mut self.cache, &inputs, Logits::Rows(rows)) {
-            Ok(l) => l,
+        // Plain greedy batches pick their tokens where the logits are (on a
+        // GPU only token ids come back); anything else samples on the host.
+        let greedy = plan.work.iter().zip(&taken).all(|(w, &n)| {
+            let s = &running[w.index];
+            let wants_prompt_logprobs = s.prompt_logprobs.is_some() && w.start < s.prompt_len;
+            !wants_prompt_logprobs && (n == 0 || s.sampler.is_plain_greedy())
+        });
+        let picked = if greedy {
+            self.model.forward_greedy(&mut self.cache, &inputs, Logits::Rows(rows)).map(Picked::Greedy)
+        } else {
+            self.model.forward(&mut self.cache, &inputs, Logits::Rows(rows)).map(Picked::Logits)
+        };
+        let picked = match picked {
+            Ok(p) => p,
             Err(e) => {
                 // The batch failed as a whole (e.g. out of memory): its
                 // requests end with the error; everyone else carries on.
@@ -265,9 +285,7 @@ impl<B: Backend + 'static> Engine<B> {
                 let ids: Vec<RequestId> = plan.work.iter().map(|w| running[w.index].id).collect();
                 for id in ids {
                     if let Some(s) = self.remove(id)? {
-                        s.fail(crate::Error::InvalidInput(format!(
-                            "the engine could not run this request: {message}"
-                        )));
+                        s.fail(Error::Internal(format!("the engine could not run this request: {message}")));
                     }
                 }
                 return Ok(());
@@ -281,7 +299,9 @@ impl<B: Backend + 'static> Engine<B> {
         for (w, &n) in plan.work.iter().zip(&taken) {
             let s = &mut self.scheduler.running[w.index];
             s.computed += w.len;
-            if let Some(lp) = s.prompt_logprobs.as_mut().filter(|_| w.start < s.prompt_len) {
+            if let (Some(lp), Picked::Logits(logits)) =
+                (s.prompt_logprobs.as_mut().filter(|_| w.start < s.prompt_len), &picked)
+            {
                 let next = &s.tokens[w.start + 1..(w.start + w.len + 1).min(s.prompt_len)];
                 lp.extend(token_logprobs(&logits[offset * vocab..(offset + n) * vocab], vocab, next));
             }
@@ -300,7 +320,18 @@ impl<B: Backend + 'static> Engine<B> {
             .filter_map(|(s, row)| {
                 let row = row?;
                 let before = s.generated();
-                let drawn = s.draw(&logits[row * vocab..(row + 1) * vocab], eos, max_seq_len);
+                let drawn = match &picked {
+                    Picked::Logits(logits) => {
+                        s.draw(&logits[row * vocab..(row + 1) * vocab], eos, max_seq_len)
+                    }
+                    Picked::Greedy(best) => match s.out_of_room(max_seq_len) {
+                        Some(full) => Ok(full),
+                        None => {
+                            let (token, logprob) = best[row];
+                            s.accept(Sampled { token, logprob, top_logprobs: Vec::new() }, eos, max_seq_len)
+                        }
+                    },
+                };
                 Some((s.id, drawn, s.generated() > before))
             })
             .collect();

@@ -7,7 +7,7 @@ use std::sync::mpsc::Sender;
 use super::request::{FinishReason, GenerationRequest, Output, OutputKind, RequestId, Usage};
 use crate::error::Result;
 use crate::kv::SeqId;
-use crate::sampling::Sampler;
+use crate::sampling::{Sampled, Sampler};
 use crate::stop::StopStrings;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
@@ -83,13 +83,26 @@ impl Sequence {
     /// Samples the next token from `logits`, streams it, and says whether the
     /// request is over. `max_seq_len` bounds prompt plus output.
     pub fn draw(&mut self, logits: &[f32], eos: &[u32], max_seq_len: usize) -> Result<Drawn> {
-        let config = self.sampler.config();
-        if self.generated() >= config.max_tokens || self.tokens.len() >= max_seq_len {
-            return Ok(Drawn::Finished(FinishReason::Length));
+        if let Some(full) = self.out_of_room(max_seq_len) {
+            return Ok(full);
         }
         let sampled = self.sampler.sample(logits, &self.tokens);
+        self.accept(sampled, eos, max_seq_len)
+    }
+
+    /// Whether no further token may be drawn (`max_tokens` or `max_seq_len` reached).
+    pub fn out_of_room(&self, max_seq_len: usize) -> Option<Drawn> {
+        (self.generated() >= self.sampler.config().max_tokens || self.tokens.len() >= max_seq_len)
+            .then_some(Drawn::Finished(FinishReason::Length))
+    }
+
+    /// Takes a drawn token (sampled here, or picked on the device for plain
+    /// greedy requests), streams it, and says whether the request is over.
+    pub fn accept(&mut self, sampled: Sampled, eos: &[u32], max_seq_len: usize) -> Result<Drawn> {
         let config = self.sampler.config();
-        if eos.contains(&sampled.token) || config.stop_token_ids.contains(&sampled.token) {
+        if (!config.ignore_eos && eos.contains(&sampled.token))
+            || config.stop_token_ids.contains(&sampled.token)
+        {
             return Ok(Drawn::Finished(FinishReason::Stop));
         }
         self.tokens.push(sampled.token);

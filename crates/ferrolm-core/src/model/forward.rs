@@ -35,6 +35,32 @@ impl<B: Backend> Transformer<B> {
     /// and returns f32 logits (see [`Logits`]). Inputs are checked before any
     /// work; on error each sequence keeps at most its positions before `start_pos`.
     pub fn forward(&self, cache: &mut KvCache<B>, seqs: &[SeqInput], which: Logits) -> Result<Vec<f32>> {
+        self.forward_then(cache, seqs, which, |logits| self.backend.to_host(logits))
+    }
+
+    /// [`Transformer::forward`] for greedy decoding: for each selected row,
+    /// its most likely token (the first on ties, as `torch.argmax`) and that
+    /// token's log-probability, picked where the logits are (on a GPU only
+    /// the token ids come back).
+    pub fn forward_greedy(
+        &self,
+        cache: &mut KvCache<B>,
+        seqs: &[SeqInput],
+        which: Logits,
+    ) -> Result<Vec<(u32, f32)>> {
+        self.forward_then(cache, seqs, which, |logits| {
+            self.backend.argmax_rows(logits, self.config.vocab_size)
+        })
+    }
+
+    /// Runs the batch and hands the logits buffer to `finish`.
+    fn forward_then<T>(
+        &self,
+        cache: &mut KvCache<B>,
+        seqs: &[SeqInput],
+        which: Logits,
+        finish: impl FnOnce(&B::Buf) -> Result<T>,
+    ) -> Result<T> {
         self.check_batch(cache, seqs, &which)?;
         let result = self.prepare(cache, seqs).and_then(|()| {
             // Block tables are copied out so the storage can be borrowed mutably.
@@ -49,7 +75,7 @@ impl<B: Backend> Transformer<B> {
                     span
                 })
                 .collect();
-            self.run(cache, seqs, &spans, which)
+            self.run(cache, seqs, &spans, which).and_then(|logits| finish(&logits))
         });
         for s in seqs {
             match &result {
@@ -62,6 +88,10 @@ impl<B: Backend> Transformer<B> {
 
     /// Makes room for every sequence's new positions (all or nothing).
     fn prepare(&self, cache: &mut KvCache<B>, seqs: &[SeqInput]) -> Result<()> {
+        // Rewriting from start_pos first gives back the pages past it.
+        for s in seqs {
+            cache.truncate(s.seq, s.start_pos)?;
+        }
         let needed: usize =
             seqs.iter().map(|s| cache.pages_needed(s.seq, s.start_pos, s.start_pos + s.tokens.len())).sum();
         if needed > cache.available_pages() {
@@ -159,7 +189,7 @@ impl<B: Backend> Transformer<B> {
         seqs: &[SeqInput],
         spans: &[SeqSpan],
         which: Logits,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<B::Buf> {
         let c = &self.config;
         let b = &self.backend;
         let ids: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
@@ -187,7 +217,7 @@ impl<B: Backend> Transformer<B> {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         let mut logits = b.zeros(out_rows * c.vocab_size)?;
         b.linear(&h, head, None, &mut logits)?;
-        b.to_host(&logits)
+        Ok(logits)
     }
 
     /// One decoder block, updating the residual stream `x` in place.

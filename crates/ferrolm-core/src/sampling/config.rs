@@ -38,6 +38,9 @@ pub struct SamplingConfig {
     pub stop_token_ids: Vec<u32>,
     /// Report this many most likely alternatives per token (`None`: no log-probabilities).
     pub logprobs: Option<usize>,
+    /// Keep going past the model's end-of-sequence tokens (benchmarks);
+    /// `stop_token_ids` and stop strings still end generation.
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingConfig {
@@ -57,6 +60,7 @@ impl Default for SamplingConfig {
             stop: Vec::new(),
             stop_token_ids: Vec::new(),
             logprobs: None,
+            ignore_eos: false,
         }
     }
 }

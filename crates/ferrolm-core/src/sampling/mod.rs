@@ -6,4 +6,4 @@ mod config;
 mod sampler;
 
 pub use self::config::SamplingConfig;
-pub use self::sampler::{argmax, log_softmax, softmax, Sampled, Sampler};
+pub use self::sampler::{argmax, argmax_logprob, log_softmax, softmax, Sampled, Sampler};

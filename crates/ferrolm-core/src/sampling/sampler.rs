@@ -39,6 +39,13 @@ impl Sampler {
         Ok(Sampler { config, rng })
     }
 
+    /// Whether [`Sampler::sample`] is a plain argmax: greedy, no penalties,
+    /// no top-N log-probabilities (so it can run where the logits are).
+    pub fn is_plain_greedy(&self) -> bool {
+        let c = &self.config;
+        c.temperature == 0.0 && !c.has_penalties() && c.logprobs.is_none_or(|n| n == 0)
+    }
+
     pub fn config(&self) -> &SamplingConfig {
         &self.config
     }
@@ -131,6 +138,12 @@ pub fn argmax(logits: &[f32]) -> u32 {
         }
     }
     best as u32
+}
+
+/// The index of the largest logit (the first on ties) and its log-softmax.
+pub fn argmax_logprob(logits: &[f32]) -> (u32, f32) {
+    let best = argmax(logits);
+    (best, log_softmax(logits)[best as usize])
 }
 
 /// Softmax of `logits / temperature`, in f32 like torch.
