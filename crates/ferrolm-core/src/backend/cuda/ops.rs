@@ -87,6 +87,22 @@ impl Backend for Cuda {
         self.stream.clone_dtoh(buf).map_err(gpu_err("copying from the GPU"))
     }
 
+    fn argmax_rows(&self, logits: &CudaSlice<f32>, vocab: usize) -> Result<Vec<(u32, f32)>> {
+        let rows = logits.len() / vocab;
+        let mut ids = self.stream.alloc_zeros::<u32>(rows.max(1)).map_err(gpu_err("allocating"))?;
+        let mut lps = self.zeros(rows)?;
+        let v = vocab as i32;
+        {
+            let mut b = self.stream.launch_builder(self.function("argmax_logprob_f32"));
+            b.arg(logits).arg(&mut ids).arg(&mut lps).arg(&v);
+            // SAFETY: sampling.cu's signature; logits hold rows * vocab values.
+            unsafe { b.launch(grid(rows, 1024)) }.map_err(gpu_err("argmax"))?;
+        }
+        let ids = self.stream.clone_dtoh(&ids).map_err(gpu_err("copying from the GPU"))?;
+        let lps = self.to_host(&lps)?;
+        Ok(ids.into_iter().zip(lps).take(rows).collect())
+    }
+
     fn len(&self, buf: &CudaSlice<f32>) -> usize {
         buf.len()
     }
