@@ -135,3 +135,103 @@ extern "C" __global__ void attention_merge_f32(const float* part_ml, const float
         oh[i] = num / denom;
     }
 }
+
+// Prefill: a block takes a tile of up to PREFILL_ROWS consecutive rows of
+// one sequence (one head) and walks the keys in tiles of PREFILL_KEYS,
+// loading each key/value tile into shared memory once for all its rows
+// (rows of one sequence share their keys, so global reads drop by the tile
+// height). Online softmax per row, as above; the score matrix never exists.
+// Grid: (tiles, heads); block: 128 threads; dynamic shared memory:
+// (PREFILL_ROWS + 2 * PREFILL_KEYS) * head_dim floats.
+#define PREFILL_ROWS 16
+#define PREFILL_KEYS 16
+#define ROWS_PER_WARP (PREFILL_ROWS / ATTN_WARPS)
+
+extern "C" __global__ void paged_prefill_attention_f32(
+    const float* q, const float* pool, float* out,
+    const unsigned int* tables, const unsigned int* table_start, const unsigned int* positions,
+    const unsigned int* tile_first,  // per tile: its first row
+    const unsigned int* tile_rows,   // per tile: how many rows (<= PREFILL_ROWS)
+    int num_heads, int num_kv_heads, int head_dim, int layer, int layers, int page_size, int window,
+    float scale) {
+    extern __shared__ float smem[];
+    float* s_q = smem;                                   // [PREFILL_ROWS][head_dim]
+    float* s_k = s_q + PREFILL_ROWS * head_dim;          // [PREFILL_KEYS][head_dim]
+    float* s_v = s_k + PREFILL_KEYS * head_dim;          // [PREFILL_KEYS][head_dim]
+
+    const int head = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const unsigned int row0 = tile_first[blockIdx.x], n = tile_rows[blockIdx.x];
+    const int kv_head = head / (num_heads / num_kv_heads);
+    const int kv_dim = num_kv_heads * head_dim;
+    const unsigned int* table = tables + table_start[row0];
+    const unsigned int pos0 = positions[row0], pos_last = positions[row0 + n - 1];
+    const unsigned int key_begin = (window > 0 && pos0 + 1 > (unsigned int)window) ? pos0 + 1 - window : 0;
+
+    for (int e = threadIdx.x; e < PREFILL_ROWS * head_dim; e += blockDim.x) {
+        unsigned int r = e / head_dim;
+        int d = e % head_dim;
+        s_q[e] = r < n ? q[((size_t)(row0 + r) * num_heads + head) * head_dim + d] * scale : 0.0f;
+    }
+
+    float m[ROWS_PER_WARP], l[ROWS_PER_WARP], acc[ROWS_PER_WARP][PER_LANE];
+    for (int r = 0; r < ROWS_PER_WARP; r++) {
+        m[r] = NEG_INF;
+        l[r] = 0.0f;
+        for (int c = 0; c < PER_LANE; c++) acc[r][c] = 0.0f;
+    }
+
+    for (unsigned int k0 = key_begin; k0 <= pos_last; k0 += PREFILL_KEYS) {
+        __syncthreads();  // the previous tile is no longer read
+        for (int e = threadIdx.x; e < PREFILL_KEYS * head_dim; e += blockDim.x) {
+            unsigned int j = k0 + e / head_dim;
+            int d = e % head_dim;
+            float kv = 0.0f, vv = 0.0f;
+            if (j <= pos_last) {
+                size_t page = table[j / page_size];
+                size_t base = ((page * layers + layer) * 2) * (size_t)page_size * kv_dim;
+                const float* key = pool + base + (size_t)(j % page_size) * kv_dim + (size_t)kv_head * head_dim;
+                kv = key[d];
+                vv = key[(size_t)page_size * kv_dim + d];
+            }
+            s_k[e] = kv;
+            s_v[e] = vv;
+        }
+        __syncthreads();
+        for (int r = 0; r < ROWS_PER_WARP; r++) {
+            unsigned int rr = warp + r * ATTN_WARPS;
+            if (rr >= n) break;
+            unsigned int pos = pos0 + rr;
+            unsigned int first = (window > 0 && pos + 1 > (unsigned int)window) ? pos + 1 - window : 0;
+            for (int t = 0; t < PREFILL_KEYS; t++) {
+                unsigned int j = k0 + t;
+                if (j > pos) break;
+                if (j < first) continue;
+                float partial = 0.0f;
+                for (int c = 0; c < PER_LANE; c++) {
+                    int d = c * 32 + lane;
+                    if (d < head_dim) partial += s_q[rr * head_dim + d] * s_k[t * head_dim + d];
+                }
+                float s = warp_sum(partial);
+                float m_new = fmaxf(m[r], s);
+                float correction = expf(m[r] - m_new);
+                float p = expf(s - m_new);
+                l[r] = l[r] * correction + p;
+                for (int c = 0; c < PER_LANE; c++) {
+                    int d = c * 32 + lane;
+                    if (d < head_dim) acc[r][c] = acc[r][c] * correction + p * s_v[t * head_dim + d];
+                }
+                m[r] = m_new;
+            }
+        }
+    }
+
+    for (int r = 0; r < ROWS_PER_WARP; r++) {
+        unsigned int rr = warp + r * ATTN_WARPS;
+        if (rr >= n) break;
+        float* oh = out + ((size_t)(row0 + rr) * num_heads + head) * head_dim;
+        for (int c = 0; c < PER_LANE; c++) {
+            int d = c * 32 + lane;
+            if (d < head_dim) oh[d] = acc[r][c] / l[r];
+        }
+    }
+}

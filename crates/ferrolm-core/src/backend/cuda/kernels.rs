@@ -29,7 +29,7 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
     (
         "attention",
         include_str!("../../../../../kernels/attention.cu"),
-        &["paged_attention_f32", "attention_merge_f32"],
+        &["paged_attention_f32", "attention_merge_f32", "paged_prefill_attention_f32"],
     ),
     ("sampling", include_str!("../../../../../kernels/sampling.cu"), &["argmax_logprob_f32"]),
 ];

@@ -31,13 +31,32 @@ pub(super) struct RowHost {
     pub positions: Vec<u32>,
     pub table_start: Vec<u32>,
     pub tables: Vec<u32>,
+    /// Prefill tiles: up to `PREFILL_ROWS` consecutive rows of one sequence.
+    pub tile_first: Vec<u32>,
+    pub tile_rows: Vec<u32>,
+    /// Whether every sequence brings one row (a pure decode step).
+    pub decode_only: bool,
 }
+
+/// Rows per prefill tile (`PREFILL_ROWS` in attention.cu).
+pub(super) const PREFILL_ROWS: usize = 16;
 
 impl RowHost {
     pub fn new(spans: &[SeqSpan], page_size: usize) -> RowHost {
-        let mut rows =
-            RowHost { slots: Vec::new(), positions: Vec::new(), table_start: Vec::new(), tables: Vec::new() };
+        let mut rows = RowHost {
+            slots: Vec::new(),
+            positions: Vec::new(),
+            table_start: Vec::new(),
+            tables: Vec::new(),
+            tile_first: Vec::new(),
+            tile_rows: Vec::new(),
+            decode_only: spans.iter().all(|s| s.len == 1),
+        };
         for span in spans {
+            for first in (span.row..span.row + span.len).step_by(PREFILL_ROWS) {
+                rows.tile_first.push(first as u32);
+                rows.tile_rows.push((span.row + span.len - first).min(PREFILL_ROWS) as u32);
+            }
             let start = rows.tables.len() as u32;
             rows.tables.extend_from_slice(span.pages);
             for pos in span.start_pos..span.start_pos + span.len {
@@ -52,8 +71,34 @@ impl RowHost {
 
 pub(super) struct RowMeta {
     pub host: RowHost,
+    pub tile_first: CudaSlice<u32>,
+    pub tile_rows: CudaSlice<u32>,
     pub slots: CudaSlice<u32>,
     pub positions: CudaSlice<u32>,
     pub table_start: CudaSlice<u32>,
     pub tables: CudaSlice<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_map_to_pool_slots_and_prefill_tiles() {
+        let (a, b) = ([7u32], [2u32, 5]);
+        let spans = [
+            SeqSpan { pages: &a, start_pos: 3, row: 0, len: 1 },
+            SeqSpan { pages: &b, start_pos: 0, row: 1, len: 20 },
+        ];
+        let rows = RowHost::new(&spans, 16);
+        assert!(!rows.decode_only);
+        assert_eq!(rows.slots[0], 7 * 16 + 3);
+        assert_eq!((rows.slots[1], rows.slots[17], rows.slots[20]), (2 * 16, 5 * 16, 5 * 16 + 3));
+        assert_eq!(rows.positions[20], 19);
+        assert_eq!(rows.tables, vec![7, 2, 5]);
+        assert_eq!((rows.table_start[0], rows.table_start[1]), (0, 1));
+        assert_eq!(rows.tile_first, vec![0, 1, 17]);
+        assert_eq!(rows.tile_rows, vec![1, 16, 4]);
+        assert!(RowHost::new(&spans[..1], 16).decode_only);
+    }
 }

@@ -4,7 +4,10 @@
 use cudarc::cublas::{result as blas, sys as blas_sys, Gemm, GemmConfig};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
-use super::kv::{CudaKv, RowHost, RowMeta};
+use super::kv::{CudaKv, RowHost, RowMeta, PREFILL_ROWS};
+
+/// Keys per prefill tile (`PREFILL_KEYS` in attention.cu).
+const PREFILL_KEYS: usize = 16;
 use super::{gpu_err, Cuda, GpuData, GpuDtype, GpuTensor};
 use crate::backend::{AttentionShape, Backend, Device, SeqSpan};
 use crate::error::{Error, Result};
@@ -51,6 +54,8 @@ impl Cuda {
                 positions: self.upload_u32(&host.positions)?,
                 table_start: self.upload_u32(&host.table_start)?,
                 tables: self.upload_u32(&host.tables)?,
+                tile_first: self.upload_u32(&host.tile_first)?,
+                tile_rows: self.upload_u32(&host.tile_rows)?,
                 host,
             });
         }
@@ -372,6 +377,36 @@ impl Backend for Cuda {
         let (nh, nkv, hd) = (num_heads as i32, num_kv_heads as i32, head_dim as i32);
         let window = sliding_window.map_or(0, |w| w as i32);
         let scale = 1.0 / (head_dim as f32).sqrt();
+        if !meta.host.decode_only {
+            // Prompt chunks: tiles of rows share each key/value tile in shared memory.
+            let tiles = meta.host.tile_first.len();
+            let mut b = self.stream.launch_builder(self.function("paged_prefill_attention_f32"));
+            b.arg(q)
+                .arg(&kv.pool)
+                .arg(out)
+                .arg(&meta.tables)
+                .arg(&meta.table_start)
+                .arg(&meta.positions)
+                .arg(&meta.tile_first)
+                .arg(&meta.tile_rows)
+                .arg(&nh)
+                .arg(&nkv)
+                .arg(&hd)
+                .arg(&layer)
+                .arg(&layers)
+                .arg(&page_size)
+                .arg(&window)
+                .arg(&scale);
+            let cfg = LaunchConfig {
+                grid_dim: (tiles as u32, num_heads as u32, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: ((PREFILL_ROWS + 2 * PREFILL_KEYS) * head_dim * 4) as u32,
+            };
+            // SAFETY: attention.cu's signature; at most 48 KiB of shared memory
+            // (head_dim <= 256); tiles cover every row.
+            unsafe { b.launch(cfg) }.map_err(gpu_err("paged_prefill_attention"))?;
+            return Ok(());
+        }
         // Split long contexts along the sequence when (row, head) pairs alone
         // would leave most of the GPU idle (decode with few sequences).
         let longest = meta
