@@ -45,6 +45,19 @@ impl Cuda {
         self.stream.clone_htod(v).map_err(gpu_err("copying to the GPU"))
     }
 
+    /// Launches `name(x, y, n)` from elementwise.cu: `x op= y` over equal lengths.
+    fn binary(&self, name: &str, x: &mut CudaSlice<f32>, y: &CudaSlice<f32>) -> Result<()> {
+        if x.len() != y.len() {
+            return Err(Error::Internal(format!("{name}: buffers of {} and {} values", x.len(), y.len())));
+        }
+        let n = x.len() as i64;
+        let mut b = self.stream.launch_builder(self.function(name));
+        b.arg(x).arg(y).arg(&n);
+        // SAFETY: elementwise.cu's signature; equal lengths, checked above.
+        unsafe { b.launch(flat(n as usize)) }.map_err(gpu_err(name))?;
+        Ok(())
+    }
+
     /// Uploads the row metadata unless the previous layer already did.
     fn row_meta<'a>(&self, kv: &'a mut CudaKv, spans: &[SeqSpan]) -> Result<&'a RowMeta> {
         let host = RowHost::new(spans, kv.page_size);
@@ -304,21 +317,11 @@ impl Backend for Cuda {
     }
 
     fn silu_mul(&self, gate: &mut CudaSlice<f32>, up: &CudaSlice<f32>) -> Result<()> {
-        let n = gate.len() as i64;
-        let mut b = self.stream.launch_builder(self.function("silu_mul_f32"));
-        b.arg(gate).arg(up).arg(&n);
-        // SAFETY: elementwise.cu's signature; equal lengths.
-        unsafe { b.launch(flat(n as usize)) }.map_err(gpu_err("silu_mul"))?;
-        Ok(())
+        self.binary("silu_mul_f32", gate, up)
     }
 
     fn add(&self, x: &mut CudaSlice<f32>, y: &CudaSlice<f32>) -> Result<()> {
-        let n = x.len() as i64;
-        let mut b = self.stream.launch_builder(self.function("add_f32"));
-        b.arg(x).arg(y).arg(&n);
-        // SAFETY: elementwise.cu's signature; equal lengths.
-        unsafe { b.launch(flat(n as usize)) }.map_err(gpu_err("add"))?;
-        Ok(())
+        self.binary("add_f32", x, y)
     }
 
     fn new_kv(&self, pages: usize, page_size: usize, layers: usize, kv_dim: usize) -> Result<CudaKv> {
