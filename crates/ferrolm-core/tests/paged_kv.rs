@@ -113,3 +113,31 @@ fn rewriting_a_sequence_from_the_start_reuses_its_own_pages() {
         model.forward(&mut cache, &[SeqInput { seq: s, start_pos: 0, tokens: &tokens }], Logits::Last);
     assert_eq!(again.unwrap(), fresh_logits(&model, &tokens));
 }
+
+#[test]
+fn picking_tokens_where_the_logits_are_matches_the_host_reference() {
+    use ferrolm_core::sampling::device::{sample_row, RowSampling};
+
+    let model = model();
+    let tokens: Vec<u32> = (1..=9).collect();
+    let logits = fresh_logits(&model, &tokens);
+    for p in [
+        RowSampling { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, uniform: 0.0 },
+        RowSampling { temperature: 0.8, top_k: 20, top_p: 0.9, min_p: 0.05, uniform: 0.37 },
+        RowSampling { temperature: 1.3, top_k: 0, top_p: 1.0, min_p: 0.0, uniform: 0.91 },
+    ] {
+        let mut cache = model.new_cache(1).unwrap();
+        let picked = model.forward_sampled(
+            &mut cache,
+            &[SeqInput { seq: 0, start_pos: 0, tokens: &tokens }],
+            Logits::Last,
+            &[p],
+        );
+        assert_eq!(picked.unwrap(), vec![sample_row(&logits, &p)]);
+    }
+    let (greedy, _) = sample_row(
+        &logits,
+        &RowSampling { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, uniform: 0.0 },
+    );
+    assert_eq!(greedy, ferrolm_core::sampling::argmax(&logits));
+}

@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod cuda;
 
 use crate::error::{Error, Result};
+use crate::sampling::device::RowSampling;
 use crate::weights::HostTensor;
 
 /// Where a model runs. Parsed from strings such as `"cpu"`, `"cuda"`, `"cuda:1"`.
@@ -150,11 +151,19 @@ pub trait Backend: Send + Sync {
         self.rope(x, positions, head_dim, inv_freq)
     }
 
-    /// For each row of `logits` (rows of `vocab`): the index of its largest
-    /// value (the first on ties) and that value's log-softmax.
-    fn argmax_rows(&self, logits: &Self::Buf, vocab: usize) -> Result<Vec<(u32, f32)>> {
+    /// Picks a token for each row of `logits` (rows of `vocab`) by its
+    /// [`RowSampling`] (temperature 0: the argmax, first on ties), returning
+    /// the token and its log-softmax. Runs on the host unless the backend
+    /// overrides it (see [`Backend::samples_on_device`]).
+    fn sample_rows(&self, logits: &Self::Buf, vocab: usize, rows: &[RowSampling]) -> Result<Vec<(u32, f32)>> {
         let host = self.to_host(logits)?;
-        Ok(host.chunks(vocab).map(crate::sampling::argmax_logprob).collect())
+        Ok(host.chunks(vocab).zip(rows).map(|(row, p)| crate::sampling::device::sample_row(row, p)).collect())
+    }
+
+    /// Whether [`Backend::sample_rows`] runs where the logits are, so that
+    /// sampled (not only greedy) requests are worth picking there.
+    fn samples_on_device(&self) -> bool {
+        false
     }
 
     /// Number of f32 values in a buffer.

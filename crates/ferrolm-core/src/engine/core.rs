@@ -18,14 +18,15 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::kv::KvCache;
 use crate::model::{Logits, SeqInput, Transformer};
+use crate::sampling::device::RowSampling;
 use crate::sampling::Sampled;
 use crate::tokenizer::Tokenizer;
 
 /// What a forward pass handed back: logits rows to sample from on the host,
-/// or, for plain greedy batches, each row's chosen token and its log-probability.
+/// or each row's token, picked where the logits are, and its log-probability.
 enum Picked {
     Logits(Vec<f32>),
-    Greedy(Vec<(u32, f32)>),
+    Tokens(Vec<(u32, f32)>),
 }
 
 pub struct Engine<B: Backend> {
@@ -252,6 +253,30 @@ impl<B: Backend + 'static> Engine<B> {
             taken.push(rows.len() - before);
             row += w.len;
         }
+        // Where tokens are picked: batches whose drawing requests are all
+        // plain greedy, or (on a backend that samples on the device) all
+        // free of penalties and top-N log-probabilities, pick them where the
+        // logits are (a GPU copies back only ids); anything else samples on
+        // the host from the logits rows.
+        let device_ok = self.model.samples_on_device();
+        let on_device = plan.work.iter().zip(&taken).all(|(w, &n)| {
+            let s = &running[w.index];
+            let wants_prompt_logprobs = s.prompt_logprobs.is_some() && w.start < s.prompt_len;
+            let picks_there = s.sampler.is_plain_greedy() || (device_ok && s.sampler.fits_device());
+            !wants_prompt_logprobs && (n == 0 || picks_there)
+        });
+        let params: Vec<RowSampling> = if on_device {
+            let running = &mut self.scheduler.running;
+            plan.work
+                .iter()
+                .zip(&taken)
+                .filter(|(_, &n)| n > 0)
+                .map(|(w, _)| running[w.index].sampler.device_params())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let running = &self.scheduler.running;
         let inputs: Vec<SeqInput> = plan
             .work
             .iter()
@@ -264,15 +289,10 @@ impl<B: Backend + 'static> Engine<B> {
                 }
             })
             .collect();
-        // Plain greedy batches pick their tokens where the logits are (on a
-        // GPU only token ids come back); anything else samples on the host.
-        let greedy = plan.work.iter().zip(&taken).all(|(w, &n)| {
-            let s = &running[w.index];
-            let wants_prompt_logprobs = s.prompt_logprobs.is_some() && w.start < s.prompt_len;
-            !wants_prompt_logprobs && (n == 0 || s.sampler.is_plain_greedy())
-        });
-        let picked = if greedy {
-            self.model.forward_greedy(&mut self.cache, &inputs, Logits::Rows(rows)).map(Picked::Greedy)
+        let picked = if on_device {
+            self.model
+                .forward_sampled(&mut self.cache, &inputs, Logits::Rows(rows), &params)
+                .map(Picked::Tokens)
         } else {
             self.model.forward(&mut self.cache, &inputs, Logits::Rows(rows)).map(Picked::Logits)
         };
@@ -324,7 +344,7 @@ impl<B: Backend + 'static> Engine<B> {
                     Picked::Logits(logits) => {
                         s.draw(&logits[row * vocab..(row + 1) * vocab], eos, max_seq_len)
                     }
-                    Picked::Greedy(best) => match s.out_of_room(max_seq_len) {
+                    Picked::Tokens(best) => match s.out_of_room(max_seq_len) {
                         Some(full) => Ok(full),
                         None => {
                             let (token, logprob) = best[row];

@@ -7,6 +7,7 @@ use super::{Layer, Linear, Transformer};
 use crate::backend::{AttentionShape, Backend, SeqSpan};
 use crate::error::{Error, Result};
 use crate::kv::{KvCache, SeqId};
+use crate::sampling::device::RowSampling;
 
 /// The new tokens of one sequence: `tokens` go at positions
 /// `start_pos..start_pos + tokens.len()` of cache sequence `seq` (whatever it
@@ -38,19 +39,24 @@ impl<B: Backend> Transformer<B> {
         self.forward_then(cache, seqs, which, |logits| self.backend.to_host(logits))
     }
 
-    /// [`Transformer::forward`] for greedy decoding: for each selected row,
-    /// its most likely token (the first on ties, as `torch.argmax`) and that
-    /// token's log-probability, picked where the logits are (on a GPU only
-    /// the token ids come back).
-    pub fn forward_greedy(
+    /// [`Transformer::forward`] that picks a token for each selected row by
+    /// its [`RowSampling`] where the logits are (on a GPU only token ids and
+    /// their log-probabilities come back).
+    pub fn forward_sampled(
         &self,
         cache: &mut KvCache<B>,
         seqs: &[SeqInput],
         which: Logits,
+        rows: &[RowSampling],
     ) -> Result<Vec<(u32, f32)>> {
         self.forward_then(cache, seqs, which, |logits| {
-            self.backend.argmax_rows(logits, self.config.vocab_size)
+            self.backend.sample_rows(logits, self.config.vocab_size, rows)
         })
+    }
+
+    /// Whether sampled requests are worth picking on the backend (a GPU).
+    pub fn samples_on_device(&self) -> bool {
+        self.backend.samples_on_device()
     }
 
     /// Runs the batch and hands the logits buffer to `finish`.

@@ -3,7 +3,8 @@
 //! seeds) applied to one row of logits by a per-sequence [`Sampler`].
 
 mod config;
+pub mod device;
 mod sampler;
 
 pub use self::config::SamplingConfig;
-pub use self::sampler::{argmax, argmax_logprob, log_softmax, softmax, Sampled, Sampler};
+pub use self::sampler::{argmax, log_softmax, softmax, Sampled, Sampler};

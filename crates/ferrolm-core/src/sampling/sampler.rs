@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha12Rng;
 
+use super::device::RowSampling;
 use super::SamplingConfig;
 use crate::error::Result;
 
@@ -42,8 +43,28 @@ impl Sampler {
     /// Whether [`Sampler::sample`] is a plain argmax: greedy, no penalties,
     /// no top-N log-probabilities (so it can run where the logits are).
     pub fn is_plain_greedy(&self) -> bool {
+        self.config.temperature == 0.0 && self.fits_device()
+    }
+
+    /// Whether this sampler's picks can be made on a device by
+    /// [`crate::sampling::device`]: no penalties (they need the history) and
+    /// no top-N log-probabilities.
+    pub fn fits_device(&self) -> bool {
+        !self.config.has_penalties() && self.config.logprobs.is_none_or(|n| n == 0)
+    }
+
+    /// The parameters of the next pick on a device, drawing its random
+    /// number from this sampler's stream (greedy draws none).
+    pub fn device_params(&mut self) -> RowSampling {
         let c = &self.config;
-        c.temperature == 0.0 && !c.has_penalties() && c.logprobs.is_none_or(|n| n == 0)
+        let uniform = if c.temperature == 0.0 { 0.0 } else { self.rng.random::<f64>() as f32 };
+        RowSampling {
+            temperature: c.temperature,
+            top_k: c.top_k.min(u32::MAX as usize) as u32,
+            top_p: c.top_p,
+            min_p: c.min_p,
+            uniform,
+        }
     }
 
     pub fn config(&self) -> &SamplingConfig {
@@ -138,12 +159,6 @@ pub fn argmax(logits: &[f32]) -> u32 {
         }
     }
     best as u32
-}
-
-/// The index of the largest logit (the first on ties) and its log-softmax.
-pub fn argmax_logprob(logits: &[f32]) -> (u32, f32) {
-    let best = argmax(logits);
-    (best, log_softmax(logits)[best as usize])
 }
 
 /// Softmax of `logits / temperature`, in f32 like torch.

@@ -31,7 +31,7 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
         include_str!("../../../../../kernels/attention.cu"),
         &["paged_attention_f32", "attention_merge_f32", "paged_prefill_attention_f32"],
     ),
-    ("sampling", include_str!("../../../../../kernels/sampling.cu"), &["argmax_logprob_f32"]),
+    ("sampling", include_str!("../../../../../kernels/sampling.cu"), &["sample_f32"]),
 ];
 
 /// The full program NVRTC compiles for one kernel file.

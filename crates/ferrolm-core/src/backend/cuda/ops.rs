@@ -11,6 +11,7 @@ const PREFILL_KEYS: usize = 16;
 use super::{gpu_err, Cuda, GpuData, GpuDtype, GpuTensor};
 use crate::backend::{AttentionShape, Backend, Device, SeqSpan};
 use crate::error::{Error, Result};
+use crate::sampling::device::RowSampling;
 use crate::weights::HostTensor;
 
 const THREADS: u32 = 256;
@@ -105,20 +106,33 @@ impl Backend for Cuda {
         self.stream.clone_dtoh(buf).map_err(gpu_err("copying from the GPU"))
     }
 
-    fn argmax_rows(&self, logits: &CudaSlice<f32>, vocab: usize) -> Result<Vec<(u32, f32)>> {
-        let rows = logits.len() / vocab;
-        let mut ids = self.stream.alloc_zeros::<u32>(rows.max(1)).map_err(gpu_err("allocating"))?;
-        let mut lps = self.zeros(rows)?;
+    fn sample_rows(
+        &self,
+        logits: &CudaSlice<f32>,
+        vocab: usize,
+        rows: &[RowSampling],
+    ) -> Result<Vec<(u32, f32)>> {
+        let n = logits.len() / vocab;
+        if n != rows.len() {
+            return Err(Error::Internal(format!("{n} logits rows but {} sampling rows", rows.len())));
+        }
+        let params = self.upload_f32(&RowSampling::packed(rows))?;
+        let mut ids = self.stream.alloc_zeros::<u32>(n.max(1)).map_err(gpu_err("allocating"))?;
+        let mut lps = self.zeros(n)?;
         let v = vocab as i32;
         {
-            let mut b = self.stream.launch_builder(self.function("argmax_logprob_f32"));
-            b.arg(logits).arg(&mut ids).arg(&mut lps).arg(&v);
-            // SAFETY: sampling.cu's signature; logits hold rows * vocab values.
-            unsafe { b.launch(grid(rows, 1024)) }.map_err(gpu_err("argmax"))?;
+            let mut b = self.stream.launch_builder(self.function("sample_f32"));
+            b.arg(logits).arg(&params).arg(&mut ids).arg(&mut lps).arg(&v);
+            // SAFETY: sampling.cu's signature; logits hold n * vocab values, params 5 * n.
+            unsafe { b.launch(grid(n, 1024)) }.map_err(gpu_err("sample"))?;
         }
         let ids = self.stream.clone_dtoh(&ids).map_err(gpu_err("copying from the GPU"))?;
         let lps = self.to_host(&lps)?;
-        Ok(ids.into_iter().zip(lps).take(rows).collect())
+        Ok(ids.into_iter().zip(lps).take(n).collect())
+    }
+
+    fn samples_on_device(&self) -> bool {
+        true
     }
 
     fn len(&self, buf: &CudaSlice<f32>) -> usize {
