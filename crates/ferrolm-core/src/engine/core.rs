@@ -427,6 +427,9 @@ impl<B: Backend + 'static> Engine<B> {
         }
         sched.orphan_siblings(id);
         self.shared.count_finished(&s);
+        // Counters before the caller tells the request it ended: whoever
+        // sees the end must also see its pages freed.
+        self.publish_stats();
         Ok(Some(s))
     }
 
