@@ -39,6 +39,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", default=hub.DEFAULT_MODEL,
                    help=f"directory, .gguf file or short name (default: {hub.DEFAULT_MODEL})")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"],
+                   help="GPU weights: bfloat16 (default on a GPU) or float32 (exact); the CPU uses float32")
     p.add_argument("--system", help="system prompt")
 
 
@@ -96,6 +98,8 @@ def _serve_args(sub) -> None:
                         "(default: $FERROLM_API_KEY; unset = no key)")
     s.add_argument("--served-model-name", help="the model id clients use (default: MODEL's basename without .gguf)")
     s.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    s.add_argument("--dtype", choices=["bfloat16", "float32"],
+                   help="GPU weights: bfloat16 (default on a GPU) or float32 (exact); the CPU uses float32")
     e = s.add_argument_group("engine")
     e.add_argument("--max-seq-len", type=int, help="longest sequence, prompt + output (default: the model's context)")
     e.add_argument("--max-num-seqs", type=int, default=64, help="most requests decoding at once (default: 64)")
@@ -128,7 +132,7 @@ def _config(args: argparse.Namespace):
 def _session(args: argparse.Namespace):
     from ferrolm.session import InferenceSession
 
-    return _load(lambda: InferenceSession(hub.resolve(args.model), device=args.device), args.model)
+    return _load(lambda: InferenceSession(hub.resolve(args.model), device=args.device, dtype=args.dtype), args.model)
 
 
 def _load(make, name):
@@ -196,7 +200,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
     serve(args.model, host=args.host, port=args.port, api_key=args.api_key,
-          served_model_name=args.served_model_name, log_level=args.log_level, device=args.device,
+          served_model_name=args.served_model_name, log_level=args.log_level, device=args.device, dtype=args.dtype,
           max_seq_len=args.max_seq_len, max_num_seqs=args.max_num_seqs, max_batch_tokens=args.max_batch_tokens,
           num_pages=args.num_pages, prefix_caching=args.prefix_caching)
 
