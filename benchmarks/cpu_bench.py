@@ -1,0 +1,128 @@
+"""CPU benchmark: prefill and decode speed of one GGUF through ferrolm,
+llama.cpp (llama-cpp-python) and HF transformers (torch, f32), each in its
+own process on the same threads, in one run; prints the ratios.
+
+    python benchmarks/cpu_bench.py                              # SmolLM2 Q4_1, 128 + 128 tokens, 2 threads
+    python benchmarks/cpu_bench.py --engines ferrolm,llama.cpp --runs 5 --json out.json
+
+Each engine gets a 128-token prompt (prefill tokens/s: the whole prompt in
+one pass) and then greedily generates 128 tokens (decode tokens/s, end of
+sequence ignored). Peers that are not installed are reported and skipped:
+llama.cpp needs `pip install llama-cpp-python` (built from source by pip),
+HF needs `torch`, `transformers` and `gguf`. Medians of `--runs` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+WORKER = r'''
+import json, os, sys, time, resource
+engine, model, threads, prompt_len, gen = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
+prompt = [(i * 7919) % 20000 + 100 for i in range(prompt_len)]
+if engine == "ferrolm":
+    import numpy as np
+    from ferrolm import Transformer
+    m = Transformer.from_pretrained(model, max_seq_len=prompt_len + gen + 8)
+    t = time.perf_counter(); logits = m.forward([prompt]); prefill = time.perf_counter() - t
+    tok = int(np.argmax(logits[0, -1])); t = time.perf_counter()
+    for i in range(gen):
+        tok = int(np.argmax(m.forward([[tok]], start_pos=prompt_len + i)[0, -1]))
+    decode = time.perf_counter() - t
+elif engine == "llama.cpp":
+    from llama_cpp import Llama
+    m = Llama(model_path=model, n_ctx=prompt_len + gen + 8, n_threads=threads, n_threads_batch=threads,
+              n_batch=prompt_len, verbose=False, logits_all=False)
+    t = time.perf_counter(); m.eval(prompt); prefill = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(gen):
+        tok = m.sample(temp=0.0)
+        m.eval([tok])
+    decode = time.perf_counter() - t
+elif engine == "hf":
+    import torch
+    from transformers import AutoModelForCausalLM
+    torch.set_num_threads(threads)
+    m = AutoModelForCausalLM.from_pretrained(os.path.dirname(model), gguf_file=os.path.basename(model),
+                                             torch_dtype=torch.float32)
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        t = time.perf_counter(); out = m(ids, use_cache=True); prefill = time.perf_counter() - t
+        past, tok = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        t = time.perf_counter()
+        for _ in range(gen):
+            out = m(tok, past_key_values=past, use_cache=True)
+            past, tok = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        decode = time.perf_counter() - t
+else:
+    raise SystemExit(f"unknown engine {engine}")
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"prefill_tps": prompt_len / prefill, "decode_tps": gen / decode, "peak_rss": rss}))
+'''
+
+
+def run_once(python: str, engine: str, model: str, threads: int, prompt_len: int, gen: int) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), RAYON_NUM_THREADS=str(threads))
+    p = subprocess.run([python, "-c", WORKER, engine, model, str(threads), str(prompt_len), str(gen)],
+                       capture_output=True, text=True, env=env, timeout=1800)
+    if p.returncode != 0:
+        raise RuntimeError(p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2", help="a .gguf file or short name (default: smollm2)")
+    ap.add_argument("--engines", default="ferrolm,llama.cpp,hf")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--gen-tokens", type=int, default=128)
+    ap.add_argument("--runs", type=int, default=3, help="runs per engine; medians are reported (default: 3)")
+    ap.add_argument("--python", action="append", default=[], metavar="ENGINE=PATH",
+                    help="run ENGINE with another interpreter, e.g. hf=/opt/torch-env/bin/python (repeatable)")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+    pythons = dict(p.split("=", 1) for p in args.python)
+
+    from ferrolm import hub
+
+    model = str(hub.resolve(args.model))
+    size = os.path.getsize(model)
+    print(f"{model} ({size / 2**20:.0f} MiB) | {args.prompt_tokens} + {args.gen_tokens} tokens | "
+          f"{args.threads} threads | {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs | "
+          f"{time.strftime('%Y-%m-%d')}", flush=True)
+    results: dict[str, dict] = {}
+    for engine in args.engines.split(","):
+        try:
+            python = pythons.get(engine, sys.executable)
+            runs = [run_once(python, engine, model, args.threads, args.prompt_tokens, args.gen_tokens)
+                    for _ in range(args.runs)]
+        except Exception as e:  # a peer that is not installed is reported, not fatal
+            print(f"{engine:>10}: skipped ({e})", flush=True)
+            continue
+        r = {k: statistics.median(x[k] for x in runs) for k in runs[0]}
+        results[engine] = r
+        print(f"{engine:>10}: prefill {r['prefill_tps']:8.1f} tok/s | decode {r['decode_tps']:7.1f} tok/s | "
+              f"peak RSS {r['peak_rss'] / 2**20:6.0f} MiB", flush=True)
+    if "ferrolm" in results:
+        ours = results["ferrolm"]
+        for peer, r in results.items():
+            if peer != "ferrolm":
+                print(f"ferrolm / {peer}: prefill {ours['prefill_tps'] / r['prefill_tps']:.2f}x, "
+                      f"decode {ours['decode_tps'] / r['decode_tps']:.2f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": model, "args": vars(args), "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
