@@ -245,7 +245,7 @@ impl<B: Backend + 'static> Engine<B> {
         for w in &plan.work {
             let s = &running[w.index];
             let before = rows.len();
-            if s.prompt_logprobs.is_some() && w.start < s.prompt_len {
+            if s.wants_prompt_logprobs(w.start) {
                 rows.extend(row..row + w.len);
             } else if w.start + w.len == s.tokens.len() {
                 rows.push(row + w.len - 1);
@@ -257,13 +257,16 @@ impl<B: Backend + 'static> Engine<B> {
         // plain greedy, or (on a backend that samples on the device) all
         // free of penalties and top-N log-probabilities, pick them where the
         // logits are (a GPU copies back only ids); anything else samples on
-        // the host from the logits rows.
+        // the host from the logits rows. A sampled leader whose siblings
+        // fork this step keeps its row of logits: each sibling draws its own
+        // first token from it.
         let device_ok = self.model.samples_on_device();
+        let waiting = &self.scheduler.waiting;
+        let has_siblings = |id| waiting.iter().any(|x| x.fork_from == Some(id));
         let on_device = plan.work.iter().zip(&taken).all(|(w, &n)| {
             let s = &running[w.index];
-            let wants_prompt_logprobs = s.prompt_logprobs.is_some() && w.start < s.prompt_len;
-            let picks_there = s.sampler.is_plain_greedy() || (device_ok && s.sampler.fits_device());
-            !wants_prompt_logprobs && (n == 0 || picks_there)
+            let samples_there = device_ok && s.sampler.fits_device() && !has_siblings(s.id);
+            !s.wants_prompt_logprobs(w.start) && (n == 0 || s.sampler.is_plain_greedy() || samples_there)
         });
         let params: Vec<RowSampling> = if on_device {
             let running = &mut self.scheduler.running;
@@ -319,8 +322,9 @@ impl<B: Backend + 'static> Engine<B> {
         for (w, &n) in plan.work.iter().zip(&taken) {
             let s = &mut self.scheduler.running[w.index];
             s.computed += w.len;
+            let wants = s.wants_prompt_logprobs(w.start);
             if let (Some(lp), Picked::Logits(logits)) =
-                (s.prompt_logprobs.as_mut().filter(|_| w.start < s.prompt_len), &picked)
+                (s.prompt_logprobs.as_mut().filter(|_| wants), &picked)
             {
                 let next = &s.tokens[w.start + 1..(w.start + w.len + 1).min(s.prompt_len)];
                 lp.extend(token_logprobs(&logits[offset * vocab..(offset + n) * vocab], vocab, next));

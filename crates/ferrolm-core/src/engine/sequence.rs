@@ -75,6 +75,12 @@ impl Sequence {
         self.tokens.len() - self.prompt_len
     }
 
+    /// Whether a chunk starting at `start` covers prompt positions whose
+    /// log-probabilities were asked for (then all its logits rows are needed).
+    pub fn wants_prompt_logprobs(&self, start: usize) -> bool {
+        self.prompt_logprobs.is_some() && start < self.prompt_len
+    }
+
     /// Tokens still to run through the model before the next draw.
     pub fn pending(&self) -> usize {
         self.tokens.len() - self.computed
