@@ -51,17 +51,15 @@ pub fn compile(name: &str, source: &str, arch: &str) -> Result<String> {
     Ok(ptx.to_src())
 }
 
+/// What to do when libnvrtc cannot be loaded.
+pub(super) const NVRTC_MISSING: &str = "libnvrtc was not found; install the CUDA toolkit or \
+     `pip install nvidia-cuda-nvrtc-cu12`, and put its lib folder on LD_LIBRARY_PATH";
+
 /// Compiles every kernel for `arch` without touching any GPU (what CI runs).
 pub fn compile_all(arch: &str) -> Result<Vec<(String, String)>> {
     // SAFETY: only tries to dlopen libnvrtc by its usual names.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        return Err(Error::DeviceUnavailable {
-            device: "nvrtc".into(),
-            reason:
-                "libnvrtc was not found; install the CUDA toolkit or `pip install nvidia-cuda-nvrtc-cu12` \
-                     and put its lib folder on LD_LIBRARY_PATH"
-                    .into(),
-        });
+        return Err(Error::DeviceUnavailable { device: "nvrtc".into(), reason: NVRTC_MISSING.into() });
     }
     SOURCES.iter().map(|(name, src, _)| Ok((name.to_string(), compile(name, src, arch)?))).collect()
 }

@@ -128,10 +128,7 @@ pub fn probe(ordinal: usize) -> Result<()> {
         ));
     }
     if !nvrtc {
-        return Err(missing(
-            "libnvrtc was not found; install the CUDA toolkit or `pip install nvidia-cuda-nvrtc-cu12`, \
-             and put its lib folder on LD_LIBRARY_PATH",
-        ));
+        return Err(missing(kernels::NVRTC_MISSING));
     }
     if !cublas {
         return Err(missing(
