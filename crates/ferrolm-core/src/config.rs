@@ -256,7 +256,7 @@ impl Config {
                 return Err(Error::config(name, "must be a positive integer"));
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return Err(Error::config(
                 "num_key_value_heads",
                 format!(
@@ -265,7 +265,7 @@ impl Config {
                 ),
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(Error::config("head_dim", "must be even for rotary embeddings"));
         }
         if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite()) {

@@ -1,26 +1,36 @@
 //! Python's `device` and `dtype` arguments to a core backend, and a macro
 //! that runs the same code on whichever backend a value was built for.
 
+use ferrolm_core::backend::cpu::{Cpu, CpuOptions};
 use ferrolm_core::backend::cuda::{Cuda, GpuDtype};
 use ferrolm_core::{Device, Error, Result};
 
 /// The backend a Python call asked for.
 pub enum Target {
-    Cpu,
+    Cpu(Cpu),
     Cuda(Cuda),
 }
 
-/// Opens the backend for `device` ("cpu", "cuda", "cuda:N") and `dtype`
-/// (GPU: "bfloat16" by default or "float32"; the CPU computes in float32).
+/// Opens the backend for `device` ("cpu", "cuda", "cuda:N") and `dtype`.
+/// GPU: "bfloat16" by default or "float32". CPU: by default weights stay as
+/// stored (quantized or half) and multiply 8-bit activations; "float32" is
+/// the exact path (weights widened to f32, f32 KV cache). Threads come from
+/// `FERROLM_NUM_THREADS` or the physical core count.
 pub fn open(device: &str, dtype: Option<&str>) -> Result<Target> {
     match Device::parse(device)? {
-        Device::Cpu => match dtype.map(str::to_ascii_lowercase).as_deref() {
-            None | Some("float32" | "f32" | "fp32") => Ok(Target::Cpu),
-            Some(other) => Err(Error::InvalidInput(format!(
-                "dtype `{other}` is not available on the CPU, which computes in float32; \
-                 use dtype=\"float32\" or device=\"cuda\""
-            ))),
-        },
+        Device::Cpu => {
+            let exact = match dtype.map(str::to_ascii_lowercase).as_deref() {
+                None => false,
+                Some("float32" | "f32" | "fp32") => true,
+                Some(other) => {
+                    return Err(Error::InvalidInput(format!(
+                        "dtype `{other}` is not available on the CPU; leave dtype unset (weights as \
+                         stored) or use dtype=\"float32\" (exact f32 path), or device=\"cuda\""
+                    )))
+                }
+            };
+            Ok(Target::Cpu(Cpu::new(CpuOptions { exact, ..Default::default() })?))
+        }
         Device::Cuda(ordinal) => {
             let dtype = dtype.map(GpuDtype::parse).transpose()?.unwrap_or(GpuDtype::Bf16);
             Ok(Target::Cuda(Cuda::new(ordinal, dtype)?))

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use ferrolm_core::backend::cpu::Cpu;
 use ferrolm_core::engine::{
     Engine as CoreEngine, EngineClient, EngineConfig, GenerationRequest, Output, OutputKind,
 };
@@ -113,8 +112,8 @@ impl Engine {
                 Err(e) => return Err(e),
             };
             let (info, (client, thread)) = match device::open(device, dtype)? {
-                Target::Cpu => {
-                    let model = Arc::new(Transformer::<Cpu>::from_pretrained(&path, max_seq_len)?);
+                Target::Cpu(cpu) => {
+                    let model = Arc::new(Transformer::from_pretrained_on(&path, max_seq_len, cpu)?);
                     let engine = CoreEngine::new(model, tokenizer, config)?;
                     (engine.model_info().to_string(), engine.spawn())
                 }

@@ -17,9 +17,9 @@ use crate::device::{self, on_backend, Either, OnCpu, OnCuda, Target};
 use crate::errors::{run, to_py};
 
 /// A model and the KV cache `forward` continues from.
-struct Loaded<B: Backend> {
+pub(crate) struct Loaded<B: Backend> {
     /// Shared with the engine that `generate` runs.
-    model: Arc<Transformer<B>>,
+    pub(crate) model: Arc<Transformer<B>>,
     cache: KvCache<B>,
 }
 
@@ -32,7 +32,7 @@ impl<B: Backend> Loaded<B> {
 
 #[pyclass(module = "ferrolm._core")]
 pub struct Model {
-    inner: Either<Loaded<Cpu>, Loaded<Cuda>>,
+    pub(crate) inner: Either<Loaded<Cpu>, Loaded<Cuda>>,
     max_batch_size: usize,
 }
 
@@ -89,9 +89,10 @@ impl Model {
     ) -> PyResult<Model> {
         run(py, || {
             let inner = match device::open(device, dtype)? {
-                Target::Cpu => {
-                    OnCpu(Loaded::new(Transformer::from_pretrained(&path, max_seq_len)?, max_batch_size)?)
-                }
+                Target::Cpu(cpu) => OnCpu(Loaded::new(
+                    Transformer::from_pretrained_on(&path, max_seq_len, cpu)?,
+                    max_batch_size,
+                )?),
                 Target::Cuda(gpu) => {
                     let model = Transformer::from_pretrained_on(&path, max_seq_len, gpu)?;
                     OnCuda(Loaded::new(model, max_batch_size)?)

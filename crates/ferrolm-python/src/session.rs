@@ -51,8 +51,8 @@ impl Session {
         run(py, || {
             let tokenizer = Tokenizer::from_pretrained(&path)?;
             let session = match device::open(device, dtype)? {
-                Target::Cpu => {
-                    let model = Transformer::<Cpu>::from_pretrained(&path, max_seq_len)?;
+                Target::Cpu(cpu) => {
+                    let model = Transformer::from_pretrained_on(&path, max_seq_len, cpu)?;
                     OnCpu(CoreSession::new(Arc::new(model), tokenizer)?)
                 }
                 Target::Cuda(gpu) => {

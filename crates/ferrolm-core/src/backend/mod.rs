@@ -10,7 +10,7 @@ pub mod cuda;
 
 use crate::error::{Error, Result};
 use crate::sampling::device::RowSampling;
-use crate::weights::HostTensor;
+use crate::weights::StoredTensor;
 
 /// Where a model runs. Parsed from strings such as `"cpu"`, `"cuda"`, `"cuda:1"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +87,9 @@ pub trait Backend: Send + Sync {
 
     fn device(&self) -> Device;
 
-    fn upload(&self, tensor: HostTensor) -> Result<Self::Weight>;
+    /// Takes a parameter as the checkpoint stores it; the backend decides
+    /// its resident format (packed, half, f32).
+    fn upload(&self, tensor: StoredTensor) -> Result<Self::Weight>;
     fn zeros(&self, len: usize) -> Result<Self::Buf>;
     fn to_host(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
 
@@ -133,6 +135,50 @@ pub trait Backend: Send + Sync {
     ) -> Result<()> {
         self.add(x, y)?;
         self.rms_norm(x, weight, eps, dim, out)
+    }
+
+    /// Several projections of one input: `outs[i] = x @ w_i^T + bias_i`.
+    /// Backends may prepare `x` once and run them together.
+    fn linears(
+        &self,
+        x: &Self::Buf,
+        projs: &[(&Self::Weight, Option<&Self::Weight>)],
+        outs: &mut [&mut Self::Buf],
+    ) -> Result<()> {
+        for ((w, bias), out) in projs.iter().zip(outs.iter_mut()) {
+            self.linear(x, w, *bias, out)?;
+        }
+        Ok(())
+    }
+
+    /// [`Backend::linears`] of `rms_norm(x)` (rows of `dim`). Backends may
+    /// fuse the norm with preparing the input.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_linears(
+        &self,
+        x: &Self::Buf,
+        norm: &Self::Weight,
+        eps: f32,
+        dim: usize,
+        projs: &[(&Self::Weight, Option<&Self::Weight>)],
+        outs: &mut [&mut Self::Buf],
+    ) -> Result<()> {
+        let mut h = self.zeros(self.len(x))?;
+        self.rms_norm(x, norm, eps, dim, &mut h)?;
+        self.linears(&h, projs, outs)
+    }
+
+    /// The gated MLP's first half: `out = silu(x @ gate^T) * (x @ up^T)`.
+    fn swiglu(
+        &self,
+        x: &Self::Buf,
+        gate: &Self::Weight,
+        up: &Self::Weight,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let mut up_out = self.zeros(self.len(out))?;
+        self.linears(x, &[(gate, None), (up, None)], &mut [&mut *out, &mut up_out])?;
+        self.silu_mul(out, &up_out)
     }
 
     /// Qwen3's per-head q/k RMSNorm followed by RoPE, in place. Backends may fuse them.

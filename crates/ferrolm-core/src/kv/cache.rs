@@ -205,7 +205,7 @@ impl<B: Backend> KvCache<B> {
         let Some(seq) = self.seq(id).ok() else { return 0 };
         let kept = self.pages_for(start_pos).min(seq.pages.len());
         let cow =
-            usize::from(start_pos % self.page_size != 0 && kept > 0 && self.needs_copy(seq.pages[kept - 1]));
+            usize::from(!start_pos.is_multiple_of(self.page_size) && kept > 0 && self.needs_copy(seq.pages[kept - 1]));
         self.pages_for(end).saturating_sub(kept) + cow
     }
 
@@ -231,7 +231,7 @@ impl<B: Backend> KvCache<B> {
             return Err(Error::KvCacheFull { needed, available: self.pool.available() });
         };
         let last = self.pages(id).last().copied();
-        if let Some(old) = last.filter(|&p| start_pos % self.page_size != 0 && self.needs_copy(p)) {
+        if let Some(old) = last.filter(|&p| !start_pos.is_multiple_of(self.page_size) && self.needs_copy(p)) {
             let copy = fresh.pop().expect("pages_needed counted the copy");
             if let Err(e) = backend.copy_page(&mut self.store, old, copy) {
                 fresh.push(copy);

@@ -245,18 +245,18 @@ impl<B: Backend> Transformer<B> {
             b.linear(input, &lin.weight, lin.bias.as_ref(), &mut out)?;
             Ok(out)
         };
-        // RMSNorm over groups of `dim` within rows of `width` (dim < width: per head).
-        let norm = |input: &B::Buf, weight: &B::Weight, dim: usize, width: usize| -> Result<B::Buf> {
-            let mut out = b.zeros(rows * width)?;
-            b.rms_norm(input, weight, eps, dim, &mut out)?;
-            Ok(out)
-        };
-
-        // Attention.
-        let h = norm(x, &layer.input_layernorm, c.hidden_size, c.hidden_size)?;
-        let mut q = linear(&h, &layer.q_proj, c.q_dim())?;
-        let mut k = linear(&h, &layer.k_proj, c.kv_dim())?;
-        let v = linear(&h, &layer.v_proj, c.kv_dim())?;
+        // Attention: the norm and the three projections that read it.
+        let mut q = b.zeros(rows * c.q_dim())?;
+        let mut k = b.zeros(rows * c.kv_dim())?;
+        let mut v = b.zeros(rows * c.kv_dim())?;
+        b.norm_linears(
+            x,
+            &layer.input_layernorm,
+            eps,
+            c.hidden_size,
+            &[layer.q_proj.parts(), layer.k_proj.parts(), layer.v_proj.parts()],
+            &mut [&mut q, &mut k, &mut v],
+        )?;
         if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
             b.head_norm_rope(&mut q, qn, eps, positions, c.head_dim, &self.inv_freq)?;
             b.head_norm_rope(&mut k, kn, eps, positions, c.head_dim, &self.inv_freq)?;
@@ -277,10 +277,9 @@ impl<B: Backend> Transformer<B> {
         // Gated MLP, its norm fused with the attention residual.
         let mut h = b.zeros(rows * c.hidden_size)?;
         b.add_rms_norm(x, &o, &layer.post_attention_layernorm, eps, c.hidden_size, &mut h)?;
-        let mut gate = linear(&h, &layer.gate_proj, c.intermediate_size)?;
-        let up = linear(&h, &layer.up_proj, c.intermediate_size)?;
-        b.silu_mul(&mut gate, &up)?;
-        b.add(x, &linear(&gate, &layer.down_proj, c.hidden_size)?)?;
+        let mut act = b.zeros(rows * c.intermediate_size)?;
+        b.swiglu(&h, &layer.gate_proj.weight, &layer.up_proj.weight, &mut act)?;
+        b.add(x, &linear(&act, &layer.down_proj, c.hidden_size)?)?;
         Ok(())
     }
 }

@@ -27,6 +27,13 @@ pub struct Linear<B: Backend> {
     pub bias: Option<B::Weight>,
 }
 
+impl<B: Backend> Linear<B> {
+    /// `(weight, bias)`, as the backend's batched ops take them.
+    pub fn parts(&self) -> (&B::Weight, Option<&B::Weight>) {
+        (&self.weight, self.bias.as_ref())
+    }
+}
+
 /// One decoder block.
 pub struct Layer<B: Backend> {
     pub input_layernorm: B::Weight,          // [hidden]
@@ -111,7 +118,7 @@ impl<B: Backend> Transformer<B> {
     /// Loads every parameter from `source`, checking names and shapes first.
     pub fn from_source(config: Config, backend: B, source: &dyn TensorSource) -> Result<Self> {
         check_source(&config, source, true)?;
-        Self::build(config, backend, |b, name, _| b.upload(source.read(name)?))
+        Self::build(config, backend, |b, name, _| b.upload(source.read_stored(name)?))
     }
 
     /// A model with freshly initialised weights (norms 1, everything else
@@ -127,7 +134,7 @@ impl<B: Backend> Transformer<B> {
             } else if !name.ends_with(".bias") {
                 data.iter_mut().for_each(|v| *v = normal.sample(&mut rng));
             }
-            b.upload(HostTensor::new(shape.to_vec(), data)?)
+            b.upload(HostTensor::new(shape.to_vec(), data)?.into())
         })
     }
 
@@ -141,7 +148,7 @@ impl<B: Backend> Transformer<B> {
         let mut uploads = Vec::new();
         for (name, _) in names::parameter_shapes(&self.config) {
             if present.contains(&name) {
-                uploads.push(self.backend.upload(source.read(&name)?)?);
+                uploads.push(self.backend.upload(source.read_stored(&name)?)?);
             }
         }
         let mut uploads = uploads.into_iter();

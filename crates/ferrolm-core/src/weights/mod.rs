@@ -2,15 +2,19 @@
 //!
 //! A [`TensorSource`] lists tensor names and reads one tensor at a time, so
 //! a loader never holds two copies of the model. Sources: safetensors files
-//! (single or sharded, memory-mapped) and in-memory maps (Python state dicts).
+//! (single or sharded, memory-mapped), GGUF files and in-memory maps (Python
+//! state dicts). Tensors come as f32 ([`HostTensor`]) or as stored
+//! ([`StoredTensor`]: half and quantized data kept packed).
 
 pub mod gguf;
 pub mod names;
 mod safetensors;
+mod stored;
 
 use std::collections::HashMap;
 
 pub use self::safetensors::SafetensorsDir;
+pub use self::stored::{Bytes, PackedTensor, StoredTensor};
 use crate::error::{Error, Result};
 
 /// A dense tensor in host memory, upcast to f32.
@@ -41,6 +45,11 @@ pub trait TensorSource {
     fn shape(&self, name: &str) -> Result<Vec<usize>>;
     /// Reads one tensor, converted to f32.
     fn read(&self, name: &str) -> Result<HostTensor>;
+    /// Reads one tensor as stored: sources of half or quantized data
+    /// return it packed (see [`StoredTensor`]); the default is [`TensorSource::read`].
+    fn read_stored(&self, name: &str) -> Result<StoredTensor> {
+        self.read(name).map(StoredTensor::F32)
+    }
 }
 
 impl TensorSource for HashMap<String, HostTensor> {

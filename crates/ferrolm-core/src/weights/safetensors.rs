@@ -5,18 +5,21 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use half::{bf16, f16};
 use memmap2::Mmap;
+use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
-use super::{HostTensor, TensorSource};
+use super::gguf::GgmlType;
+use super::{Bytes, HostTensor, PackedTensor, StoredTensor, TensorSource};
 use crate::error::{Error, Result};
 
 /// The weight files of one model directory.
 pub struct SafetensorsDir {
     /// Memory maps of the shard files, in file-name order.
-    files: Vec<(PathBuf, Mmap)>,
+    files: Vec<(PathBuf, Arc<Mmap>)>,
     /// Tensor name -> (index into `files`, shape).
     index: HashMap<String, (usize, Vec<usize>)>,
 }
@@ -59,7 +62,7 @@ impl SafetensorsDir {
                     return Err(Error::InvalidWeights(format!("tensor `{name}` appears in two shards")));
                 }
             }
-            files.push((path, mmap));
+            files.push((path, Arc::new(mmap)));
         }
         Ok(SafetensorsDir { files, index })
     }
@@ -97,22 +100,54 @@ impl TensorSource for SafetensorsDir {
     }
 
     fn read(&self, name: &str) -> Result<HostTensor> {
+        self.with_view(name, |view, bad| {
+            let bytes = view.data();
+            let data: Vec<f32> = match view.dtype() {
+                Dtype::F32 => {
+                    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+                }
+                Dtype::F16 => {
+                    bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+                }
+                Dtype::BF16 => {
+                    bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+                }
+                other => return Err(bad(format!("dtype {other:?} is not supported (use f32, f16 or bf16)"))),
+            };
+            HostTensor::new(view.shape().to_vec(), data)
+        })
+    }
+
+    /// f16 and bf16 matrices stay packed, borrowing the memory map.
+    fn read_stored(&self, name: &str) -> Result<StoredTensor> {
+        let packed = self.with_view(name, |view, _| {
+            let ty = match view.dtype() {
+                Dtype::F16 => GgmlType::F16,
+                Dtype::BF16 => GgmlType::BF16,
+                _ => return Ok(None),
+            };
+            Ok((view.shape().len() == 2).then(|| (ty, view.shape().to_vec(), view.data().as_ptr())))
+        })?;
+        let Some((ty, shape, ptr)) = packed else { return self.read(name).map(StoredTensor::F32) };
+        let map = &self.files[self.index[name].0].1;
+        let start = ptr as usize - map.as_ptr() as usize;
+        let range = start..start + shape.iter().product::<usize>() * 2;
+        PackedTensor::new(shape, ty, Bytes::Mapped { map: Arc::clone(map), range }).map(StoredTensor::Packed)
+    }
+}
+
+impl SafetensorsDir {
+    /// Runs `f` on the view of tensor `name` (with an error maker naming it).
+    fn with_view<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&TensorView<'_>, &dyn Fn(String) -> Error) -> Result<T>,
+    ) -> Result<T> {
         let &(file, _) = self.index.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
         let (path, mmap) = &self.files[file];
         let bad = |why: String| Error::InvalidWeights(format!("{} `{name}`: {why}", path.display()));
         let st = SafeTensors::deserialize(mmap).map_err(|e| bad(e.to_string()))?;
         let view = st.tensor(name).map_err(|e| bad(e.to_string()))?;
-        let bytes = view.data();
-        let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => {
-                bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-            }
-            Dtype::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::BF16 => {
-                bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
-            }
-            other => return Err(bad(format!("dtype {other:?} is not supported (use f32, f16 or bf16)"))),
-        };
-        HostTensor::new(view.shape().to_vec(), data)
+        f(&view, &bad)
     }
 }

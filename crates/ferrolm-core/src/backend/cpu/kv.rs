@@ -1,23 +1,64 @@
 //! Paged key/value storage for the CPU backend.
 //!
 //! Each page holds `page_size` positions of every layer, laid out
-//! `[layer][key | value][offset][kv_dim]`. A page's memory is allocated the
-//! first time it is written, so a large pool costs only what is used.
+//! `[layer][key | value][offset][kv_dim]`, in f32 or f16 ([`KvDtype`]; f16
+//! halves the memory and the bytes attention reads). A page's memory is
+//! allocated the first time it is written, so a large pool costs only what
+//! is used.
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use crate::backend::SeqSpan;
 use crate::error::{Error, Result};
+
+/// Precision of cached keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvDtype {
+    F32,
+    F16,
+}
+
+impl KvDtype {
+    pub fn parse(s: &str) -> Result<KvDtype> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "float32" | "fp32" => Ok(KvDtype::F32),
+            "f16" | "float16" | "fp16" | "half" => Ok(KvDtype::F16),
+            other => {
+                Err(Error::InvalidInput(format!("kv_dtype `{other}` is not known; use \"f16\" or \"f32\"")))
+            }
+        }
+    }
+}
+
+/// Page storage in one of the two precisions.
+enum Pages {
+    F32(Vec<Vec<f32>>),
+    F16(Vec<Vec<f16>>),
+}
 
 pub struct CpuKv {
     page_size: usize,
     layers: usize,
     kv_dim: usize,
-    /// Empty until first written.
-    pages: Vec<Vec<f32>>,
+    /// Each page is empty until first written.
+    pages: Pages,
 }
 
 impl CpuKv {
-    pub(super) fn new(pages: usize, page_size: usize, layers: usize, kv_dim: usize) -> CpuKv {
-        CpuKv { page_size, layers, kv_dim, pages: vec![Vec::new(); pages] }
+    pub(super) fn new(pages: usize, page_size: usize, layers: usize, kv_dim: usize, dtype: KvDtype) -> CpuKv {
+        let pages = match dtype {
+            KvDtype::F32 => Pages::F32(vec![Vec::new(); pages]),
+            KvDtype::F16 => Pages::F16(vec![Vec::new(); pages]),
+        };
+        CpuKv { page_size, layers, kv_dim, pages }
+    }
+
+    pub fn dtype(&self) -> KvDtype {
+        match self.pages {
+            Pages::F32(_) => KvDtype::F32,
+            Pages::F16(_) => KvDtype::F16,
+        }
     }
 
     fn page_len(&self) -> usize {
@@ -29,12 +70,28 @@ impl CpuKv {
         ((2 * layer + usize::from(value)) * self.page_size + offset) * self.kv_dim
     }
 
-    /// The key and value rows (`kv_dim` each) of position `pos` of a sequence.
-    pub(super) fn row(&self, pages: &[u32], layer: usize, pos: usize) -> (&[f32], &[f32]) {
-        let page = &self.pages[pages[pos / self.page_size] as usize];
-        let off = pos % self.page_size;
-        let (k, v) = (self.at(layer, false, off), self.at(layer, true, off));
-        (&page[k..k + self.kv_dim], &page[v..v + self.kv_dim])
+    /// Elements `cols` of the key (`value = false`) or value row of position
+    /// `pos` of a sequence: read in place from f32 pages, converted into
+    /// `scratch` (`cols.len()` long) from f16 ones.
+    pub(super) fn head<'a>(
+        &'a self,
+        pages: &[u32],
+        layer: usize,
+        value: bool,
+        pos: usize,
+        cols: std::ops::Range<usize>,
+        scratch: &'a mut [f32],
+    ) -> &'a [f32] {
+        let page = pages[pos / self.page_size] as usize;
+        let at = self.at(layer, value, pos % self.page_size);
+        let range = at + cols.start..at + cols.end;
+        match &self.pages {
+            Pages::F32(p) => &p[page][range],
+            Pages::F16(p) => {
+                p[page][range].convert_to_f32_slice(scratch);
+                scratch
+            }
+        }
     }
 
     /// Stores each span's key/value rows at its positions in `layer`.
@@ -48,36 +105,60 @@ impl CpuKv {
                 let (ko, vo) =
                     (self.at(layer, false, pos % self.page_size), self.at(layer, true, pos % self.page_size));
                 let row = (span.row + i) * d..(span.row + i + 1) * d;
-                self.pages[page][ko..ko + d].copy_from_slice(&k[row.clone()]);
-                self.pages[page][vo..vo + d].copy_from_slice(&v[row]);
+                match &mut self.pages {
+                    Pages::F32(p) => {
+                        p[page][ko..ko + d].copy_from_slice(&k[row.clone()]);
+                        p[page][vo..vo + d].copy_from_slice(&v[row]);
+                    }
+                    Pages::F16(p) => {
+                        p[page][ko..ko + d].convert_from_f32_slice(&k[row.clone()]);
+                        p[page][vo..vo + d].convert_from_f32_slice(&v[row]);
+                    }
+                }
             }
         }
         Ok(())
     }
 
     pub(super) fn copy_page(&mut self, src: u32, dst: u32) -> Result<()> {
-        let (src, dst) = (src as usize, dst as usize);
-        self.materialize(dst)?;
-        if self.pages[src].is_empty() {
-            return Ok(());
+        self.materialize(dst as usize)?;
+        match &mut self.pages {
+            Pages::F32(p) => copy_within(p, src as usize, dst as usize),
+            Pages::F16(p) => copy_within(p, src as usize, dst as usize),
         }
-        let (a, b) = if src < dst {
-            let (lo, hi) = self.pages.split_at_mut(dst);
-            (&lo[src], &mut hi[0])
-        } else {
-            let (lo, hi) = self.pages.split_at_mut(src);
-            (&hi[0], &mut lo[dst])
-        };
-        b.copy_from_slice(a);
         Ok(())
     }
 
     fn materialize(&mut self, page: usize) -> Result<()> {
-        if self.pages[page].is_empty() {
-            let len = self.page_len();
-            self.pages[page] = crate::error::try_zeroed(len, "KV cache page")
-                .map_err(|_| Error::OutOfMemory { what: "KV cache page".into(), bytes: len * 4 })?;
+        let len = self.page_len();
+        let oom = |bytes| Error::OutOfMemory { what: "KV cache page".into(), bytes };
+        match &mut self.pages {
+            Pages::F32(p) if p[page].is_empty() => p[page] = zeroed(len).ok_or_else(|| oom(4 * len))?,
+            Pages::F16(p) if p[page].is_empty() => p[page] = zeroed(len).ok_or_else(|| oom(2 * len))?,
+            _ => {}
         }
         Ok(())
     }
+}
+
+fn zeroed<T: Clone + Default>(len: usize) -> Option<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).ok()?;
+    v.resize(len, T::default());
+    Some(v)
+}
+
+/// Copies page `src` over page `dst` (an unwritten source leaves `dst` as is).
+fn copy_within<T: Copy>(pages: &mut [Vec<T>], src: usize, dst: usize) {
+    if pages[src].is_empty() || src == dst {
+        return;
+    }
+    let (a, b) = if src < dst {
+        let (lo, hi) = pages.split_at_mut(dst);
+        (&lo[src], &mut hi[0])
+    } else {
+        let (lo, hi) = pages.split_at_mut(src);
+        (&hi[0], &mut lo[dst])
+    };
+    b.copy_from_slice(a);
 }

@@ -1,100 +1,129 @@
-//! The CPU backend: the reference implementation of every op.
+//! The CPU backend.
 //!
-//! Weights are f32 in host memory (upcast at load); linear layers run through
-//! the `gemm` crate, everything else is plain loops parallelised with rayon.
+//! Weights keep the format they were stored in: GGUF blocks and f16/bf16
+//! halves are multiplied as they are by the kernels in [`quant`] (integer
+//! dot products against 8-bit quantized activations, SIMD chosen at run
+//! time), f32 weights through the `gemm` crate. [`CpuOptions::exact`] turns
+//! this off: every weight is widened to f32 at load and the KV cache is
+//! f32, the dequantized reference path that HF's numbers are compared with.
+//! Work runs on the backend's own thread pool ([`CpuOptions::threads`]).
 
 mod attention;
 mod kv;
+mod matmul;
+pub mod quant;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
+
 use rayon::prelude::*;
 
-pub use self::kv::CpuKv;
+pub use self::kv::{CpuKv, KvDtype};
+pub use self::matmul::CpuWeight;
+use self::matmul::{packed_rows, rms_norm_row, rows_per_task, OutPtr, Prepared};
+use self::quant::Isa;
 use super::{AttentionShape, Backend, Device, SeqSpan};
-use crate::error::{try_zeroed, Result};
-use crate::weights::HostTensor;
+use crate::error::{try_zeroed, Error, Result};
+use crate::weights::{HostTensor, PackedTensor, StoredTensor};
 
-/// The CPU backend. `threads` bounds the GEMM's parallelism (rayon's pool
-/// size bounds the rest).
+/// How the CPU backend runs.
+#[derive(Debug, Clone, Default)]
+pub struct CpuOptions {
+    /// Worker threads; `None`: `FERROLM_NUM_THREADS`, else the number of
+    /// physical cores.
+    pub threads: Option<usize>,
+    /// Widen every weight to f32 at load and keep the KV cache in f32: the
+    /// dequantized reference path (slower, more memory).
+    pub exact: bool,
+    /// KV cache precision; `None`: f32 when exact or when the weights are
+    /// f32, else f16.
+    pub kv_dtype: Option<KvDtype>,
+    /// Kernel instruction set; `None`: the best this CPU runs (tests pin it).
+    pub isa: Option<Isa>,
+}
+
+/// The CPU backend.
 #[derive(Debug, Clone)]
 pub struct Cpu {
+    pool: Arc<rayon::ThreadPool>,
     threads: usize,
+    isa: Isa,
+    exact: bool,
+    kv_dtype: Option<KvDtype>,
+    /// Set when a packed weight is uploaded: picks the f16 KV default.
+    saw_packed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for Cpu {
     fn default() -> Self {
-        Cpu { threads: rayon::current_num_threads() }
+        Cpu::new(CpuOptions::default()).expect("the default CPU backend")
     }
 }
 
-impl Backend for Cpu {
-    type Buf = Vec<f32>;
-    type Weight = HostTensor;
-    type Kv = CpuKv;
-
-    fn device(&self) -> Device {
-        Device::Cpu
+/// `FERROLM_NUM_THREADS`, else the physical core count.
+pub fn default_threads() -> Result<usize> {
+    match std::env::var("FERROLM_NUM_THREADS") {
+        Ok(v) => v.trim().parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
+            Error::InvalidInput(format!("FERROLM_NUM_THREADS={v:?} is not a positive whole number"))
+        }),
+        Err(_) => Ok(num_cpus::get_physical().max(1)),
     }
+}
 
-    fn upload(&self, tensor: HostTensor) -> Result<HostTensor> {
-        Ok(tensor)
-    }
-
-    fn zeros(&self, len: usize) -> Result<Vec<f32>> {
-        try_zeroed(len, "activations")
-    }
-
-    fn to_host(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
-        Ok(buf.clone())
-    }
-
-    fn select_rows(&self, x: &Vec<f32>, width: usize, rows: &[usize]) -> Result<Vec<f32>> {
-        let mut out = try_zeroed(rows.len() * width, "activations")?;
-        for (o, &r) in out.chunks_mut(width).zip(rows) {
-            o.copy_from_slice(&x[r * width..(r + 1) * width]);
+impl Cpu {
+    pub fn new(options: CpuOptions) -> Result<Cpu> {
+        let threads = match options.threads {
+            Some(0) => return Err(Error::InvalidInput("threads must be at least 1".into())),
+            Some(n) => n,
+            None => default_threads()?,
+        };
+        let isa = options.isa.unwrap_or_else(Isa::detect);
+        if !Isa::available().contains(&isa) {
+            return Err(Error::Unsupported(format!("this CPU cannot run the {isa:?} kernels")));
         }
-        Ok(out)
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("ferrolm-cpu-{i}"))
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot start {threads} CPU threads: {e}")))?;
+        Ok(Cpu {
+            pool: Arc::new(pool),
+            threads,
+            isa,
+            exact: options.exact,
+            kv_dtype: options.kv_dtype,
+            saw_packed: Default::default(),
+        })
     }
 
-    fn len(&self, buf: &Vec<f32>) -> usize {
-        buf.len()
+    /// The dequantized f32 reference path (see [`CpuOptions::exact`]).
+    pub fn exact() -> Cpu {
+        Cpu::new(CpuOptions { exact: true, ..Default::default() }).expect("the exact CPU backend")
     }
 
-    fn embedding(&self, table: &HostTensor, ids: &[u32], out: &mut Vec<f32>) -> Result<()> {
-        let dim = table.shape[1];
-        out.par_chunks_mut(dim).zip(ids.par_iter()).for_each(|(row, &id)| {
-            let id = id as usize;
-            row.copy_from_slice(&table.data[id * dim..(id + 1) * dim]);
-        });
-        Ok(())
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
-    fn rms_norm(
-        &self,
-        x: &Vec<f32>,
-        weight: &HostTensor,
-        eps: f32,
-        dim: usize,
-        out: &mut Vec<f32>,
-    ) -> Result<()> {
-        out.par_chunks_mut(dim).zip(x.par_chunks(dim)).for_each(|(o, x)| {
-            let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / dim as f32;
-            let inv = 1.0 / (mean_sq + eps).sqrt();
-            for ((o, x), w) in o.iter_mut().zip(x).zip(&weight.data) {
-                *o = w * (x * inv);
-            }
-        });
-        Ok(())
+    pub fn isa(&self) -> Isa {
+        self.isa
     }
 
-    fn linear(
-        &self,
-        x: &Vec<f32>,
-        w: &HostTensor,
-        bias: Option<&HostTensor>,
-        out: &mut Vec<f32>,
-    ) -> Result<()> {
+    pub fn is_exact(&self) -> bool {
+        self.exact
+    }
+
+    fn kv_dtype(&self) -> KvDtype {
+        match self.kv_dtype {
+            Some(d) => d,
+            None if self.exact || !self.saw_packed.load(std::sync::atomic::Ordering::Relaxed) => KvDtype::F32,
+            None => KvDtype::F16,
+        }
+    }
+
+    /// `out = x @ w^T` with an f32 weight, through the `gemm` crate.
+    fn gemm_f32(&self, x: &[f32], w: &HostTensor, out: &mut [f32]) {
         let (n, k) = (w.shape[0], w.shape[1]);
         let m = x.len() / k;
         assert_eq!(x.len(), m * k, "linear: input width does not match weight");
@@ -130,54 +159,273 @@ impl Backend for Cpu {
                 parallelism,
             );
         }
-        if let Some(b) = bias {
-            out.par_chunks_mut(n).for_each(|row| {
-                for (o, b) in row.iter_mut().zip(&b.data) {
-                    *o += b;
-                }
-            });
+    }
+
+    /// All output rows of several packed weights over one prepared input,
+    /// in one parallel pass.
+    fn packed_linears(&self, p: &Prepared, weights: &[&PackedTensor], outs: &mut [&mut Vec<f32>]) {
+        let mut jobs = Vec::new();
+        for (i, w) in weights.iter().enumerate() {
+            assert_eq!(outs[i].len(), p.rows * w.rows(), "linear: output size does not match");
+            let step = rows_per_task(w.rows(), self.threads, p.rows);
+            jobs.extend((0..w.rows()).step_by(step).map(|r| (i, r..(r + step).min(w.rows()))));
         }
+        let ptrs: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
+        jobs.into_par_iter().for_each(|(i, rows)| {
+            let (w, out, n) = (weights[i], ptrs[i], weights[i].rows());
+            // SAFETY: `out` holds p.rows * n values (asserted above) and
+            // each job writes only its own rows' columns.
+            packed_rows(self.isa, w, p, rows, |t, r, v| unsafe { out.write(t * n + r, v) });
+        });
+    }
+
+    /// Fused projections of one input: prepares it once (normalizing it
+    /// first when `norm` is given), then all outputs in one pass. `None`
+    /// when a weight is f32 (the caller takes the unfused path).
+    fn fused_linears(
+        &self,
+        x: &[f32],
+        norm: Option<(&[f32], f32)>,
+        projs: &[(&CpuWeight, Option<&CpuWeight>)],
+        outs: &mut [&mut Vec<f32>],
+    ) -> Option<()> {
+        let packed: Vec<&PackedTensor> = projs
+            .iter()
+            .map(|(w, _)| match w {
+                CpuWeight::Packed(p) => Some(p),
+                CpuWeight::F32(_) => None,
+            })
+            .collect::<Option<_>>()?;
+        let k = packed[0].cols();
+        let p = Prepared::new(x, k, norm, &packed);
+        self.packed_linears(&p, &packed, outs);
+        for ((_, bias), out) in projs.iter().zip(outs.iter_mut()) {
+            if let Some(b) = bias {
+                add_bias(out, b.f32_data());
+            }
+        }
+        Some(())
+    }
+}
+
+fn add_bias(out: &mut [f32], bias: &[f32]) {
+    for row in out.chunks_mut(bias.len()) {
+        for (o, b) in row.iter_mut().zip(bias) {
+            *o += b;
+        }
+    }
+}
+
+fn silu(g: f32) -> f32 {
+    g / (1.0 + (-g).exp())
+}
+
+/// Elementwise ops below this many values run on the calling thread.
+const SERIAL_BELOW: usize = 1 << 14;
+
+impl Backend for Cpu {
+    type Buf = Vec<f32>;
+    type Weight = CpuWeight;
+    type Kv = CpuKv;
+
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+
+    /// Matrices the kernels multiply stay packed (unless exact); everything
+    /// else becomes f32.
+    fn upload(&self, tensor: StoredTensor) -> Result<CpuWeight> {
+        match tensor {
+            StoredTensor::Packed(p) if !self.exact && p.shape.len() == 2 && quant::is_supported(p.ty) => {
+                let k = p.cols();
+                let block = p.ty.block_layout().map_or(1, |b| b.0);
+                if quant::uses_q8(p.ty) && (k % quant::QK != 0 || k % block != 0) {
+                    return Ok(CpuWeight::F32(p.dequantize()?));
+                }
+                self.saw_packed.store(true, std::sync::atomic::Ordering::Relaxed);
+                Ok(CpuWeight::Packed(p))
+            }
+            other => Ok(CpuWeight::F32(other.into_host()?)),
+        }
+    }
+
+    fn zeros(&self, len: usize) -> Result<Vec<f32>> {
+        try_zeroed(len, "activations")
+    }
+
+    fn to_host(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
+        Ok(buf.clone())
+    }
+
+    fn select_rows(&self, x: &Vec<f32>, width: usize, rows: &[usize]) -> Result<Vec<f32>> {
+        let mut out = try_zeroed(rows.len() * width, "activations")?;
+        for (o, &r) in out.chunks_mut(width).zip(rows) {
+            o.copy_from_slice(&x[r * width..(r + 1) * width]);
+        }
+        Ok(out)
+    }
+
+    fn len(&self, buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
+
+    fn embedding(&self, table: &CpuWeight, ids: &[u32], out: &mut Vec<f32>) -> Result<()> {
+        let dim = table.shape()[1];
+        self.pool.install(|| {
+            out.par_chunks_mut(dim).zip(ids.par_iter()).with_min_len(16).try_for_each(|(row, &id)| {
+                let id = id as usize;
+                match table {
+                    CpuWeight::F32(t) => {
+                        row.copy_from_slice(&t.data[id * dim..(id + 1) * dim]);
+                        Ok(())
+                    }
+                    CpuWeight::Packed(p) => crate::weights::gguf::quants::dequantize(p.ty, p.row(id), row),
+                }
+            })
+        })
+    }
+
+    fn rms_norm(
+        &self,
+        x: &Vec<f32>,
+        weight: &CpuWeight,
+        eps: f32,
+        dim: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let w = weight.f32_data();
+        self.pool.install(|| {
+            out.par_chunks_mut(dim)
+                .zip(x.par_chunks(dim))
+                .with_min_len(SERIAL_BELOW / dim + 1)
+                .for_each(|(o, x)| rms_norm_row(x, w, eps, o));
+        });
         Ok(())
     }
 
-    fn rope(&self, x: &mut Vec<f32>, positions: &[u32], head_dim: usize, inv_freq: &[f32]) -> Result<()> {
-        let width = x.len() / positions.len();
-        let half = head_dim / 2;
-        x.par_chunks_mut(width).zip(positions.par_iter()).for_each(|(row, &pos)| {
-            // Angles are rounded to f32 before cos/sin, as HF computes them.
-            let (cos, sin): (Vec<f32>, Vec<f32>) = inv_freq
-                .iter()
-                .map(|f| {
-                    let angle = pos as f32 * f;
-                    (angle.cos(), angle.sin())
-                })
-                .unzip();
-            for head in row.chunks_mut(head_dim) {
-                let (a, b) = head.split_at_mut(half);
-                for i in 0..half {
-                    let (x1, x2) = (a[i], b[i]);
-                    a[i] = x1 * cos[i] - x2 * sin[i];
-                    b[i] = x2 * cos[i] + x1 * sin[i];
+    fn linear(
+        &self,
+        x: &Vec<f32>,
+        w: &CpuWeight,
+        bias: Option<&CpuWeight>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        self.linears(x, &[(w, bias)], &mut [out])
+    }
+
+    fn linears(
+        &self,
+        x: &Vec<f32>,
+        projs: &[(&CpuWeight, Option<&CpuWeight>)],
+        outs: &mut [&mut Vec<f32>],
+    ) -> Result<()> {
+        self.pool.install(|| {
+            if self.fused_linears(x, None, projs, outs).is_none() {
+                for ((w, bias), out) in projs.iter().zip(outs.iter_mut()) {
+                    match w {
+                        CpuWeight::F32(t) => self.gemm_f32(x, t, out),
+                        CpuWeight::Packed(_) => {
+                            self.fused_linears(x, None, &[(w, None)], std::slice::from_mut(out));
+                        }
+                    }
+                    if let Some(b) = bias {
+                        add_bias(out, b.f32_data());
+                    }
                 }
             }
         });
         Ok(())
     }
 
+    fn norm_linears(
+        &self,
+        x: &Vec<f32>,
+        norm: &CpuWeight,
+        eps: f32,
+        dim: usize,
+        projs: &[(&CpuWeight, Option<&CpuWeight>)],
+        outs: &mut [&mut Vec<f32>],
+    ) -> Result<()> {
+        if self.pool.install(|| self.fused_linears(x, Some((norm.f32_data(), eps)), projs, outs)).is_some() {
+            return Ok(());
+        }
+        let mut h = self.zeros(x.len())?;
+        self.rms_norm(x, norm, eps, dim, &mut h)?;
+        self.linears(&h, projs, outs)
+    }
+
+    fn swiglu(&self, x: &Vec<f32>, gate: &CpuWeight, up: &CpuWeight, out: &mut Vec<f32>) -> Result<()> {
+        let (CpuWeight::Packed(g), CpuWeight::Packed(u)) = (gate, up) else {
+            let mut up_out = self.zeros(out.len())?;
+            self.linears(x, &[(gate, None), (up, None)], &mut [&mut *out, &mut up_out])?;
+            return self.silu_mul(out, &up_out);
+        };
+        let n = g.rows();
+        self.pool.install(|| {
+            let p = Prepared::new(x, g.cols(), None, &[g, u]);
+            assert_eq!(out.len(), p.rows * n, "swiglu: output size does not match");
+            let step = rows_per_task(n, self.threads, p.rows);
+            let ptr = OutPtr(out.as_mut_ptr());
+            (0..n).into_par_iter().step_by(step).for_each(|r0| {
+                let rows = r0..(r0 + step).min(n);
+                let width = rows.len();
+                let mut gate_out = vec![0f32; p.rows * width];
+                packed_rows(self.isa, g, &p, rows.clone(), |t, r, v| gate_out[t * width + r - r0] = v);
+                // SAFETY: `out` holds p.rows * n values (asserted above);
+                // this task writes only columns `rows`.
+                packed_rows(self.isa, u, &p, rows, |t, r, v| unsafe {
+                    ptr.write(t * n + r, silu(gate_out[t * width + r - r0]) * v)
+                });
+            });
+        });
+        Ok(())
+    }
+
+    fn rope(&self, x: &mut Vec<f32>, positions: &[u32], head_dim: usize, inv_freq: &[f32]) -> Result<()> {
+        let width = x.len() / positions.len();
+        let half = head_dim / 2;
+        self.pool.install(|| {
+            x.par_chunks_mut(width).zip(positions.par_iter()).with_min_len(16).for_each(|(row, &pos)| {
+                // Angles are rounded to f32 before cos/sin, as HF computes them.
+                let (cos, sin): (Vec<f32>, Vec<f32>) = inv_freq
+                    .iter()
+                    .map(|f| {
+                        let angle = pos as f32 * f;
+                        (angle.cos(), angle.sin())
+                    })
+                    .unzip();
+                for head in row.chunks_mut(head_dim) {
+                    let (a, b) = head.split_at_mut(half);
+                    for i in 0..half {
+                        let (x1, x2) = (a[i], b[i]);
+                        a[i] = x1 * cos[i] - x2 * sin[i];
+                        b[i] = x2 * cos[i] + x1 * sin[i];
+                    }
+                }
+            });
+        });
+        Ok(())
+    }
+
     fn silu_mul(&self, gate: &mut Vec<f32>, up: &Vec<f32>) -> Result<()> {
-        gate.par_iter_mut().zip(up.par_iter()).for_each(|(g, u)| {
-            *g = *g / (1.0 + (-*g).exp()) * u;
+        self.pool.install(|| {
+            gate.par_iter_mut()
+                .zip(up.par_iter())
+                .with_min_len(SERIAL_BELOW)
+                .for_each(|(g, u)| *g = silu(*g) * u);
         });
         Ok(())
     }
 
     fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>) -> Result<()> {
-        x.par_iter_mut().zip(y.par_iter()).for_each(|(a, b)| *a += b);
+        self.pool.install(|| {
+            x.par_iter_mut().zip(y.par_iter()).with_min_len(SERIAL_BELOW).for_each(|(a, b)| *a += b);
+        });
         Ok(())
     }
 
     fn new_kv(&self, pages: usize, page_size: usize, layers: usize, kv_dim: usize) -> Result<CpuKv> {
-        Ok(CpuKv::new(pages, page_size, layers, kv_dim))
+        Ok(CpuKv::new(pages, page_size, layers, kv_dim, self.kv_dtype()))
     }
 
     fn copy_page(&self, kv: &mut CpuKv, src: u32, dst: u32) -> Result<()> {
@@ -196,7 +444,7 @@ impl Backend for Cpu {
         out: &mut Vec<f32>,
     ) -> Result<()> {
         kv.write(layer, spans, k, v)?;
-        attention::attend(kv, layer, spans, shape, q, out);
+        self.pool.install(|| attention::attend(kv, layer, spans, shape, q, out));
         Ok(())
     }
 }

@@ -1,11 +1,11 @@
 //! The CPU ops on cases small enough to check by hand.
 
-use super::Cpu;
+use super::{Cpu, CpuWeight};
 use crate::backend::{AttentionShape, Backend, SeqSpan};
 use crate::weights::HostTensor;
 
-fn t(shape: &[usize], data: &[f32]) -> HostTensor {
-    HostTensor::new(shape.to_vec(), data.to_vec()).unwrap()
+fn t(shape: &[usize], data: &[f32]) -> CpuWeight {
+    CpuWeight::F32(HostTensor::new(shape.to_vec(), data.to_vec()).unwrap())
 }
 
 fn close(a: &[f32], b: &[f32]) {
@@ -109,4 +109,109 @@ fn copied_pages_hold_the_same_keys_and_values() {
     let mut out = vec![0.0; 1];
     cpu.attention(&mut kv, 0, &[span], shape, &vec![0.0], &vec![2.0], &vec![5.0], &mut out).unwrap();
     close(&out, &[4.0]);
+}
+
+mod packed {
+    //! Linear layers on packed weights against the same weights widened to
+    //! f32. The only difference allowed is the activation rounding: each
+    //! input value moves by at most half its block's step `d`, so an output
+    //! moves by at most `Σ_i |w_i| * d_i / 2` (plus f32 rounding).
+
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::super::quant::tests::random_row;
+    use super::super::quant::{Isa, Q8Block, QK};
+    use super::super::{CpuOptions, CpuWeight};
+    use super::Cpu;
+    use crate::backend::Backend;
+    use crate::weights::gguf::GgmlType;
+    use crate::weights::{Bytes, PackedTensor};
+
+    fn packed(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> PackedTensor {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let data: Vec<u8> = (0..rows).flat_map(|_| random_row(ty, cols, &mut rng)).collect();
+        PackedTensor::new(vec![rows, cols], ty, Bytes::Owned(data)).unwrap()
+    }
+
+    /// `Σ_i |w_i| * d_i / 2` for each (token, row), the bound on what
+    /// activation rounding can change.
+    fn rounding_bound(x: &[f32], wide: &[f32], cols: usize) -> Vec<f32> {
+        let mut out = Vec::new();
+        for xr in x.chunks(cols) {
+            let mut q = vec![Q8Block::default(); cols / QK];
+            super::super::quant::quantize_rows(xr, &mut q);
+            for wr in wide.chunks(cols) {
+                let b: f32 = wr.iter().enumerate().map(|(i, w)| w.abs() * q[i / QK].d / 2.0).sum();
+                out.push(b);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn packed_linear_equals_f32_up_to_activation_rounding() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let (rows, cols) = (37, 512);
+        for isa in Isa::available() {
+            let cpu =
+                Cpu::new(CpuOptions { threads: Some(2), isa: Some(isa), ..Default::default() }).unwrap();
+            for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+                let p = packed(ty, rows, cols, ty.0 as u64);
+                let wide = p.dequantize().unwrap();
+                for tokens in [1, 5, 70] {
+                    let x: Vec<f32> = (0..tokens * cols).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+                    let (mut got, mut want) = (vec![0.0; tokens * rows], vec![0.0; tokens * rows]);
+                    cpu.linear(&x, &CpuWeight::Packed(p.clone()), None, &mut got).unwrap();
+                    cpu.linear(&x, &CpuWeight::F32(wide.clone()), None, &mut want).unwrap();
+                    let bound = rounding_bound(&x, &wide.data, cols);
+                    for (i, ((g, w), b)) in got.iter().zip(&want).zip(&bound).enumerate() {
+                        let slop = 1e-4 * (1.0 + w.abs());
+                        assert!(
+                            (g - w).abs() <= b + slop,
+                            "{isa:?} {ty} tokens {tokens} out {i}: {g} vs {w} (bound {b})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fused_norm_projections_and_swiglu_equal_the_unfused_ops() {
+        let mut rng = ChaCha8Rng::seed_from_u64(10);
+        let cpu = Cpu::new(CpuOptions { threads: Some(2), ..Default::default() }).unwrap();
+        let (hidden, inter, tokens) = (256, 96, 6);
+        let x: Vec<f32> = (0..tokens * hidden).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+        let norm_w: Vec<f32> = (0..hidden).map(|_| rng.random_range(0.5f32..1.5)).collect();
+        let norm = super::t(&[hidden], &norm_w);
+        let (a, b) = (
+            CpuWeight::Packed(packed(GgmlType::Q4_1, inter, hidden, 1)),
+            CpuWeight::Packed(packed(GgmlType::Q8_0, inter, hidden, 2)),
+        );
+        let bias = super::t(&[inter], &vec![0.25; inter]);
+
+        let mut h = vec![0.0; x.len()];
+        cpu.rms_norm(&x, &norm, 1e-5, hidden, &mut h).unwrap();
+        let (mut ua, mut ub) = (vec![0.0; tokens * inter], vec![0.0; tokens * inter]);
+        cpu.linear(&h, &a, Some(&bias), &mut ua).unwrap();
+        cpu.linear(&h, &b, None, &mut ub).unwrap();
+
+        let (mut fa, mut fb) = (vec![0.0; tokens * inter], vec![0.0; tokens * inter]);
+        cpu.norm_linears(&x, &norm, 1e-5, hidden, &[(&a, Some(&bias)), (&b, None)], &mut [&mut fa, &mut fb])
+            .unwrap();
+        // The fused pass quantizes the normalized values as it computes
+        // them: the same numbers up to the last bit of the norm.
+        for (f, u) in fa.iter().chain(&fb).zip(ua.iter().chain(&ub)) {
+            assert!((f - u).abs() <= 1e-3 * (1.0 + u.abs()), "{f} vs {u}");
+        }
+
+        let mut swi = vec![0.0; tokens * inter];
+        cpu.swiglu(&h, &a, &b, &mut swi).unwrap();
+        cpu.linear(&h, &a, None, &mut ua).unwrap();
+        for ((s, g), u) in swi.iter().zip(&ua).zip(&ub) {
+            let want = g / (1.0 + (-g).exp()) * u;
+            assert!((s - want).abs() <= 1e-6 * (1.0 + want.abs()), "{s} vs {want}");
+        }
+    }
 }

@@ -12,7 +12,7 @@ use super::{gpu_err, Cuda, GpuData, GpuDtype, GpuTensor};
 use crate::backend::{AttentionShape, Backend, Device, SeqSpan};
 use crate::error::{Error, Result};
 use crate::sampling::device::RowSampling;
-use crate::weights::HostTensor;
+use crate::weights::StoredTensor;
 
 const THREADS: u32 = 256;
 
@@ -86,7 +86,8 @@ impl Backend for Cuda {
         Cuda::device(self)
     }
 
-    fn upload(&self, tensor: HostTensor) -> Result<GpuTensor> {
+    fn upload(&self, tensor: StoredTensor) -> Result<GpuTensor> {
+        let tensor = tensor.into_host()?;
         let data = if self.dtype == GpuDtype::Bf16 && tensor.shape.len() == 2 {
             let bits: Vec<u16> = tensor.data.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
             GpuData::Bf16(self.stream.clone_htod(&bits).map_err(gpu_err("uploading weights"))?)

@@ -94,7 +94,13 @@ pub fn permuted_projection(arch: &str, gguf: &str) -> Option<Projection> {
 /// within each head, GGUF row `2i + j` (j in 0..2, i in 0..head_dim/2) is
 /// HF row `j * head_dim/2 + i`. `heads` is the query head count for q and
 /// the key/value head count for k.
-pub fn unpermute_rows(data: &[f32], shape: &[usize], heads: usize) -> Result<Vec<f32>, String> {
+/// Works on any element type, so packed rows (`shape` = `[rows, row bytes]`)
+/// are moved as they are.
+pub fn unpermute_rows<T: Copy + Default>(
+    data: &[T],
+    shape: &[usize],
+    heads: usize,
+) -> Result<Vec<T>, String> {
     let rows = *shape.first().ok_or("a projection needs at least one dimension")?;
     let cols: usize = shape[1..].iter().product();
     if heads == 0 || rows % (2 * heads) != 0 {
@@ -104,7 +110,7 @@ pub fn unpermute_rows(data: &[f32], shape: &[usize], heads: usize) -> Result<Vec
         return Err(format!("shape {shape:?} does not match {} values", data.len()));
     }
     let half = rows / heads / 2;
-    let mut out = vec![0f32; data.len()];
+    let mut out = vec![T::default(); data.len()];
     for h in 0..heads {
         for i in 0..half {
             for j in 0..2 {

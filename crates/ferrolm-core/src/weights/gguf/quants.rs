@@ -48,7 +48,7 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 
 fn check(src: usize, dst: usize, block_bytes: usize, block: usize) {
     assert!(
-        src % block_bytes == 0 && src / block_bytes * block == dst,
+        src.is_multiple_of(block_bytes) && src / block_bytes * block == dst,
         "{src} bytes of {block_bytes}-byte blocks do not make {dst} values"
     );
 }
@@ -206,7 +206,7 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
     let (f, block, bytes) = decoder(ty).ok_or_else(|| {
         Error::Unsupported(format!("ggml type {ty} ({}) cannot be dequantized by ferrolm", ty.0))
     })?;
-    if src.len() % bytes != 0 || src.len() / bytes * block != dst.len() {
+    if !src.len().is_multiple_of(bytes) || src.len() / bytes * block != dst.len() {
         return Err(Error::InvalidWeights(format!(
             "{} bytes of {ty} data do not make {} values",
             src.len(),

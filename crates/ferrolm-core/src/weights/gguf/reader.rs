@@ -20,12 +20,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 
 use super::{names, quants};
 use crate::error::{Error, Result};
-use crate::weights::{HostTensor, TensorSource};
+use crate::weights::{Bytes, HostTensor, PackedTensor, StoredTensor, TensorSource};
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
@@ -222,7 +223,7 @@ impl GgmlType {
     pub fn bytes_for(self, elements: u64) -> Option<u64> {
         let (block, size) = self.block_layout()?;
         let (block, size) = (block as u64, size as u64);
-        (elements % block == 0).then(|| (elements / block).checked_mul(size)).flatten()
+        elements.is_multiple_of(block).then(|| (elements / block).checked_mul(size)).flatten()
     }
 }
 
@@ -266,7 +267,7 @@ impl GgufTensorInfo {
 /// A memory-mapped GGUF file with its metadata and tensor table parsed.
 pub struct GgufFile {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: Arc<Mmap>,
     version: u32,
     metadata: BTreeMap<String, GgufValue>,
     tensors: Vec<GgufTensorInfo>,
@@ -325,7 +326,7 @@ impl GgufFile {
         }
         Ok(GgufFile {
             path: path.to_path_buf(),
-            mmap,
+            mmap: Arc::new(mmap),
             version: parsed.version,
             metadata: parsed.metadata,
             by_name: parsed.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect(),
@@ -478,21 +479,61 @@ impl TensorSource for GgufFile {
     /// Dequantizes to f32; for the `llama` architecture, q/k projection rows
     /// are put back in HF's order (see [`names::unpermute_rows`]).
     fn read(&self, name: &str) -> Result<HostTensor> {
-        let &i = self.by_hf_name.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
-        let info = &self.tensors[i];
+        let info = self.info_by_hf_name(name)?;
         let mut tensor = self.dequantize(info)?;
-        let arch = self.architecture().unwrap_or("");
-        if let Some(which) = names::permuted_projection(arch, &info.name) {
-            let (heads, kv_heads) = self.head_counts(arch)?;
-            let heads = match which {
-                names::Projection::Q => heads,
-                names::Projection::K => kv_heads,
-            };
-            tensor.data = names::unpermute_rows(&tensor.data, &tensor.shape, heads).map_err(|why| {
-                Error::InvalidWeights(format!("{}: tensor `{}`: {why}", self.path.display(), info.name))
-            })?;
-        }
+        let cols = tensor.shape[1..].iter().product();
+        tensor.data = self.unpermuted(info, tensor.data, cols)?;
         Ok(tensor)
+    }
+
+    /// Matrices of half or quantized types stay packed, borrowing the memory
+    /// map (q/k rows of `llama` files are reordered into an owned copy);
+    /// everything else is read as f32.
+    fn read_stored(&self, name: &str) -> Result<StoredTensor> {
+        let info = self.info_by_hf_name(name)?;
+        if info.dims.len() != 2 || info.ggml_type == GgmlType::F32 || !info.ggml_type.is_supported() {
+            return self.read(name).map(StoredTensor::F32);
+        }
+        let start = (self.data_start + info.offset) as usize;
+        let bytes = self.data_of(info)?;
+        let shape = info.hf_shape();
+        let row_bytes = bytes.len() / shape[0];
+        let data = if names::permuted_projection(self.architecture().unwrap_or(""), &info.name).is_some() {
+            Bytes::Owned(self.unpermuted(info, bytes.to_vec(), row_bytes)?)
+        } else {
+            Bytes::Mapped { map: Arc::clone(&self.mmap), range: start..start + bytes.len() }
+        };
+        PackedTensor::new(shape, info.ggml_type, data).map(StoredTensor::Packed)
+    }
+}
+
+impl GgufFile {
+    fn info_by_hf_name(&self, name: &str) -> Result<&GgufTensorInfo> {
+        let &i = self.by_hf_name.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        Ok(&self.tensors[i])
+    }
+
+    /// `data` (rows of `row_len` elements) with llama's q/k row permutation
+    /// undone when the tensor has one.
+    fn unpermuted<T: Copy + Default>(
+        &self,
+        info: &GgufTensorInfo,
+        data: Vec<T>,
+        row_len: usize,
+    ) -> Result<Vec<T>> {
+        let arch = self.architecture().unwrap_or("");
+        let Some(which) = names::permuted_projection(arch, &info.name) else {
+            return Ok(data);
+        };
+        let (heads, kv_heads) = self.head_counts(arch)?;
+        let heads = match which {
+            names::Projection::Q => heads,
+            names::Projection::K => kv_heads,
+        };
+        let rows = data.len() / row_len.max(1);
+        names::unpermute_rows(&data, &[rows, row_len], heads).map_err(|why| {
+            Error::InvalidWeights(format!("{}: tensor `{}`: {why}", self.path.display(), info.name))
+        })
     }
 }
 

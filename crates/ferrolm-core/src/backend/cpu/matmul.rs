@@ -1,0 +1,216 @@
+//! Linear layers on the CPU: `out = x @ w^T` for every weight format.
+//!
+//! - f32 weights (f32 checkpoints, or any model in exact mode) go through
+//!   the `gemm` crate.
+//! - Packed weights stay packed. The input rows are prepared once (quantized
+//!   to [`Q8Block`]s, or kept f32 for halves) for every weight that reads
+//!   them, then one parallel pass covers the output rows of all those
+//!   weights: each task takes a range of weight rows and multiplies every
+//!   row by the input rows four at a time (GEMM-shaped for a prompt; a
+//!   GEMV split by rows over the threads for one decode token).
+
+use std::borrow::Cow;
+
+use rayon::prelude::*;
+
+use super::quant::{self, Isa, Q8Block, QK};
+use crate::weights::{HostTensor, PackedTensor};
+
+/// A parameter on the CPU: f32, or packed as the checkpoint stores it.
+#[derive(Debug, Clone)]
+pub enum CpuWeight {
+    F32(HostTensor),
+    Packed(PackedTensor),
+}
+
+impl CpuWeight {
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            CpuWeight::F32(t) => &t.shape,
+            CpuWeight::Packed(p) => &p.shape,
+        }
+    }
+
+    /// The f32 data of a 1-D parameter (norm weights and biases are always f32).
+    pub fn f32_data(&self) -> &[f32] {
+        match self {
+            CpuWeight::F32(t) => &t.data,
+            CpuWeight::Packed(p) => panic!("{} tensor {:?} used as an f32 vector", p.ty, p.shape),
+        }
+    }
+
+    /// Bytes held in memory (mapped or owned).
+    pub fn bytes(&self) -> usize {
+        match self {
+            CpuWeight::F32(t) => 4 * t.data.len(),
+            CpuWeight::Packed(p) => p.data.len(),
+        }
+    }
+}
+
+/// Input rows prepared for packed weights: quantized blocks for integer
+/// kernels, the f32 rows themselves for halves.
+pub(super) struct Prepared<'a> {
+    /// The (normalized, when asked) f32 rows; empty when only quantized
+    /// blocks are needed.
+    pub x: Cow<'a, [f32]>,
+    pub rows: usize,
+    pub k: usize,
+    pub q8: Vec<Q8Block>,
+}
+
+impl<'a> Prepared<'a> {
+    /// Prepares the `x.len() / k` rows of `x` for `weights`, RMS-normalizing
+    /// each row first when `norm` (weight, eps) is given. Normalization and
+    /// quantization are one pass: the normalized rows are only materialized
+    /// when a half-precision weight needs them.
+    pub fn new(
+        x: &'a [f32],
+        k: usize,
+        norm: Option<(&[f32], f32)>,
+        weights: &[&PackedTensor],
+    ) -> Prepared<'a> {
+        let rows = x.len() / k;
+        let wants_q8 = weights.iter().any(|w| quant::uses_q8(w.ty));
+        let wants_f32 = weights.iter().any(|w| !quant::uses_q8(w.ty));
+        let x: Cow<'a, [f32]> = match norm {
+            Some((weight, eps)) if wants_f32 => {
+                let mut out = vec![0f32; x.len()];
+                out.par_chunks_mut(k).zip(x.par_chunks(k)).with_min_len(8).for_each(|(o, x)| {
+                    rms_norm_row(x, weight, eps, o);
+                });
+                Cow::Owned(out)
+            }
+            _ => Cow::Borrowed(x),
+        };
+        let q8 = if wants_q8 {
+            let per_row = k / QK;
+            let mut q8 = vec![Q8Block::default(); rows * per_row];
+            let fused = norm.filter(|_| !wants_f32);
+            q8.par_chunks_mut(per_row.max(1)).zip(x.par_chunks(k)).with_min_len(8).for_each(|(q, x)| {
+                match fused {
+                    Some((weight, eps)) => quantize_normed_row(x, weight, eps, q),
+                    None => quant::quantize_rows(x, q),
+                }
+            });
+            q8
+        } else {
+            Vec::new()
+        };
+        Prepared { x, rows, k, q8 }
+    }
+
+    fn q8_row(&self, t: usize) -> &[Q8Block] {
+        let per_row = self.k / QK;
+        &self.q8[t * per_row..(t + 1) * per_row]
+    }
+}
+
+/// HF's `LlamaRMSNorm` of one row: `w * (x / sqrt(mean(x²) + eps))`.
+pub(super) fn rms_norm_row(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let inv = inv_rms(x, eps);
+    for ((o, x), w) in out.iter_mut().zip(x).zip(weight) {
+        *o = w * (x * inv);
+    }
+}
+
+fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    1.0 / (mean_sq + eps).sqrt()
+}
+
+/// [`rms_norm_row`] then [`quant::quantize_rows`], 32 values at a time
+/// through a stack buffer (the normalized row never reaches memory).
+fn quantize_normed_row(x: &[f32], weight: &[f32], eps: f32, out: &mut [Q8Block]) {
+    let inv = inv_rms(x, eps);
+    let mut block = [0f32; QK];
+    for ((q, x), w) in out.iter_mut().zip(x.chunks_exact(QK)).zip(weight.chunks_exact(QK)) {
+        for ((b, x), w) in block.iter_mut().zip(x).zip(w) {
+            *b = w * (x * inv);
+        }
+        quant::quantize_rows(&block, std::slice::from_mut(q));
+    }
+}
+
+/// Input rows per tile: their quantized blocks stay in L2 while every
+/// weight row of a task passes over them.
+const TOKEN_TILE: usize = 64;
+
+/// Calls `write(t, r, dot(w.row(r), input row t))` for every weight row `r`
+/// in `rows` and every input row `t`.
+pub(super) fn packed_rows(
+    isa: Isa,
+    w: &PackedTensor,
+    p: &Prepared,
+    rows: std::ops::Range<usize>,
+    mut write: impl FnMut(usize, usize, f32),
+) {
+    if quant::uses_q8(w.ty) {
+        let mut dots = [0f32; 4];
+        for tile in (0..p.rows).step_by(TOKEN_TILE) {
+            let tile_end = (tile + TOKEN_TILE).min(p.rows);
+            for r in rows.clone() {
+                let wr = w.row(r);
+                for t0 in (tile..tile_end).step_by(4) {
+                    let n = (tile_end - t0).min(4);
+                    let acts: [&[Q8Block]; 4] = std::array::from_fn(|i| p.q8_row(t0 + i.min(n - 1)));
+                    quant::dot_q8(isa, w.ty, wr, &acts[..n], &mut dots[..n]);
+                    for (i, &d) in dots[..n].iter().enumerate() {
+                        write(t0 + i, r, d);
+                    }
+                }
+            }
+        }
+    } else if p.rows == 1 {
+        for r in rows {
+            write(0, r, quant::dot_half(isa, w.ty, w.row(r), &p.x));
+        }
+    } else {
+        // Several input rows: widen each weight row to f32 once.
+        let mut wide = vec![0f32; p.k];
+        for r in rows {
+            crate::weights::gguf::quants::dequantize(w.ty, w.row(r), &mut wide).expect("row of whole blocks");
+            for (t, x) in p.x.chunks_exact(p.k).enumerate() {
+                write(t, r, dot_f32(&wide, x));
+            }
+        }
+    }
+}
+
+/// A shared pointer to an output matrix that parallel tasks write at
+/// disjoint positions.
+#[derive(Clone, Copy)]
+pub(super) struct OutPtr(pub *mut f32);
+// SAFETY: tasks write disjoint elements (each owns a range of columns).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// # Safety
+    /// `i` is inside the buffer and no other task writes it.
+    pub unsafe fn write(self, i: usize, v: f32) {
+        unsafe { *self.0.add(i) = v }
+    }
+}
+
+/// Weight rows per parallel task: enough tasks to balance the threads,
+/// few enough that each amortises its scheduling.
+pub(super) fn rows_per_task(total_rows: usize, threads: usize, tokens: usize) -> usize {
+    let tasks = (threads * 8).max(1);
+    let min = if tokens > 1 { 4 } else { 32 };
+    total_rows.div_ceil(tasks).max(min)
+}
+
+/// `Σ a[i] * b[i]` with independent partial sums (vectorized by the compiler).
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}

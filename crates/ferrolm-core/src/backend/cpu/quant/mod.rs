@@ -1,0 +1,205 @@
+//! Quantized matrix-vector and matrix-matrix products for the CPU.
+//!
+//! Weights stay in their stored ggml blocks (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K)
+//! or halves (f16, bf16). Activations are quantized per row into 8-bit
+//! blocks of 32 ([`Q8Block`]: an f32 scale, the integer sum and 32 i8), so
+//! each weight block meets an activation block in an integer dot product,
+//! scaled once per block in f32 (llama.cpp's scheme; the error it adds is
+//! bounded by the activation rounding, see `tests.rs` and the perplexity test).
+//!
+//! Kernels exist per instruction set ([`Isa`]): the portable reference
+//! (`portable.rs`), AVX2 and AVX-512 VNNI (`x86.rs`) and NEON (`neon.rs`),
+//! chosen once at run time from CPU feature detection. Every kernel takes one
+//! weight row and up to four activation rows.
+
+#[cfg(target_arch = "aarch64")]
+mod neon;
+mod portable;
+#[cfg(test)]
+pub(super) mod tests;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use crate::weights::gguf::GgmlType;
+
+/// Values per activation block (and per Q4_0/Q4_1/Q8_0 weight block; the
+/// K-quants' 256-value super-blocks span eight).
+pub const QK: usize = 32;
+
+/// 32 activations quantized to i8: `x ≈ d * qs`, with `sum = Σ qs` kept for
+/// the weight formats that add an offset (Q4_0's -8, Q4_1's and Q4_K's mins).
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+pub struct Q8Block {
+    pub d: f32,
+    pub sum: i32,
+    pub qs: [i8; QK],
+}
+
+/// An instruction set with its own kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Portable,
+    Avx2,
+    Avx512Vnni,
+    Neon,
+}
+
+impl Isa {
+    /// The best instruction set this CPU runs.
+    pub fn detect() -> Isa {
+        *Isa::available().last().expect("portable is always available")
+    }
+
+    /// Every instruction set this CPU runs, portable first.
+    pub fn available() -> Vec<Isa> {
+        let mut out = vec![Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
+            if avx2 {
+                out.push(Isa::Avx2);
+                if is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+                {
+                    out.push(Isa::Avx512Vnni);
+                }
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("neon")
+            && std::arch::is_aarch64_feature_detected!("dotprod")
+        {
+            out.push(Isa::Neon);
+        }
+        out
+    }
+}
+
+/// Whether the CPU kernels multiply weights of type `ty` without dequantizing.
+pub fn is_supported(ty: GgmlType) -> bool {
+    matches!(
+        ty,
+        GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q8_0
+            | GgmlType::Q4_K
+            | GgmlType::Q6_K
+            | GgmlType::F16
+            | GgmlType::BF16
+    )
+}
+
+/// Whether `ty` multiplies against quantized activations ([`Q8Block`]s);
+/// halves multiply against f32 activations.
+pub fn uses_q8(ty: GgmlType) -> bool {
+    is_supported(ty) && !matches!(ty, GgmlType::F16 | GgmlType::BF16)
+}
+
+/// Quantizes rows of `k` activations (`x.len() / k` rows, `k` a multiple of
+/// 32) into `out` (`k / 32` blocks per row).
+pub fn quantize_rows(x: &[f32], out: &mut [Q8Block]) {
+    portable::quantize_q8(x, out);
+}
+
+/// The dot products of one weight row (`w`, stored as `ty`) with up to four
+/// activation rows; `out[t]` receives row `t`'s. `acts` are quantized rows
+/// for Q8 types ([`uses_q8`]).
+pub fn dot_q8(isa: Isa, ty: GgmlType, w: &[u8], acts: &[&[Q8Block]], out: &mut [f32]) {
+    match acts.len() {
+        1 => dot_n::<1>(isa, ty, w, [acts[0]], out),
+        2 => dot_n::<2>(isa, ty, w, [acts[0], acts[1]], out),
+        3 => dot_n::<3>(isa, ty, w, [acts[0], acts[1], acts[2]], out),
+        4 => dot_n::<4>(isa, ty, w, [acts[0], acts[1], acts[2], acts[3]], out),
+        n => panic!("dot_q8 takes 1 to 4 activation rows, not {n}"),
+    }
+}
+
+fn dot_n<const T: usize>(isa: Isa, ty: GgmlType, w: &[u8], a: [&[Q8Block]; T], out: &mut [f32]) {
+    let blocks = |per_block: usize| w.len() / per_block;
+    let (bytes, values) = match ty {
+        GgmlType::Q4_0 => (18, QK),
+        GgmlType::Q4_1 => (20, QK),
+        GgmlType::Q8_0 => (34, QK),
+        GgmlType::Q4_K => (144, 256),
+        GgmlType::Q6_K => (210, 256),
+        _ => panic!("dot_q8: {ty} weights do not multiply quantized activations"),
+    };
+    // The kernels read `values / 32` activation blocks per weight block.
+    let need = blocks(bytes) * values / QK;
+    assert!(
+        w.len().is_multiple_of(bytes) && a.iter().all(|a| a.len() >= need),
+        "dot_q8: row and activations disagree"
+    );
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni => {
+            // SAFETY: `isa` comes from `Isa::available`, so the CPU has the
+            // features; lengths were checked above.
+            unsafe {
+                macro_rules! call {
+                    ($m:ident) => {
+                        match ty {
+                            GgmlType::Q4_0 => x86::$m::q4_0::<T>(w, a, out),
+                            GgmlType::Q4_1 => x86::$m::q4_1::<T>(w, a, out),
+                            GgmlType::Q8_0 => x86::$m::q8_0::<T>(w, a, out),
+                            GgmlType::Q4_K => x86::$m::q4_k::<T>(w, a, out),
+                            _ => x86::$m::q6_k::<T>(w, a, out),
+                        }
+                    };
+                }
+                if isa == Isa::Avx2 {
+                    call!(avx2)
+                } else {
+                    call!(avx512vnni)
+                }
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => {
+            for (t, a) in a.iter().enumerate() {
+                // SAFETY: NEON with dotprod was detected; lengths checked above.
+                out[t] = unsafe { neon::dot(ty, w, a) };
+            }
+        }
+        _ => {
+            let f = match ty {
+                GgmlType::Q4_0 => portable::dot_q4_0,
+                GgmlType::Q4_1 => portable::dot_q4_1,
+                GgmlType::Q8_0 => portable::dot_q8_0,
+                GgmlType::Q4_K => portable::dot_q4_k,
+                _ => portable::dot_q6_k,
+            };
+            for (t, a) in a.iter().enumerate() {
+                out[t] = f(w, a);
+            }
+        }
+    }
+}
+
+/// The dot product of one f16/bf16 weight row with f32 activations.
+pub fn dot_half(isa: Isa, ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
+    assert!(w.len() >= 2 * x.len(), "dot_half: row shorter than the activations");
+    let bf16 = ty == GgmlType::BF16;
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2/FMA/F16C were detected (both x86 sets include them).
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe {
+            if bf16 {
+                x86::dot_half::<true>(w, x)
+            } else {
+                x86::dot_half::<false>(w, x)
+            }
+        },
+        _ => {
+            if bf16 {
+                portable::dot_bf16(w, x)
+            } else {
+                portable::dot_f16(w, x)
+            }
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Every kernel variant this CPU runs against the portable reference, and
+//! the portable kernels against the formats' own dequantizers.
+//!
+//! Bounds: a kernel adds `n` block products in f32 (in whatever order), so
+//! its result differs from the exact sum by at most about `n * eps * M`,
+//! where `M = Σ |w_i * x_i|` (the magnitude of the terms). The tests allow
+//! `(n + 8) * eps * M`: the order of additions is the only freedom a
+//! variant has, since integer block sums are exact.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::*;
+use crate::weights::gguf::quants;
+
+const TYPES: [GgmlType; 5] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K];
+
+fn f16_bytes(v: f32) -> [u8; 2] {
+    half::f16::from_f32(v).to_le_bytes()
+}
+
+/// A row of `cols` values of `ty`: random bytes (every bit pattern of the
+/// quants) with finite random scales.
+pub(in crate::backend::cpu) fn random_row(ty: GgmlType, cols: usize, rng: &mut ChaCha8Rng) -> Vec<u8> {
+    let (block, bytes) = ty.block_layout().unwrap();
+    let mut row: Vec<u8> = (0..cols / block * bytes).map(|_| rng.random()).collect();
+    for b in row.chunks_exact_mut(bytes) {
+        let mut scale = |at: usize, rng: &mut ChaCha8Rng| {
+            b[at..at + 2].copy_from_slice(&f16_bytes(rng.random_range(-0.05f32..0.05)));
+        };
+        match ty {
+            GgmlType::Q4_0 | GgmlType::Q8_0 => scale(0, rng),
+            GgmlType::Q4_1 | GgmlType::Q4_K => {
+                scale(0, rng);
+                scale(2, rng);
+            }
+            GgmlType::Q6_K => scale(208, rng),
+            _ => unreachable!(),
+        }
+    }
+    row
+}
+
+fn random_acts(rows: usize, cols: usize, rng: &mut ChaCha8Rng) -> Vec<Vec<Q8Block>> {
+    (0..rows)
+        .map(|_| {
+            let x: Vec<f32> = (0..cols).map(|_| rng.random_range(-3.0f32..3.0)).collect();
+            let mut q = vec![Q8Block::default(); cols / QK];
+            quantize_rows(&x, &mut q);
+            q
+        })
+        .collect()
+}
+
+/// The exact dot product (f64) of the dequantized row with the dequantized
+/// activations, and the magnitude `M` of its terms.
+fn reference(ty: GgmlType, w: &[u8], a: &[Q8Block], cols: usize) -> (f64, f64) {
+    let mut wf = vec![0f32; cols];
+    quants::dequantize(ty, w, &mut wf).unwrap();
+    let x = a.iter().flat_map(|b| b.qs.iter().map(move |&q| b.d as f64 * q as f64));
+    wf.iter().zip(x).fold((0.0, 0.0), |(s, m), (&w, x)| (s + w as f64 * x, m + (w as f64 * x).abs()))
+}
+
+fn bound(cols: usize, magnitude: f64) -> f64 {
+    (cols / QK + 8) as f64 * f32::EPSILON as f64 * magnitude
+}
+
+#[test]
+fn portable_kernels_equal_the_dequantized_product() {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for ty in TYPES {
+        for cols in [256, 576, 1536] {
+            let cols = cols / ty.block_layout().unwrap().0 * ty.block_layout().unwrap().0;
+            let w = random_row(ty, cols, &mut rng);
+            let a = random_acts(1, cols, &mut rng);
+            let mut out = [0f32];
+            dot_q8(Isa::Portable, ty, &w, &[&a[0]], &mut out);
+            let (exact, m) = reference(ty, &w, &a[0], cols);
+            assert!(
+                (out[0] as f64 - exact).abs() <= bound(cols, m),
+                "{ty} cols {cols}: {} vs {exact}",
+                out[0]
+            );
+        }
+    }
+}
+
+#[test]
+fn every_isa_matches_portable_for_one_to_four_rows() {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    for isa in Isa::available() {
+        for ty in TYPES {
+            // An odd block count exercises the two alternating accumulators.
+            for cols in [256, 768, 1536] {
+                let w = random_row(ty, cols, &mut rng);
+                let acts = random_acts(4, cols, &mut rng);
+                for n in 1..=4 {
+                    let rows: Vec<&[Q8Block]> = acts[..n].iter().map(|a| a.as_slice()).collect();
+                    let mut got = [0f32; 4];
+                    dot_q8(isa, ty, &w, &rows, &mut got[..n]);
+                    for t in 0..n {
+                        let mut want = [0f32];
+                        dot_q8(Isa::Portable, ty, &w, &[rows[t]], &mut want);
+                        let (_, m) = reference(ty, &w, rows[t], cols);
+                        let err = (got[t] - want[0]).abs() as f64;
+                        assert!(
+                            err <= bound(cols, m),
+                            "{isa:?} {ty} cols {cols} n {n} row {t}: {} vs {}",
+                            got[t],
+                            want[0]
+                        );
+                        if isa == Isa::Neon {
+                            assert_eq!(got[t], want[0], "NEON keeps the portable order");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn vnni_equals_avx2_bit_for_bit() {
+    if !Isa::available().contains(&Isa::Avx512Vnni) {
+        return; // nothing to compare on this CPU
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for ty in TYPES {
+        let w = random_row(ty, 1536, &mut rng);
+        let acts = random_acts(4, 1536, &mut rng);
+        let rows: Vec<&[Q8Block]> = acts.iter().map(|a| a.as_slice()).collect();
+        let (mut a, mut b) = ([0f32; 4], [0f32; 4]);
+        dot_q8(Isa::Avx2, ty, &w, &rows, &mut a);
+        dot_q8(Isa::Avx512Vnni, ty, &w, &rows, &mut b);
+        assert_eq!(a, b, "{ty}");
+    }
+}
+
+#[test]
+fn half_rows_match_portable() {
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    for ty in [GgmlType::F16, GgmlType::BF16] {
+        for cols in [7, 64, 577] {
+            let x: Vec<f32> = (0..cols).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+            let wf: Vec<f32> = (0..cols).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let w: Vec<u8> = wf
+                .iter()
+                .flat_map(|&v| match ty {
+                    GgmlType::F16 => half::f16::from_f32(v).to_le_bytes(),
+                    _ => half::bf16::from_f32(v).to_le_bytes(),
+                })
+                .collect();
+            let want = dot_half(Isa::Portable, ty, &w, &x);
+            let mut wide = vec![0f32; cols];
+            quants::dequantize(ty, &w, &mut wide).unwrap();
+            let m: f64 = wide.iter().zip(&x).map(|(a, b)| (a * b).abs() as f64).sum();
+            for isa in Isa::available() {
+                let got = dot_half(isa, ty, &w, &x);
+                assert!(
+                    ((got - want).abs() as f64) <= (cols as f64 + 8.0) * f32::EPSILON as f64 * m,
+                    "{isa:?} {ty} {cols}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn activation_quantization_rounds_to_the_nearest_step() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let mut x: Vec<f32> = (0..128).map(|_| rng.random_range(-10.0f32..10.0)).collect();
+    x[32..64].fill(0.0); // an all-zero block
+    x[64] = 1e6; // one huge value
+    let mut q = vec![Q8Block::default(); 4];
+    quantize_rows(&x, &mut q);
+    assert_eq!(q[1].d, 0.0);
+    assert!(q[1].qs.iter().all(|&v| v == 0));
+    for (b, x) in q.iter().zip(x.chunks(QK)) {
+        assert_eq!(b.sum, b.qs.iter().map(|&v| v as i32).sum::<i32>());
+        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(b.qs.iter().any(|&v| v.unsigned_abs() == 127) || amax == 0.0);
+        for (&v, &x) in b.qs.iter().zip(x) {
+            // |x - d q| <= d/2, plus the rounding of d itself.
+            assert!((x - b.d * v as f32).abs() <= b.d * 0.5 * (1.0 + 1e-5), "{x} vs {}", b.d * v as f32);
+        }
+    }
+}

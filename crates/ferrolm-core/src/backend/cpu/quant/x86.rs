@@ -1,0 +1,242 @@
+//! x86-64 kernels: AVX2 (`vpmaddubsw` + `vpmaddwd` integer dot products) and
+//! AVX-512 VNNI (`vpdpbusd`, 256-bit with AVX512VL), generated from one
+//! source by [`kernels!`] with the integer primitive swapped. Both add the
+//! same exact integer block sums, so they agree with each other bit for bit
+//! and with [`super::portable`] to rounding (the order of float additions).
+//!
+//! Every kernel multiplies one weight row by `T` activation rows (T = 1..4,
+//! a const generic): the weight block is unpacked once and used `T` times,
+//! which is what makes prefill (T = 4) cheaper per product than decode.
+
+// The kernels are unsafe functions made of intrinsics; an unsafe block
+// around every line would add nothing.
+#![allow(unsafe_op_in_unsafe_fn)]
+
+use std::arch::x86_64::*;
+
+use super::Q8Block;
+use crate::weights::gguf::quants::scale_min_k4;
+
+#[inline(always)]
+unsafe fn f16_at(p: *const u8) -> f32 {
+    // F16C conversion (exact, like `half`'s, without its run-time dispatch).
+    let bits = u16::from_le_bytes([*p, *p.add(1)]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+#[inline(always)]
+unsafe fn load(p: *const i8) -> __m256i {
+    _mm256_loadu_si256(p as *const __m256i)
+}
+
+/// 16 bytes of 4-bit pairs -> 32 bytes: low nibbles, then high nibbles.
+#[inline(always)]
+unsafe fn nibbles16(p: *const u8) -> __m256i {
+    let q = _mm_loadu_si128(p as *const __m128i);
+    let m = _mm_set1_epi8(15);
+    _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m), _mm_and_si128(q, m))
+}
+
+/// AVX2: sums of 4 adjacent `u8 * i8` products as 8 i32 (no saturation for
+/// the value ranges used here: |u| <= 128, |s| <= 127).
+#[inline(always)]
+unsafe fn mul_sum_avx2(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+}
+
+/// AVX2: `mul_sum` with pairs weighted by i16 `scale` lanes (Q6_K's two
+/// sub-block scales).
+#[inline(always)]
+unsafe fn mul_sum_scaled_avx2(u: __m256i, s: __m256i, scale: [i16; 2]) -> __m256i {
+    let sc = _mm256_set_m128i(_mm_set1_epi16(scale[1]), _mm_set1_epi16(scale[0]));
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), sc)
+}
+
+#[inline(always)]
+unsafe fn mul_sum_vnni(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+}
+
+#[inline(always)]
+unsafe fn mul_sum_scaled_vnni(u: __m256i, s: __m256i, scale: [i16; 2]) -> __m256i {
+    let sc = _mm256_set_m128i(_mm_set1_epi32(scale[1] as i32), _mm_set1_epi32(scale[0] as i32));
+    _mm256_mullo_epi32(mul_sum_vnni(u, s), sc)
+}
+
+macro_rules! kernels {
+    ($isa:ident, $features:literal, $mul_sum:ident, $mul_sum_scaled:ident) => {
+        pub mod $isa {
+            use super::*;
+
+            /// Q4_0: `x = d * (q - 8)`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn q4_0<const T: usize>(w: &[u8], a: [&[Q8Block]; T], out: &mut [f32]) {
+                let mut acc = [[_mm256_setzero_ps(); T]; 2];
+                let mut offs = [0f32; T];
+                for i in 0..w.len() / 18 {
+                    let b = w.as_ptr().add(18 * i);
+                    let d = f16_at(b);
+                    let q = nibbles16(b.add(2));
+                    for t in 0..T {
+                        let y = a[t].get_unchecked(i);
+                        let p = _mm256_cvtepi32_ps($mul_sum(q, load(y.qs.as_ptr())));
+                        let dd = d * y.d;
+                        acc[i & 1][t] = _mm256_fmadd_ps(p, _mm256_set1_ps(dd), acc[i & 1][t]);
+                        offs[t] -= dd * (8 * y.sum) as f32;
+                    }
+                }
+                for t in 0..T {
+                    out[t] = hsum(_mm256_add_ps(acc[0][t], acc[1][t])) + offs[t];
+                }
+            }
+
+            /// Q4_1: `x = d * q + m`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn q4_1<const T: usize>(w: &[u8], a: [&[Q8Block]; T], out: &mut [f32]) {
+                let mut acc = [[_mm256_setzero_ps(); T]; 2];
+                let mut offs = [0f32; T];
+                for i in 0..w.len() / 20 {
+                    let b = w.as_ptr().add(20 * i);
+                    let (d, m) = (f16_at(b), f16_at(b.add(2)));
+                    let q = nibbles16(b.add(4));
+                    for t in 0..T {
+                        let y = a[t].get_unchecked(i);
+                        let p = _mm256_cvtepi32_ps($mul_sum(q, load(y.qs.as_ptr())));
+                        acc[i & 1][t] = _mm256_fmadd_ps(p, _mm256_set1_ps(d * y.d), acc[i & 1][t]);
+                        offs[t] += m * y.d * y.sum as f32;
+                    }
+                }
+                for t in 0..T {
+                    out[t] = hsum(_mm256_add_ps(acc[0][t], acc[1][t])) + offs[t];
+                }
+            }
+
+            /// Q8_0: `x = d * q` (signed weights: `|w| * sign(y, w)`).
+            #[target_feature(enable = $features)]
+            pub unsafe fn q8_0<const T: usize>(w: &[u8], a: [&[Q8Block]; T], out: &mut [f32]) {
+                let mut acc = [[_mm256_setzero_ps(); T]; 2];
+                for i in 0..w.len() / 34 {
+                    let b = w.as_ptr().add(34 * i);
+                    let d = f16_at(b);
+                    let q = load(b.add(2) as *const i8);
+                    let qabs = _mm256_sign_epi8(q, q);
+                    for t in 0..T {
+                        let y = a[t].get_unchecked(i);
+                        let s = _mm256_sign_epi8(load(y.qs.as_ptr()), q);
+                        let p = _mm256_cvtepi32_ps($mul_sum(qabs, s));
+                        acc[i & 1][t] = _mm256_fmadd_ps(p, _mm256_set1_ps(d * y.d), acc[i & 1][t]);
+                    }
+                }
+                for t in 0..T {
+                    out[t] = hsum(_mm256_add_ps(acc[0][t], acc[1][t]));
+                }
+            }
+
+            /// Q4_K: super-blocks of 256, eight sub-blocks of 32 with 6-bit
+            /// scale and min: `x = d * sc * q - dmin * m`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn q4_k<const T: usize>(w: &[u8], a: [&[Q8Block]; T], out: &mut [f32]) {
+                let mut acc = [[_mm256_setzero_ps(); T]; 2];
+                let mut offs = [0f32; T];
+                let mask = _mm256_set1_epi8(15);
+                for i in 0..w.len() / 144 {
+                    let b = &w[144 * i..144 * (i + 1)];
+                    let (d, dmin) = (f16_at(b.as_ptr()), f16_at(b.as_ptr().add(2)));
+                    for j in 0..8 {
+                        // Sub-block j: the low (even j) or high (odd j) nibbles of 32 bytes.
+                        let raw = load(b.as_ptr().add(16 + 32 * (j / 2)) as *const i8);
+                        let raw = if j % 2 == 0 { raw } else { _mm256_srli_epi16(raw, 4) };
+                        let q = _mm256_and_si256(raw, mask);
+                        let (sc, m) = scale_min_k4(j, &b[4..16]);
+                        let (dsc, dm) = (d * sc as f32, dmin * m as f32);
+                        for t in 0..T {
+                            let y = a[t].get_unchecked(8 * i + j);
+                            let p = _mm256_cvtepi32_ps($mul_sum(q, load(y.qs.as_ptr())));
+                            acc[j & 1][t] = _mm256_fmadd_ps(p, _mm256_set1_ps(dsc * y.d), acc[j & 1][t]);
+                            offs[t] -= dm * y.d * y.sum as f32;
+                        }
+                    }
+                }
+                for t in 0..T {
+                    out[t] = hsum(_mm256_add_ps(acc[0][t], acc[1][t])) + offs[t];
+                }
+            }
+
+            /// Q6_K: super-blocks of 256, sixteen sub-blocks of 16 with i8
+            /// scales: `x = d * sc * (q - 32)`, q of 6 bits (4 in `ql`, 2 in `qh`).
+            #[target_feature(enable = $features)]
+            pub unsafe fn q6_k<const T: usize>(w: &[u8], a: [&[Q8Block]; T], out: &mut [f32]) {
+                let mut acc = [[_mm256_setzero_ps(); T]; 2];
+                let (m15, m3, m32) = (_mm256_set1_epi8(15), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
+                for i in 0..w.len() / 210 {
+                    let b = w.as_ptr().add(210 * i);
+                    let d = f16_at(b.add(208));
+                    for half in 0..2 {
+                        let ql =
+                            [load(b.add(64 * half) as *const i8), load(b.add(64 * half + 32) as *const i8)];
+                        let qh = load(b.add(128 + 32 * half) as *const i8);
+                        let sc = b.add(192 + 8 * half) as *const i8;
+                        for g in 0..4 {
+                            let low = if g < 2 { ql[g] } else { _mm256_srli_epi16(ql[g - 2], 4) };
+                            let low = _mm256_and_si256(low, m15);
+                            let high =
+                                _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * g as i32)), m3);
+                            let q = _mm256_sub_epi8(_mm256_or_si256(low, _mm256_slli_epi16(high, 4)), m32);
+                            let qabs = _mm256_sign_epi8(q, q);
+                            let scale = [*sc.add(2 * g) as i16, *sc.add(2 * g + 1) as i16];
+                            for t in 0..T {
+                                let y = a[t].get_unchecked(8 * i + 4 * half + g);
+                                let s = _mm256_sign_epi8(load(y.qs.as_ptr()), q);
+                                let p = _mm256_cvtepi32_ps($mul_sum_scaled(qabs, s, scale));
+                                acc[g & 1][t] = _mm256_fmadd_ps(p, _mm256_set1_ps(d * y.d), acc[g & 1][t]);
+                            }
+                        }
+                    }
+                }
+                for t in 0..T {
+                    out[t] = hsum(_mm256_add_ps(acc[0][t], acc[1][t]));
+                }
+            }
+        }
+    };
+}
+
+kernels!(avx2, "avx2,fma,f16c", mul_sum_avx2, mul_sum_scaled_avx2);
+kernels!(avx512vnni, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", mul_sum_vnni, mul_sum_scaled_vnni);
+
+/// Half-precision weights against f32 activations (no integer path: the
+/// products are f32 FMAs). `BF16` selects bf16, else f16.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_half<const BF16: bool>(w: &[u8], x: &[f32]) -> f32 {
+    let n = x.len().min(w.len() / 2);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (k, acc) in acc.iter_mut().enumerate() {
+            let p = w.as_ptr().add(2 * (i + 8 * k)) as *const __m128i;
+            let wv = if BF16 {
+                _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(p)), 16))
+            } else {
+                _mm256_cvtph_ps(_mm_loadu_si128(p))
+            };
+            *acc = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x.as_ptr().add(i + 8 * k)), *acc);
+        }
+        i += 32;
+    }
+    let mut sum = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    let tail = &w[2 * i..2 * n];
+    sum += if BF16 {
+        super::portable::dot_bf16(tail, &x[i..n])
+    } else {
+        super::portable::dot_f16(tail, &x[i..n])
+    };
+    sum
+}

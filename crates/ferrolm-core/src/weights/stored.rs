@@ -1,0 +1,128 @@
+//! Tensors as checkpoints store them: f32, or packed (f16/bf16 halves and
+//! ggml quantization blocks) still in their stored bytes.
+//!
+//! Loaders hand [`StoredTensor`]s to a backend, which decides what to keep:
+//! the CPU keeps packed matrices packed (its kernels multiply them as they
+//! are), a GPU dequantizes them. Packed data may borrow the checkpoint's
+//! memory map, so a GGUF model is never copied in RAM.
+
+use std::ops::{Deref, Range};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+
+use super::gguf::{quants, GgmlType};
+use super::HostTensor;
+use crate::error::{Error, Result};
+
+/// Bytes owned, or a range of a shared memory map.
+#[derive(Clone)]
+pub enum Bytes {
+    Owned(Vec<u8>),
+    Mapped { map: Arc<Mmap>, range: Range<usize> },
+}
+
+impl Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Owned(v) => v,
+            Bytes::Mapped { map, range } => &map[range.clone()],
+        }
+    }
+}
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = if matches!(self, Bytes::Owned(_)) { "owned" } else { "mapped" };
+        write!(f, "Bytes({} {kind})", self.len())
+    }
+}
+
+/// A row-major tensor whose elements are packed: `ty` is a ggml type
+/// (F16, BF16, Q4_0, ...); each row of the last dimension is a whole number
+/// of `ty`'s blocks.
+#[derive(Debug, Clone)]
+pub struct PackedTensor {
+    pub shape: Vec<usize>,
+    pub ty: GgmlType,
+    pub data: Bytes,
+}
+
+impl PackedTensor {
+    /// Checks that `data` holds exactly `shape` in whole blocks of `ty` per row.
+    pub fn new(shape: Vec<usize>, ty: GgmlType, data: Bytes) -> Result<PackedTensor> {
+        let cols = *shape.last().unwrap_or(&1) as u64;
+        let rows: usize = shape.iter().rev().skip(1).product();
+        let row_bytes = ty.bytes_for(cols).ok_or_else(|| {
+            Error::InvalidWeights(format!(
+                "rows of {cols} values are not whole {ty} blocks (shape {shape:?})"
+            ))
+        })?;
+        if row_bytes as usize * rows != data.len() {
+            return Err(Error::InvalidWeights(format!(
+                "shape {shape:?} of {ty} needs {} bytes but {} were given",
+                row_bytes as usize * rows,
+                data.len()
+            )));
+        }
+        Ok(PackedTensor { shape, ty, data })
+    }
+
+    /// Values per row (the last dimension).
+    pub fn cols(&self) -> usize {
+        *self.shape.last().unwrap_or(&1)
+    }
+
+    pub fn rows(&self) -> usize {
+        self.shape.iter().rev().skip(1).product()
+    }
+
+    pub fn row_bytes(&self) -> usize {
+        self.data.len() / self.rows().max(1)
+    }
+
+    /// The stored bytes of row `i`.
+    pub fn row(&self, i: usize) -> &[u8] {
+        let n = self.row_bytes();
+        &self.data[i * n..(i + 1) * n]
+    }
+
+    /// The tensor upcast to f32.
+    pub fn dequantize(&self) -> Result<HostTensor> {
+        let len: usize = self.shape.iter().product();
+        let mut out = crate::error::try_zeroed(len, "dequantized tensor")?;
+        quants::dequantize(self.ty, &self.data, &mut out)?;
+        HostTensor::new(self.shape.clone(), out)
+    }
+}
+
+/// A tensor as read from a checkpoint.
+#[derive(Debug, Clone)]
+pub enum StoredTensor {
+    F32(HostTensor),
+    Packed(PackedTensor),
+}
+
+impl StoredTensor {
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            StoredTensor::F32(t) => &t.shape,
+            StoredTensor::Packed(p) => &p.shape,
+        }
+    }
+
+    /// The tensor as f32 (dequantizing packed data).
+    pub fn into_host(self) -> Result<HostTensor> {
+        match self {
+            StoredTensor::F32(t) => Ok(t),
+            StoredTensor::Packed(p) => p.dequantize(),
+        }
+    }
+}
+
+impl From<HostTensor> for StoredTensor {
+    fn from(t: HostTensor) -> Self {
+        StoredTensor::F32(t)
+    }
+}
