@@ -8,6 +8,7 @@ mod config;
 mod device;
 mod engine;
 mod errors;
+mod eval;
 mod model;
 mod sampling;
 mod session;
@@ -24,6 +25,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(device::cuda_unavailable_reason, m)?)?;
     m.add_function(wrap_pyfunction!(compile_cuda_kernels, m)?)?;
     m.add_function(wrap_pyfunction!(errors::_panic_for_tests, m)?)?;
+    m.add_function(wrap_pyfunction!(eval::perplexity, m)?)?;
     m.add_function(wrap_pyfunction!(sampling::validate_sampling, m)?)?;
     m.add_class::<model::Model>()?;
     m.add_class::<engine::Engine>()?;
