@@ -7,6 +7,7 @@
 
 from ferrolm._core import __version__, cuda_unavailable_reason
 from ferrolm.engine import AsyncEngine, RequestOutput
+from ferrolm.evaluate import PerplexityResult, perplexity
 from ferrolm.generation import Llama
 from ferrolm.kv import PagedKVCache
 from ferrolm.llm import LLM
@@ -32,6 +33,7 @@ __all__ = [
     "Llama",
     "ModelArgs",
     "PagedKVCache",
+    "PerplexityResult",
     "QwenInferenceSession",
     "RequestOutput",
     "SamplingConfig",
@@ -42,4 +44,5 @@ __all__ = [
     "cuda_available",
     "cuda_unavailable_reason",
     "generate_text",
+    "perplexity",
 ]

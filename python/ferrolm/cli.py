@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     _sampling_args(c)
 
     _serve_args(sub)
+    _eval_args(sub)
 
     i = sub.add_parser("info", help="describe a model")
     i.add_argument("model", nargs="?", default=hub.DEFAULT_MODEL, help="directory, .gguf file or short name")
@@ -110,6 +111,52 @@ def _serve_args(sub) -> None:
                    help="do not share KV pages of common prompt prefixes")
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn's log level (default: info)")
+
+
+_PERPLEXITY_EPILOG = """The text is cut into consecutive windows of --context tokens; each starts
+with an empty cache and every token after its first is scored.
+
+examples:
+  ferrolm perplexity smollm2 tests/fixtures/text/sample.txt
+  ferrolm perplexity ./model.gguf book.txt --context 1024 --max-tokens 8192
+"""
+
+_BENCH_EPILOG = """Prefill: a fixed prompt in one forward pass. Decode: greedy, one token per
+forward pass from the KV cache, end of sequence ignored. Medians over --runs
+in this process, measured as benchmarks/cpu_bench.py measures ferrolm; peak
+RSS is the process's (model loading included).
+
+examples:
+  ferrolm bench smollm2
+  RAYON_NUM_THREADS=2 ferrolm bench ./model.gguf --prompt-tokens 512 --gen-tokens 64 --runs 5
+"""
+
+
+def _eval_args(sub) -> None:
+    p = sub.add_parser("perplexity", help="perplexity of a model on a text file",
+                       description="Perplexity of MODEL on the UTF-8 text in FILE.",
+                       epilog=_PERPLEXITY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="directory, .gguf file or short name (e.g. smollm2)")
+    p.add_argument("file", help="UTF-8 text file to score")
+    p.add_argument("--context", type=int, default=512, help="tokens per window, at least 2 (default: 512)")
+    p.add_argument("--max-tokens", type=int, help="score only the first N tokens of the text (default: all)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"],
+                   help="bfloat16 (GPU default) or float32 (exact GPU weights; on the CPU the dequantized "
+                        "float32 reference path)")
+
+    b = sub.add_parser("bench", help="prefill and decode speed, peak memory",
+                       description="Prefill tokens/s, decode tokens/s and peak RSS of MODEL.",
+                       epilog=_BENCH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("model", nargs="?", default=hub.DEFAULT_MODEL,
+                   help=f"directory, .gguf file or short name (default: {hub.DEFAULT_MODEL})")
+    b.add_argument("--prompt-tokens", type=int, default=128, help="prompt length for prefill (default: 128)")
+    b.add_argument("--gen-tokens", type=int, default=128, help="tokens generated for decode (default: 128)")
+    b.add_argument("--runs", type=int, default=3, help="runs; medians are printed (default: 3)")
+    b.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    b.add_argument("--dtype", choices=["bfloat16", "float32"],
+                   help="bfloat16 (GPU default) or float32 (exact GPU weights; on the CPU the dequantized "
+                        "float32 reference path)")
 
 
 def _version() -> str:
@@ -216,10 +263,45 @@ def cmd_pull(args: argparse.Namespace) -> None:
     print(hub.pull(args.name))
 
 
+def _bad_input(e: Exception) -> SystemExit:
+    """Bad arguments or input files: one line on stderr and exit status 2, as argparse does."""
+    print(f"ferrolm: error: {e}", file=sys.stderr)
+    return SystemExit(2)
+
+
+def cmd_perplexity(args: argparse.Namespace) -> None:
+    from ferrolm.evaluate import perplexity
+
+    try:
+        r = perplexity(args.model, file=args.file, context=args.context, max_tokens=args.max_tokens,
+                       device=args.device, dtype=args.dtype)
+    except (FileNotFoundError, ValueError) as e:
+        raise _bad_input(e) from None
+    print(f"perplexity:    {r.perplexity:.4f}")
+    print(f"mean NLL:      {r.mean_nll:.4f} nats/token")
+    print(f"tokens scored: {r.tokens}")
+    print(f"windows:       {r.windows} (context {args.context})")
+    print(f"seconds:       {r.seconds:.2f}")
+    print(f"tokens/s:      {r.tokens_per_second:.1f}")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from ferrolm.evaluate import bench
+
+    try:
+        r = bench(args.model, args.prompt_tokens, args.gen_tokens, args.runs, device=args.device, dtype=args.dtype)
+    except (FileNotFoundError, ValueError) as e:
+        raise _bad_input(e) from None
+    runs = f"median of {r.runs}" if r.runs > 1 else "1 run"
+    print(f"prefill:  {r.prefill_tps:.1f} tokens/s ({r.prompt_tokens}-token prompt, {runs})")
+    print(f"decode:   {r.decode_tps:.1f} tokens/s ({r.gen_tokens} tokens, {runs})")
+    print(f"peak RSS: {r.peak_rss / 2**20:.0f} MiB")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"generate": cmd_generate, "chat": cmd_chat, "serve": cmd_serve, "info": cmd_info,
-                "pull": cmd_pull}
+                "pull": cmd_pull, "perplexity": cmd_perplexity, "bench": cmd_bench}
     try:
         commands[args.command](args)
     except KeyboardInterrupt:
