@@ -21,6 +21,7 @@
 
 mod config;
 pub mod names;
+pub mod quantize;
 pub mod quants;
 mod reader;
 
