@@ -87,6 +87,13 @@ pub trait Backend: Send + Sync {
 
     fn device(&self) -> Device;
 
+    /// Runs a whole forward pass (many ops) where the backend wants it run:
+    /// the CPU runs it on its thread pool, so that each op's parallel split
+    /// is a cheap local fork instead of a hand-off from an outside thread.
+    fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        f()
+    }
+
     /// Takes a parameter as the checkpoint stores it; the backend decides
     /// its resident format (packed, half, f32).
     fn upload(&self, tensor: StoredTensor) -> Result<Self::Weight>;

@@ -204,8 +204,9 @@ impl<B: Backend> KvCache<B> {
     pub fn pages_needed(&self, id: SeqId, start_pos: usize, end: usize) -> usize {
         let Some(seq) = self.seq(id).ok() else { return 0 };
         let kept = self.pages_for(start_pos).min(seq.pages.len());
-        let cow =
-            usize::from(!start_pos.is_multiple_of(self.page_size) && kept > 0 && self.needs_copy(seq.pages[kept - 1]));
+        let cow = usize::from(
+            !start_pos.is_multiple_of(self.page_size) && kept > 0 && self.needs_copy(seq.pages[kept - 1]),
+        );
         self.pages_for(end).saturating_sub(kept) + cow
     }
 

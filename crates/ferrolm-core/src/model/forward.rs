@@ -60,12 +60,12 @@ impl<B: Backend> Transformer<B> {
     }
 
     /// Runs the batch and hands the logits buffer to `finish`.
-    fn forward_then<T>(
+    fn forward_then<T: Send>(
         &self,
         cache: &mut KvCache<B>,
         seqs: &[SeqInput],
         which: Logits,
-        finish: impl FnOnce(&B::Buf) -> Result<T>,
+        finish: impl FnOnce(&B::Buf) -> Result<T> + Send,
     ) -> Result<T> {
         self.check_batch(cache, seqs, &which)?;
         let result = self.prepare(cache, seqs).and_then(|()| {
@@ -81,7 +81,8 @@ impl<B: Backend> Transformer<B> {
                     span
                 })
                 .collect();
-            self.run(cache, seqs, &spans, which).and_then(|logits| finish(&logits))
+            let b = &self.backend;
+            b.run(|| self.run(&mut *cache, seqs, &spans, which).and_then(|logits| finish(&logits)))
         });
         for s in seqs {
             match &result {

@@ -232,6 +232,10 @@ impl Backend for Cpu {
         Device::Cpu
     }
 
+    fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+
     /// Matrices the kernels multiply stay packed (unless exact); everything
     /// else becomes f32.
     fn upload(&self, tensor: StoredTensor) -> Result<CpuWeight> {

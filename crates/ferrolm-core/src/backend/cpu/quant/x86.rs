@@ -71,6 +71,35 @@ unsafe fn mul_sum_scaled_vnni(u: __m256i, s: __m256i, scale: [i16; 2]) -> __m256
     _mm256_mullo_epi32(mul_sum_vnni(u, s), sc)
 }
 
+/// Runs `$body` for every step `0..$n`, alternating between two sets of
+/// accumulators so that consecutive steps do not wait on each other's FMA;
+/// the sets are added at the end. Yields the `T` sums.
+macro_rules! two_chains {
+    ($n:expr, $i:ident, $acc:ident, $offs:ident, $body:block) => {{
+        let n = $n;
+        let (mut acc_a, mut offs_a) = ([_mm256_setzero_ps(); T], [0f32; T]);
+        let (mut acc_b, mut offs_b) = ([_mm256_setzero_ps(); T], [0f32; T]);
+        let mut $i = 0;
+        while $i < n {
+            {
+                let ($acc, $offs) = (&mut acc_a, &mut offs_a);
+                $body
+            }
+            if $i + 1 < n {
+                $i += 1;
+                let ($acc, $offs) = (&mut acc_b, &mut offs_b);
+                $body
+            }
+            $i += 1;
+        }
+        let mut sums = [0f32; T];
+        for t in 0..T {
+            sums[t] = hsum(_mm256_add_ps(acc_a[t], acc_b[t])) + (offs_a[t] + offs_b[t]);
+        }
+        sums
+    }};
+}
+
 macro_rules! kernels {
     ($isa:ident, $features:literal, $mul_sum:ident, $mul_sum_scaled:ident) => {
         pub mod $isa {
@@ -79,9 +108,7 @@ macro_rules! kernels {
             /// Q4_0: `x = d * (q - 8)`.
             #[target_feature(enable = $features)]
             pub unsafe fn q4_0<const T: usize>(w: &[u8], a: [&[Q8Block]; T], out: &mut [f32]) {
-                let mut acc = [[_mm256_setzero_ps(); T]; 2];
-                let mut offs = [0f32; T];
-                for i in 0..w.len() / 18 {
+                let sums = two_chains!(w.len() / 18, i, acc, offs, {
                     let b = w.as_ptr().add(18 * i);
                     let d = f16_at(b);
                     let q = nibbles16(b.add(2));
@@ -89,41 +116,34 @@ macro_rules! kernels {
                         let y = a[t].get_unchecked(i);
                         let p = _mm256_cvtepi32_ps($mul_sum(q, load(y.qs.as_ptr())));
                         let dd = d * y.d;
-                        acc[i & 1][t] = _mm256_fmadd_ps(p, _mm256_set1_ps(dd), acc[i & 1][t]);
+                        acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(dd), acc[t]);
                         offs[t] -= dd * (8 * y.sum) as f32;
                     }
-                }
-                for t in 0..T {
-                    out[t] = hsum(_mm256_add_ps(acc[0][t], acc[1][t])) + offs[t];
-                }
+                });
+                out[..T].copy_from_slice(&sums);
             }
 
             /// Q4_1: `x = d * q + m`.
             #[target_feature(enable = $features)]
             pub unsafe fn q4_1<const T: usize>(w: &[u8], a: [&[Q8Block]; T], out: &mut [f32]) {
-                let mut acc = [[_mm256_setzero_ps(); T]; 2];
-                let mut offs = [0f32; T];
-                for i in 0..w.len() / 20 {
+                let sums = two_chains!(w.len() / 20, i, acc, offs, {
                     let b = w.as_ptr().add(20 * i);
                     let (d, m) = (f16_at(b), f16_at(b.add(2)));
                     let q = nibbles16(b.add(4));
                     for t in 0..T {
                         let y = a[t].get_unchecked(i);
                         let p = _mm256_cvtepi32_ps($mul_sum(q, load(y.qs.as_ptr())));
-                        acc[i & 1][t] = _mm256_fmadd_ps(p, _mm256_set1_ps(d * y.d), acc[i & 1][t]);
+                        acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(d * y.d), acc[t]);
                         offs[t] += m * y.d * y.sum as f32;
                     }
-                }
-                for t in 0..T {
-                    out[t] = hsum(_mm256_add_ps(acc[0][t], acc[1][t])) + offs[t];
-                }
+                });
+                out[..T].copy_from_slice(&sums);
             }
 
             /// Q8_0: `x = d * q` (signed weights: `|w| * sign(y, w)`).
             #[target_feature(enable = $features)]
             pub unsafe fn q8_0<const T: usize>(w: &[u8], a: [&[Q8Block]; T], out: &mut [f32]) {
-                let mut acc = [[_mm256_setzero_ps(); T]; 2];
-                for i in 0..w.len() / 34 {
+                let sums = two_chains!(w.len() / 34, i, acc, _offs, {
                     let b = w.as_ptr().add(34 * i);
                     let d = f16_at(b);
                     let q = load(b.add(2) as *const i8);
@@ -132,78 +152,64 @@ macro_rules! kernels {
                         let y = a[t].get_unchecked(i);
                         let s = _mm256_sign_epi8(load(y.qs.as_ptr()), q);
                         let p = _mm256_cvtepi32_ps($mul_sum(qabs, s));
-                        acc[i & 1][t] = _mm256_fmadd_ps(p, _mm256_set1_ps(d * y.d), acc[i & 1][t]);
+                        acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(d * y.d), acc[t]);
                     }
-                }
-                for t in 0..T {
-                    out[t] = hsum(_mm256_add_ps(acc[0][t], acc[1][t]));
-                }
+                });
+                out[..T].copy_from_slice(&sums);
             }
 
             /// Q4_K: super-blocks of 256, eight sub-blocks of 32 with 6-bit
-            /// scale and min: `x = d * sc * q - dmin * m`.
+            /// scale and min: `x = d * sc * q - dmin * m`. One step per sub-block.
             #[target_feature(enable = $features)]
             pub unsafe fn q4_k<const T: usize>(w: &[u8], a: [&[Q8Block]; T], out: &mut [f32]) {
-                let mut acc = [[_mm256_setzero_ps(); T]; 2];
-                let mut offs = [0f32; T];
                 let mask = _mm256_set1_epi8(15);
-                for i in 0..w.len() / 144 {
+                let sums = two_chains!(w.len() / 144 * 8, s, acc, offs, {
+                    let (i, j) = (s / 8, s % 8);
                     let b = &w[144 * i..144 * (i + 1)];
                     let (d, dmin) = (f16_at(b.as_ptr()), f16_at(b.as_ptr().add(2)));
-                    for j in 0..8 {
-                        // Sub-block j: the low (even j) or high (odd j) nibbles of 32 bytes.
-                        let raw = load(b.as_ptr().add(16 + 32 * (j / 2)) as *const i8);
-                        let raw = if j % 2 == 0 { raw } else { _mm256_srli_epi16(raw, 4) };
-                        let q = _mm256_and_si256(raw, mask);
-                        let (sc, m) = scale_min_k4(j, &b[4..16]);
-                        let (dsc, dm) = (d * sc as f32, dmin * m as f32);
-                        for t in 0..T {
-                            let y = a[t].get_unchecked(8 * i + j);
-                            let p = _mm256_cvtepi32_ps($mul_sum(q, load(y.qs.as_ptr())));
-                            acc[j & 1][t] = _mm256_fmadd_ps(p, _mm256_set1_ps(dsc * y.d), acc[j & 1][t]);
-                            offs[t] -= dm * y.d * y.sum as f32;
-                        }
+                    // Sub-block j: the low (even j) or high (odd j) nibbles of 32 bytes.
+                    let raw = load(b.as_ptr().add(16 + 32 * (j / 2)) as *const i8);
+                    let raw = if j % 2 == 0 { raw } else { _mm256_srli_epi16(raw, 4) };
+                    let q = _mm256_and_si256(raw, mask);
+                    let (sc, m) = scale_min_k4(j, &b[4..16]);
+                    let (dsc, dm) = (d * sc as f32, dmin * m as f32);
+                    for t in 0..T {
+                        let y = a[t].get_unchecked(s);
+                        let p = _mm256_cvtepi32_ps($mul_sum(q, load(y.qs.as_ptr())));
+                        acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(dsc * y.d), acc[t]);
+                        offs[t] -= dm * y.d * y.sum as f32;
                     }
-                }
-                for t in 0..T {
-                    out[t] = hsum(_mm256_add_ps(acc[0][t], acc[1][t])) + offs[t];
-                }
+                });
+                out[..T].copy_from_slice(&sums);
             }
 
             /// Q6_K: super-blocks of 256, sixteen sub-blocks of 16 with i8
-            /// scales: `x = d * sc * (q - 32)`, q of 6 bits (4 in `ql`, 2 in `qh`).
+            /// scales: `x = d * sc * (q - 32)`, q of 6 bits (4 in `ql`, 2 in
+            /// `qh`). One step per group of 32 values (two sub-blocks).
             #[target_feature(enable = $features)]
             pub unsafe fn q6_k<const T: usize>(w: &[u8], a: [&[Q8Block]; T], out: &mut [f32]) {
-                let mut acc = [[_mm256_setzero_ps(); T]; 2];
                 let (m15, m3, m32) = (_mm256_set1_epi8(15), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
-                for i in 0..w.len() / 210 {
+                let sums = two_chains!(w.len() / 210 * 8, s, acc, _offs, {
+                    let (i, half, g) = (s / 8, s % 8 / 4, s % 4);
                     let b = w.as_ptr().add(210 * i);
                     let d = f16_at(b.add(208));
-                    for half in 0..2 {
-                        let ql =
-                            [load(b.add(64 * half) as *const i8), load(b.add(64 * half + 32) as *const i8)];
-                        let qh = load(b.add(128 + 32 * half) as *const i8);
-                        let sc = b.add(192 + 8 * half) as *const i8;
-                        for g in 0..4 {
-                            let low = if g < 2 { ql[g] } else { _mm256_srli_epi16(ql[g - 2], 4) };
-                            let low = _mm256_and_si256(low, m15);
-                            let high =
-                                _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * g as i32)), m3);
-                            let q = _mm256_sub_epi8(_mm256_or_si256(low, _mm256_slli_epi16(high, 4)), m32);
-                            let qabs = _mm256_sign_epi8(q, q);
-                            let scale = [*sc.add(2 * g) as i16, *sc.add(2 * g + 1) as i16];
-                            for t in 0..T {
-                                let y = a[t].get_unchecked(8 * i + 4 * half + g);
-                                let s = _mm256_sign_epi8(load(y.qs.as_ptr()), q);
-                                let p = _mm256_cvtepi32_ps($mul_sum_scaled(qabs, s, scale));
-                                acc[g & 1][t] = _mm256_fmadd_ps(p, _mm256_set1_ps(d * y.d), acc[g & 1][t]);
-                            }
-                        }
+                    let ql = load(b.add(64 * half + 32 * (g % 2)) as *const i8);
+                    let low = if g < 2 { ql } else { _mm256_srli_epi16(ql, 4) };
+                    let low = _mm256_and_si256(low, m15);
+                    let qh = load(b.add(128 + 32 * half) as *const i8);
+                    let high = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * g as i32)), m3);
+                    let q = _mm256_sub_epi8(_mm256_or_si256(low, _mm256_slli_epi16(high, 4)), m32);
+                    let qabs = _mm256_sign_epi8(q, q);
+                    let sc = b.add(192 + 8 * half) as *const i8;
+                    let scale = [*sc.add(2 * g) as i16, *sc.add(2 * g + 1) as i16];
+                    for t in 0..T {
+                        let y = a[t].get_unchecked(s);
+                        let sy = _mm256_sign_epi8(load(y.qs.as_ptr()), q);
+                        let p = _mm256_cvtepi32_ps($mul_sum_scaled(qabs, sy, scale));
+                        acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(d * y.d), acc[t]);
                     }
-                }
-                for t in 0..T {
-                    out[t] = hsum(_mm256_add_ps(acc[0][t], acc[1][t]));
-                }
+                });
+                out[..T].copy_from_slice(&sums);
             }
         }
     };

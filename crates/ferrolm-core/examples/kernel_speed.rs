@@ -1,0 +1,46 @@
+//! Single-thread speed of each quantized kernel (one weight matrix of
+//! 1536 x 576 against 1 and 4 activation rows), for tuning:
+//!
+//!     cargo run --release --example kernel_speed
+
+use std::time::Instant;
+
+use ferrolm_core::backend::cpu::quant::{dot_q8, quantize_rows, Isa, Q8Block};
+use ferrolm_core::weights::gguf::GgmlType;
+
+fn main() {
+    let (rows, cols) = (1536usize, 576usize);
+    let x: Vec<f32> = (0..4 * cols).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+    let mut q = vec![Q8Block::default(); 4 * cols / 32];
+    quantize_rows(&x, &mut q);
+    let acts: Vec<&[Q8Block]> = q.chunks(cols / 32).collect();
+    for isa in Isa::available() {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+            let (block, bytes) = ty.block_layout().unwrap();
+            let cols = cols / block * block;
+            let row_bytes = cols / block * bytes;
+            let mut w: Vec<u8> = (0..rows * row_bytes).map(|i| (i * 31 % 251) as u8).collect();
+            for b in w.chunks_exact_mut(bytes) {
+                let at = if ty == GgmlType::Q6_K { 208 } else { 0 };
+                b[at..at + 2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+            }
+            for n in [1, 4] {
+                let mut out = [0f32; 4];
+                let reps = 200;
+                let t = Instant::now();
+                for _ in 0..reps {
+                    for r in w.chunks_exact(row_bytes) {
+                        dot_q8(isa, ty, r, &acts[..n], &mut out[..n]);
+                    }
+                }
+                let s = t.elapsed().as_secs_f64();
+                let macs = (reps * rows * cols * n) as f64;
+                println!(
+                    "{isa:?} {ty} x{n}: {:.2} GMAC/s, weights {:.1} GB/s",
+                    macs / s / 1e9,
+                    (reps * w.len()) as f64 / s / 1e9
+                );
+            }
+        }
+    }
+}
