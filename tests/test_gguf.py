@@ -22,7 +22,7 @@ TOLERANCE = 1e-3
 
 @pytest.mark.parametrize("stem", MODELS)
 def test_logits_match_hf(stem):
-    model = Transformer.from_pretrained(GGUF / f"{stem}.gguf")
+    model = Transformer.from_pretrained(GGUF / f"{stem}.gguf", dtype="float32")  # the exact path
     ref = load_file(str(GGUF / f"{stem}.reference.safetensors"))
     k = 0
     while f"tokens_{k}" in ref:

@@ -24,7 +24,11 @@ def smollm2() -> Path:
 
 @pytest.fixture(scope="module")
 def session(smollm2):
-    with InferenceSession(smollm2) as s:
+    # The exact path: these tests check answers, and on this Q4_1 file the
+    # default path (8-bit activations, as in llama.cpp) answers the capital
+    # question with "L'Étoile, la Marseillaise, ..." exactly as llama.cpp
+    # 0.3.36 does (its first token wins by 0.13 logits over "The").
+    with InferenceSession(smollm2, dtype="float32") as s:
         yield s
 
 
@@ -43,9 +47,15 @@ def test_capital_of_france(session):
 
 def test_logits_match_hf_on_the_same_gguf(smollm2):
     ref = load_file(str(REFERENCE))
-    model = Transformer.from_pretrained(smollm2, max_seq_len=64)
     tokens = ref["tokens"].tolist()
-    assert max_rel_error(model.forward([tokens])[0], ref["logits"]) < 1e-3
+    exact = Transformer.from_pretrained(smollm2, max_seq_len=64, dtype="float32")
+    assert max_rel_error(exact.forward([tokens])[0], ref["logits"]) < 1e-3
+    # The default path (Q4_1 blocks against 8-bit activations) picks HF's
+    # next token almost everywhere; its accuracy is measured as perplexity
+    # in test_perplexity.py.
+    fast = Transformer.from_pretrained(smollm2, max_seq_len=64).forward([tokens])[0]
+    agree = np.mean(fast.argmax(-1) == ref["logits"].argmax(-1))
+    assert agree >= 0.9, agree
 
 
 def test_tokenizer_and_chat_template_come_from_the_gguf(smollm2):

@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"ferrolm {_version()}")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU worker threads (default: FERROLM_NUM_THREADS, else the physical cores)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     g = sub.add_parser("generate", help="answer one prompt, streaming the text")
@@ -299,7 +301,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("--threads must be at least 1")
+        os.environ["FERROLM_NUM_THREADS"] = str(args.threads)  # read by the core when a model loads
     commands = {"generate": cmd_generate, "chat": cmd_chat, "serve": cmd_serve, "info": cmd_info,
                 "pull": cmd_pull, "perplexity": cmd_perplexity, "bench": cmd_bench}
     try:

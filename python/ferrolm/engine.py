@@ -97,7 +97,9 @@ class AsyncEngine:
     Args:
         model: a model directory, a ``.gguf`` file or a short name (``"smollm2"``).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a GPU index.
-        dtype: on a GPU ``"bfloat16"`` (default) or ``"float32"`` (exact).
+        dtype: on a GPU ``"bfloat16"`` (default) or ``"float32"`` (exact); on the
+            CPU unset (weights as stored) or ``"float32"`` (exact).
+        quantize: ``"q8_0"`` or ``"q4_k"``: quantize an HF checkpoint at load (CPU).
         max_seq_len: longest sequence, prompt plus output (default: the model's context).
         page_size: tokens per KV page.
         num_pages: KV pool size in pages (default: from ``kv_cache_bytes``).
@@ -110,7 +112,8 @@ class AsyncEngine:
     def __init__(self, model: str | os.PathLike[str] = hub.DEFAULT_MODEL, *, device: str | int = "cpu",
                  max_seq_len: int | None = None, page_size: int = 16, num_pages: int | None = None,
                  kv_cache_bytes: int = _DEFAULT_KV_BYTES, max_num_seqs: int = 64,
-                 max_batch_tokens: int = 512, prefix_caching: bool = True, dtype: str | None = None) -> None:
+                 max_batch_tokens: int = 512, prefix_caching: bool = True, dtype: str | None = None,
+                 quantize: str | None = None) -> None:
         path = hub.resolve(model)
         for name, value in (("page_size", page_size), ("kv_cache_bytes", kv_cache_bytes),
                             ("max_num_seqs", max_num_seqs), ("max_batch_tokens", max_batch_tokens),
@@ -119,7 +122,8 @@ class AsyncEngine:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.model_path = str(path)
         self._core = _core.Engine.load(self.model_path, _device(device), max_seq_len, page_size, num_pages,
-                                       kv_cache_bytes, max_num_seqs, max_batch_tokens, bool(prefix_caching), dtype)
+                                       kv_cache_bytes, max_num_seqs, max_batch_tokens, bool(prefix_caching), dtype,
+                                       quantize)
         # None for a model directory without tokenizer files (token ids only).
         self.tokenizer: Tokenizer | None = _tokenizer_or_none(path)
         self.model_info: dict[str, Any] = json.loads(self._core.model_info())

@@ -123,6 +123,7 @@ class Transformer:
         max_seq_len: int | None = None,
         max_batch_size: int = 1,
         dtype: str | None = None,
+        quantize: str | None = None,
     ) -> Transformer:
         """Loads an HF model directory (``config.json`` + safetensors), a ``.gguf`` file,
         or a short name such as ``"smollm2"`` (pulled on first use).
@@ -135,10 +136,15 @@ class Transformer:
                 ``max_position_embeddings``).
             max_batch_size: sequences per forward call.
             dtype: on a GPU, ``"bfloat16"`` (default: weights in bf16, f32
-                accumulation) or ``"float32"`` (exact); the CPU computes in float32.
+                accumulation) or ``"float32"`` (exact). On the CPU, unset (default:
+                weights stay as stored, quantized or half, against 8-bit activations,
+                f16 KV cache) or ``"float32"`` (the exact dequantized path).
+            quantize: ``"q8_0"`` or ``"q4_k"`` quantizes an f32/f16/bf16 checkpoint
+                at load so it runs on the CPU's integer kernels (CPU only).
         """
         model = _core.Model.from_pretrained(
-            str(hub.resolve(path)), _device(device), max_seq_len, _positive(max_batch_size, "max_batch_size"), dtype
+            str(hub.resolve(path)), _device(device), max_seq_len, _positive(max_batch_size, "max_batch_size"), dtype,
+            quantize,
         )
         self = cls(ModelArgs(**json.loads(model.config), max_batch_size=max_batch_size))
         self._model = model

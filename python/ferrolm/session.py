@@ -25,7 +25,9 @@ class InferenceSession:
             as ``"smollm2"`` (pulled on first use).
         device: ``"cpu"``, ``"cuda"``/``"cuda:N"`` or an integer GPU index.
         max_seq_len: longest conversation in tokens (default: the model's context length).
-        dtype: on a GPU ``"bfloat16"`` (default) or ``"float32"`` (exact).
+        dtype: on a GPU ``"bfloat16"`` (default) or ``"float32"`` (exact); on the
+            CPU unset (weights as stored) or ``"float32"`` (exact).
+        quantize: ``"q8_0"`` or ``"q4_k"``: quantize an HF checkpoint at load (CPU).
 
     Raises:
         FileNotFoundError: the model does not exist.
@@ -34,10 +36,11 @@ class InferenceSession:
     """
 
     def __init__(self, model_path: str | os.PathLike[str] = hub.DEFAULT_MODEL,
-                 device: str | int = "cpu", max_seq_len: int | None = None, dtype: str | None = None) -> None:
+                 device: str | int = "cpu", max_seq_len: int | None = None, dtype: str | None = None,
+                 quantize: str | None = None) -> None:
         self._core: _core.Session | None = None
         path = hub.resolve(model_path)
-        self._core = _core.Session.load(str(path), _device(device), max_seq_len, dtype)
+        self._core = _core.Session.load(str(path), _device(device), max_seq_len, dtype, quantize)
         self.model_path = str(path)
 
     def generate(self, prompt: str, config: SamplingConfig | None = None,

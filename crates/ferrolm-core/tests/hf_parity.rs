@@ -81,3 +81,45 @@ fn greedy_matches_hf() {
         assert_eq!(out[0].tokens, expected, "{}", dir.display());
     }
 }
+
+/// `quantize` turns an f32/half checkpoint into packed blocks at load
+/// (Q4_K falls back to Q8_0 for these small rows); the model still picks
+/// HF's next token almost everywhere.
+#[test]
+fn quantize_at_load_packs_matrices_and_keeps_hf_tokens() {
+    use ferrolm_core::backend::cpu::CpuWeight;
+    use ferrolm_core::weights::gguf::GgmlType;
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_K] {
+        for dir in fixtures() {
+            let cpu = Cpu::new(CpuOptions { quantize: Some(ty), ..Default::default() }).unwrap();
+            let model = Transformer::from_pretrained_on(&dir, None, cpu).unwrap();
+            let w = &model.layers[0].gate_proj.weight;
+            let CpuWeight::Packed(p) = w else { panic!("{}: not quantized", dir.display()) };
+            let expected_ty = if p.cols() % 256 == 0 { ty } else { GgmlType::Q8_0 };
+            assert_eq!(p.ty, expected_ty, "{}", dir.display());
+
+            let reference = Reference::open(&dir.join("reference.safetensors"));
+            let vocab = model.config.vocab_size;
+            let (mut same, mut total) = (0, 0);
+            for k in 0.. {
+                let Some(tokens) = reference.tokens(&format!("tokens_{k}")) else { break };
+                let expected = reference.floats(&format!("logits_{k}")).1;
+                let mut cache = model.new_cache(1).unwrap();
+                let got = model
+                    .forward(&mut cache, &[SeqInput { seq: 0, start_pos: 0, tokens: &tokens }], Logits::All)
+                    .unwrap();
+                for (g, e) in got.chunks(vocab).zip(expected.chunks(vocab)) {
+                    let argmax =
+                        |v: &[f32]| v.iter().enumerate().fold(0, |b, (i, &x)| if x > v[b] { i } else { b });
+                    same += usize::from(argmax(g) == argmax(e));
+                    total += 1;
+                }
+            }
+            assert!(
+                same * 10 >= total * 9,
+                "{} {ty}: {same}/{total} next tokens agree with HF",
+                dir.display()
+            );
+        }
+    }
+}

@@ -3,6 +3,7 @@
 
 use ferrolm_core::backend::cpu::{Cpu, CpuOptions};
 use ferrolm_core::backend::cuda::{Cuda, GpuDtype};
+use ferrolm_core::weights::gguf::GgmlType;
 use ferrolm_core::{Device, Error, Result};
 
 /// The backend a Python call asked for.
@@ -16,7 +17,17 @@ pub enum Target {
 /// stored (quantized or half) and multiply 8-bit activations; "float32" is
 /// the exact path (weights widened to f32, f32 KV cache). Threads come from
 /// `FERROLM_NUM_THREADS` or the physical core count.
-pub fn open(device: &str, dtype: Option<&str>) -> Result<Target> {
+/// `quantize` ("q8_0", "q4_k") quantizes f32/half matrices at load (CPU only).
+pub fn open(device: &str, dtype: Option<&str>, quantize: Option<&str>) -> Result<Target> {
+    let quantize = quantize
+        .map(|q| match q.trim().to_ascii_lowercase().as_str() {
+            "q8_0" => Ok(GgmlType::Q8_0),
+            "q4_k" => Ok(GgmlType::Q4_K),
+            other => {
+                Err(Error::InvalidInput(format!("quantize=`{other}` is not known; use \"q8_0\" or \"q4_k\"")))
+            }
+        })
+        .transpose()?;
     match Device::parse(device)? {
         Device::Cpu => {
             let exact = match dtype.map(str::to_ascii_lowercase).as_deref() {
@@ -29,8 +40,11 @@ pub fn open(device: &str, dtype: Option<&str>) -> Result<Target> {
                     )))
                 }
             };
-            Ok(Target::Cpu(Cpu::new(CpuOptions { exact, ..Default::default() })?))
+            Ok(Target::Cpu(Cpu::new(CpuOptions { exact, quantize, ..Default::default() })?))
         }
+        Device::Cuda(_) if quantize.is_some() => Err(Error::Unsupported(
+            "quantize= runs on the CPU only; on a GPU use dtype=\"bfloat16\" or \"float32\"".into(),
+        )),
         Device::Cuda(ordinal) => {
             let dtype = dtype.map(GpuDtype::parse).transpose()?.unwrap_or(GpuDtype::Bf16);
             Ok(Target::Cuda(Cuda::new(ordinal, dtype)?))

@@ -78,7 +78,7 @@ fn token_ids(sequences: Vec<Vec<i64>>) -> ferrolm_core::Result<Vec<Vec<u32>>> {
 impl Model {
     /// Loads an HF model directory or a `.gguf` file onto `device`.
     #[staticmethod]
-    #[pyo3(signature = (path, device, max_seq_len, max_batch_size, dtype=None))]
+    #[pyo3(signature = (path, device, max_seq_len, max_batch_size, dtype=None, quantize=None))]
     fn from_pretrained(
         py: Python<'_>,
         path: PathBuf,
@@ -86,9 +86,10 @@ impl Model {
         max_seq_len: Option<usize>,
         max_batch_size: usize,
         dtype: Option<&str>,
+        quantize: Option<&str>,
     ) -> PyResult<Model> {
         run(py, || {
-            let inner = match device::open(device, dtype)? {
+            let inner = match device::open(device, dtype, quantize)? {
                 Target::Cpu(cpu) => OnCpu(Loaded::new(
                     Transformer::from_pretrained_on(&path, max_seq_len, cpu)?,
                     max_batch_size,

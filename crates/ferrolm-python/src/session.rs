@@ -40,17 +40,18 @@ impl Session {
 impl Session {
     /// Opens a model directory or `.gguf` file with its tokenizer.
     #[staticmethod]
-    #[pyo3(signature = (path, device, max_seq_len, dtype=None))]
+    #[pyo3(signature = (path, device, max_seq_len, dtype=None, quantize=None))]
     fn load(
         py: Python<'_>,
         path: PathBuf,
         device: &str,
         max_seq_len: Option<usize>,
         dtype: Option<&str>,
+        quantize: Option<&str>,
     ) -> PyResult<Session> {
         run(py, || {
             let tokenizer = Tokenizer::from_pretrained(&path)?;
-            let session = match device::open(device, dtype)? {
+            let session = match device::open(device, dtype, quantize)? {
                 Target::Cpu(cpu) => {
                     let model = Transformer::from_pretrained_on(&path, max_seq_len, cpu)?;
                     OnCpu(CoreSession::new(Arc::new(model), tokenizer)?)

@@ -25,7 +25,8 @@ use self::matmul::{packed_rows, rms_norm_row, rows_per_task, OutPtr, Prepared};
 use self::quant::Isa;
 use super::{AttentionShape, Backend, Device, SeqSpan};
 use crate::error::{try_zeroed, Error, Result};
-use crate::weights::{HostTensor, PackedTensor, StoredTensor};
+use crate::weights::gguf::GgmlType;
+use crate::weights::{Bytes, HostTensor, PackedTensor, StoredTensor};
 
 /// How the CPU backend runs.
 #[derive(Debug, Clone, Default)]
@@ -36,11 +37,17 @@ pub struct CpuOptions {
     /// Widen every weight to f32 at load and keep the KV cache in f32: the
     /// dequantized reference path (slower, more memory).
     pub exact: bool,
-    /// KV cache precision; `None`: f32 when exact or when the weights are
-    /// f32, else f16.
+    /// KV cache precision; `None`: f16 for quantized models (they already
+    /// trade exactness for speed), f32 otherwise (f32 and f16/bf16 weights
+    /// then compute as HF does).
     pub kv_dtype: Option<KvDtype>,
     /// Kernel instruction set; `None`: the best this CPU runs (tests pin it).
     pub isa: Option<Isa>,
+    /// Quantize f32/f16/bf16 matrices at load (`Q8_0` or `Q4_K`; rows whose
+    /// length is not a multiple of 256 fall back from Q4_K to Q8_0), so
+    /// that HF checkpoints also run on the integer kernels. Already
+    /// quantized (GGUF) weights are kept as they are.
+    pub quantize: Option<GgmlType>,
 }
 
 /// The CPU backend.
@@ -51,8 +58,9 @@ pub struct Cpu {
     isa: Isa,
     exact: bool,
     kv_dtype: Option<KvDtype>,
-    /// Set when a packed weight is uploaded: picks the f16 KV default.
-    saw_packed: Arc<std::sync::atomic::AtomicBool>,
+    quantize: Option<GgmlType>,
+    /// Set when a quantized weight is uploaded: picks the f16 KV default.
+    saw_quantized: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for Cpu {
@@ -79,6 +87,18 @@ impl Cpu {
             None => default_threads()?,
         };
         let isa = options.isa.unwrap_or_else(Isa::detect);
+        if let Some(ty) = options.quantize {
+            if !matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_K) {
+                return Err(Error::InvalidInput(format!(
+                    "cannot quantize to {ty}; use \"q8_0\" or \"q4_k\""
+                )));
+            }
+            if options.exact {
+                return Err(Error::InvalidInput(
+                    "quantize and the exact float32 path exclude each other; pick one".into(),
+                ));
+            }
+        }
         if !Isa::available().contains(&isa) {
             return Err(Error::Unsupported(format!("this CPU cannot run the {isa:?} kernels")));
         }
@@ -93,7 +113,8 @@ impl Cpu {
             isa,
             exact: options.exact,
             kv_dtype: options.kv_dtype,
-            saw_packed: Default::default(),
+            quantize: options.quantize,
+            saw_quantized: Default::default(),
         })
     }
 
@@ -117,7 +138,9 @@ impl Cpu {
     fn kv_dtype(&self) -> KvDtype {
         match self.kv_dtype {
             Some(d) => d,
-            None if self.exact || !self.saw_packed.load(std::sync::atomic::Ordering::Relaxed) => KvDtype::F32,
+            None if self.exact || !self.saw_quantized.load(std::sync::atomic::Ordering::Relaxed) => {
+                KvDtype::F32
+            }
             None => KvDtype::F16,
         }
     }
@@ -208,6 +231,25 @@ impl Cpu {
     }
 }
 
+/// `tensor` quantized to `ty` (falling back from Q4_K to Q8_0 for rows that
+/// are not whole super-blocks); unchanged when already quantized or when
+/// rows are not whole blocks of 32.
+fn quantize_matrix(tensor: StoredTensor, ty: GgmlType) -> Result<StoredTensor> {
+    if let StoredTensor::Packed(p) = &tensor {
+        if quant::uses_q8(p.ty) {
+            return Ok(tensor);
+        }
+    }
+    let cols = tensor.shape()[1];
+    let ty = if ty == GgmlType::Q4_K && !cols.is_multiple_of(256) { GgmlType::Q8_0 } else { ty };
+    if !cols.is_multiple_of(quant::QK) {
+        return Ok(tensor);
+    }
+    let host = tensor.into_host()?;
+    let data = crate::weights::gguf::quantize::quantize(ty, &host.data)?;
+    PackedTensor::new(host.shape, ty, Bytes::Owned(data)).map(StoredTensor::Packed)
+}
+
 fn add_bias(out: &mut [f32], bias: &[f32]) {
     for row in out.chunks_mut(bias.len()) {
         for (o, b) in row.iter_mut().zip(bias) {
@@ -239,6 +281,10 @@ impl Backend for Cpu {
     /// Matrices the kernels multiply stay packed (unless exact); everything
     /// else becomes f32.
     fn upload(&self, tensor: StoredTensor) -> Result<CpuWeight> {
+        let tensor = match self.quantize {
+            Some(ty) if tensor.shape().len() == 2 => quantize_matrix(tensor, ty)?,
+            _ => tensor,
+        };
         match tensor {
             StoredTensor::Packed(p) if !self.exact && p.shape.len() == 2 && quant::is_supported(p.ty) => {
                 let k = p.cols();
@@ -246,7 +292,9 @@ impl Backend for Cpu {
                 if quant::uses_q8(p.ty) && (k % quant::QK != 0 || k % block != 0) {
                     return Ok(CpuWeight::F32(p.dequantize()?));
                 }
-                self.saw_packed.store(true, std::sync::atomic::Ordering::Relaxed);
+                if quant::uses_q8(p.ty) {
+                    self.saw_quantized.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 Ok(CpuWeight::Packed(p))
             }
             other => Ok(CpuWeight::F32(other.into_host()?)),
