@@ -94,9 +94,13 @@ fn quantize_at_load_packs_matrices_and_keeps_hf_tokens() {
             let cpu = Cpu::new(CpuOptions { quantize: Some(ty), ..Default::default() }).unwrap();
             let model = Transformer::from_pretrained_on(&dir, None, cpu).unwrap();
             let w = &model.layers[0].gate_proj.weight;
-            let CpuWeight::Packed(p) = w else { panic!("{}: not quantized", dir.display()) };
-            let expected_ty = if p.cols() % 256 == 0 { ty } else { GgmlType::Q8_0 };
-            assert_eq!(p.ty, expected_ty, "{}", dir.display());
+            let (stored, cols) = match w {
+                CpuWeight::Packed(p) => (p.ty, p.cols()),
+                CpuWeight::Interleaved(i) => (i.ty, i.cols()),
+                CpuWeight::F32(_) => panic!("{}: not quantized", dir.display()),
+            };
+            let expected_ty = if cols % 256 == 0 { ty } else { GgmlType::Q8_0 };
+            assert_eq!(stored, expected_ty, "{}", dir.display());
 
             let reference = Reference::open(&dir.join("reference.safetensors"));
             let vocab = model.config.vocab_size;

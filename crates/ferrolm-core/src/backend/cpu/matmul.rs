@@ -13,7 +13,9 @@ use std::borrow::Cow;
 
 use rayon::prelude::*;
 
+use super::quant::interleave::{Interleaved, ROWS};
 use super::quant::{self, Isa, Q8Block, QK};
+use crate::weights::gguf::GgmlType;
 use crate::weights::{HostTensor, PackedTensor};
 
 /// A parameter on the CPU: f32, or packed as the checkpoint stores it.
@@ -21,6 +23,8 @@ use crate::weights::{HostTensor, PackedTensor};
 pub enum CpuWeight {
     F32(HostTensor),
     Packed(PackedTensor),
+    /// Q4_0/Q4_1/Q8_0 rows in groups of eight (SIMD kernels only).
+    Interleaved(Interleaved),
 }
 
 impl CpuWeight {
@@ -28,6 +32,16 @@ impl CpuWeight {
         match self {
             CpuWeight::F32(t) => &t.shape,
             CpuWeight::Packed(p) => &p.shape,
+            CpuWeight::Interleaved(w) => &w.shape,
+        }
+    }
+
+    /// The matrix the quantized kernels multiply; `None` for f32 weights.
+    pub(super) fn matrix(&self) -> Option<Matrix<'_>> {
+        match self {
+            CpuWeight::F32(_) => None,
+            CpuWeight::Packed(p) => Some(Matrix::Rows(p)),
+            CpuWeight::Interleaved(w) => Some(Matrix::Groups(w)),
         }
     }
 
@@ -35,7 +49,7 @@ impl CpuWeight {
     pub fn f32_data(&self) -> &[f32] {
         match self {
             CpuWeight::F32(t) => &t.data,
-            CpuWeight::Packed(p) => panic!("{} tensor {:?} used as an f32 vector", p.ty, p.shape),
+            other => panic!("packed tensor {:?} used as an f32 vector", other.shape()),
         }
     }
 
@@ -44,6 +58,7 @@ impl CpuWeight {
         match self {
             CpuWeight::F32(t) => 4 * t.data.len(),
             CpuWeight::Packed(p) => p.data.len(),
+            CpuWeight::Interleaved(w) => w.data.len(),
         }
     }
 }
@@ -64,15 +79,10 @@ impl<'a> Prepared<'a> {
     /// each row first when `norm` (weight, eps) is given. Normalization and
     /// quantization are one pass: the normalized rows are only materialized
     /// when a half-precision weight needs them.
-    pub fn new(
-        x: &'a [f32],
-        k: usize,
-        norm: Option<(&[f32], f32)>,
-        weights: &[&PackedTensor],
-    ) -> Prepared<'a> {
+    pub fn new(x: &'a [f32], k: usize, norm: Option<(&[f32], f32)>, types: &[GgmlType]) -> Prepared<'a> {
         let rows = x.len() / k;
-        let wants_q8 = weights.iter().any(|w| quant::uses_q8(w.ty));
-        let wants_f32 = weights.iter().any(|w| !quant::uses_q8(w.ty));
+        let wants_q8 = types.iter().any(|&t| quant::uses_q8(t));
+        let wants_f32 = types.iter().any(|&t| !quant::uses_q8(t));
         let x: Cow<'a, [f32]> = match norm {
             Some((weight, eps)) if wants_f32 => {
                 let mut out = vec![0f32; x.len()];
@@ -136,9 +146,91 @@ fn quantize_normed_row(x: &[f32], weight: &[f32], eps: f32, out: &mut [Q8Block])
 /// weight row of a task passes over them.
 const TOKEN_TILE: usize = 64;
 
+/// A quantized matrix as the kernels see it: rows as stored, or groups of
+/// eight interleaved rows.
+#[derive(Clone, Copy)]
+pub(super) enum Matrix<'a> {
+    Rows(&'a PackedTensor),
+    Groups(&'a Interleaved),
+}
+
+impl Matrix<'_> {
+    pub fn ty(&self) -> GgmlType {
+        match self {
+            Matrix::Rows(p) => p.ty,
+            Matrix::Groups(w) => w.ty,
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        match self {
+            Matrix::Rows(p) => p.rows(),
+            Matrix::Groups(w) => w.rows(),
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        match self {
+            Matrix::Rows(p) => p.cols(),
+            Matrix::Groups(w) => w.cols(),
+        }
+    }
+
+    /// Rows per parallel task: see [`rows_per_task`]; whole groups for
+    /// interleaved matrices.
+    pub fn task_rows(&self, threads: usize, tokens: usize) -> usize {
+        let n = rows_per_task(self.rows(), threads, tokens);
+        match self {
+            Matrix::Rows(_) => n,
+            Matrix::Groups(_) => n.next_multiple_of(ROWS),
+        }
+    }
+
+    /// Calls `write(t, r, dot(row r, input row t))` for every weight row `r`
+    /// in `rows` (whole groups for interleaved matrices) and every input row `t`.
+    pub fn compute(
+        &self,
+        isa: Isa,
+        p: &Prepared,
+        rows: std::ops::Range<usize>,
+        write: impl FnMut(usize, usize, f32),
+    ) {
+        match self {
+            Matrix::Rows(w) => packed_rows(isa, w, p, rows, write),
+            Matrix::Groups(w) => grouped_rows(isa, w, p, rows, write),
+        }
+    }
+}
+
+fn grouped_rows(
+    isa: Isa,
+    w: &Interleaved,
+    p: &Prepared,
+    rows: std::ops::Range<usize>,
+    mut write: impl FnMut(usize, usize, f32),
+) {
+    let mut dots = [[0f32; ROWS]; 4];
+    for tile in (0..p.rows).step_by(TOKEN_TILE) {
+        let tile_end = (tile + TOKEN_TILE).min(p.rows);
+        for g in rows.start / ROWS..rows.end.div_ceil(ROWS) {
+            let group = w.group(g);
+            for t0 in (tile..tile_end).step_by(4) {
+                let n = (tile_end - t0).min(4);
+                let acts: [&[Q8Block]; 4] = std::array::from_fn(|i| p.q8_row(t0 + i.min(n - 1)));
+                quant::dot_x8(isa, w.ty, group, &acts[..n], &mut dots[..n]);
+                for (i, row) in dots[..n].iter().enumerate() {
+                    for (j, &d) in row.iter().enumerate() {
+                        write(t0 + i, g * ROWS + j, d);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Calls `write(t, r, dot(w.row(r), input row t))` for every weight row `r`
 /// in `rows` and every input row `t`.
-pub(super) fn packed_rows(
+fn packed_rows(
     isa: Isa,
     w: &PackedTensor,
     p: &Prepared,

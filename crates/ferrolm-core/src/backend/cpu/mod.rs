@@ -21,7 +21,8 @@ use rayon::prelude::*;
 
 pub use self::kv::{CpuKv, KvDtype};
 pub use self::matmul::CpuWeight;
-use self::matmul::{packed_rows, rms_norm_row, rows_per_task, OutPtr, Prepared};
+use self::matmul::{rms_norm_row, Matrix, OutPtr, Prepared};
+use self::quant::interleave::Interleaved;
 use self::quant::Isa;
 use super::{AttentionShape, Backend, Device, SeqSpan};
 use crate::error::{try_zeroed, Error, Result};
@@ -184,13 +185,13 @@ impl Cpu {
         }
     }
 
-    /// All output rows of several packed weights over one prepared input,
-    /// in one parallel pass.
-    fn packed_linears(&self, p: &Prepared, weights: &[&PackedTensor], outs: &mut [&mut Vec<f32>]) {
+    /// All output rows of several quantized matrices over one prepared
+    /// input, in one parallel pass.
+    fn packed_linears(&self, p: &Prepared, weights: &[Matrix], outs: &mut [&mut Vec<f32>]) {
         let mut jobs = Vec::new();
         for (i, w) in weights.iter().enumerate() {
             assert_eq!(outs[i].len(), p.rows * w.rows(), "linear: output size does not match");
-            let step = rows_per_task(w.rows(), self.threads, p.rows);
+            let step = w.task_rows(self.threads, p.rows);
             jobs.extend((0..w.rows()).step_by(step).map(|r| (i, r..(r + step).min(w.rows()))));
         }
         let ptrs: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
@@ -198,7 +199,7 @@ impl Cpu {
             let (w, out, n) = (weights[i], ptrs[i], weights[i].rows());
             // SAFETY: `out` holds p.rows * n values (asserted above) and
             // each job writes only its own rows' columns.
-            packed_rows(self.isa, w, p, rows, |t, r, v| unsafe { out.write(t * n + r, v) });
+            w.compute(self.isa, p, rows, |t, r, v| unsafe { out.write(t * n + r, v) });
         });
     }
 
@@ -212,16 +213,10 @@ impl Cpu {
         projs: &[(&CpuWeight, Option<&CpuWeight>)],
         outs: &mut [&mut Vec<f32>],
     ) -> Option<()> {
-        let packed: Vec<&PackedTensor> = projs
-            .iter()
-            .map(|(w, _)| match w {
-                CpuWeight::Packed(p) => Some(p),
-                CpuWeight::F32(_) => None,
-            })
-            .collect::<Option<_>>()?;
-        let k = packed[0].cols();
-        let p = Prepared::new(x, k, norm, &packed);
-        self.packed_linears(&p, &packed, outs);
+        let matrices: Vec<Matrix> = projs.iter().map(|(w, _)| w.matrix()).collect::<Option<_>>()?;
+        let types: Vec<GgmlType> = matrices.iter().map(Matrix::ty).collect();
+        let p = Prepared::new(x, matrices[0].cols(), norm, &types);
+        self.packed_linears(&p, &matrices, outs);
         for ((_, bias), out) in projs.iter().zip(outs.iter_mut()) {
             if let Some(b) = bias {
                 add_bias(out, b.f32_data());
@@ -229,6 +224,25 @@ impl Cpu {
         }
         Some(())
     }
+}
+
+/// The resident form of a packed matrix: interleaved in groups of eight
+/// rows when the kernels have that layout, as stored otherwise. Interleaving
+/// copies the bytes, so the memory map's pages for them are dropped (they
+/// would otherwise count twice in the process's memory until it ends).
+fn resident(isa: Isa, p: PackedTensor) -> CpuWeight {
+    if !(quant::interleaves(isa) && Interleaved::fits(&p)) {
+        return CpuWeight::Packed(p);
+    }
+    let w = Interleaved::new(&p);
+    if let Bytes::Mapped { map, range } = &p.data {
+        // SAFETY: DONTNEED on a read-only file mapping only drops resident
+        // pages; later reads fault them back in from the file unchanged.
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, range.start, range.len())
+        };
+    }
+    CpuWeight::Interleaved(w)
 }
 
 /// `tensor` quantized to `ty` (falling back from Q4_K to Q8_0 for rows that
@@ -295,7 +309,7 @@ impl Backend for Cpu {
                 if quant::uses_q8(p.ty) {
                     self.saw_quantized.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
-                Ok(CpuWeight::Packed(p))
+                Ok(resident(self.isa, p))
             }
             other => Ok(CpuWeight::F32(other.into_host()?)),
         }
@@ -332,6 +346,9 @@ impl Backend for Cpu {
                         Ok(())
                     }
                     CpuWeight::Packed(p) => crate::weights::gguf::quants::dequantize(p.ty, p.row(id), row),
+                    CpuWeight::Interleaved(w) => {
+                        crate::weights::gguf::quants::dequantize(w.ty, &w.row(id), row)
+                    }
                 }
             })
         })
@@ -376,7 +393,7 @@ impl Backend for Cpu {
                 for ((w, bias), out) in projs.iter().zip(outs.iter_mut()) {
                     match w {
                         CpuWeight::F32(t) => self.gemm_f32(x, t, out),
-                        CpuWeight::Packed(_) => {
+                        _ => {
                             self.fused_linears(x, None, &[(w, None)], std::slice::from_mut(out));
                         }
                     }
@@ -407,25 +424,25 @@ impl Backend for Cpu {
     }
 
     fn swiglu(&self, x: &Vec<f32>, gate: &CpuWeight, up: &CpuWeight, out: &mut Vec<f32>) -> Result<()> {
-        let (CpuWeight::Packed(g), CpuWeight::Packed(u)) = (gate, up) else {
+        let (Some(g), Some(u)) = (gate.matrix(), up.matrix()) else {
             let mut up_out = self.zeros(out.len())?;
             self.linears(x, &[(gate, None), (up, None)], &mut [&mut *out, &mut up_out])?;
             return self.silu_mul(out, &up_out);
         };
         let n = g.rows();
         self.pool.install(|| {
-            let p = Prepared::new(x, g.cols(), None, &[g, u]);
+            let p = Prepared::new(x, g.cols(), None, &[g.ty(), u.ty()]);
             assert_eq!(out.len(), p.rows * n, "swiglu: output size does not match");
-            let step = rows_per_task(n, self.threads, p.rows);
+            let step = g.task_rows(self.threads, p.rows).max(u.task_rows(self.threads, p.rows));
             let ptr = OutPtr(out.as_mut_ptr());
             (0..n).into_par_iter().step_by(step).for_each(|r0| {
                 let rows = r0..(r0 + step).min(n);
                 let width = rows.len();
                 let mut gate_out = vec![0f32; p.rows * width];
-                packed_rows(self.isa, g, &p, rows.clone(), |t, r, v| gate_out[t * width + r - r0] = v);
+                g.compute(self.isa, &p, rows.clone(), |t, r, v| gate_out[t * width + r - r0] = v);
                 // SAFETY: `out` holds p.rows * n values (asserted above);
                 // this task writes only columns `rows`.
-                packed_rows(self.isa, u, &p, rows, |t, r, v| unsafe {
+                u.compute(self.isa, &p, rows, |t, r, v| unsafe {
                     ptr.write(t * n + r, silu(gate_out[t * width + r - r0]) * v)
                 });
             });

@@ -120,8 +120,9 @@ mod packed {
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
+    use super::super::quant::interleave::Interleaved;
     use super::super::quant::tests::random_row;
-    use super::super::quant::{Isa, Q8Block, QK};
+    use super::super::quant::{self, Isa, Q8Block, QK};
     use super::super::{CpuOptions, CpuWeight};
     use super::Cpu;
     use crate::backend::Backend;
@@ -152,7 +153,7 @@ mod packed {
     #[test]
     fn packed_linear_equals_f32_up_to_activation_rounding() {
         let mut rng = ChaCha8Rng::seed_from_u64(9);
-        let (rows, cols) = (37, 512);
+        let (rows, cols) = (40, 512);
         for isa in Isa::available() {
             let cpu =
                 Cpu::new(CpuOptions { threads: Some(2), isa: Some(isa), ..Default::default() }).unwrap();
@@ -161,16 +162,27 @@ mod packed {
                 let wide = p.dequantize().unwrap();
                 for tokens in [1, 5, 70] {
                     let x: Vec<f32> = (0..tokens * cols).map(|_| rng.random_range(-2.0f32..2.0)).collect();
-                    let (mut got, mut want) = (vec![0.0; tokens * rows], vec![0.0; tokens * rows]);
-                    cpu.linear(&x, &CpuWeight::Packed(p.clone()), None, &mut got).unwrap();
+                    let mut want = vec![0.0; tokens * rows];
                     cpu.linear(&x, &CpuWeight::F32(wide.clone()), None, &mut want).unwrap();
                     let bound = rounding_bound(&x, &wide.data, cols);
-                    for (i, ((g, w), b)) in got.iter().zip(&want).zip(&bound).enumerate() {
-                        let slop = 1e-4 * (1.0 + w.abs());
-                        assert!(
-                            (g - w).abs() <= b + slop,
-                            "{isa:?} {ty} tokens {tokens} out {i}: {g} vs {w} (bound {b})"
-                        );
+                    // Rows as stored, and (where this ISA has the kernels) in groups of eight.
+                    let mut layouts = vec![CpuWeight::Packed(p.clone())];
+                    if quant::interleaves(isa) && Interleaved::fits(&p) {
+                        let w = Interleaved::new(&p);
+                        assert!((0..rows).all(|r| w.row(r) == p.row(r)), "{ty}: interleaving loses bytes");
+                        layouts.push(CpuWeight::Interleaved(w));
+                    }
+                    for weight in &layouts {
+                        let mut got = vec![0.0; tokens * rows];
+                        cpu.linear(&x, weight, None, &mut got).unwrap();
+                        let what = if matches!(weight, CpuWeight::Packed(_)) { "rows" } else { "groups" };
+                        for (i, ((g, w), b)) in got.iter().zip(&want).zip(&bound).enumerate() {
+                            let slop = 1e-4 * (1.0 + w.abs());
+                            assert!(
+                                (g - w).abs() <= b + slop,
+                                "{isa:?} {ty} {what} tokens {tokens} out {i}: {g} vs {w} (bound {b})"
+                            );
+                        }
                     }
                 }
             }

@@ -12,6 +12,7 @@
 //! chosen once at run time from CPU feature detection. Every kernel takes one
 //! weight row and up to four activation rows.
 
+pub mod interleave;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod portable;
@@ -176,6 +177,50 @@ fn dot_n<const T: usize>(isa: Isa, ty: GgmlType, w: &[u8], a: [&[Q8Block]; T], o
             for (t, a) in a.iter().enumerate() {
                 out[t] = f(w, a);
             }
+        }
+    }
+}
+
+/// Whether `isa` has kernels for [`interleave::Interleaved`] matrices (the
+/// others keep rows as stored).
+pub fn interleaves(isa: Isa) -> bool {
+    matches!(isa, Isa::Avx2 | Isa::Avx512Vnni)
+}
+
+/// One group of eight interleaved rows (`g`: every block of the group)
+/// against up to four activation rows: `out[t][i]` is row `i`'s product
+/// with activation row `t`.
+pub fn dot_x8(isa: Isa, ty: GgmlType, g: &[u8], acts: &[&[Q8Block]], out: &mut [[f32; 8]]) {
+    assert!(interleaves(isa), "{isa:?} has no interleaved kernels");
+    let blocks = match ty {
+        GgmlType::Q4_0 => g.len() / 144,
+        GgmlType::Q4_1 => g.len() / 160,
+        GgmlType::Q8_0 => g.len() / 272,
+        _ => panic!("dot_x8: {ty} is not interleaved"),
+    };
+    assert!(acts.iter().all(|a| a.len() >= blocks) && out.len() >= acts.len(), "dot_x8: lengths disagree");
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! call {
+            ($n:literal, [$($i:literal),*]) => {{
+                let a = [$(acts[$i]),*];
+                let o: &mut [[f32; 8]; $n] = (&mut out[..$n]).try_into().expect("n rows");
+                // SAFETY: AVX2/FMA/F16C were detected (`interleaves`); lengths checked above.
+                unsafe {
+                    match ty {
+                        GgmlType::Q4_0 => x86::x8::q4_0::<$n>(g, a, o),
+                        GgmlType::Q4_1 => x86::x8::q4_1::<$n>(g, a, o),
+                        _ => x86::x8::q8_0::<$n>(g, a, o),
+                    }
+                }
+            }};
+        }
+        match acts.len() {
+            1 => call!(1, [0]),
+            2 => call!(2, [0, 1]),
+            3 => call!(3, [0, 1, 2]),
+            4 => call!(4, [0, 1, 2, 3]),
+            n => panic!("dot_x8 takes 1 to 4 activation rows, not {n}"),
         }
     }
 }

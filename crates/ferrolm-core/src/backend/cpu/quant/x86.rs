@@ -246,3 +246,93 @@ pub unsafe fn dot_half<const BF16: bool>(w: &[u8], x: &[f32]) -> f32 {
     };
     sum
 }
+
+/// Kernels over eight interleaved rows (see `interleave.rs`): every 32-bit
+/// lane is one row, so a block's eight integer sums are converted and
+/// scaled by one instruction each. AVX2 (AVX-512 VNNI CPUs run them too).
+pub mod x8 {
+    use super::*;
+
+    #[inline(always)]
+    unsafe fn bcast(q: *const i8, chunk: usize) -> __m256i {
+        _mm256_set1_epi32((q as *const i32).add(chunk).read_unaligned())
+    }
+
+    /// Q4_0 (`OFFSET = true`: x = d (q - 8)) and Q4_1 (x = d q + m): chunks
+    /// of nibble pairs. Products of 4-bit and 8-bit values are summed in
+    /// i16 over the whole block: 8 x 2 x 15 x 128 = 30720 < 32767.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4<const T: usize, const MINS: bool>(g: &[u8], a: [&[Q8Block]; T], out: &mut [[f32; 8]; T]) {
+        let block = if MINS { 160 } else { 144 };
+        let quants = if MINS { 32 } else { 16 };
+        let (m4, ones) = (_mm256_set1_epi8(15), _mm256_set1_epi16(1));
+        let mut acc = [_mm256_setzero_ps(); T];
+        let mut offs = [_mm256_setzero_ps(); T];
+        for b in 0..g.len() / block {
+            let p = g.as_ptr().add(block * b);
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+            let m = if MINS { _mm256_cvtph_ps(_mm_loadu_si128(p.add(16) as *const __m128i)) } else { d };
+            let mut lo = [_mm256_setzero_si256(); 4];
+            let mut hi = [_mm256_setzero_si256(); 4];
+            for c in 0..4 {
+                let raw = load(p.add(quants + 32 * c) as *const i8);
+                lo[c] = _mm256_and_si256(raw, m4);
+                hi[c] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+            }
+            for t in 0..T {
+                let y = a[t].get_unchecked(b);
+                let q = y.qs.as_ptr();
+                let mut s16 = _mm256_maddubs_epi16(lo[0], bcast(q, 0));
+                s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(hi[0], bcast(q, 4)));
+                for c in 1..4 {
+                    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(lo[c], bcast(q, c)));
+                    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(hi[c], bcast(q, 4 + c)));
+                }
+                let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones));
+                acc[t] = _mm256_fmadd_ps(s, _mm256_mul_ps(d, _mm256_set1_ps(y.d)), acc[t]);
+                // Q4_1: + m * d_y * Σq_y; Q4_0: - 8 d * d_y * Σq_y.
+                let k = if MINS { y.d * y.sum as f32 } else { -8.0 * y.d * y.sum as f32 };
+                offs[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(k), offs[t]);
+            }
+        }
+        for t in 0..T {
+            _mm256_storeu_ps(out[t].as_mut_ptr(), _mm256_add_ps(acc[t], offs[t]));
+        }
+    }
+
+    pub unsafe fn q4_0<const T: usize>(g: &[u8], a: [&[Q8Block]; T], out: &mut [[f32; 8]; T]) {
+        q4::<T, false>(g, a, out)
+    }
+
+    pub unsafe fn q4_1<const T: usize>(g: &[u8], a: [&[Q8Block]; T], out: &mut [[f32; 8]; T]) {
+        q4::<T, true>(g, a, out)
+    }
+
+    /// Q8_0: signed weights, `|w| * sign(y, w)` per chunk, summed in i32
+    /// (one chunk's pairs reach 2 x 128 x 127, too much for i16 sums).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q8_0<const T: usize>(g: &[u8], a: [&[Q8Block]; T], out: &mut [[f32; 8]; T]) {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); T];
+        for b in 0..g.len() / 272 {
+            let p = g.as_ptr().add(272 * b);
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+            let mut s32 = [_mm256_setzero_si256(); T];
+            for c in 0..8 {
+                let w = load(p.add(16 + 32 * c) as *const i8);
+                let wabs = _mm256_sign_epi8(w, w);
+                for t in 0..T {
+                    let y = _mm256_sign_epi8(bcast(a[t].get_unchecked(b).qs.as_ptr(), c), w);
+                    s32[t] = _mm256_add_epi32(s32[t], _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, y), ones));
+                }
+            }
+            for t in 0..T {
+                let yd = _mm256_set1_ps(a[t].get_unchecked(b).d);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[t]), _mm256_mul_ps(d, yd), acc[t]);
+            }
+        }
+        for t in 0..T {
+            _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+        }
+    }
+}
