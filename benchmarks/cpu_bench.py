@@ -6,7 +6,8 @@ own process on the same threads, in one run; prints the ratios.
     python benchmarks/cpu_bench.py --engines ferrolm,llama.cpp --runs 5 --json out.json
 
 Each engine gets a 128-token prompt (prefill tokens/s: the whole prompt in
-one pass) and then greedily generates 128 tokens (decode tokens/s, end of
+one pass, logits of its last position only, as llama.cpp computes by
+default) and then greedily generates 128 tokens (decode tokens/s, end of
 sequence ignored). Peers that are not installed are reported and skipped:
 llama.cpp needs `pip install llama-cpp-python` (built from source by pip),
 HF needs `torch`, `transformers` and `gguf`. Medians of `--runs` runs.
@@ -33,7 +34,7 @@ if engine == "ferrolm":
     import numpy as np
     from ferrolm import Transformer
     m = Transformer.from_pretrained(model, max_seq_len=prompt_len + gen + 8)
-    t = time.perf_counter(); logits = m.forward([prompt]); prefill = time.perf_counter() - t
+    t = time.perf_counter(); logits = m.forward([prompt], logits_to_keep=1); prefill = time.perf_counter() - t
     tok = int(np.argmax(logits[0, -1])); t = time.perf_counter()
     for i in range(gen):
         tok = int(np.argmax(m.forward([[tok]], start_pos=prompt_len + i)[0, -1]))
@@ -56,7 +57,7 @@ elif engine == "hf":
                                              torch_dtype=torch.float32)
     ids = torch.tensor([prompt])
     with torch.no_grad():
-        t = time.perf_counter(); out = m(ids, use_cache=True); prefill = time.perf_counter() - t
+        t = time.perf_counter(); out = m(ids, use_cache=True, logits_to_keep=1); prefill = time.perf_counter() - t
         past, tok = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
         t = time.perf_counter()
         for _ in range(gen):

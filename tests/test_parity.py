@@ -16,6 +16,15 @@ def test_full_pass_matches_hf(reference):
         assert max_rel_error(logits[0], expected) < TOLERANCE
 
 
+def test_logits_to_keep_returns_the_last_positions(reference):
+    tokens, expected = list(reference.sequences())[-1]
+    model = Transformer.from_pretrained(reference.path, max_batch_size=2)
+    last = model.forward([tokens, tokens], logits_to_keep=3)
+    assert last.shape == (2, 3, expected.shape[-1])
+    assert max_rel_error(last[1], expected[-3:]) < TOLERANCE
+    assert model.forward([tokens], logits_to_keep=len(tokens) + 5).shape == (1, len(tokens), expected.shape[-1])
+
+
 def test_token_by_token_decoding_matches_hf(reference):
     model = Transformer.from_pretrained(reference.path)
     for tokens, expected in reference.sequences():

@@ -171,7 +171,7 @@ def bench(
     prefill, decode = [], []
     for _ in range(runs):
         t = time.perf_counter()
-        logits = core.forward([prompt], 0)
+        logits = core.forward([prompt], 0, 1)  # the last position only, as generation needs
         prefill.append(prompt_len / (time.perf_counter() - t))
         tok = int(np.argmax(logits[0, -1]))
         t = time.perf_counter()

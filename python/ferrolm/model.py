@@ -169,15 +169,19 @@ class Transformer:
         else:
             self._core_model().load_state_dict(state, strict)
 
-    def forward(self, tokens: Tokens, start_pos: int = 0) -> np.ndarray:
+    def forward(self, tokens: Tokens, start_pos: int = 0, *, logits_to_keep: int = 0) -> np.ndarray:
         """Logits of every position, float32 ``[batch, seq, vocab]``.
 
         Args:
             tokens: equal-length token sequences (a list of lists or a 2-D int array).
             start_pos: position of the first token; earlier positions come from
                 the KV cache filled by previous calls.
+            logits_to_keep: as in HF, only the last N positions' logits
+                (``[batch, N, vocab]``; the head runs on those rows only);
+                0 (default) keeps all.
         """
-        return self._core_model().forward(_token_lists(tokens), _index(start_pos, "start_pos"))
+        return self._core_model().forward(_token_lists(tokens), _index(start_pos, "start_pos"),
+                                          _index(logits_to_keep, "logits_to_keep"))
 
     __call__ = forward
 

@@ -138,23 +138,32 @@ impl Model {
         })
     }
 
-    /// Logits `[batch, seq, vocab]` for equal-length sequences continuing at `start_pos`.
+    /// Logits `[batch, keep, vocab]` for equal-length sequences continuing at
+    /// `start_pos` (the last `keep` positions; 0: all).
+    #[pyo3(signature = (sequences, start_pos, keep=0))]
     fn forward<'py>(
         &mut self,
         py: Python<'py>,
         sequences: Vec<Vec<i64>>,
         start_pos: usize,
+        keep: usize,
     ) -> PyResult<Bound<'py, PyAny>> {
         let (batch, len) = (sequences.len(), sequences.first().map_or(0, Vec::len));
+        let rows = if keep == 0 { len } else { keep.min(len) };
         let vocab = self.config_value().vocab_size;
         let logits = run(py, || {
             let sequences = token_ids(sequences)?;
             if sequences.is_empty() {
                 return Err(Error::InvalidInput("empty batch: pass at least one sequence".into()));
             }
-            on_backend!(&mut self.inner, |m| m.model.forward_rectangular(&mut m.cache, &sequences, start_pos))
+            on_backend!(&mut self.inner, |m| m.model.forward_rectangular(
+                &mut m.cache,
+                &sequences,
+                start_pos,
+                keep
+            ))
         })?;
-        Ok(PyArray1::from_vec(py, logits).reshape([batch, len, vocab])?.into_any())
+        Ok(PyArray1::from_vec(py, logits).reshape([batch, rows, vocab])?.into_any())
     }
 
     /// Meta-style sampling (temperature and top-p only): for each prompt its

@@ -112,12 +112,15 @@ impl<B: Backend> Transformer<B> {
 
     /// Meta's `Transformer.forward(tokens, start_pos)`: a rectangular batch
     /// (row `i` in cache sequence `i`, all of one length, all continuing from
-    /// `start_pos`) returning logits `[batch, seq, vocab]` flattened.
+    /// `start_pos`) returning logits `[batch, keep, vocab]` flattened: the
+    /// last `keep` positions of each sequence (HF's `logits_to_keep`; 0 or
+    /// the length: every position).
     pub fn forward_rectangular(
         &self,
         cache: &mut KvCache<B>,
         sequences: &[Vec<u32>],
         start_pos: usize,
+        keep: usize,
     ) -> Result<Vec<f32>> {
         let len = sequences.first().map_or(0, Vec::len);
         if let Some(i) = sequences.iter().position(|s| s.len() != len) {
@@ -136,7 +139,12 @@ impl<B: Backend> Transformer<B> {
         }
         let batch: Vec<SeqInput> =
             sequences.iter().enumerate().map(|(seq, tokens)| SeqInput { seq, start_pos, tokens }).collect();
-        self.forward(cache, &batch, Logits::All)
+        let which = if keep == 0 || keep >= len {
+            Logits::All
+        } else {
+            Logits::Rows((0..sequences.len()).flat_map(|b| b * len + len - keep..(b + 1) * len).collect())
+        };
+        self.forward(cache, &batch, which)
     }
 
     fn check_batch(&self, cache: &KvCache<B>, seqs: &[SeqInput], which: &Logits) -> Result<()> {
