@@ -5,8 +5,10 @@
 
 use std::time::Instant;
 
-use ferrolm_core::backend::cpu::quant::{dot_q8, quantize_rows, Isa, Q8Block};
+use ferrolm_core::backend::cpu::quant::interleave::Interleaved;
+use ferrolm_core::backend::cpu::quant::{dot_q8, dot_x8, interleaves, quantize_rows, Isa, Q8Block};
 use ferrolm_core::weights::gguf::GgmlType;
+use ferrolm_core::weights::{Bytes, PackedTensor};
 
 fn main() {
     let (rows, cols) = (1536usize, 576usize);
@@ -23,6 +25,27 @@ fn main() {
             for b in w.chunks_exact_mut(bytes) {
                 let at = if ty == GgmlType::Q6_K { 208 } else { 0 };
                 b[at..at + 2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+            }
+            if interleaves(isa) && matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0) {
+                let p = PackedTensor::new(vec![rows, cols], ty, Bytes::Owned(w.clone())).unwrap();
+                let x8 = Interleaved::new(&p);
+                for n in [1, 4] {
+                    let mut out = [[0f32; 8]; 4];
+                    let reps = 200;
+                    let t = Instant::now();
+                    for _ in 0..reps {
+                        for g in 0..rows / 8 {
+                            dot_x8(isa, ty, x8.group(g), &acts[..n], &mut out[..n]);
+                        }
+                    }
+                    let s = t.elapsed().as_secs_f64();
+                    let macs = (reps * rows * cols * n) as f64;
+                    println!(
+                        "{isa:?} {ty} x8 groups, {n} rows: {:.2} GMAC/s, weights {:.1} GB/s",
+                        macs / s / 1e9,
+                        (reps * w.len()) as f64 / s / 1e9
+                    );
+                }
             }
             for n in [1, 4] {
                 let mut out = [0f32; 4];

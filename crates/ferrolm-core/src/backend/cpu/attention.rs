@@ -1,17 +1,21 @@
 //! Causal (optionally sliding-window) attention over the paged CPU cache,
 //! computed as HF's eager attention does: scores in f32, scaled by
 //! 1/sqrt(head_dim), softmax in f32, then the weighted sum of values. Keys
-//! and values are read through each sequence's block table (in place from
-//! f32 pages, widened head by head from f16 ones).
+//! and values are read through each sequence's block table.
 //!
-//! One task per (row, key/value head): the query heads that share a
-//! key/value head read each cached row once.
+//! One task per (sequence, key/value head, chunk of up to [`ROWS_PER_TASK`]
+//! query rows): the task gathers the keys and values its rows can see once
+//! (widened to f32 from f16 pages), and every query head of the group reads
+//! them from there.
 
 use rayon::prelude::*;
 
 use super::kv::CpuKv;
-use super::matmul::dot_f32;
+use super::matmul::{dot_f32, OutPtr};
 use crate::backend::{AttentionShape, SeqSpan};
+
+/// Query rows per task: a prompt's rows share the keys gathered once.
+const ROWS_PER_TASK: usize = 32;
 
 pub(super) fn attend(
     kv: &CpuKv,
@@ -25,39 +29,57 @@ pub(super) fn attend(
     let q_width = num_heads * head_dim;
     let group = num_heads / num_kv_heads;
     let scale = 1.0 / (head_dim as f32).sqrt();
+    // The first position row `i` of `span` may attend to.
+    let first =
+        |span: &SeqSpan, i: usize| sliding_window.map_or(0, |w| (span.start_pos + i + 1).saturating_sub(w));
 
-    let row_span: Vec<&SeqSpan> = spans.iter().flat_map(|s| std::iter::repeat_n(s, s.len)).collect();
-    out.par_chunks_mut(group * head_dim).enumerate().for_each(|(task, out)| {
-        let (row, kvh) = (task / num_kv_heads, task % num_kv_heads);
-        let span = row_span[row];
-        let pos = span.start_pos + (row - span.row);
-        let first = sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
-        let n = pos + 1 - first;
+    let tasks: Vec<(&SeqSpan, usize, usize)> = spans
+        .iter()
+        .flat_map(|s| {
+            (0..num_kv_heads).flat_map(move |h| (0..s.len).step_by(ROWS_PER_TASK).map(move |r| (s, h, r)))
+        })
+        .collect();
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    tasks.into_par_iter().for_each(|(span, kvh, r0)| {
+        let r1 = (r0 + ROWS_PER_TASK).min(span.len);
+        let (lo, hi) = (first(span, r0), span.start_pos + r1);
         let cols = kvh * head_dim..(kvh + 1) * head_dim;
-        let queries = &q[row * q_width + kvh * group * head_dim..][..group * head_dim];
-        let mut scratch = vec![0f32; head_dim];
-        let mut scores = vec![0f32; group * n];
-        for j in 0..n {
-            let key = kv.head(span.pages, layer, false, first + j, cols.clone(), &mut scratch);
-            for (g, qh) in queries.chunks_exact(head_dim).enumerate() {
-                scores[g * n + j] = dot_f32(qh, key) * scale;
-            }
+        // Keys and values of positions lo..hi, this head only.
+        let mut keys = vec![0f32; (hi - lo) * head_dim];
+        let mut values = vec![0f32; (hi - lo) * head_dim];
+        for (j, (k, v)) in keys.chunks_exact_mut(head_dim).zip(values.chunks_exact_mut(head_dim)).enumerate()
+        {
+            kv.head_into(span.pages, layer, false, lo + j, cols.clone(), k);
+            kv.head_into(span.pages, layer, true, lo + j, cols.clone(), v);
         }
-        let mut sums = vec![0f32; group];
-        for (s, sum) in scores.chunks_exact_mut(n).zip(sums.iter_mut()) {
-            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            for v in s.iter_mut() {
-                *v = (*v - max).exp();
-                *sum += *v;
-            }
-        }
-        out.fill(0.0);
-        for j in 0..n {
-            let value = kv.head(span.pages, layer, true, first + j, cols.clone(), &mut scratch);
-            for (g, o) in out.chunks_exact_mut(head_dim).enumerate() {
-                let p = scores[g * n + j] / sums[g];
-                for (o, v) in o.iter_mut().zip(value) {
-                    *o += p * v;
+        let mut scores = vec![0f32; hi - lo];
+        let mut acc = vec![0f32; head_dim];
+        for i in r0..r1 {
+            let row = span.row + i;
+            let (from, to) = (first(span, i) - lo, span.start_pos + i + 1 - lo);
+            for g in 0..group {
+                let head = kvh * group + g;
+                let qh = &q[row * q_width + head * head_dim..][..head_dim];
+                let s = &mut scores[from..to];
+                for (s, k) in s.iter_mut().zip(keys[from * head_dim..].chunks_exact(head_dim)) {
+                    *s = dot_f32(qh, k) * scale;
+                }
+                let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0;
+                for v in s.iter_mut() {
+                    *v = (*v - max).exp();
+                    sum += *v;
+                }
+                acc.fill(0.0);
+                for (p, v) in s.iter().zip(values[from * head_dim..].chunks_exact(head_dim)) {
+                    let p = p / sum;
+                    for (o, v) in acc.iter_mut().zip(v) {
+                        *o += p * v;
+                    }
+                }
+                for (d, &a) in acc.iter().enumerate() {
+                    // SAFETY: each (row, head) belongs to exactly one task.
+                    unsafe { out_ptr.write(row * q_width + head * head_dim + d, a) };
                 }
             }
         }

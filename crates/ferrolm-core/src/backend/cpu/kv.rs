@@ -70,27 +70,23 @@ impl CpuKv {
         ((2 * layer + usize::from(value)) * self.page_size + offset) * self.kv_dim
     }
 
-    /// Elements `cols` of the key (`value = false`) or value row of position
-    /// `pos` of a sequence: read in place from f32 pages, converted into
-    /// `scratch` (`cols.len()` long) from f16 ones.
-    pub(super) fn head<'a>(
-        &'a self,
+    /// Copies elements `cols` of the key (`value = false`) or value row of
+    /// position `pos` of a sequence into `out`, as f32.
+    pub(super) fn head_into(
+        &self,
         pages: &[u32],
         layer: usize,
         value: bool,
         pos: usize,
         cols: std::ops::Range<usize>,
-        scratch: &'a mut [f32],
-    ) -> &'a [f32] {
+        out: &mut [f32],
+    ) {
         let page = pages[pos / self.page_size] as usize;
         let at = self.at(layer, value, pos % self.page_size);
         let range = at + cols.start..at + cols.end;
         match &self.pages {
-            Pages::F32(p) => &p[page][range],
-            Pages::F16(p) => {
-                p[page][range].convert_to_f32_slice(scratch);
-                scratch
-            }
+            Pages::F32(p) => out.copy_from_slice(&p[page][range]),
+            Pages::F16(p) => p[page][range].convert_to_f32_slice(out),
         }
     }
 

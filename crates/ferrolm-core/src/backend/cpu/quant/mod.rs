@@ -100,9 +100,23 @@ pub fn uses_q8(ty: GgmlType) -> bool {
     is_supported(ty) && !matches!(ty, GgmlType::F16 | GgmlType::BF16)
 }
 
-/// Quantizes rows of `k` activations (`x.len() / k` rows, `k` a multiple of
-/// 32) into `out` (`k / 32` blocks per row).
+/// Quantizes activations (a multiple of 32 values) into `out`, one block
+/// per 32 values; every instruction set gives the same blocks.
 pub fn quantize_rows(x: &[f32], out: &mut [Q8Block]) {
+    #[cfg(target_arch = "x86_64")]
+    if *X86_SIMD {
+        // SAFETY: AVX2/FMA/F16C were detected.
+        return unsafe { x86::quantize_q8(x, out) };
+    }
+    portable::quantize_q8(x, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+static X86_SIMD: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(|| Isa::available().contains(&Isa::Avx2));
+
+/// [`quantize_rows`] with the portable code only (the reference in tests).
+pub fn quantize_rows_portable(x: &[f32], out: &mut [Q8Block]) {
     portable::quantize_q8(x, out);
 }
 

@@ -166,6 +166,22 @@ fn half_rows_match_portable() {
 }
 
 #[test]
+fn simd_activation_quantization_equals_portable() {
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    // Exact ties (k + 0.5 steps) are where rounding modes differ.
+    let mut x: Vec<f32> = (0..4096).map(|_| rng.random_range(-10.0f32..10.0)).collect();
+    for (i, v) in x.iter_mut().enumerate().step_by(7) {
+        *v = (i % 255) as f32 - 127.0 + 0.5;
+    }
+    let (mut a, mut b) = (vec![Q8Block::default(); 128], vec![Q8Block::default(); 128]);
+    quantize_rows(&x, &mut a);
+    quantize_rows_portable(&x, &mut b);
+    for (a, b) in a.iter().zip(&b) {
+        assert_eq!((a.d.to_bits(), a.sum, a.qs), (b.d.to_bits(), b.sum, b.qs));
+    }
+}
+
+#[test]
 fn activation_quantization_rounds_to_the_nearest_step() {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let mut x: Vec<f32> = (0..128).map(|_| rng.random_range(-10.0f32..10.0)).collect();

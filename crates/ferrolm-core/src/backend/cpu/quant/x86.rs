@@ -218,6 +218,14 @@ macro_rules! kernels {
 kernels!(avx2, "avx2,fma,f16c", mul_sum_avx2, mul_sum_scaled_avx2);
 kernels!(avx512vnni, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", mul_sum_vnni, mul_sum_scaled_vnni);
 
+/// [`super::portable::quantize_q8`] compiled for AVX2: the same operations
+/// (so the same blocks, bit for bit), vectorized and with `round` inlined
+/// instead of a call to libm's `roundf`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_q8(x: &[f32], out: &mut [Q8Block]) {
+    super::portable::quantize_q8(x, out)
+}
+
 /// Half-precision weights against f32 activations (no integer path: the
 /// products are f32 FMAs). `BF16` selects bf16, else f16.
 #[target_feature(enable = "avx2,fma,f16c")]
