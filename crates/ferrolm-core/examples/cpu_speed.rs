@@ -16,6 +16,9 @@ fn main() -> ferrolm_core::Result<()> {
     let prompt_len: usize = args.get(2).map_or(128, |s| s.parse().expect("prompt tokens"));
     let gen: usize = args.get(3).map_or(128, |s| s.parse().expect("generated tokens"));
     let model = Transformer::<Cpu>::from_pretrained(path, Some(prompt_len + gen + 8))?;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let peak = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or("VmHWM: ?");
+    println!("loaded; peak memory so far {}", peak.trim_start_matches("VmHWM:").trim());
     println!("{} threads, {:?} kernels", model.backend.threads(), model.backend.isa());
     let prompt: Vec<u32> = (0..prompt_len as u32).map(|i| (i * 7919) % 20000 + 100).collect();
     for _ in 0..3 {

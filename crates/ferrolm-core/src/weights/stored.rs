@@ -32,6 +32,37 @@ impl Deref for Bytes {
     }
 }
 
+impl Bytes {
+    /// Tells the kernel that `range` (relative to these bytes) will not be
+    /// read again through the memory map, so its pages stop counting in the
+    /// process's resident memory. Used once the bytes have been copied
+    /// (reordered or unpermuted); a no-op for owned bytes.
+    pub fn release(&self, range: Range<usize>) {
+        if let Bytes::Mapped { map, range: whole } = self {
+            release_pages(map, whole.start + range.start..whole.start + range.end);
+        }
+    }
+
+    /// [`Bytes::release`] of every page of the map up to the end of these
+    /// bytes. Loaders copy tensors in file order, and a page fault maps a
+    /// whole (possibly large) page-cache folio, which can bring back pages
+    /// of tensors released before; this releases them again.
+    pub fn release_map_to_end(&self) {
+        if let Bytes::Mapped { map, range } = self {
+            release_pages(map, 0..range.end);
+        }
+    }
+}
+
+/// See [`Bytes::release`].
+pub(crate) fn release_pages(map: &Mmap, range: Range<usize>) {
+    // SAFETY: DONTNEED on a read-only file mapping only drops resident
+    // pages; a later read faults them back in from the file unchanged. The
+    // result is ignored: failing to release costs memory, not correctness.
+    let _ =
+        unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, range.start, range.len()) };
+}
+
 impl std::fmt::Debug for Bytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = if matches!(self, Bytes::Owned(_)) { "owned" } else { "mapped" };

@@ -227,22 +227,13 @@ impl Cpu {
 }
 
 /// The resident form of a packed matrix: interleaved in groups of eight
-/// rows when the kernels have that layout, as stored otherwise. Interleaving
-/// copies the bytes, so the memory map's pages for them are dropped (they
-/// would otherwise count twice in the process's memory until it ends).
+/// rows when the kernels have that layout, as stored otherwise.
 fn resident(isa: Isa, p: PackedTensor) -> CpuWeight {
-    if !(quant::interleaves(isa) && Interleaved::fits(&p)) {
-        return CpuWeight::Packed(p);
+    if quant::interleaves(isa) && Interleaved::fits(&p) {
+        CpuWeight::Interleaved(Interleaved::new(&p))
+    } else {
+        CpuWeight::Packed(p)
     }
-    let w = Interleaved::new(&p);
-    if let Bytes::Mapped { map, range } = &p.data {
-        // SAFETY: DONTNEED on a read-only file mapping only drops resident
-        // pages; later reads fault them back in from the file unchanged.
-        let _ = unsafe {
-            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, range.start, range.len())
-        };
-    }
-    CpuWeight::Interleaved(w)
 }
 
 /// `tensor` quantized to `ty` (falling back from Q4_K to Q8_0 for rows that

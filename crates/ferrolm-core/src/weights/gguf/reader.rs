@@ -499,7 +499,9 @@ impl TensorSource for GgufFile {
         let shape = info.hf_shape();
         let row_bytes = bytes.len() / shape[0];
         let data = if names::permuted_projection(self.architecture().unwrap_or(""), &info.name).is_some() {
-            Bytes::Owned(self.unpermuted(info, bytes.to_vec(), row_bytes)?)
+            let owned = self.unpermuted(info, bytes.to_vec(), row_bytes)?;
+            crate::weights::release_pages(&self.mmap, 0..start + bytes.len());
+            Bytes::Owned(owned)
         } else {
             Bytes::Mapped { map: Arc::clone(&self.mmap), range: start..start + bytes.len() }
         };

@@ -52,12 +52,20 @@ impl Interleaved {
         layout(p.ty).is_some() && p.shape.len() == 2 && p.rows().is_multiple_of(ROWS)
     }
 
-    /// Reorders `p` (see [`Interleaved::fits`]).
+    /// Reorders `p` (see [`Interleaved::fits`]), releasing the source's
+    /// mapped pages as it goes (see [`crate::weights::Bytes::release`]), so
+    /// that the copy and the mapped original are never both resident.
     pub fn new(p: &PackedTensor) -> Interleaved {
         let (block, quants, scales) = layout(p.ty).expect("an interleavable type");
         let blocks = p.row_bytes() / block;
+        let group_bytes = ROWS * block * blocks;
         let mut data = vec![0u8; p.data.len()];
-        for (g, out) in data.chunks_exact_mut(ROWS * block * blocks).enumerate() {
+        // Release the source in steps of about a megabyte.
+        let groups_per_release = (1 << 20) / group_bytes + 1;
+        for (g, out) in data.chunks_exact_mut(group_bytes).enumerate() {
+            if g % groups_per_release == 0 && g > 0 {
+                p.data.release((g - groups_per_release) * group_bytes..g * group_bytes);
+            }
             for (b, out) in out.chunks_exact_mut(ROWS * block).enumerate() {
                 for r in 0..ROWS {
                     let src = &p.row(g * ROWS + r)[b * block..(b + 1) * block];
@@ -71,6 +79,7 @@ impl Interleaved {
                 }
             }
         }
+        p.data.release_map_to_end();
         Interleaved { ty: p.ty, shape: p.shape.clone(), blocks, data }
     }
 
