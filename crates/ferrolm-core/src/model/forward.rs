@@ -3,7 +3,7 @@
 //! their keys and values go). Matches HF's `LlamaForCausalLM`
 //! (Qwen2/Qwen3/Mistral differences enabled by config flags).
 
-use super::{Layer, Linear, Transformer};
+use super::{Layer, Transformer};
 use crate::backend::{AttentionShape, Backend, SeqSpan};
 use crate::error::{Error, Result};
 use crate::kv::{KvCache, SeqId};
@@ -215,9 +215,11 @@ impl<B: Backend> Transformer<B> {
 
         let mut x = b.zeros(rows * c.hidden_size)?;
         b.embedding(&self.embed_tokens, &ids, &mut x)?;
+        let mut scratch = self.take_scratch(rows)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            self.block(cache, i, layer, spans, &positions, &mut x)?;
+            self.block(cache, i, layer, spans, &positions, &mut x, &mut scratch)?;
         }
+        self.keep_scratch(scratch);
 
         // Only the rows whose logits are wanted go through the (large) head.
         let wanted: Vec<usize> = match which {
@@ -236,6 +238,7 @@ impl<B: Backend> Transformer<B> {
     }
 
     /// One decoder block, updating the residual stream `x` in place.
+    #[allow(clippy::too_many_arguments)]
     fn block(
         &self,
         cache: &mut KvCache<B>,
@@ -244,34 +247,26 @@ impl<B: Backend> Transformer<B> {
         spans: &[SeqSpan],
         positions: &[u32],
         x: &mut B::Buf,
+        s: &mut Scratch<B>,
     ) -> Result<()> {
         let c = &self.config;
         let b = &self.backend;
-        let rows = positions.len();
         let eps = c.rms_norm_eps as f32;
-        let linear = |input: &B::Buf, lin: &Linear<B>, width: usize| -> Result<B::Buf> {
-            let mut out = b.zeros(rows * width)?;
-            b.linear(input, &lin.weight, lin.bias.as_ref(), &mut out)?;
-            Ok(out)
-        };
         // Attention: the norm and the three projections that read it.
-        let mut q = b.zeros(rows * c.q_dim())?;
-        let mut k = b.zeros(rows * c.kv_dim())?;
-        let mut v = b.zeros(rows * c.kv_dim())?;
         b.norm_linears(
             x,
             &layer.input_layernorm,
             eps,
             c.hidden_size,
             &[layer.q_proj.parts(), layer.k_proj.parts(), layer.v_proj.parts()],
-            &mut [&mut q, &mut k, &mut v],
+            &mut [&mut s.q, &mut s.k, &mut s.v],
         )?;
         if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-            b.head_norm_rope(&mut q, qn, eps, positions, c.head_dim, &self.inv_freq)?;
-            b.head_norm_rope(&mut k, kn, eps, positions, c.head_dim, &self.inv_freq)?;
+            b.head_norm_rope(&mut s.q, qn, eps, positions, c.head_dim, &self.inv_freq)?;
+            b.head_norm_rope(&mut s.k, kn, eps, positions, c.head_dim, &self.inv_freq)?;
         } else {
-            b.rope(&mut q, positions, c.head_dim, &self.inv_freq)?;
-            b.rope(&mut k, positions, c.head_dim, &self.inv_freq)?;
+            b.rope(&mut s.q, positions, c.head_dim, &self.inv_freq)?;
+            b.rope(&mut s.k, positions, c.head_dim, &self.inv_freq)?;
         }
         let shape = AttentionShape {
             num_heads: c.num_attention_heads,
@@ -279,16 +274,56 @@ impl<B: Backend> Transformer<B> {
             head_dim: c.head_dim,
             sliding_window: c.sliding_window,
         };
-        let mut attn = b.zeros(rows * c.q_dim())?;
-        b.attention(&mut cache.store, index, spans, shape, &q, &k, &v, &mut attn)?;
-        let o = linear(&attn, &layer.o_proj, c.hidden_size)?;
+        b.attention(&mut cache.store, index, spans, shape, &s.q, &s.k, &s.v, &mut s.attn)?;
+        b.linear(&s.attn, &layer.o_proj.weight, layer.o_proj.bias.as_ref(), &mut s.hidden)?;
 
         // Gated MLP, its norm fused with the attention residual.
-        let mut h = b.zeros(rows * c.hidden_size)?;
-        b.add_rms_norm(x, &o, &layer.post_attention_layernorm, eps, c.hidden_size, &mut h)?;
-        let mut act = b.zeros(rows * c.intermediate_size)?;
-        b.swiglu(&h, &layer.gate_proj.weight, &layer.up_proj.weight, &mut act)?;
-        b.add(x, &linear(&act, &layer.down_proj, c.hidden_size)?)?;
-        Ok(())
+        b.add_rms_norm(x, &s.hidden, &layer.post_attention_layernorm, eps, c.hidden_size, &mut s.normed)?;
+        b.swiglu(&s.normed, &layer.gate_proj.weight, &layer.up_proj.weight, &mut s.act)?;
+        b.linear(&s.act, &layer.down_proj.weight, layer.down_proj.bias.as_ref(), &mut s.hidden)?;
+        b.add(x, &s.hidden)
+    }
+
+    /// Buffers for a batch of `rows`: last pass's when it had as many rows
+    /// (decode steps of one batch size allocate nothing), else new ones.
+    fn take_scratch(&self, rows: usize) -> Result<Scratch<B>> {
+        let kept = self.scratch.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match kept {
+            Some(s) if s.rows == rows => Ok(s),
+            _ => Scratch::new(&self.backend, &self.config, rows),
+        }
+    }
+
+    fn keep_scratch(&self, s: Scratch<B>) {
+        *self.scratch.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
+    }
+}
+
+/// The activations of one decoder block for a batch of `rows`, written by
+/// every layer in turn (each op overwrites its output whole).
+pub(super) struct Scratch<B: Backend> {
+    rows: usize,
+    q: B::Buf,
+    k: B::Buf,
+    v: B::Buf,
+    attn: B::Buf,
+    /// o_proj's and then down_proj's output (`[rows, hidden]`).
+    hidden: B::Buf,
+    normed: B::Buf,
+    act: B::Buf,
+}
+
+impl<B: Backend> Scratch<B> {
+    fn new(b: &B, c: &crate::config::Config, rows: usize) -> Result<Self> {
+        Ok(Scratch {
+            rows,
+            q: b.zeros(rows * c.q_dim())?,
+            k: b.zeros(rows * c.kv_dim())?,
+            v: b.zeros(rows * c.kv_dim())?,
+            attn: b.zeros(rows * c.q_dim())?,
+            hidden: b.zeros(rows * c.hidden_size)?,
+            normed: b.zeros(rows * c.hidden_size)?,
+            act: b.zeros(rows * c.intermediate_size)?,
+        })
     }
 }

@@ -60,6 +60,8 @@ pub struct Transformer<B: Backend> {
     pub lm_head: Option<B::Weight>,
     /// RoPE frequencies with the config's scaling applied, `[head_dim / 2]`.
     inv_freq: Vec<f32>,
+    /// Activation buffers kept from the last forward pass (see `forward.rs`).
+    scratch: std::sync::Mutex<Option<forward::Scratch<B>>>,
 }
 
 impl<B: Backend> Transformer<B> {
@@ -112,7 +114,16 @@ impl<B: Backend> Transformer<B> {
         let norm = req(opt(names::FINAL_NORM.into())?);
         let lm_head = opt(names::LM_HEAD.into())?;
         let inv_freq = rope::inv_freq(&config);
-        Ok(Transformer { config, backend, embed_tokens, layers, norm, lm_head, inv_freq })
+        Ok(Transformer {
+            config,
+            backend,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+            scratch: Default::default(),
+        })
     }
 
     /// Loads every parameter from `source`, checking names and shapes first.

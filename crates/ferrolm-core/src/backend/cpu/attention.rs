@@ -11,7 +11,7 @@
 use rayon::prelude::*;
 
 use super::kv::CpuKv;
-use super::matmul::{dot_f32, OutPtr};
+use super::matmul::{dot_f32, with_spare, OutPtr};
 use crate::backend::{AttentionShape, SeqSpan};
 
 /// Query rows per task: a prompt's rows share the keys gathered once.
@@ -44,44 +44,48 @@ pub(super) fn attend(
         let r1 = (r0 + ROWS_PER_TASK).min(span.len);
         let (lo, hi) = (first(span, r0), span.start_pos + r1);
         let cols = kvh * head_dim..(kvh + 1) * head_dim;
-        // Keys and values of positions lo..hi, this head only.
-        let mut keys = vec![0f32; (hi - lo) * head_dim];
-        let mut values = vec![0f32; (hi - lo) * head_dim];
-        for (j, (k, v)) in keys.chunks_exact_mut(head_dim).zip(values.chunks_exact_mut(head_dim)).enumerate()
-        {
-            kv.head_into(span.pages, layer, false, lo + j, cols.clone(), k);
-            kv.head_into(span.pages, layer, true, lo + j, cols.clone(), v);
-        }
-        let mut scores = vec![0f32; hi - lo];
-        let mut acc = vec![0f32; head_dim];
-        for i in r0..r1 {
-            let row = span.row + i;
-            let (from, to) = (first(span, i) - lo, span.start_pos + i + 1 - lo);
-            for g in 0..group {
-                let head = kvh * group + g;
-                let qh = &q[row * q_width + head * head_dim..][..head_dim];
-                let s = &mut scores[from..to];
-                for (s, k) in s.iter_mut().zip(keys[from * head_dim..].chunks_exact(head_dim)) {
-                    *s = dot_f32(qh, k) * scale;
-                }
-                let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for v in s.iter_mut() {
-                    *v = (*v - max).exp();
-                    sum += *v;
-                }
-                acc.fill(0.0);
-                for (p, v) in s.iter().zip(values[from * head_dim..].chunks_exact(head_dim)) {
-                    let p = p / sum;
-                    for (o, v) in acc.iter_mut().zip(v) {
-                        *o += p * v;
+        // Keys and values of positions lo..hi (this head only), then scores
+        // and one output row, all in this thread's scratch.
+        let n = hi - lo;
+        with_spare(2 * n * head_dim + n + head_dim, |spare| {
+            let (keys, rest) = spare.split_at_mut(n * head_dim);
+            let (values, rest) = rest.split_at_mut(n * head_dim);
+            let (scores, acc) = rest.split_at_mut(n);
+            for (j, (k, v)) in
+                keys.chunks_exact_mut(head_dim).zip(values.chunks_exact_mut(head_dim)).enumerate()
+            {
+                kv.head_into(span.pages, layer, false, lo + j, cols.clone(), k);
+                kv.head_into(span.pages, layer, true, lo + j, cols.clone(), v);
+            }
+            for i in r0..r1 {
+                let row = span.row + i;
+                let (from, to) = (first(span, i) - lo, span.start_pos + i + 1 - lo);
+                for g in 0..group {
+                    let head = kvh * group + g;
+                    let qh = &q[row * q_width + head * head_dim..][..head_dim];
+                    let s = &mut scores[from..to];
+                    for (s, k) in s.iter_mut().zip(keys[from * head_dim..].chunks_exact(head_dim)) {
+                        *s = dot_f32(qh, k) * scale;
+                    }
+                    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0.0;
+                    for v in s.iter_mut() {
+                        *v = (*v - max).exp();
+                        sum += *v;
+                    }
+                    acc.fill(0.0);
+                    for (p, v) in s.iter().zip(values[from * head_dim..].chunks_exact(head_dim)) {
+                        let p = p / sum;
+                        for (o, v) in acc.iter_mut().zip(v) {
+                            *o += p * v;
+                        }
+                    }
+                    for (d, &a) in acc.iter().enumerate() {
+                        // SAFETY: each (row, head) belongs to exactly one task.
+                        unsafe { out_ptr.write(row * q_width + head * head_dim + d, a) };
                     }
                 }
-                for (d, &a) in acc.iter().enumerate() {
-                    // SAFETY: each (row, head) belongs to exactly one task.
-                    unsafe { out_ptr.write(row * q_width + head * head_dim + d, a) };
-                }
             }
-        }
+        });
     });
 }

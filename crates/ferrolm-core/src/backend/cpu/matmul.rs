@@ -10,6 +10,7 @@
 //!   GEMV split by rows over the threads for one decode token).
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 
 use rayon::prelude::*;
 
@@ -95,7 +96,9 @@ impl<'a> Prepared<'a> {
         };
         let q8 = if wants_q8 {
             let per_row = k / QK;
-            let mut q8 = vec![Q8Block::default(); rows * per_row];
+            let mut q8 = Q8_SPARE.with(|s| std::mem::take(&mut *s.borrow_mut()));
+            q8.clear();
+            q8.resize(rows * per_row, Q8Block::default());
             let fused = norm.filter(|_| !wants_f32);
             q8.par_chunks_mut(per_row.max(1)).zip(x.par_chunks(k)).with_min_len(8).for_each(|(q, x)| {
                 match fused {
@@ -114,6 +117,37 @@ impl<'a> Prepared<'a> {
         let per_row = self.k / QK;
         &self.q8[t * per_row..(t + 1) * per_row]
     }
+}
+
+thread_local! {
+    /// Quantized-activation buffer of this thread, reused by the next input.
+    static Q8_SPARE: RefCell<Vec<Q8Block>> = const { RefCell::new(Vec::new()) };
+    /// Scratch floats of this thread (see [`with_spare`]).
+    static F32_SPARE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Drop for Prepared<'_> {
+    fn drop(&mut self) {
+        let q8 = std::mem::take(&mut self.q8);
+        Q8_SPARE.with(|s| {
+            let mut s = s.borrow_mut();
+            if q8.capacity() > s.capacity() {
+                *s = q8;
+            }
+        });
+    }
+}
+
+/// Runs `f` on `len` floats of this thread's scratch (kept between calls,
+/// so steady-state work allocates nothing; contents are left over, not zeroed).
+pub(super) fn with_spare<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = F32_SPARE.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let result = f(&mut buf[..len]);
+    F32_SPARE.with(|s| *s.borrow_mut() = buf);
+    result
 }
 
 /// HF's `LlamaRMSNorm` of one row: `w * (x / sqrt(mean(x²) + eps))`.

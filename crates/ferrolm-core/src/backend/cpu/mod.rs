@@ -21,7 +21,7 @@ use rayon::prelude::*;
 
 pub use self::kv::{CpuKv, KvDtype};
 pub use self::matmul::CpuWeight;
-use self::matmul::{rms_norm_row, Matrix, OutPtr, Prepared};
+use self::matmul::{rms_norm_row, with_spare, Matrix, OutPtr, Prepared};
 use self::quant::interleave::Interleaved;
 use self::quant::Isa;
 use super::{AttentionShape, Backend, Device, SeqSpan};
@@ -429,12 +429,13 @@ impl Backend for Cpu {
             (0..n).into_par_iter().step_by(step).for_each(|r0| {
                 let rows = r0..(r0 + step).min(n);
                 let width = rows.len();
-                let mut gate_out = vec![0f32; p.rows * width];
-                g.compute(self.isa, &p, rows.clone(), |t, r, v| gate_out[t * width + r - r0] = v);
-                // SAFETY: `out` holds p.rows * n values (asserted above);
-                // this task writes only columns `rows`.
-                u.compute(self.isa, &p, rows, |t, r, v| unsafe {
-                    ptr.write(t * n + r, silu(gate_out[t * width + r - r0]) * v)
+                with_spare(p.rows * width, |gate_out| {
+                    g.compute(self.isa, &p, rows.clone(), |t, r, v| gate_out[t * width + r - r0] = v);
+                    // SAFETY: `out` holds p.rows * n values (asserted above);
+                    // this task writes only columns `rows`.
+                    u.compute(self.isa, &p, rows, |t, r, v| unsafe {
+                        ptr.write(t * n + r, silu(gate_out[t * width + r - r0]) * v)
+                    });
                 });
             });
         });
