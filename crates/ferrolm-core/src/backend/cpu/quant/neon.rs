@@ -85,16 +85,13 @@ pub unsafe fn dot(ty: GgmlType, w: &[u8], a: &[Q8Block]) -> f32 {
                     let (ql, qh, sc) = (&b[64 * half..], &b[128 + 32 * half..], &b[192 + 8 * half..]);
                     for g in 0..4 {
                         let y = &a[4 * half + g];
-                        let mut sums = [0i32; 2];
-                        for s in 0..2 {
-                            let mut q = [0i8; 32];
-                            for l in 0..16 {
-                                q[l] = q6_value(ql, qh, g, 16 * s + l) as i8;
-                            }
+                        // Two sub-blocks of 16, each with its own scale.
+                        let sums: [i32; 2] = std::array::from_fn(|s| {
+                            let q: [i8; 16] = std::array::from_fn(|l| q6_value(ql, qh, g, 16 * s + l) as i8);
                             let mut ys = [0i8; 32];
                             ys[..16].copy_from_slice(&y.qs[16 * s..16 * s + 16]);
-                            sums[s] = dot32(vld1q_s8(q.as_ptr()), vdupq_n_s8(0), &ys);
-                        }
+                            dot32(vld1q_s8(q.as_ptr()), vdupq_n_s8(0), &ys)
+                        });
                         let dot = sc[2 * g] as i8 as i32 * sums[0] + sc[2 * g + 1] as i8 as i32 * sums[1];
                         acc += d * y.d * dot as f32;
                     }
