@@ -25,6 +25,38 @@ pub(super) fn attend(
     q: &[f32],
     out: &mut [f32],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if super::quant::x86_simd() {
+        // SAFETY: AVX2 and FMA were detected.
+        return unsafe { attend_avx2(kv, layer, spans, shape, q, out) };
+    }
+    attend_any(kv, layer, spans, shape, q, out)
+}
+
+/// [`attend_any`] compiled for AVX2 (closures inherit the target features):
+/// the same operations, eight lanes wide.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_avx2(
+    kv: &CpuKv,
+    layer: usize,
+    spans: &[SeqSpan],
+    shape: AttentionShape,
+    q: &[f32],
+    out: &mut [f32],
+) {
+    attend_any(kv, layer, spans, shape, q, out)
+}
+
+#[inline(always)]
+fn attend_any(
+    kv: &CpuKv,
+    layer: usize,
+    spans: &[SeqSpan],
+    shape: AttentionShape,
+    q: &[f32],
+    out: &mut [f32],
+) {
     let AttentionShape { num_heads, num_kv_heads, head_dim, sliding_window } = shape;
     let q_width = num_heads * head_dim;
     let group = num_heads / num_kv_heads;

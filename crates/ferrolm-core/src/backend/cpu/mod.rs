@@ -267,6 +267,9 @@ fn silu(g: f32) -> f32 {
     g / (1.0 + (-g).exp())
 }
 
+/// Largest head_dim / 2 the CPU's RoPE handles (its angle table is on the stack).
+const MAX_HALF_HEAD: usize = 512;
+
 /// Elementwise ops below this many values run on the calling thread.
 const SERIAL_BELOW: usize = 1 << 14;
 
@@ -445,16 +448,18 @@ impl Backend for Cpu {
     fn rope(&self, x: &mut Vec<f32>, positions: &[u32], head_dim: usize, inv_freq: &[f32]) -> Result<()> {
         let width = x.len() / positions.len();
         let half = head_dim / 2;
+        if half > MAX_HALF_HEAD {
+            return Err(Error::Unsupported(format!(
+                "head_dim {head_dim} is larger than the CPU's RoPE supports"
+            )));
+        }
         self.pool.install(|| {
             x.par_chunks_mut(width).zip(positions.par_iter()).with_min_len(16).for_each(|(row, &pos)| {
                 // Angles are rounded to f32 before cos/sin, as HF computes them.
-                let (cos, sin): (Vec<f32>, Vec<f32>) = inv_freq
-                    .iter()
-                    .map(|f| {
-                        let angle = pos as f32 * f;
-                        (angle.cos(), angle.sin())
-                    })
-                    .unzip();
+                let (mut cos, mut sin) = ([0f32; MAX_HALF_HEAD], [0f32; MAX_HALF_HEAD]);
+                for ((c, s), f) in cos.iter_mut().zip(sin.iter_mut()).zip(inv_freq) {
+                    (*s, *c) = (pos as f32 * f).sin_cos();
+                }
                 for head in row.chunks_mut(head_dim) {
                     let (a, b) = head.split_at_mut(half);
                     for i in 0..half {

@@ -115,6 +115,12 @@ pub fn quantize_rows(x: &[f32], out: &mut [Q8Block]) {
 static X86_SIMD: std::sync::LazyLock<bool> =
     std::sync::LazyLock::new(|| Isa::available().contains(&Isa::Avx2));
 
+/// Whether this x86 CPU has AVX2, FMA and F16C (code compiled for them may run).
+#[cfg(target_arch = "x86_64")]
+pub fn x86_simd() -> bool {
+    *X86_SIMD
+}
+
 /// [`quantize_rows`] with the portable code only (the reference in tests).
 pub fn quantize_rows_portable(x: &[f32], out: &mut [Q8Block]) {
     portable::quantize_q8(x, out);
