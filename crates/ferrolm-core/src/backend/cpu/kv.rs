@@ -1,7 +1,7 @@
 //! Paged key/value storage for the CPU backend.
 //!
 //! Each page holds `page_size` positions of every layer, laid out
-//! `[layer][key | value][offset][kv_dim]`, in f32 or f16 ([`KvDtype`]; f16
+//! `[layer][key | value][kv head][offset][head_dim]`, in f32 or f16 ([`KvDtype`]; f16
 //! halves the memory and the bytes attention reads). A page's memory is
 //! allocated the first time it is written, so a large pool costs only what
 //! is used.
@@ -65,50 +65,76 @@ impl CpuKv {
         2 * self.layers * self.page_size * self.kv_dim
     }
 
-    /// Offset of position `offset`'s key (value: `value = true`) in `layer` within a page.
-    fn at(&self, layer: usize, value: bool, offset: usize) -> usize {
-        ((2 * layer + usize::from(value)) * self.page_size + offset) * self.kv_dim
+    /// Offset of head `head`'s key (value: `value = true`) at position
+    /// `offset` of `layer` within a page. A page is laid out
+    /// `[layer][key | value][head][offset][head_dim]`: one head's positions
+    /// are contiguous, so attention reads them in one run per page.
+    fn at(&self, layer: usize, value: bool, head_dim: usize, head: usize, offset: usize) -> usize {
+        let heads = self.kv_dim / head_dim;
+        (((2 * layer + usize::from(value)) * heads + head) * self.page_size + offset) * head_dim
     }
 
-    /// Copies elements `cols` of the key (`value = false`) or value row of
-    /// position `pos` of a sequence into `out`, as f32.
-    pub(super) fn head_into(
+    /// Copies the keys (`value = false`) or values of `head` at positions
+    /// `positions` of a sequence into `out` (`head_dim` f32 per position).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn gather(
         &self,
         pages: &[u32],
         layer: usize,
         value: bool,
-        pos: usize,
-        cols: std::ops::Range<usize>,
+        head_dim: usize,
+        head: usize,
+        positions: std::ops::Range<usize>,
         out: &mut [f32],
     ) {
-        let page = pages[pos / self.page_size] as usize;
-        let at = self.at(layer, value, pos % self.page_size);
-        let range = at + cols.start..at + cols.end;
-        match &self.pages {
-            Pages::F32(p) => out.copy_from_slice(&p[page][range]),
-            Pages::F16(p) => p[page][range].convert_to_f32_slice(out),
+        let mut pos = positions.start;
+        let mut out = out;
+        while pos < positions.end {
+            let (page, offset) = (pages[pos / self.page_size] as usize, pos % self.page_size);
+            let n = (self.page_size - offset).min(positions.end - pos);
+            let at = self.at(layer, value, head_dim, head, offset);
+            let (dst, rest) = out.split_at_mut(n * head_dim);
+            match &self.pages {
+                Pages::F32(p) => dst.copy_from_slice(&p[page][at..at + n * head_dim]),
+                Pages::F16(p) => p[page][at..at + n * head_dim].convert_to_f32_slice(dst),
+            }
+            out = rest;
+            pos += n;
         }
     }
 
-    /// Stores each span's key/value rows at its positions in `layer`.
-    pub(super) fn write(&mut self, layer: usize, spans: &[SeqSpan], k: &[f32], v: &[f32]) -> Result<()> {
+    /// Stores each span's key/value rows (heads of `head_dim`) at its
+    /// positions in `layer`.
+    pub(super) fn write(
+        &mut self,
+        layer: usize,
+        spans: &[SeqSpan],
+        k: &[f32],
+        v: &[f32],
+        head_dim: usize,
+    ) -> Result<()> {
         let d = self.kv_dim;
         for span in spans {
             for i in 0..span.len {
                 let pos = span.start_pos + i;
-                let page = span.pages[pos / self.page_size] as usize;
+                let (page, offset) = (span.pages[pos / self.page_size] as usize, pos % self.page_size);
                 self.materialize(page)?;
-                let (ko, vo) =
-                    (self.at(layer, false, pos % self.page_size), self.at(layer, true, pos % self.page_size));
-                let row = (span.row + i) * d..(span.row + i + 1) * d;
-                match &mut self.pages {
-                    Pages::F32(p) => {
-                        p[page][ko..ko + d].copy_from_slice(&k[row.clone()]);
-                        p[page][vo..vo + d].copy_from_slice(&v[row]);
-                    }
-                    Pages::F16(p) => {
-                        p[page][ko..ko + d].convert_from_f32_slice(&k[row.clone()]);
-                        p[page][vo..vo + d].convert_from_f32_slice(&v[row]);
+                let row = (span.row + i) * d;
+                for h in 0..d / head_dim {
+                    let src = row + h * head_dim..row + (h + 1) * head_dim;
+                    let (ko, vo) = (
+                        self.at(layer, false, head_dim, h, offset),
+                        self.at(layer, true, head_dim, h, offset),
+                    );
+                    match &mut self.pages {
+                        Pages::F32(p) => {
+                            p[page][ko..ko + head_dim].copy_from_slice(&k[src.clone()]);
+                            p[page][vo..vo + head_dim].copy_from_slice(&v[src]);
+                        }
+                        Pages::F16(p) => {
+                            p[page][ko..ko + head_dim].convert_from_f32_slice(&k[src.clone()]);
+                            p[page][vo..vo + head_dim].convert_from_f32_slice(&v[src]);
+                        }
                     }
                 }
             }

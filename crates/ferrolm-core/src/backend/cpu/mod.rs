@@ -509,7 +509,7 @@ impl Backend for Cpu {
         v: &Vec<f32>,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        kv.write(layer, spans, k, v)?;
+        kv.write(layer, spans, k, v, shape.head_dim)?;
         self.pool.install(|| attention::attend(kv, layer, spans, shape, q, out));
         Ok(())
     }

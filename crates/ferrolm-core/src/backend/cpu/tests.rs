@@ -1,6 +1,6 @@
 //! The CPU ops on cases small enough to check by hand.
 
-use super::{Cpu, CpuWeight};
+use super::{Cpu, CpuOptions, CpuWeight, KvDtype};
 use crate::backend::{AttentionShape, Backend, SeqSpan};
 use crate::weights::HostTensor;
 
@@ -66,6 +66,38 @@ fn attend(window: Option<usize>, q: &[f32]) -> Vec<f32> {
     let span = SeqSpan { pages: &[2, 0, 3], start_pos: 0, row: 0, len: 3 };
     cpu.attention(&mut kv, 0, &[span], shape, &q.to_vec(), &k, &v, &mut out).unwrap();
     out
+}
+
+/// A decode step (one query row, positions split across threads and the
+/// softmax merged) equals the same row computed in a prompt pass, with and
+/// without a sliding window, f32 and f16 pages.
+#[test]
+fn split_decode_attention_equals_the_prompt_pass() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let (heads, kv_heads, head_dim, len) = (4, 2, 8, 77);
+    for (window, dtype) in [(None, KvDtype::F32), (Some(20), KvDtype::F32), (None, KvDtype::F16)] {
+        let cpu =
+            Cpu::new(CpuOptions { threads: Some(4), kv_dtype: Some(dtype), ..Default::default() }).unwrap();
+        let shape =
+            AttentionShape { num_heads: heads, num_kv_heads: kv_heads, head_dim, sliding_window: window };
+        let mut rand = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
+        let (q, k, v) =
+            (rand(len * heads * head_dim), rand(len * kv_heads * head_dim), rand(len * kv_heads * head_dim));
+        let pages: Vec<u32> = (0..len.div_ceil(4) as u32).rev().collect();
+        let mut kv = cpu.new_kv(pages.len(), 4, 1, kv_heads * head_dim).unwrap();
+        let mut full = vec![0.0; len * heads * head_dim];
+        let span = SeqSpan { pages: &pages, start_pos: 0, row: 0, len };
+        cpu.attention(&mut kv, 0, &[span], shape, &q, &k, &v, &mut full).unwrap();
+        // The last position again, as a decode step over the cached keys.
+        let (w, qw) = (kv_heads * head_dim, heads * head_dim);
+        let mut step = vec![0.0; qw];
+        let span = SeqSpan { pages: &pages, start_pos: len - 1, row: 0, len: 1 };
+        let (q1, k1, v1) = (&q[(len - 1) * qw..], &k[(len - 1) * w..], &v[(len - 1) * w..]);
+        cpu.attention(&mut kv, 0, &[span], shape, &q1.to_vec(), &k1.to_vec(), &v1.to_vec(), &mut step)
+            .unwrap();
+        close(&step, &full[(len - 1) * qw..]);
+    }
 }
 
 #[test]
