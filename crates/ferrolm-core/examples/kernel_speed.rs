@@ -26,43 +26,40 @@ fn main() {
                 let at = if ty == GgmlType::Q6_K { 208 } else { 0 };
                 b[at..at + 2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
             }
+            // Times `pass` (one pass over the matrix against `n` input rows).
+            let report = |layout: &str, n: usize, pass: &mut dyn FnMut()| {
+                let reps = 200;
+                let t = Instant::now();
+                for _ in 0..reps {
+                    pass();
+                }
+                let s = t.elapsed().as_secs_f64();
+                let macs = (reps * rows * cols * n) as f64;
+                let gbs = (reps * w.len()) as f64 / s / 1e9;
+                println!(
+                    "{isa:?} {ty} {layout}, {n} input rows: {:.2} GMAC/s, weights {gbs:.1} GB/s",
+                    macs / s / 1e9
+                );
+            };
+            for n in [1, 4] {
+                let mut out = [0f32; 4];
+                report("rows", n, &mut || {
+                    for r in w.chunks_exact(row_bytes) {
+                        dot_q8(isa, ty, r, &acts[..n], &mut out[..n]);
+                    }
+                });
+            }
             if interleaves(isa) && matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0) {
                 let p = PackedTensor::new(vec![rows, cols], ty, Bytes::Owned(w.clone())).unwrap();
                 let x8 = Interleaved::new(&p);
                 for n in [1, 4] {
                     let mut out = [[0f32; 8]; 4];
-                    let reps = 200;
-                    let t = Instant::now();
-                    for _ in 0..reps {
+                    report("groups of 8 rows", n, &mut || {
                         for g in 0..rows / 8 {
                             dot_x8(isa, ty, x8.group(g), &acts[..n], &mut out[..n]);
                         }
-                    }
-                    let s = t.elapsed().as_secs_f64();
-                    let macs = (reps * rows * cols * n) as f64;
-                    println!(
-                        "{isa:?} {ty} x8 groups, {n} rows: {:.2} GMAC/s, weights {:.1} GB/s",
-                        macs / s / 1e9,
-                        (reps * w.len()) as f64 / s / 1e9
-                    );
+                    });
                 }
-            }
-            for n in [1, 4] {
-                let mut out = [0f32; 4];
-                let reps = 200;
-                let t = Instant::now();
-                for _ in 0..reps {
-                    for r in w.chunks_exact(row_bytes) {
-                        dot_q8(isa, ty, r, &acts[..n], &mut out[..n]);
-                    }
-                }
-                let s = t.elapsed().as_secs_f64();
-                let macs = (reps * rows * cols * n) as f64;
-                println!(
-                    "{isa:?} {ty} x{n}: {:.2} GMAC/s, weights {:.1} GB/s",
-                    macs / s / 1e9,
-                    (reps * w.len()) as f64 / s / 1e9
-                );
             }
         }
     }
