@@ -100,6 +100,8 @@ class AsyncEngine:
         dtype: on a GPU ``"bfloat16"`` (default) or ``"float32"`` (exact); on the
             CPU unset (weights as stored) or ``"float32"`` (exact).
         quantize: ``"q8_0"`` or ``"q4_k"``: quantize an HF checkpoint at load (CPU).
+        kv_dtype: CPU KV cache precision, ``"f16"`` or ``"f32"`` (default: f16 for
+            quantized models, f32 otherwise).
         max_seq_len: longest sequence, prompt plus output (default: the model's context).
         page_size: tokens per KV page.
         num_pages: KV pool size in pages (default: from ``kv_cache_bytes``).
@@ -113,7 +115,7 @@ class AsyncEngine:
                  max_seq_len: int | None = None, page_size: int = 16, num_pages: int | None = None,
                  kv_cache_bytes: int = _DEFAULT_KV_BYTES, max_num_seqs: int = 64,
                  max_batch_tokens: int = 512, prefix_caching: bool = True, dtype: str | None = None,
-                 quantize: str | None = None) -> None:
+                 quantize: str | None = None, kv_dtype: str | None = None) -> None:
         path = hub.resolve(model)
         for name, value in (("page_size", page_size), ("kv_cache_bytes", kv_cache_bytes),
                             ("max_num_seqs", max_num_seqs), ("max_batch_tokens", max_batch_tokens),
@@ -123,7 +125,7 @@ class AsyncEngine:
         self.model_path = str(path)
         self._core = _core.Engine.load(self.model_path, _device(device), max_seq_len, page_size, num_pages,
                                        kv_cache_bytes, max_num_seqs, max_batch_tokens, bool(prefix_caching), dtype,
-                                       quantize)
+                                       quantize, kv_dtype)
         # None for a model directory without tokenizer files (token ids only).
         self.tokenizer: Tokenizer | None = _tokenizer_or_none(path)
         self.model_info: dict[str, Any] = json.loads(self._core.model_info())

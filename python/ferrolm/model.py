@@ -124,6 +124,7 @@ class Transformer:
         max_batch_size: int = 1,
         dtype: str | None = None,
         quantize: str | None = None,
+        kv_dtype: str | None = None,
     ) -> Transformer:
         """Loads an HF model directory (``config.json`` + safetensors), a ``.gguf`` file,
         or a short name such as ``"smollm2"`` (pulled on first use).
@@ -141,10 +142,12 @@ class Transformer:
                 f16 KV cache) or ``"float32"`` (the exact dequantized path).
             quantize: ``"q8_0"`` or ``"q4_k"`` quantizes an f32/f16/bf16 checkpoint
                 at load so it runs on the CPU's integer kernels (CPU only).
+            kv_dtype: CPU KV cache precision, ``"f16"`` or ``"f32"`` (default: f16
+                for quantized models, f32 otherwise).
         """
         model = _core.Model.from_pretrained(
             str(hub.resolve(path)), _device(device), max_seq_len, _positive(max_batch_size, "max_batch_size"), dtype,
-            quantize,
+            quantize, kv_dtype,
         )
         self = cls(ModelArgs(**json.loads(model.config), max_batch_size=max_batch_size))
         self._model = model

@@ -28,6 +28,8 @@ class InferenceSession:
         dtype: on a GPU ``"bfloat16"`` (default) or ``"float32"`` (exact); on the
             CPU unset (weights as stored) or ``"float32"`` (exact).
         quantize: ``"q8_0"`` or ``"q4_k"``: quantize an HF checkpoint at load (CPU).
+        kv_dtype: CPU KV cache precision, ``"f16"`` or ``"f32"`` (default: f16 for
+            quantized models, f32 otherwise).
 
     Raises:
         FileNotFoundError: the model does not exist.
@@ -37,10 +39,10 @@ class InferenceSession:
 
     def __init__(self, model_path: str | os.PathLike[str] = hub.DEFAULT_MODEL,
                  device: str | int = "cpu", max_seq_len: int | None = None, dtype: str | None = None,
-                 quantize: str | None = None) -> None:
+                 quantize: str | None = None, kv_dtype: str | None = None) -> None:
         self._core: _core.Session | None = None
         path = hub.resolve(model_path)
-        self._core = _core.Session.load(str(path), _device(device), max_seq_len, dtype, quantize)
+        self._core = _core.Session.load(str(path), _device(device), max_seq_len, dtype, quantize, kv_dtype)
         self.model_path = str(path)
 
     def generate(self, prompt: str, config: SamplingConfig | None = None,

@@ -1,7 +1,7 @@
 //! Python's `device` and `dtype` arguments to a core backend, and a macro
 //! that runs the same code on whichever backend a value was built for.
 
-use ferrolm_core::backend::cpu::{Cpu, CpuOptions};
+use ferrolm_core::backend::cpu::{Cpu, CpuOptions, KvDtype};
 use ferrolm_core::backend::cuda::{Cuda, GpuDtype};
 use ferrolm_core::weights::gguf::GgmlType;
 use ferrolm_core::{Device, Error, Result};
@@ -17,8 +17,15 @@ pub enum Target {
 /// stored (quantized or half) and multiply 8-bit activations; "float32" is
 /// the exact path (weights widened to f32, f32 KV cache). Threads come from
 /// `FERROLM_NUM_THREADS` or the physical core count.
-/// `quantize` ("q8_0", "q4_k") quantizes f32/half matrices at load (CPU only).
-pub fn open(device: &str, dtype: Option<&str>, quantize: Option<&str>) -> Result<Target> {
+/// `quantize` ("q8_0", "q4_k") quantizes f32/half matrices at load and
+/// `kv_dtype` ("f16", "f32") picks the KV cache precision (CPU only).
+pub fn open(
+    device: &str,
+    dtype: Option<&str>,
+    quantize: Option<&str>,
+    kv_dtype: Option<&str>,
+) -> Result<Target> {
+    let kv_dtype = kv_dtype.map(KvDtype::parse).transpose()?;
     let quantize = quantize
         .map(|q| match q.trim().to_ascii_lowercase().as_str() {
             "q8_0" => Ok(GgmlType::Q8_0),
@@ -40,10 +47,11 @@ pub fn open(device: &str, dtype: Option<&str>, quantize: Option<&str>) -> Result
                     )))
                 }
             };
-            Ok(Target::Cpu(Cpu::new(CpuOptions { exact, quantize, ..Default::default() })?))
+            Ok(Target::Cpu(Cpu::new(CpuOptions { exact, quantize, kv_dtype, ..Default::default() })?))
         }
-        Device::Cuda(_) if quantize.is_some() => Err(Error::Unsupported(
-            "quantize= runs on the CPU only; on a GPU use dtype=\"bfloat16\" or \"float32\"".into(),
+        Device::Cuda(_) if quantize.is_some() || kv_dtype.is_some() => Err(Error::Unsupported(
+            "quantize= and kv_dtype= apply to the CPU only; on a GPU use dtype=\"bfloat16\" or \"float32\""
+                .into(),
         )),
         Device::Cuda(ordinal) => {
             let dtype = dtype.map(GpuDtype::parse).transpose()?.unwrap_or(GpuDtype::Bf16);

@@ -81,7 +81,7 @@ impl Engine {
     /// Loads a model directory or `.gguf` file with its tokenizer and starts
     /// the engine thread.
     #[staticmethod]
-    #[pyo3(signature = (path, device, max_seq_len, page_size, num_pages, kv_cache_bytes, max_num_seqs, max_batch_tokens, prefix_caching, dtype=None, quantize=None))]
+    #[pyo3(signature = (path, device, max_seq_len, page_size, num_pages, kv_cache_bytes, max_num_seqs, max_batch_tokens, prefix_caching, dtype=None, quantize=None, kv_dtype=None))]
     #[allow(clippy::too_many_arguments)]
     fn load(
         py: Python<'_>,
@@ -96,6 +96,7 @@ impl Engine {
         prefix_caching: bool,
         dtype: Option<&str>,
         quantize: Option<&str>,
+        kv_dtype: Option<&str>,
     ) -> PyResult<Engine> {
         let config = EngineConfig {
             page_size,
@@ -112,7 +113,7 @@ impl Engine {
                 Err(Error::NotFound { .. }) => None,
                 Err(e) => return Err(e),
             };
-            let (info, (client, thread)) = match device::open(device, dtype, quantize)? {
+            let (info, (client, thread)) = match device::open(device, dtype, quantize, kv_dtype)? {
                 Target::Cpu(cpu) => {
                     let model = Arc::new(Transformer::from_pretrained_on(&path, max_seq_len, cpu)?);
                     let engine = CoreEngine::new(model, tokenizer, config)?;

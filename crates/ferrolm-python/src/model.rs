@@ -78,7 +78,8 @@ fn token_ids(sequences: Vec<Vec<i64>>) -> ferrolm_core::Result<Vec<Vec<u32>>> {
 impl Model {
     /// Loads an HF model directory or a `.gguf` file onto `device`.
     #[staticmethod]
-    #[pyo3(signature = (path, device, max_seq_len, max_batch_size, dtype=None, quantize=None))]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (path, device, max_seq_len, max_batch_size, dtype=None, quantize=None, kv_dtype=None))]
     fn from_pretrained(
         py: Python<'_>,
         path: PathBuf,
@@ -87,9 +88,10 @@ impl Model {
         max_batch_size: usize,
         dtype: Option<&str>,
         quantize: Option<&str>,
+        kv_dtype: Option<&str>,
     ) -> PyResult<Model> {
         run(py, || {
-            let inner = match device::open(device, dtype, quantize)? {
+            let inner = match device::open(device, dtype, quantize, kv_dtype)? {
                 Target::Cpu(cpu) => OnCpu(Loaded::new(
                     Transformer::from_pretrained_on(&path, max_seq_len, cpu)?,
                     max_batch_size,

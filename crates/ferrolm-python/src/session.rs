@@ -40,7 +40,7 @@ impl Session {
 impl Session {
     /// Opens a model directory or `.gguf` file with its tokenizer.
     #[staticmethod]
-    #[pyo3(signature = (path, device, max_seq_len, dtype=None, quantize=None))]
+    #[pyo3(signature = (path, device, max_seq_len, dtype=None, quantize=None, kv_dtype=None))]
     fn load(
         py: Python<'_>,
         path: PathBuf,
@@ -48,10 +48,11 @@ impl Session {
         max_seq_len: Option<usize>,
         dtype: Option<&str>,
         quantize: Option<&str>,
+        kv_dtype: Option<&str>,
     ) -> PyResult<Session> {
         run(py, || {
             let tokenizer = Tokenizer::from_pretrained(&path)?;
-            let session = match device::open(device, dtype, quantize)? {
+            let session = match device::open(device, dtype, quantize, kv_dtype)? {
                 Target::Cpu(cpu) => {
                     let model = Transformer::from_pretrained_on(&path, max_seq_len, cpu)?;
                     OnCpu(CoreSession::new(Arc::new(model), tokenizer)?)
