@@ -53,22 +53,13 @@ impl CpuWeight {
             other => panic!("packed tensor {:?} used as an f32 vector", other.shape()),
         }
     }
-
-    /// Bytes held in memory (mapped or owned).
-    pub fn bytes(&self) -> usize {
-        match self {
-            CpuWeight::F32(t) => 4 * t.data.len(),
-            CpuWeight::Packed(p) => p.data.len(),
-            CpuWeight::Interleaved(w) => w.data.len(),
-        }
-    }
 }
 
 /// Input rows prepared for packed weights: quantized blocks for integer
 /// kernels, the f32 rows themselves for halves.
 pub(super) struct Prepared<'a> {
-    /// The (normalized, when asked) f32 rows; empty when only quantized
-    /// blocks are needed.
+    /// The f32 rows: normalized when a norm was given and a half weight
+    /// reads them, else the input as given (integer kernels read `q8`).
     pub x: Cow<'a, [f32]>,
     pub rows: usize,
     pub k: usize,

@@ -383,17 +383,18 @@ impl Backend for Cpu {
         outs: &mut [&mut Vec<f32>],
     ) -> Result<()> {
         self.pool.install(|| {
-            if self.fused_linears(x, None, projs, outs).is_none() {
-                for ((w, bias), out) in projs.iter().zip(outs.iter_mut()) {
-                    match w {
-                        CpuWeight::F32(t) => self.gemm_f32(x, t, out),
-                        _ => {
-                            self.fused_linears(x, None, &[(w, None)], std::slice::from_mut(out));
-                        }
-                    }
+            if self.fused_linears(x, None, projs, outs).is_some() {
+                return;
+            }
+            // Some weight is f32: each projection on its own path.
+            for (proj, out) in projs.iter().zip(outs.iter_mut()) {
+                if let (CpuWeight::F32(t), bias) = proj {
+                    self.gemm_f32(x, t, out);
                     if let Some(b) = bias {
                         add_bias(out, b.f32_data());
                     }
+                } else {
+                    self.fused_linears(x, None, std::slice::from_ref(proj), std::slice::from_mut(out));
                 }
             }
         });
