@@ -158,6 +158,25 @@ impl Config {
         Config::from_json(&value)
     }
 
+    /// The config of a model as [`Transformer::from_pretrained`] would load
+    /// it: a directory's `config.json`, or a `.gguf` file's metadata.
+    ///
+    /// [`Transformer::from_pretrained`]: crate::Transformer::from_pretrained
+    pub fn from_pretrained(path: impl AsRef<Path>) -> Result<Config> {
+        let path = path.as_ref();
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) && path.is_file() {
+            return crate::weights::gguf::config_from_gguf(&crate::weights::gguf::GgufFile::open(path)?);
+        }
+        if !path.exists() {
+            return Err(Error::NotFound { what: "model directory or .gguf file", path: path.to_path_buf() });
+        }
+        let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
+        if !file.is_file() {
+            return Err(Error::NotFound { what: "config.json", path: file });
+        }
+        Config::from_file(file)
+    }
+
     /// Parses an HF config dict or the canonical form written by [`Config::to_json`].
     /// Keys ferrolm does not use are ignored.
     pub fn from_json(value: &Value) -> Result<Config> {

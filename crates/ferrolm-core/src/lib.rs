@@ -26,6 +26,7 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod generate;
+pub mod inference_config;
 pub mod kv;
 pub mod model;
 pub mod sampling;
@@ -40,6 +41,7 @@ pub use engine::{Engine, EngineClient, EngineConfig, FinishReason, GenerationReq
 pub use error::{Error, Result};
 pub use eval::{perplexity, Perplexity};
 pub use generate::{generate, Generation};
+pub use inference_config::InferenceConfig;
 pub use kv::{KvCache, KvLayout, SeqId};
 pub use model::{Logits, SeqInput, Transformer};
 pub use sampling::{Sampled, Sampler, SamplingConfig};

@@ -12,7 +12,8 @@ use crate::error::{Error, Result};
 use crate::sampling::device::RowSampling;
 use crate::weights::StoredTensor;
 
-/// Where a model runs. Parsed from strings such as `"cpu"`, `"cuda"`, `"cuda:1"`.
+/// Where a model runs. Parsed from strings such as `"cpu"`, `"cuda"`, `"cuda:1"`,
+/// or a bare GPU index (`"0"`, as the seed API's `device=0`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Device {
     Cpu,
@@ -25,8 +26,10 @@ impl Device {
         match s.as_str() {
             "cpu" => Ok(Device::Cpu),
             "cuda" | "gpu" => Ok(Device::Cuda(0)),
-            _ => s.strip_prefix("cuda:").and_then(|n| n.parse().ok()).map(Device::Cuda).ok_or_else(|| {
-                Error::InvalidInput(format!("unknown device `{s}`; use \"cpu\", \"cuda\" or \"cuda:N\""))
+            _ => s.strip_prefix("cuda:").unwrap_or(&s).parse().ok().map(Device::Cuda).ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "unknown device `{s}`; use \"cpu\", \"cuda\", \"cuda:N\" or a GPU index N"
+                ))
             }),
         }
     }
@@ -241,4 +244,21 @@ pub trait Backend: Send + Sync {
         v: &Self::Buf,
         out: &mut Self::Buf,
     ) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Device;
+
+    #[test]
+    fn devices_parse_from_names_and_gpu_indices() {
+        assert_eq!(Device::parse(" CPU ").unwrap(), Device::Cpu);
+        assert_eq!(Device::parse("cuda").unwrap(), Device::Cuda(0));
+        assert_eq!(Device::parse("cuda:2").unwrap(), Device::Cuda(2));
+        assert_eq!(Device::parse("1").unwrap(), Device::Cuda(1), "the seed's device=1");
+        for bad in ["tpu", "cuda:x", "-1", ""] {
+            let e = Device::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("a GPU index"), "{bad}: {e}");
+        }
+    }
 }
