@@ -38,7 +38,7 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", default=hub.DEFAULT_MODEL,
                    help=f"directory, .gguf file or short name (default: {hub.DEFAULT_MODEL})")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda[:N] or a GPU index")
     p.add_argument("--dtype", choices=["bfloat16", "float32"],
                    help="GPU weights: bfloat16 (default on a GPU) or float32 (exact); the CPU uses float32")
     p.add_argument("--system", help="system prompt")
@@ -100,16 +100,19 @@ def _serve_args(sub) -> None:
                    help="require 'Authorization: Bearer KEY' on /v1, /generate and /status "
                         "(default: $FERROLM_API_KEY; unset = no key)")
     s.add_argument("--served-model-name", help="the model id clients use (default: MODEL's basename without .gguf)")
-    s.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    s.add_argument("--config", metavar="FILE",
+                   help="the seed's inference config (JSON: inference.device/dtype/max_batch_size, "
+                        "kv_cache.page_size/num_pages, sampling defaults); an option also set there is an error")
+    s.add_argument("--device", help="cpu (default), cuda[:N] or a GPU index")
     s.add_argument("--dtype", choices=["bfloat16", "float32"],
                    help="GPU weights: bfloat16 (default on a GPU) or float32 (exact); the CPU uses float32")
     e = s.add_argument_group("engine")
     e.add_argument("--max-seq-len", type=int, help="longest sequence, prompt + output (default: the model's context)")
-    e.add_argument("--max-num-seqs", type=int, default=64, help="most requests decoding at once (default: 64)")
-    e.add_argument("--max-batch-tokens", type=int, default=512,
+    e.add_argument("--max-num-seqs", type=int, help="most requests decoding at once (default: 64)")
+    e.add_argument("--max-batch-tokens", type=int,
                    help="most tokens per forward pass; longer prompts are chunked (default: 512)")
     e.add_argument("--num-pages", type=int, help="KV cache pages of 16 tokens (default: 2 GiB worth)")
-    e.add_argument("--no-prefix-caching", dest="prefix_caching", action="store_false",
+    e.add_argument("--no-prefix-caching", dest="prefix_caching", action="store_false", default=None,
                    help="do not share KV pages of common prompt prefixes")
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn's log level (default: info)")
@@ -142,7 +145,7 @@ def _eval_args(sub) -> None:
     p.add_argument("file", help="UTF-8 text file to score")
     p.add_argument("--context", type=int, default=512, help="tokens per window, at least 2 (default: 512)")
     p.add_argument("--max-tokens", type=int, help="score only the first N tokens of the text (default: all)")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda[:N] or a GPU index")
     p.add_argument("--dtype", choices=["bfloat16", "float32"],
                    help="bfloat16 (GPU default) or float32 (exact GPU weights; on the CPU the dequantized "
                         "float32 reference path)")
@@ -155,7 +158,7 @@ def _eval_args(sub) -> None:
     b.add_argument("--prompt-tokens", type=int, default=128, help="prompt length for prefill (default: 128)")
     b.add_argument("--gen-tokens", type=int, default=128, help="tokens generated for decode (default: 128)")
     b.add_argument("--runs", type=int, default=3, help="runs; medians are printed (default: 3)")
-    b.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    b.add_argument("--device", default="cpu", help="cpu (default), cuda[:N] or a GPU index")
     b.add_argument("--dtype", choices=["bfloat16", "float32"],
                    help="bfloat16 (GPU default) or float32 (exact GPU weights; on the CPU the dequantized "
                         "float32 reference path)")
@@ -248,10 +251,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise RuntimeError(f"the server needs extra packages ({e.name or e}): pip install 'ferrolm[server]'") from None
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
+    engine_args = {k: getattr(args, k) for k in ("device", "dtype", "max_seq_len", "max_num_seqs",
+                                                 "max_batch_tokens", "num_pages", "prefix_caching")}
     serve(args.model, host=args.host, port=args.port, api_key=args.api_key,
-          served_model_name=args.served_model_name, log_level=args.log_level, device=args.device, dtype=args.dtype,
-          max_seq_len=args.max_seq_len, max_num_seqs=args.max_num_seqs, max_batch_tokens=args.max_batch_tokens,
-          num_pages=args.num_pages, prefix_caching=args.prefix_caching)
+          served_model_name=args.served_model_name, log_level=args.log_level, config=args.config,
+          **{k: v for k, v in engine_args.items() if v is not None})
 
 
 def cmd_info(args: argparse.Namespace) -> None:

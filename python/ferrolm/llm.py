@@ -16,7 +16,7 @@ from typing import Any, Union
 
 from tqdm import tqdm
 
-from ferrolm import hub
+from ferrolm import hub, inference_config
 from ferrolm.engine import AsyncEngine, RequestOutput
 from ferrolm.sampling import SamplingConfig
 
@@ -30,11 +30,20 @@ class LLM:
 
     Args:
         model: a model directory, a ``.gguf`` file or a short name (``"smollm2"``).
-        **engine_args: ``AsyncEngine`` settings (``max_seq_len``, ``num_pages``,
-            ``max_num_seqs``, ``max_batch_tokens``, ``prefix_caching``, ...).
+        config: the seed's inference config (a JSON file path or a dict, see
+            ``ferrolm.inference_config``): engine settings, and the sampling
+            defaults of ``generate``/``chat`` calls that pass none.
+        **engine_args: ``AsyncEngine`` settings (``device``, ``max_seq_len``,
+            ``num_pages``, ``max_num_seqs``, ``max_batch_tokens``, ``prefix_caching``,
+            ...); one also set by ``config`` raises ``ValueError``.
     """
 
-    def __init__(self, model: str | os.PathLike[str] = hub.DEFAULT_MODEL, **engine_args: Any) -> None:
+    def __init__(self, model: str | os.PathLike[str] = hub.DEFAULT_MODEL, *,
+                 config: inference_config.ConfigSource | None = None, **engine_args: Any) -> None:
+        settings = inference_config.load(config)
+        if settings is not None:
+            engine_args = settings.merged_args(engine_args)
+        self.default_sampling = settings.sampling if settings is not None else SamplingConfig()
         self.engine = AsyncEngine(model, **engine_args)
         self.tokenizer = self.engine.tokenizer
 
@@ -47,7 +56,7 @@ class LLM:
         Args:
             prompts: one prompt or a list of them.
             sampling: one ``SamplingConfig`` for all, or one per prompt
-                (default: ``SamplingConfig()``).
+                (default: ``default_sampling``, the config's or ``SamplingConfig()``).
             use_tqdm: show a progress bar (default: only on a terminal).
         """
         if isinstance(prompts, str) or (isinstance(prompts, Sequence) and prompts and isinstance(prompts[0], int)):
@@ -110,10 +119,9 @@ class LLM:
             raise ValueError("this model has no tokenizer files; pass prompts as lists of token ids")
         return self.tokenizer
 
-    @staticmethod
-    def _configs(sampling: SamplingConfig | Sequence[SamplingConfig] | None, n: int) -> list[SamplingConfig]:
+    def _configs(self, sampling: SamplingConfig | Sequence[SamplingConfig] | None, n: int) -> list[SamplingConfig]:
         if sampling is None:
-            return [SamplingConfig()] * n
+            return [self.default_sampling] * n
         if isinstance(sampling, SamplingConfig):
             return [sampling] * n
         configs = list(sampling)

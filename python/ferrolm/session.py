@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from ferrolm import _core, hub
+from ferrolm import _core, hub, inference_config
 from ferrolm.model import _device
 from ferrolm.sampling import SamplingConfig
 
@@ -30,6 +30,10 @@ class InferenceSession:
         quantize: ``"q8_0"`` or ``"q4_k"``: quantize an HF checkpoint at load (CPU).
         kv_dtype: CPU KV cache precision, ``"f16"`` or ``"f32"`` (default: f16 for
             quantized models, f32 otherwise).
+        config: the seed's inference config (a JSON file path or a dict, see
+            ``ferrolm.inference_config``): device, dtype, KV pages, and the
+            sampling defaults of turns that pass no ``config``. A setting given
+            both here and as an argument raises ``ValueError``.
 
     Raises:
         FileNotFoundError: the model does not exist.
@@ -38,11 +42,22 @@ class InferenceSession:
     """
 
     def __init__(self, model_path: str | os.PathLike[str] = hub.DEFAULT_MODEL,
-                 device: str | int = "cpu", max_seq_len: int | None = None, dtype: str | None = None,
-                 quantize: str | None = None, kv_dtype: str | None = None) -> None:
+                 device: str | int | None = None, max_seq_len: int | None = None, dtype: str | None = None,
+                 quantize: str | None = None, kv_dtype: str | None = None, *,
+                 config: inference_config.ConfigSource | None = None) -> None:
         self._core: _core.Session | None = None
+        explicit = {k: v for k, v in (("device", device), ("max_seq_len", max_seq_len), ("dtype", dtype),
+                                      ("quantize", quantize), ("kv_dtype", kv_dtype)) if v is not None}
+        settings = inference_config.load(config)
+        args = settings.merged_args(explicit) if settings is not None else explicit
+        # One conversation runs at a time: the config's max_batch_size does not apply.
+        args.pop("max_num_seqs", None)
+        self.default_sampling = settings.sampling if settings is not None else SamplingConfig()
         path = hub.resolve(model_path)
-        self._core = _core.Session.load(str(path), _device(device), max_seq_len, dtype, quantize, kv_dtype)
+        self._core = _core.Session.load(
+            str(path), _device(args.pop("device", "cpu")), args.pop("max_seq_len", None), args.pop("dtype", None),
+            args.pop("quantize", None), args.pop("kv_dtype", None), **args,
+        )
         self.model_path = str(path)
 
     def generate(self, prompt: str, config: SamplingConfig | None = None,
@@ -51,14 +66,15 @@ class InferenceSession:
 
         Args:
             prompt: the user's message.
-            config: sampling settings (``SamplingConfig()`` defaults if None).
+            config: sampling settings (default: ``default_sampling``, from the inference
+                config, else ``SamplingConfig()``).
             system_prompt: a system prompt for this turn only (see ``set_system_prompt``).
             stream: return an iterator of text pieces as they are produced.
         """
         if not isinstance(prompt, str):
             raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
         core = self._session()
-        core.start_turn(prompt, _config(config).to_json(), system_prompt)
+        core.start_turn(prompt, self._sampling(config).to_json(), system_prompt)
         return _pieces(core) if stream else core.finish_turn()
 
     def complete(self, text: str, config: SamplingConfig | None = None,
@@ -67,7 +83,7 @@ class InferenceSession:
         if not isinstance(text, str):
             raise ValueError(f"text must be a string, got {type(text).__name__}")
         core = self._session()
-        core.start_completion(text, _config(config).to_json())
+        core.start_completion(text, self._sampling(config).to_json())
         return _pieces(core) if stream else core.finish_turn()
 
     def set_system_prompt(self, system_prompt: str | None) -> None:
@@ -122,6 +138,9 @@ class InferenceSession:
     def __enter__(self) -> InferenceSession:
         return self
 
+    def _sampling(self, config: SamplingConfig | None) -> SamplingConfig:
+        return _config(config, self.default_sampling)
+
     def __exit__(self, *exc: object) -> None:
         self.close()
 
@@ -140,9 +159,9 @@ def generate_text(model_path: str | os.PathLike[str], prompt: str,
         return session.generate(prompt, config)
 
 
-def _config(config: SamplingConfig | None) -> SamplingConfig:
+def _config(config: SamplingConfig | None, default: SamplingConfig) -> SamplingConfig:
     if config is None:
-        return SamplingConfig()
+        return default
     if not isinstance(config, SamplingConfig):
         raise ValueError(f"config must be a SamplingConfig, got {type(config).__name__}")
     return config

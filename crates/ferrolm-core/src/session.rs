@@ -54,13 +54,20 @@ pub struct Session<B: Backend> {
 
 impl<B: Backend + 'static> Session<B> {
     pub fn new(model: Arc<Transformer<B>>, tokenizer: Tokenizer) -> Result<Self> {
-        // One conversation at a time, with room for a full-length one.
-        let page_size = EngineConfig::default().page_size;
-        let config = EngineConfig {
-            num_pages: Some(model.config.max_seq_len.div_ceil(page_size)),
-            max_num_seqs: 1,
-            ..EngineConfig::default()
-        };
+        Self::with_config(model, tokenizer, EngineConfig { num_pages: None, ..EngineConfig::default() })
+    }
+
+    /// [`Session::new`] with the engine's page size, pool size, batch token
+    /// budget and prefix caching taken from `config` (one conversation runs
+    /// at a time, so `max_num_seqs` is 1; without `num_pages`, the pool
+    /// holds one full-length conversation).
+    pub fn with_config(
+        model: Arc<Transformer<B>>,
+        tokenizer: Tokenizer,
+        config: EngineConfig,
+    ) -> Result<Self> {
+        let num_pages = config.num_pages.or(Some(model.config.max_seq_len.div_ceil(config.page_size.max(1))));
+        let config = EngineConfig { num_pages, max_num_seqs: 1, ..config };
         Ok(Session {
             engine: Engine::new(model, Some(tokenizer.clone()), config)?,
             tokenizer,

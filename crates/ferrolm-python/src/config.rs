@@ -19,6 +19,20 @@ pub fn config_from_file(path: std::path::PathBuf) -> PyResult<String> {
     Ok(Config::from_file(path).map_err(to_py)?.to_json().to_string())
 }
 
+/// The config of a model directory or `.gguf` file, as canonical JSON text.
+#[pyfunction]
+pub fn config_from_pretrained(py: Python<'_>, path: std::path::PathBuf) -> PyResult<String> {
+    crate::errors::run(py, || Ok(Config::from_pretrained(path)?.to_json().to_string()))
+}
+
+/// Checks the seed's inference config (JSON text); returns it as JSON text
+/// with every section present (defaults filled in).
+#[pyfunction]
+pub fn inference_config(json: &str) -> PyResult<String> {
+    let config = ferrolm_core::InferenceConfig::from_json(json).map_err(to_py)?;
+    Ok(serde_json::to_string(&config).expect("the config serializes"))
+}
+
 /// Validates a config (HF or canonical keys) given as JSON text; returns the canonical form.
 #[pyfunction]
 pub fn config_from_json(json: &str) -> PyResult<String> {

@@ -4,6 +4,7 @@
 //! released (panics caught and turned into RuntimeError), and maps core
 //! errors to Python exceptions. No algorithms live here.
 
+mod checkpoint;
 mod config;
 mod device;
 mod engine;
@@ -21,12 +22,16 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(config::config_from_file, m)?)?;
     m.add_function(wrap_pyfunction!(config::config_from_json, m)?)?;
+    m.add_function(wrap_pyfunction!(config::config_from_pretrained, m)?)?;
+    m.add_function(wrap_pyfunction!(config::inference_config, m)?)?;
     m.add_function(wrap_pyfunction!(config::parameter_shapes, m)?)?;
     m.add_function(wrap_pyfunction!(device::cuda_unavailable_reason, m)?)?;
     m.add_function(wrap_pyfunction!(compile_cuda_kernels, m)?)?;
     m.add_function(wrap_pyfunction!(errors::_panic_for_tests, m)?)?;
     m.add_function(wrap_pyfunction!(eval::perplexity, m)?)?;
     m.add_function(wrap_pyfunction!(sampling::validate_sampling, m)?)?;
+    m.add_function(wrap_pyfunction!(sampling::sample_rows, m)?)?;
+    m.add_class::<checkpoint::Checkpoint>()?;
     m.add_class::<model::Model>()?;
     m.add_class::<engine::Engine>()?;
     m.add_class::<engine::PagedKVCache>()?;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use ferrolm_core::backend::cpu::Cpu;
 use ferrolm_core::backend::cuda::Cuda;
 use ferrolm_core::backend::Backend;
+use ferrolm_core::model::{Logits, SeqInput};
 use ferrolm_core::weights::HostTensor;
 use ferrolm_core::{generate, Error, KvCache, SamplingConfig, Transformer};
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
@@ -166,6 +167,46 @@ impl Model {
             ))
         })?;
         Ok(PyArray1::from_vec(py, logits).reshape([batch, rows, vocab])?.into_any())
+    }
+
+    /// Logits `[total tokens, vocab]` of a ragged batch: for each item
+    /// `(slot, start_pos, tokens)`, `tokens` continue cache row `slot` at
+    /// `start_pos` (rows need not share lengths or positions).
+    fn forward_ragged<'py>(
+        &mut self,
+        py: Python<'py>,
+        items: Vec<(usize, usize, Vec<i64>)>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let total: usize = items.iter().map(|(_, _, t)| t.len()).sum();
+        let vocab = self.config_value().vocab_size;
+        let logits = run(py, || {
+            let (slots, tokens): (Vec<(usize, usize)>, Vec<Vec<i64>>) =
+                items.into_iter().map(|(slot, start, t)| ((slot, start), t)).unzip();
+            let tokens = token_ids(tokens)?;
+            let batch: Vec<SeqInput> = slots
+                .iter()
+                .zip(&tokens)
+                .map(|(&(seq, start_pos), tokens)| SeqInput { seq, start_pos, tokens })
+                .collect();
+            on_backend!(&mut self.inner, |m| m.model.forward(&mut m.cache, &batch, Logits::All))
+        })?;
+        Ok(PyArray1::from_vec(py, logits).reshape([total, vocab])?.into_any())
+    }
+
+    /// Continues each prompt under a full `SamplingConfig` (JSON), through
+    /// the engine; returns each prompt's new tokens.
+    fn generate_with(
+        &self,
+        py: Python<'_>,
+        prompts: Vec<Vec<i64>>,
+        sampling: &str,
+    ) -> PyResult<Vec<Vec<u32>>> {
+        let config = crate::sampling::parse(sampling)?;
+        let out = run(py, || {
+            let prompts = token_ids(prompts)?;
+            on_backend!(&self.inner, |m| generate(&m.model, &prompts, &config, false))
+        })?;
+        Ok(out.into_iter().map(|g| g.tokens).collect())
     }
 
     /// Meta-style sampling (temperature and top-p only): for each prompt its

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use ferrolm_core::backend::cpu::Cpu;
 use ferrolm_core::backend::cuda::Cuda;
-use ferrolm_core::{Session as CoreSession, Tokenizer, Transformer};
+use ferrolm_core::{EngineConfig, Session as CoreSession, Tokenizer, Transformer};
 use pyo3::prelude::*;
 
 use crate::device::{self, on_backend, Either, OnCpu, OnCuda, Target};
@@ -38,9 +38,11 @@ impl Session {
 
 #[pymethods]
 impl Session {
-    /// Opens a model directory or `.gguf` file with its tokenizer.
+    /// Opens a model directory or `.gguf` file with its tokenizer; the
+    /// engine settings not given keep `EngineConfig`'s defaults.
     #[staticmethod]
-    #[pyo3(signature = (path, device, max_seq_len, dtype=None, quantize=None, kv_dtype=None))]
+    #[pyo3(signature = (path, device, max_seq_len, dtype=None, quantize=None, kv_dtype=None, page_size=None, num_pages=None, max_batch_tokens=None, prefix_caching=None))]
+    #[allow(clippy::too_many_arguments)]
     fn load(
         py: Python<'_>,
         path: PathBuf,
@@ -49,17 +51,30 @@ impl Session {
         dtype: Option<&str>,
         quantize: Option<&str>,
         kv_dtype: Option<&str>,
+        page_size: Option<usize>,
+        num_pages: Option<usize>,
+        max_batch_tokens: Option<usize>,
+        prefix_caching: Option<bool>,
     ) -> PyResult<Session> {
+        let defaults = EngineConfig::default();
+        let config = EngineConfig {
+            page_size: page_size.unwrap_or(defaults.page_size),
+            num_pages,
+            max_batch_tokens: max_batch_tokens.unwrap_or(defaults.max_batch_tokens),
+            prefix_caching: prefix_caching.unwrap_or(defaults.prefix_caching),
+            ..defaults
+        };
         run(py, || {
+            config.validate()?;
             let tokenizer = Tokenizer::from_pretrained(&path)?;
             let session = match device::open(device, dtype, quantize, kv_dtype)? {
                 Target::Cpu(cpu) => {
                     let model = Transformer::from_pretrained_on(&path, max_seq_len, cpu)?;
-                    OnCpu(CoreSession::new(Arc::new(model), tokenizer)?)
+                    OnCpu(CoreSession::with_config(Arc::new(model), tokenizer, config)?)
                 }
                 Target::Cuda(gpu) => {
                     let model = Transformer::from_pretrained_on(&path, max_seq_len, gpu)?;
-                    OnCuda(CoreSession::new(Arc::new(model), tokenizer)?)
+                    OnCuda(CoreSession::with_config(Arc::new(model), tokenizer, config)?)
                 }
             };
             Ok(Session { inner: Mutex::new(session) })

@@ -5,3 +5,19 @@ import lines changed: every name below is the core's own object (config,
 weights, page pool, prefix cache, scheduler, sampler, tokenizer, model) seen
 through MILI's signatures.
 """
+
+from ferrolm.mili.config import Qwen3Config
+from ferrolm.mili.model import Qwen3Model
+from ferrolm.mili.sampler import Sampler
+from ferrolm.mili.tokenizer import QwenTokenizer, get_tokenizer
+from ferrolm.mili.weights import Fp8Weight, WeightLoader
+
+__all__ = [
+    "Fp8Weight",
+    "Qwen3Config",
+    "Qwen3Model",
+    "QwenTokenizer",
+    "Sampler",
+    "WeightLoader",
+    "get_tokenizer",
+]

@@ -7,6 +7,9 @@ between apps.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 
@@ -18,19 +21,22 @@ from ferrolm.server.protocol import ModelCard, ModelList
 from ferrolm.server.state import ServerState, get_state
 
 
-def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None) -> FastAPI:
+def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
+               sampling_defaults: Mapping[str, Any] | None = None) -> FastAPI:
     """An OpenAI-compatible app serving ``engine`` as ``model_name``.
 
     Args:
         engine: the running engine (not closed by the app).
         model_name: the id clients name in ``model`` and ``/v1/models`` lists.
         api_key: if set, the generation endpoints need ``Authorization: Bearer <api_key>``.
+        sampling_defaults: sampling fields (``SamplingConfig`` names) that
+            replace the endpoints' defaults for requests leaving them out.
     """
     from ferrolm import __version__
 
     app = FastAPI(title="ferrolm", version=__version__,
                   description="OpenAI-compatible completions and chat over the ferrolm engine.")
-    app.state.ferrolm = ServerState(engine, model_name, api_key or None)
+    app.state.ferrolm = ServerState(engine, model_name, api_key or None, sampling_defaults)
     errors.install(app)
     keyed = [Depends(require_key)]
     app.include_router(completions.router, dependencies=keyed)

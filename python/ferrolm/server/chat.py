@@ -48,8 +48,9 @@ async def create_chat_completion(req: ChatCompletionRequest, request: Request):
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     if max_tokens is None:
         # OpenAI's chat default: until the model stops or the context is full.
-        max_tokens = max(state.engine.max_seq_len - len(prompt), 1)
-    config = sampling_config(req, max_tokens, (req.top_logprobs or 0) if req.logprobs else None)
+        max_tokens = state.sampling_defaults.get("max_tokens", max(state.engine.max_seq_len - len(prompt), 1))
+    config = sampling_config(req, max_tokens, (req.top_logprobs or 0) if req.logprobs else None,
+                             state.sampling_defaults)
     request_id, group = state.start("chatcmpl", [prompt], config, req.n, started)
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)

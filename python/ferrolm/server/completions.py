@@ -39,8 +39,9 @@ async def create_completion(req: CompletionRequest, request: Request):
     if req.best_of is not None and req.best_of != req.n:
         raise APIError("best_of is not supported (use n)", param="best_of")
     prompts = _prompts(state, req.prompt)
-    max_tokens = COMPLETION_MAX_TOKENS if req.max_tokens is None else req.max_tokens
-    config = sampling_config(req, max_tokens, req.logprobs)
+    max_tokens = state.sampling_defaults.get("max_tokens", COMPLETION_MAX_TOKENS) if req.max_tokens is None \
+        else req.max_tokens
+    config = sampling_config(req, max_tokens, req.logprobs, state.sampling_defaults)
     request_id, group = state.start("cmpl", prompts, config, req.n, started)
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ferrolm import hub
+from ferrolm import hub, inference_config
 
 
 def default_model_name(model: str | os.PathLike[str]) -> str:
@@ -18,17 +18,24 @@ def default_model_name(model: str | os.PathLike[str]) -> str:
 
 def serve(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, *, host: str = "127.0.0.1", port: int = 8000,
           api_key: str | None = None, served_model_name: str | None = None, log_level: str = "info",
-          **engine_args: Any) -> None:
-    """Serves ``model`` over HTTP until interrupted; ``engine_args`` go to ``AsyncEngine``."""
+          config: inference_config.ConfigSource | None = None, **engine_args: Any) -> None:
+    """Serves ``model`` over HTTP until interrupted; ``engine_args`` go to
+    ``AsyncEngine``, after the inference ``config``'s (a setting in both
+    raises ``ValueError``), whose sampling fields become request defaults."""
     import uvicorn
 
     from ferrolm.engine import AsyncEngine
     from ferrolm.server.app import create_app
 
+    settings = inference_config.load(config)
+    defaults = {}
+    if settings is not None:
+        engine_args = settings.merged_args(engine_args)
+        defaults = {k: getattr(settings.sampling, k) for k in settings.sampling_keys}
     name = served_model_name or default_model_name(model)
     engine = AsyncEngine(model, **engine_args)
     try:
-        app = create_app(engine, name, api_key=api_key)
+        app = create_app(engine, name, api_key=api_key, sampling_defaults=defaults)
         shown = f"[{host}]" if ":" in host else host
         print(f"ferrolm: serving {name!r} (max_seq_len {engine.max_seq_len}) at http://{shown}:{port}/v1"
               + (" (API key required)" if api_key else ""), file=sys.stderr, flush=True)

@@ -3,10 +3,15 @@
 ``SamplingConfig``'s own defaults are the seed's (temperature 0.6, top_k 20,
 repetition penalty 1.1, ...). An OpenAI client that sends only a prompt
 expects plain sampling at temperature 1, so every field is set here
-explicitly and none falls through to those defaults.
+explicitly and none falls through to those defaults. A server started with
+an inference config (``ferrolm serve --config``) uses the sampling fields
+that file sets as the defaults of requests that leave them out.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 from ferrolm.sampling import SamplingConfig
 from ferrolm.server.errors import APIError
@@ -14,6 +19,9 @@ from ferrolm.server.protocol import SamplingFields
 
 MAX_LOGPROBS = 20  # OpenAI's limit for completions' logprobs and chat's top_logprobs
 COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+# Plain sampling at temperature 1: what an OpenAI client that sends only a prompt expects.
+OPENAI_DEFAULTS: dict[str, Any] = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
+                                   "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
 
 
 def check_common(req: SamplingFields) -> None:
@@ -26,18 +34,21 @@ def check_common(req: SamplingFields) -> None:
         raise APIError("logit_bias is not supported", param="logit_bias")
 
 
-def sampling_config(req: SamplingFields, max_tokens: int, logprobs: int | None) -> SamplingConfig:
-    """The engine's config for one request (``ValueError`` from the core becomes a 400)."""
+def sampling_config(req: SamplingFields, max_tokens: int, logprobs: int | None,
+                    defaults: Mapping[str, Any]) -> SamplingConfig:
+    """The engine's config for one request (``ValueError`` from the core becomes a 400);
+    ``defaults`` (the server's inference config) replace OpenAI's for fields left out."""
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    openai = {**OPENAI_DEFAULTS, **defaults}
     try:
         return SamplingConfig(
-            temperature=_or(req.temperature, 1.0),
-            top_p=_or(req.top_p, 1.0),
-            top_k=_or(req.top_k, 0),
-            min_p=_or(req.min_p, 0.0),
-            repetition_penalty=_or(req.repetition_penalty, 1.0),
-            presence_penalty=_or(req.presence_penalty, 0.0),
-            frequency_penalty=_or(req.frequency_penalty, 0.0),
+            temperature=_or(req.temperature, openai["temperature"]),
+            top_p=_or(req.top_p, openai["top_p"]),
+            top_k=_or(req.top_k, openai["top_k"]),
+            min_p=_or(req.min_p, openai["min_p"]),
+            repetition_penalty=_or(req.repetition_penalty, openai["repetition_penalty"]),
+            presence_penalty=_or(req.presence_penalty, openai["presence_penalty"]),
+            frequency_penalty=_or(req.frequency_penalty, openai["frequency_penalty"]),
             max_tokens=max_tokens,
             seed=_seed(req.seed),
             stop=[s for s in stop if s],  # an empty stop string would end every request at once

@@ -66,13 +66,15 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class GenerateRequest(BaseModel):
-    """The seed's ``POST /generate`` (its defaults, not OpenAI's)."""
+    """The seed's ``POST /generate``: fields left out take the server's
+    inference-config sampling defaults, else the seed's (max_tokens 50,
+    temperature 1.0, top_p 0.95, top_k 50)."""
 
     prompt: str
-    max_tokens: int = 50
-    temperature: float = 1.0
-    top_p: float = 0.95
-    top_k: int = 50
+    max_tokens: Optional[int] = None
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
     stream: bool = False
 
 

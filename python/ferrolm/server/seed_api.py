@@ -21,6 +21,8 @@ from ferrolm.server.sse import DONE, EventStream, event
 from ferrolm.server.state import get_state, now
 
 router = APIRouter()
+# The seed's /generate defaults.
+SEED_DEFAULTS = {"max_tokens": 50, "temperature": 1.0, "top_p": 0.95, "top_k": 50}
 
 
 @router.post("/generate", response_model=None, dependencies=[Depends(require_key)])
@@ -28,11 +30,12 @@ async def generate(req: GenerateRequest, request: Request):
     state = get_state(request)
     started = now()
     state.metrics.request("generate")
-    if req.max_tokens < 0:
-        raise APIError(f"max_tokens must be >= 0, got {req.max_tokens}", param="max_tokens")
+    given = {k: v for k, v in req.model_dump(include=set(SEED_DEFAULTS)).items() if v is not None}
+    knobs = {**SEED_DEFAULTS, **{k: v for k, v in state.sampling_defaults.items() if k in SEED_DEFAULTS}, **given}
+    if knobs["max_tokens"] < 0:
+        raise APIError(f"max_tokens must be >= 0, got {knobs['max_tokens']}", param="max_tokens")
     try:
-        config = SamplingConfig(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, min_p=0.0,
-                                repetition_penalty=1.0, max_tokens=req.max_tokens)
+        config = SamplingConfig(min_p=0.0, repetition_penalty=1.0, **knobs)
     except ValueError as e:
         raise APIError(str(e)) from None
     prompt = state.tokenizer.encode(req.prompt)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
+from typing import Any
 
 from fastapi import Request
 
@@ -24,8 +25,12 @@ MAX_CHOICES = 128  # OpenAI's limit on n; bounds what one HTTP request can queue
 
 
 class ServerState:
-    def __init__(self, engine: AsyncEngine, model_name: str, api_key: str | None = None) -> None:
+    def __init__(self, engine: AsyncEngine, model_name: str, api_key: str | None = None,
+                 sampling_defaults: Mapping[str, Any] | None = None) -> None:
         self.engine = engine
+        # Sampling fields set by the server's inference config: they replace
+        # the endpoints' own defaults for requests that leave them out.
+        self.sampling_defaults: Mapping[str, Any] = dict(sampling_defaults or {})
         self.tokenizer = engine.tokenizer
         self.model_name = model_name
         self.api_key = api_key

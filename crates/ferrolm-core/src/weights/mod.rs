@@ -13,7 +13,7 @@ mod stored;
 
 use std::collections::HashMap;
 
-pub use self::safetensors::SafetensorsDir;
+pub use self::safetensors::{RawTensor, SafetensorsDir};
 pub(crate) use self::stored::release_pages;
 pub use self::stored::{Bytes, PackedTensor, StoredTensor};
 use crate::error::{Error, Result};

@@ -136,7 +136,36 @@ impl TensorSource for SafetensorsDir {
     }
 }
 
+/// One tensor exactly as stored, its bytes borrowing the memory map: what a
+/// caller needs to view a checkpoint without copying it.
+pub struct RawTensor {
+    /// The stored element type, by numpy's name where it has one
+    /// ("float32", "float16"; otherwise safetensors' name, e.g. "BF16").
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    pub bytes: Bytes,
+}
+
 impl SafetensorsDir {
+    /// Tensor `name` as stored, without conversion or copy.
+    pub fn raw(&self, name: &str) -> Result<RawTensor> {
+        let (dtype, shape, ptr, len) = self.with_view(name, |view, _| {
+            let dtype = match view.dtype() {
+                Dtype::F32 => "float32".to_string(),
+                Dtype::F16 => "float16".to_string(),
+                other => format!("{other:?}"),
+            };
+            Ok((dtype, view.shape().to_vec(), view.data().as_ptr(), view.data().len()))
+        })?;
+        let map = &self.files[self.index[name].0].1;
+        let start = ptr as usize - map.as_ptr() as usize;
+        Ok(RawTensor {
+            dtype,
+            shape,
+            bytes: Bytes::Mapped { map: Arc::clone(map), range: start..start + len },
+        })
+    }
+
     /// Runs `f` on the view of tensor `name` (with an error maker naming it).
     fn with_view<T>(
         &self,

@@ -1,0 +1,95 @@
+"""The seed's inference config file, checked whole by the Rust core.
+
+```json
+{"inference": {"device": "cuda", "dtype": "float16", "max_batch_size": 64},
+ "kv_cache": {"page_size": 16, "num_pages": 1024},
+ "sampling": {"temperature": 1.0, "top_p": 0.95, "top_k": 50}}
+```
+
+``LLM(config=...)``, ``InferenceSession(config=...)`` and ``ferrolm serve
+--config FILE`` take it. Every key is optional. ``inference`` also takes
+``max_seq_len``, ``max_batch_tokens`` and ``quantize``; ``kv_cache`` takes
+``prefix_caching`` and ``dtype`` (``"f16"``/``"f32"``); ``sampling`` takes
+any ``SamplingConfig`` field and supplies the defaults of requests that
+bring none. An unknown key or a bad value raises ``ValueError`` naming it
+(``invalid config field `kv_cache.page_size`: ...``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from ferrolm import _core
+from ferrolm.sampling import SamplingConfig
+
+ConfigSource = Union[str, "os.PathLike[str]", Mapping[str, Any]]
+
+# Config path -> the engine argument it sets.
+_ENGINE_ARGS = {
+    ("inference", "device"): "device",
+    ("inference", "dtype"): "dtype",
+    ("inference", "max_batch_size"): "max_num_seqs",
+    ("inference", "max_seq_len"): "max_seq_len",
+    ("inference", "max_batch_tokens"): "max_batch_tokens",
+    ("inference", "quantize"): "quantize",
+    ("kv_cache", "page_size"): "page_size",
+    ("kv_cache", "num_pages"): "num_pages",
+    ("kv_cache", "prefix_caching"): "prefix_caching",
+    ("kv_cache", "dtype"): "kv_dtype",
+}
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """A checked inference config: ``engine_args`` for ``AsyncEngine``/``LLM``,
+    ``sampling`` (the full ``SamplingConfig``) and ``sampling_keys`` (the
+    fields the file set, which override a caller's own defaults)."""
+
+    engine_args: dict[str, Any] = field(default_factory=dict)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    sampling_keys: frozenset[str] = frozenset()
+
+    @classmethod
+    def load(cls, source: ConfigSource) -> InferenceConfig:
+        """From a JSON file path or an already parsed dict."""
+        if isinstance(source, Mapping):
+            raw = dict(source)
+            text = json.dumps(raw)
+        elif isinstance(source, (str, os.PathLike)):
+            try:
+                with open(source, encoding="utf-8") as f:
+                    text = f.read()
+            except FileNotFoundError:
+                raise FileNotFoundError(f"inference config not found: {os.fspath(source)}") from None
+            try:
+                raw = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"invalid config field `inference config`: {os.fspath(source)} is not "
+                                 f"valid JSON: {e}") from None
+        else:
+            raise ValueError(f"config must be a path to a JSON file or a dict, got {type(source).__name__}")
+        checked = json.loads(_core.inference_config(text))
+        engine_args = {arg: checked[section][key] for (section, key), arg in _ENGINE_ARGS.items()
+                       if checked[section][key] is not None}
+        given = raw.get("sampling") or {}
+        return cls(engine_args, SamplingConfig(**checked["sampling"]), frozenset(given))
+
+    def merged_args(self, explicit: Mapping[str, Any]) -> dict[str, Any]:
+        """``engine_args`` plus ``explicit`` arguments; a setting given both
+        ways raises ``ValueError`` (which one was meant is not guessable)."""
+        both = sorted(set(self.engine_args) & set(explicit))
+        if both:
+            raise ValueError(f"{', '.join(both)} set both by the inference config and as arguments; "
+                             "remove one of them")
+        return {**self.engine_args, **explicit}
+
+
+def load(config: ConfigSource | InferenceConfig | None) -> InferenceConfig | None:
+    """``InferenceConfig.load`` that passes None and loaded configs through."""
+    if config is None or isinstance(config, InferenceConfig):
+        return config
+    return InferenceConfig.load(config)
