@@ -29,7 +29,7 @@ class Llama:
 
     @staticmethod
     def build(ckpt_dir: str | os.PathLike[str], tokenizer_path: str | os.PathLike[str] | None = None,
-              max_seq_len: int = 2048, max_batch_size: int = 1, device: str = "cpu",
+              max_seq_len: int = 2048, max_batch_size: int = 1, device: str | int = "cpu",
               seed: int | None = None, dtype: str | None = None) -> Llama:
         """Loads a model directory, ``.gguf`` file or short name, and its tokenizer.
 

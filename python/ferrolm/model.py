@@ -119,7 +119,7 @@ class Transformer:
     def from_pretrained(
         cls,
         path: str | os.PathLike[str],
-        device: str = "cpu",
+        device: str | int = "cpu",
         max_seq_len: int | None = None,
         max_batch_size: int = 1,
         dtype: str | None = None,
@@ -248,6 +248,8 @@ def _device(device: str | int) -> str:
     if isinstance(device, (int, np.integer)) and not isinstance(device, bool):
         device = f"cuda:{int(device)}"
     device = str(device)
+    if device.strip().isdigit():  # "0" from a command line
+        device = f"cuda:{int(device)}"
     if device.strip().lower().startswith(("cuda", "gpu")):
         from ferrolm import _cuda
 
