@@ -11,6 +11,7 @@ mod errors;
 mod eval;
 mod model;
 mod sampling;
+mod scheduler;
 mod session;
 mod tokenizer;
 
@@ -31,6 +32,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::Engine>()?;
     m.add_class::<engine::PagedKVCache>()?;
     m.add_class::<session::Session>()?;
+    m.add_class::<scheduler::SteppedScheduler>()?;
     tokenizer::register(m)?;
     Ok(())
 }
