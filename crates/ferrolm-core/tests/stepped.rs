@@ -100,6 +100,9 @@ fn many_requests_equal_the_per_request_loop() {
     assert_eq!(s.tables().stats().used_pages, 0, "finished requests hold no pages");
 }
 
+/// A work item's (request, start_pos, tokens, phase, wants_token).
+type Shape = (u64, usize, usize, Phase, bool);
+
 #[test]
 fn a_small_budget_chunks_the_prompt_and_decodes_alongside() {
     let mut s = SteppedScheduler::new(config(64, 4)).unwrap();
@@ -107,7 +110,7 @@ fn a_small_budget_chunks_the_prompt_and_decodes_alongside() {
     let a = s.add_request(vec![1, 2], sampling(3)).unwrap();
     let b = s.add_request((1..=10).collect(), sampling(3)).unwrap();
     let batches = drive(&mut s, &mut model, 4);
-    let shape: Vec<Vec<(u64, usize, usize, Phase, bool)>> = batches
+    let shape: Vec<Vec<Shape>> = batches
         .iter()
         .map(|b| b.iter().map(|w| (w.request, w.start_pos, w.tokens.len(), w.phase, w.wants_token)).collect())
         .collect();
