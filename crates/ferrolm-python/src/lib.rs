@@ -12,6 +12,7 @@ mod errors;
 mod eval;
 mod model;
 mod sampling;
+mod scheduler;
 mod session;
 mod tokenizer;
 
@@ -36,6 +37,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::Engine>()?;
     m.add_class::<engine::PagedKVCache>()?;
     m.add_class::<session::Session>()?;
+    m.add_class::<scheduler::SteppedScheduler>()?;
     tokenizer::register(m)?;
     Ok(())
 }

@@ -119,7 +119,7 @@ impl EngineClient {
     ) -> Result<RequestId> {
         self.check(&request)?;
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let seq = Sequence::new(id, request, self.shared.tokenizer.as_ref(), sink)?;
+        let seq = Sequence::new(id, request, self.shared.tokenizer.as_ref(), Some(sink))?;
         self.sender.send(Command::Add(Box::new(seq))).map_err(|_| stopped())?;
         self.shared.update(|s| s.requests_added += 1);
         Ok(id)
@@ -142,7 +142,8 @@ impl EngineClient {
         let seqs = (0..n as u64)
             .map(|i| {
                 let r = GenerationRequest { stream: request.stream + i, ..request.clone() };
-                let mut seq = Sequence::new(first + i, r, self.shared.tokenizer.as_ref(), sink.clone())?;
+                let mut seq =
+                    Sequence::new(first + i, r, self.shared.tokenizer.as_ref(), Some(sink.clone()))?;
                 seq.fork_from = (i > 0).then_some(first);
                 seq.index = i as usize;
                 Ok(seq)

@@ -7,6 +7,9 @@
 //! [`Output`]s to its [`RequestHandle`]. When pages run out, the newest
 //! request is preempted (its pages freed, its tokens recomputed later).
 //!
+//! Callers that run the model themselves drive the same scheduler by hand
+//! through a [`SteppedScheduler`] (page bookkeeping only, no model).
+//!
 //! Drive it step by step from your own loop, or move it onto its own thread
 //! with [`Engine::spawn`] and talk to it through an [`EngineClient`]:
 //!
@@ -31,6 +34,7 @@ mod core;
 mod request;
 pub mod scheduler;
 mod sequence;
+mod stepped;
 
 pub use self::client::{EngineClient, EngineStats};
 pub use self::config::EngineConfig;
@@ -38,3 +42,4 @@ pub use self::core::Engine;
 pub use self::request::{
     Completion, FinishReason, GenerationRequest, Output, OutputKind, RequestHandle, RequestId, Usage,
 };
+pub use self::stepped::{Finished, Phase, RequestStatus, SteppedConfig, SteppedScheduler, Work};

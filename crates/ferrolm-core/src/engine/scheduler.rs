@@ -14,9 +14,8 @@
 use std::collections::VecDeque;
 
 use super::sequence::Sequence;
-use crate::backend::Backend;
 use crate::error::Result;
-use crate::kv::KvCache;
+use crate::kv::BlockTables;
 
 /// A slice of work for one running request: run `tokens[start..start + len]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +33,8 @@ pub(crate) struct Scheduler {
     pub running: Vec<Sequence>,
     pub max_num_seqs: usize,
     pub max_batch_tokens: usize,
+    /// Most waiting requests admitted per step (the engine leaves it unlimited).
+    pub max_admissions: usize,
     pub preemptions: u64,
 }
 
@@ -53,11 +54,12 @@ impl Scheduler {
             running: Vec::new(),
             max_num_seqs,
             max_batch_tokens,
+            max_admissions: usize::MAX,
             preemptions: 0,
         }
     }
 
-    pub fn schedule<B: Backend>(&mut self, cache: &mut KvCache<B>) -> Result<Plan> {
+    pub fn schedule(&mut self, cache: &mut BlockTables) -> Result<Plan> {
         let mut plan = Plan::default();
         debug_assert!(self.running.iter().all(|s| s.seq.is_some()));
         let mut budget = self.max_batch_tokens;
@@ -85,7 +87,12 @@ impl Scheduler {
             }
         }
         let mut next = 0;
-        while budget > 0 && self.running.len() < self.max_num_seqs && next < self.waiting.len() {
+        let mut admitted = 0;
+        while budget > 0
+            && self.running.len() < self.max_num_seqs
+            && admitted < self.max_admissions
+            && next < self.waiting.len()
+        {
             let s = &mut self.waiting[next];
             if s.fork_from.is_some() {
                 // A sibling waits for its leader's prompt, then forks its pages.
@@ -118,13 +125,14 @@ impl Scheduler {
             let s = self.waiting.remove(next).expect("index is in range");
             plan.work.push(Scheduled { index: self.running.len(), start: s.computed, len });
             self.running.push(s);
+            admitted += 1;
             promised += need;
             budget -= len;
         }
         Ok(plan)
     }
 
-    fn preempt_newest<B: Backend>(&mut self, cache: &mut KvCache<B>) -> Result<()> {
+    fn preempt_newest(&mut self, cache: &mut BlockTables) -> Result<()> {
         let mut s = self.running.pop().expect("preempting needs a running request");
         if let Some(seq) = s.seq.take() {
             cache.remove_sequence(seq)?;

@@ -33,7 +33,9 @@ pub(crate) struct Sequence {
     text: Option<(StreamDecoder, StopStrings)>,
     /// A stop string matched: text after it is not part of the answer.
     stop_matched: bool,
-    sink: Sender<Output>,
+    /// Where outputs go; `None` for a request driven by hand
+    /// ([`super::SteppedScheduler`]), whose caller reads its tokens directly.
+    sink: Option<Sender<Output>>,
 }
 
 /// What drawing a token did to a sequence.
@@ -49,7 +51,7 @@ impl Sequence {
         id: RequestId,
         request: GenerationRequest,
         tokenizer: Option<&Tokenizer>,
-        sink: Sender<Output>,
+        sink: Option<Sender<Output>>,
     ) -> Result<Sequence> {
         let stops = StopStrings::new(request.sampling.stop.clone());
         let sampler = Sampler::new(request.sampling, request.stream)?;
@@ -162,7 +164,8 @@ impl Sequence {
 
     /// Sends an output; false when nobody listens any more.
     fn send(&self, kind: OutputKind) -> bool {
-        self.sink.send(Output { request: self.id, index: self.index, kind }).is_ok()
+        let output = || Output { request: self.id, index: self.index, kind };
+        self.sink.as_ref().is_none_or(|sink| sink.send(output()).is_ok())
     }
 }
 

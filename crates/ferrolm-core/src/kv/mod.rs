@@ -1,6 +1,7 @@
 //! The paged KV cache: a fixed pool of pages ([`PagePool`], with reference
 //! counts and a prefix cache of full pages), the block table of each live
-//! sequence, and the backend storage the pages index ([`KvCache`]).
+//! sequence ([`BlockTables`]: the bookkeeping, all the scheduler needs), and
+//! the backend storage the pages index ([`KvCache`] = storage + bookkeeping).
 //!
 //! Attention reads keys and values through each sequence's block table, so
 //! sequences share pages (a common prompt prefix, or a forked sequence)
@@ -8,6 +9,8 @@
 
 mod cache;
 mod pool;
+mod tables;
 
-pub use cache::{KvCache, KvLayout, SeqId};
+pub use cache::{KvCache, KvLayout};
 pub use pool::{page_hash, PageId, PagePool, PoolStats, PrefixHash};
+pub use tables::{BlockTables, SeqId};
