@@ -9,14 +9,18 @@ through MILI's signatures.
 from ferrolm.mili.config import Qwen3Config
 from ferrolm.mili.model import Qwen3Model
 from ferrolm.mili.sampler import Sampler
+from ferrolm.mili.scheduler import ContinuousBatchScheduler, RequestMetadata, RequestPhase
 from ferrolm.mili.tokenizer import QwenTokenizer, get_tokenizer
 from ferrolm.mili.weights import Fp8Weight, WeightLoader
 
 __all__ = [
+    "ContinuousBatchScheduler",
     "Fp8Weight",
     "Qwen3Config",
     "Qwen3Model",
     "QwenTokenizer",
+    "RequestMetadata",
+    "RequestPhase",
     "Sampler",
     "WeightLoader",
     "get_tokenizer",
