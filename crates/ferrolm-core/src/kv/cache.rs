@@ -38,7 +38,7 @@ struct Sequence {
 
 pub struct KvCache<B: Backend> {
     pub(crate) store: B::Kv,
-    pool: PagePool,
+    pub(super) pool: PagePool,
     page_size: usize,
     seqs: Vec<Option<Sequence>>,
     max_seq_len: usize,

@@ -7,7 +7,10 @@
 //! without copies; a shared page is copied only when one owner writes to it.
 
 mod cache;
+mod pages_io;
 mod pool;
+mod radix;
 
 pub use cache::{KvCache, KvLayout, SeqId};
 pub use pool::{page_hash, PageId, PagePool, PoolStats, PrefixHash};
+pub use radix::PromptPages;
