@@ -278,8 +278,16 @@ impl PagedKVCache {
                 got: shape,
             }));
         }
-        let data: Vec<f32> = data.as_array().iter().copied().collect();
-        self.with(py, |p| on_backend!(p, |(b, c)| c.write(b, &self::page_ids(page_ids)?, part, &data)))
+        // Read in place (the Python view passes a C-contiguous array); copy otherwise.
+        let copied: Vec<f32>;
+        let data = match data.as_slice() {
+            Ok(slice) => slice,
+            Err(_) => {
+                copied = data.as_array().iter().copied().collect();
+                &copied
+            }
+        };
+        self.with(py, |p| on_backend!(p, |(b, c)| c.write(b, &self::page_ids(page_ids)?, part, data)))
     }
 
     /// Starts a sequence holding `tokens`, sharing the prefix cache's pages:
