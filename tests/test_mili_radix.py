@@ -3,11 +3,13 @@ engine's prefix cache: repeated prompts share their full prefix pages (by
 page id), removed requests leave them cached, and each request's keys and
 values read back in token order."""
 
+import asyncio
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from ferrolm import AsyncEngine, SamplingConfig
 from ferrolm.mili.kv_cache import KVCacheAllocator
 from ferrolm.mili.radix import RadixAttentionCache
 
@@ -44,6 +46,17 @@ def test_only_the_common_full_pages_are_shared():
     # A prompt ending on a page boundary keeps its last token to compute.
     short = cache.add_request("d", PROMPT[:32])
     assert short["shared_pages"] == first["pages"][:1] and short["cached_tokens"] == 16
+
+
+def test_cached_tokens_are_what_the_engine_reuses(chat_model):
+    system = list(range(100, 150))  # 50 tokens: 3 full pages
+    prompts = [[*system, 1, 2], [*system, 3, 4, 5], [*system[:20], 9], [7, *system]]
+    cache = RadixAttentionCache(num_pages=64)
+    ours = [cache.add_request(str(i), p)["cached_tokens"] for i, p in enumerate(prompts)]
+    greedy = SamplingConfig(temperature=0.0, max_tokens=1)
+    with AsyncEngine(chat_model, max_seq_len=256) as engine:
+        theirs = [asyncio.run(engine.agenerate(p, greedy)).cached_tokens for p in prompts]
+    assert ours == theirs == [0, 48, 16, 0]
 
 
 def test_removed_requests_leave_full_pages_cached_for_later_prompts():
