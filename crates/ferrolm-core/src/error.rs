@@ -59,8 +59,8 @@ pub enum Error {
 
     /// The KV page pool cannot hold what a forward pass would write.
     #[error(
-        "the KV cache needs {needed} more page(s) but only {available} are free; \
-         use a larger pool (num_pages / kv_cache_bytes) or fewer, shorter sequences"
+        "Insufficient pages in KV cache: {needed} more page(s) are needed but only {available} are \
+         free; use a larger pool (num_pages / kv_cache_bytes), fewer or shorter sequences, or free pages"
     )]
     KvCacheFull { needed: usize, available: usize },
 

@@ -1,6 +1,5 @@
-//! `_core.Engine` (the serving engine on its own thread, for `ferrolm.LLM`
-//! and the server) and `_core.PagedKVCache` (the page allocator, for
-//! inspection and tests).
+//! `_core.Engine`: the serving engine on its own thread, for `ferrolm.LLM`
+//! and the server.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
@@ -11,7 +10,6 @@ use std::time::Duration;
 use ferrolm_core::engine::{
     Engine as CoreEngine, EngineClient, EngineConfig, GenerationRequest, Output, OutputKind,
 };
-use ferrolm_core::kv::PagePool;
 use ferrolm_core::{Error, Tokenizer, Transformer};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -234,71 +232,5 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.client.shutdown();
-    }
-}
-
-/// The seed's `PagedKVCache`: the reference-counted page allocator.
-#[pyclass(module = "ferrolm._core")]
-pub struct PagedKVCache {
-    pool: Mutex<PagePool>,
-    page_size: usize,
-}
-
-impl PagedKVCache {
-    fn with<T>(&self, f: impl FnOnce(&mut PagePool) -> ferrolm_core::Result<T>) -> PyResult<T> {
-        f(&mut self.pool.lock().unwrap_or_else(|e| e.into_inner())).map_err(to_py)
-    }
-}
-
-#[pymethods]
-impl PagedKVCache {
-    #[new]
-    #[pyo3(signature = (num_pages, page_size=16))]
-    fn new(num_pages: usize, page_size: usize) -> PyResult<Self> {
-        if page_size == 0 {
-            return Err(to_py(Error::InvalidInput("page_size must be at least 1".into())));
-        }
-        Ok(PagedKVCache { pool: Mutex::new(PagePool::new(num_pages).map_err(to_py)?), page_size })
-    }
-
-    /// Takes `num_pages` pages (each with one reference), or None if the pool has fewer free.
-    fn allocate_pages(&self, num_pages: usize) -> PyResult<Option<Vec<u32>>> {
-        self.with(|p| Ok(p.allocate(num_pages)))
-    }
-
-    /// Adds a reference to each page (sharing it).
-    fn add_reference(&self, page_ids: Vec<u32>) -> PyResult<()> {
-        self.with(|p| p.add_ref(&page_ids))
-    }
-
-    /// Drops one reference from each page; pages left unreferenced are free again.
-    fn free_pages(&self, page_ids: Vec<u32>) -> PyResult<()> {
-        self.with(|p| p.release(&page_ids))
-    }
-
-    fn ref_count(&self, page_id: u32) -> PyResult<u32> {
-        self.with(|p| {
-            if page_id as usize >= p.total() {
-                return Err(Error::InvalidInput(format!("page {page_id} does not exist")));
-            }
-            Ok(p.ref_count(page_id))
-        })
-    }
-
-    #[getter]
-    fn page_size(&self) -> usize {
-        self.page_size
-    }
-
-    /// `{"total_pages", "used_pages", "free_pages", "cached_pages", "page_size"}`.
-    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.with(|p| Ok(p.stats()))?;
-        let d = PyDict::new(py);
-        d.set_item("total_pages", s.total_pages)?;
-        d.set_item("used_pages", s.used_pages)?;
-        d.set_item("free_pages", s.free_pages + s.cached_pages)?;
-        d.set_item("cached_pages", s.cached_pages)?;
-        d.set_item("page_size", self.page_size)?;
-        Ok(d)
     }
 }

@@ -6,6 +6,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use ferrolm_core::Error;
 use pyo3::exceptions::{PyFileNotFoundError, PyMemoryError, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyTuple, PyType};
 
 pub fn to_py(err: Error) -> PyErr {
     let msg = err.to_string();
@@ -20,11 +22,32 @@ pub fn to_py(err: Error) -> PyErr {
         | Error::UnexpectedTensor(_)
         | Error::InvalidTokenizer(_)
         | Error::InvalidInput(_)
-        | Error::ContextOverflow { .. }
-        | Error::KvCacheFull { .. } => PyValueError::new_err(msg),
+        | Error::ContextOverflow { .. } => PyValueError::new_err(msg),
+        Error::KvCacheFull { .. } => Python::attach(|py| match kv_cache_full_type(py) {
+            Ok(ty) => PyErr::from_type(ty.clone(), msg),
+            Err(e) => e,
+        }),
         Error::OutOfMemory { .. } => PyMemoryError::new_err(msg),
         Error::DeviceUnavailable { .. } | Error::Gpu(_) | Error::Internal(_) => PyRuntimeError::new_err(msg),
     }
+}
+
+/// `KVCacheFullError`, raised when the KV page pool is short: a
+/// RuntimeError, as MILI's "Insufficient pages in KV cache", and also a
+/// ValueError, so that callers treating a request the pool cannot take as
+/// bad input (the server's 400) still catch it.
+pub fn kv_cache_full_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    static TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    TYPE.get_or_try_init(py, || {
+        let bases = PyTuple::new(py, [py.get_type::<PyRuntimeError>(), py.get_type::<PyValueError>()])?;
+        let namespace = PyDict::new(py);
+        namespace.set_item("__module__", "ferrolm._core")?;
+        namespace
+            .set_item("__doc__", "The KV cache has too few free pages (a RuntimeError and a ValueError).")?;
+        let ty = py.get_type::<PyType>().call1(("KVCacheFullError", bases, namespace))?;
+        Ok(ty.cast_into::<PyType>()?.unbind())
+    })
+    .map(|ty| ty.bind(py))
 }
 
 /// Runs `work` without the GIL. A panic inside becomes RuntimeError instead

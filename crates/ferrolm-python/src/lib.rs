@@ -10,6 +10,7 @@ mod device;
 mod engine;
 mod errors;
 mod eval;
+mod kv;
 mod model;
 mod sampling;
 mod scheduler;
@@ -21,6 +22,7 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("KVCacheFullError", errors::kv_cache_full_type(m.py())?)?;
     m.add_function(wrap_pyfunction!(config::config_from_file, m)?)?;
     m.add_function(wrap_pyfunction!(config::config_from_json, m)?)?;
     m.add_function(wrap_pyfunction!(config::config_from_pretrained, m)?)?;
@@ -35,7 +37,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<checkpoint::Checkpoint>()?;
     m.add_class::<model::Model>()?;
     m.add_class::<engine::Engine>()?;
-    m.add_class::<engine::PagedKVCache>()?;
+    m.add_class::<kv::PagedKVCache>()?;
     m.add_class::<session::Session>()?;
     m.add_class::<scheduler::SteppedScheduler>()?;
     tokenizer::register(m)?;

@@ -7,6 +7,9 @@
 
 pub mod cpu;
 pub mod cuda;
+mod kv_page;
+
+pub use kv_page::{check_page_access, rows_of, KvGeometry, KvKind, KvPart};
 
 use crate::error::{Error, Result};
 use crate::sampling::device::RowSampling;
@@ -229,6 +232,20 @@ pub trait Backend: Send + Sync {
     fn new_kv(&self, pages: usize, page_size: usize, layers: usize, kv_dim: usize) -> Result<Self::Kv>;
     /// Copies every layer of page `src` into page `dst` (copy-on-write).
     fn copy_page(&self, kv: &mut Self::Kv, src: u32, dst: u32) -> Result<()>;
+    /// Reads `part` of page `page` as f32 `[page_size, kv_heads, head_dim]`
+    /// (positions never written read as zeros).
+    fn read_kv_page(&self, kv: &Self::Kv, page: u32, part: KvPart) -> Result<Vec<f32>>;
+    /// Writes `data` (f32 `[rows, kv_heads, head_dim]`) to positions
+    /// `offset..offset + rows` of `part` of page `page`, stored in the
+    /// pool's precision (an f16 pool rounds each value to f16).
+    fn write_kv_page(
+        &self,
+        kv: &mut Self::Kv,
+        page: u32,
+        part: KvPart,
+        offset: usize,
+        data: &[f32],
+    ) -> Result<()>;
     /// Stores the rows' keys and values at their positions in `layer`, then
     /// computes causal attention of `q` over each sequence's cached keys,
     /// read in place through its block table.

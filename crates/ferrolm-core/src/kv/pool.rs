@@ -213,7 +213,7 @@ impl PagePool {
         }
     }
 
-    fn check_used(&self, pages: &[PageId]) -> Result<()> {
+    pub(crate) fn check_used(&self, pages: &[PageId]) -> Result<()> {
         match pages.iter().find(|&&p| p as usize >= self.total() || self.refs[p as usize] == 0) {
             Some(p) if (*p as usize) < self.total() => {
                 Err(Error::InvalidInput(format!("page {p} is not allocated")))

@@ -64,6 +64,12 @@ impl BlockTables {
         &self.pool
     }
 
+    /// The pool for callers that take and release pages by hand (the page
+    /// views in `pages_io`); the engine's sequences never go through it.
+    pub(super) fn pool_mut(&mut self) -> &mut PagePool {
+        &mut self.pool
+    }
+
     /// Pages needed to hold `positions` positions.
     pub fn pages_for(&self, positions: usize) -> usize {
         positions.div_ceil(self.page_size)

@@ -9,7 +9,7 @@
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-use crate::backend::SeqSpan;
+use crate::backend::{check_page_access, rows_of, KvGeometry, KvPart, SeqSpan};
 use crate::error::{Error, Result};
 
 /// Precision of cached keys and values.
@@ -136,6 +136,57 @@ impl CpuKv {
                             p[page][vo..vo + head_dim].convert_from_f32_slice(&v[src]);
                         }
                     }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn geometry(&self) -> KvGeometry {
+        let pages = match &self.pages {
+            Pages::F32(p) => p.len(),
+            Pages::F16(p) => p.len(),
+        };
+        KvGeometry { pages, page_size: self.page_size, layers: self.layers, kv_dim: self.kv_dim }
+    }
+
+    /// `part` of `page` as `[offset][head][head_dim]` f32: the page stores
+    /// each head's positions together, so this transposes head and offset.
+    pub(super) fn read_page(&self, page: u32, part: KvPart) -> Result<Vec<f32>> {
+        check_page_access(self.geometry(), page, part, 0, self.page_size)?;
+        let (hd, value) = (part.head_dim, part.kind.is_value());
+        let mut out = vec![0.0; self.page_size * self.kv_dim];
+        for (offset, row) in out.chunks_exact_mut(self.kv_dim).enumerate() {
+            for (h, dst) in row.chunks_exact_mut(hd).enumerate() {
+                let at = self.at(part.layer, value, hd, h, offset);
+                match &self.pages {
+                    Pages::F32(p) if !p[page as usize].is_empty() => {
+                        dst.copy_from_slice(&p[page as usize][at..at + hd])
+                    }
+                    Pages::F16(p) if !p[page as usize].is_empty() => {
+                        p[page as usize][at..at + hd].convert_to_f32_slice(dst)
+                    }
+                    _ => {} // never written: zeros
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores `data` (`[rows][head][head_dim]` f32) at positions
+    /// `offset..offset + rows` of `part` of `page`; an f16 pool rounds to
+    /// nearest f16, as [`CpuKv::write`] does for attention.
+    pub(super) fn write_page(&mut self, page: u32, part: KvPart, offset: usize, data: &[f32]) -> Result<()> {
+        let rows = rows_of(data, part)?;
+        check_page_access(self.geometry(), page, part, offset, rows)?;
+        self.materialize(page as usize)?;
+        let (hd, value) = (part.head_dim, part.kind.is_value());
+        for (i, row) in data.chunks_exact(self.kv_dim).enumerate() {
+            for (h, src) in row.chunks_exact(hd).enumerate() {
+                let at = self.at(part.layer, value, hd, h, offset + i);
+                match &mut self.pages {
+                    Pages::F32(p) => p[page as usize][at..at + hd].copy_from_slice(src),
+                    Pages::F16(p) => p[page as usize][at..at + hd].convert_from_f32_slice(src),
                 }
             }
         }

@@ -24,7 +24,7 @@ pub use self::matmul::CpuWeight;
 use self::matmul::{rms_norm_row, with_spare, Matrix, OutPtr, Prepared};
 use self::quant::interleave::Interleaved;
 use self::quant::Isa;
-use super::{AttentionShape, Backend, Device, SeqSpan};
+use super::{AttentionShape, Backend, Device, KvPart, SeqSpan};
 use crate::error::{try_zeroed, Error, Result};
 use crate::weights::gguf::GgmlType;
 use crate::weights::{Bytes, HostTensor, PackedTensor, StoredTensor};
@@ -497,6 +497,21 @@ impl Backend for Cpu {
 
     fn copy_page(&self, kv: &mut CpuKv, src: u32, dst: u32) -> Result<()> {
         kv.copy_page(src, dst)
+    }
+
+    fn read_kv_page(&self, kv: &CpuKv, page: u32, part: KvPart) -> Result<Vec<f32>> {
+        kv.read_page(page, part)
+    }
+
+    fn write_kv_page(
+        &self,
+        kv: &mut CpuKv,
+        page: u32,
+        part: KvPart,
+        offset: usize,
+        data: &[f32],
+    ) -> Result<()> {
+        kv.write_page(page, part, offset, data)
     }
 
     fn attention(

@@ -1,7 +1,7 @@
 //! The CPU ops on cases small enough to check by hand.
 
 use super::{Cpu, CpuOptions, CpuWeight, KvDtype};
-use crate::backend::{AttentionShape, Backend, SeqSpan};
+use crate::backend::{AttentionShape, Backend, KvKind, KvPart, SeqSpan};
 use crate::weights::HostTensor;
 
 fn t(shape: &[usize], data: &[f32]) -> CpuWeight {
@@ -141,6 +141,53 @@ fn copied_pages_hold_the_same_keys_and_values() {
     let mut out = vec![0.0; 1];
     cpu.attention(&mut kv, 0, &[span], shape, &vec![0.0], &vec![2.0], &vec![5.0], &mut out).unwrap();
     close(&out, &[4.0]);
+}
+
+/// The page views see what attention stores, in MILI's `[offset][head][head_dim]`
+/// order, and attention reads what the views write (f32 and f16 pages).
+#[test]
+fn page_views_match_what_attention_writes_and_reads() {
+    let (kv_heads, head_dim, ps) = (2, 3, 4);
+    let w = kv_heads * head_dim;
+    let shape =
+        AttentionShape { num_heads: kv_heads, num_kv_heads: kv_heads, head_dim, sliding_window: None };
+    let part = |kind| KvPart { layer: 1, kind, kv_heads, head_dim };
+    for dtype in [KvDtype::F32, KvDtype::F16] {
+        let cpu =
+            Cpu::new(CpuOptions { threads: Some(1), kv_dtype: Some(dtype), ..Default::default() }).unwrap();
+        let stored = |x: &[f32]| -> Vec<f32> {
+            x.iter()
+                .map(|&v| if dtype == KvDtype::F16 { half::f16::from_f32(v).to_f32() } else { v })
+                .collect()
+        };
+        let mut kv = cpu.new_kv(4, ps, 2, w).unwrap();
+        let k: Vec<f32> = (0..6 * w).map(|i| i as f32 * 0.1 + 0.01).collect();
+        let v: Vec<f32> = (0..6 * w).map(|i| -(i as f32) * 0.3).collect();
+        let span = SeqSpan { pages: &[3, 1], start_pos: 0, row: 0, len: 6 };
+        let mut out = vec![0.0; 6 * w];
+        cpu.attention(&mut kv, 1, &[span], shape, &vec![0.0; 6 * w], &k, &v, &mut out).unwrap();
+
+        assert_eq!(cpu.read_kv_page(&kv, 3, part(KvKind::Key)).unwrap(), stored(&k[..ps * w]));
+        assert_eq!(cpu.read_kv_page(&kv, 3, part(KvKind::Value)).unwrap(), stored(&v[..ps * w]));
+        let tail = cpu.read_kv_page(&kv, 1, part(KvKind::Value)).unwrap();
+        assert_eq!(tail[..2 * w], stored(&v[ps * w..]));
+        assert_eq!(tail[2 * w..], vec![0.0; 2 * w], "positions 6 and 7 were never written");
+        let layer0 = KvPart { layer: 0, ..part(KvKind::Key) };
+        assert_eq!(cpu.read_kv_page(&kv, 3, layer0).unwrap(), vec![0.0; ps * w], "layer 0 is untouched");
+
+        // Values written through the view at position 6 (offset 2 of page 1):
+        // a zero query averages values 0..=6 uniformly, per head.
+        let v6: Vec<f32> = (0..w).map(|i| 7.5 + i as f32).collect();
+        cpu.write_kv_page(&mut kv, 1, part(KvKind::Value), 2, &v6).unwrap();
+        cpu.write_kv_page(&mut kv, 1, part(KvKind::Key), 2, &vec![0.0; w]).unwrap();
+        let span = SeqSpan { pages: &[3, 1], start_pos: 7, row: 0, len: 1 };
+        let (k7, v7) = (vec![0.0; w], vec![0.0; w]);
+        let mut out = vec![0.0; w];
+        cpu.attention(&mut kv, 1, &[span], shape, &vec![0.0; w], &k7, &v7, &mut out).unwrap();
+        let all: Vec<f32> = [stored(&v), stored(&v6), v7].concat();
+        let mean: Vec<f32> = (0..w).map(|i| (0..8).map(|p| all[p * w + i]).sum::<f32>() / 8.0).collect();
+        close(&out, &mean);
+    }
 }
 
 mod packed {

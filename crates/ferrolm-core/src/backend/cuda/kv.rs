@@ -5,7 +5,7 @@
 
 use cudarc::driver::CudaSlice;
 
-use crate::backend::SeqSpan;
+use crate::backend::{KvGeometry, KvPart, SeqSpan};
 
 pub struct CudaKv {
     pub(super) pool: CudaSlice<f32>,
@@ -19,6 +19,19 @@ impl CudaKv {
     /// f32 values in one page (all layers, keys and values).
     pub(super) fn page_len(&self) -> usize {
         2 * self.layers * self.page_size * self.kv_dim
+    }
+
+    pub(super) fn geometry(&self) -> KvGeometry {
+        let pages = if self.page_len() == 0 { 0 } else { self.pool.len() / self.page_len() };
+        KvGeometry { pages, page_size: self.page_size, layers: self.layers, kv_dim: self.kv_dim }
+    }
+
+    /// Where position `offset` of `part` of `page` starts in the pool. The
+    /// positions of one layer's keys (or values) in a page are contiguous
+    /// rows of `kv_dim`, already MILI's `[page_size, kv_heads, head_dim]`.
+    pub(super) fn region(&self, page: u32, part: KvPart, offset: usize) -> usize {
+        let kind = usize::from(part.kind.is_value());
+        (((page as usize * self.layers + part.layer) * 2 + kind) * self.page_size + offset) * self.kv_dim
     }
 }
 

@@ -9,7 +9,7 @@ use super::kv::{CudaKv, RowHost, RowMeta, PREFILL_ROWS};
 /// Keys per prefill tile (`PREFILL_KEYS` in attention.cu).
 const PREFILL_KEYS: usize = 16;
 use super::{gpu_err, Cuda, GpuData, GpuDtype, GpuTensor};
-use crate::backend::{AttentionShape, Backend, Device, SeqSpan};
+use crate::backend::{check_page_access, rows_of, AttentionShape, Backend, Device, KvPart, SeqSpan};
 use crate::error::{Error, Result};
 use crate::sampling::device::RowSampling;
 use crate::weights::StoredTensor;
@@ -357,6 +357,28 @@ impl Backend for Cuda {
         // SAFETY: kv_cache.cu's signature; both pages are inside the pool.
         unsafe { b.launch(flat(page_len as usize)) }.map_err(gpu_err("copy_page"))?;
         Ok(())
+    }
+
+    fn read_kv_page(&self, kv: &CudaKv, page: u32, part: KvPart) -> Result<Vec<f32>> {
+        check_page_access(kv.geometry(), page, part, 0, kv.page_size)?;
+        let start = kv.region(page, part, 0);
+        let src = kv.pool.slice(start..start + kv.page_size * kv.kv_dim);
+        self.stream.clone_dtoh(&src).map_err(gpu_err("reading a KV page"))
+    }
+
+    fn write_kv_page(
+        &self,
+        kv: &mut CudaKv,
+        page: u32,
+        part: KvPart,
+        offset: usize,
+        data: &[f32],
+    ) -> Result<()> {
+        let rows = rows_of(data, part)?;
+        check_page_access(kv.geometry(), page, part, offset, rows)?;
+        let start = kv.region(page, part, offset);
+        let mut dst = kv.pool.slice_mut(start..start + data.len());
+        self.stream.memcpy_htod(data, &mut dst).map_err(gpu_err("writing a KV page"))
     }
 
     fn attention(
