@@ -6,8 +6,11 @@ weights, page pool, prefix cache, scheduler, sampler, tokenizer, model) seen
 through MILI's signatures.
 """
 
+from ferrolm.kv import PagedKVCache
 from ferrolm.mili.config import Qwen3Config
+from ferrolm.mili.kv_cache import KVCacheAllocator
 from ferrolm.mili.model import Qwen3Model
+from ferrolm.mili.radix import RadixAttentionCache
 from ferrolm.mili.sampler import Sampler
 from ferrolm.mili.scheduler import ContinuousBatchScheduler, RequestMetadata, RequestPhase
 from ferrolm.mili.tokenizer import QwenTokenizer, get_tokenizer
@@ -16,9 +19,12 @@ from ferrolm.mili.weights import Fp8Weight, WeightLoader
 __all__ = [
     "ContinuousBatchScheduler",
     "Fp8Weight",
+    "KVCacheAllocator",
+    "PagedKVCache",
     "Qwen3Config",
     "Qwen3Model",
     "QwenTokenizer",
+    "RadixAttentionCache",
     "RequestMetadata",
     "RequestPhase",
     "Sampler",
