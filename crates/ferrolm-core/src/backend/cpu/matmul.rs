@@ -9,8 +9,9 @@
 //!   row by the input rows four at a time (GEMM-shaped for a prompt; a
 //!   GEMV split by rows over the threads for one decode token).
 //! - FP8 E4M3 weights (`quantize="fp8"`) are dequantized on the fly against
-//!   f32 activations, like halves: a dot product per row for one input row,
-//!   each weight row widened to f32 once for several.
+//!   f32 activations, like halves: a dot product per row for one input row;
+//!   for several, each task widens its weight rows to f32 and multiplies
+//!   them with all input rows in one (serial) `gemm` call.
 
 use std::borrow::Cow;
 use std::cell::RefCell;

@@ -291,7 +291,8 @@ impl Backend for Cpu {
     /// (tied or not) the head's error goes straight into the logits.
     fn upload_param(&self, name: &str, tensor: StoredTensor) -> Result<CpuWeight> {
         if self.quantize == Some(Quantize::Fp8) && names::is_layer_linear(name) {
-            let w = Fp8Tensor::quantize(&tensor.into_host()?, Fp8Layout::PerRow)?;
+            let w = Fp8Tensor::quantize(&tensor.into_host()?, Fp8Layout::PerRow)
+                .map_err(|e| Error::InvalidWeights(format!("`{name}`: {e}")))?;
             self.saw_quantized.store(true, std::sync::atomic::Ordering::Relaxed);
             return Ok(CpuWeight::Fp8(w));
         }
