@@ -149,6 +149,8 @@ def _eval_args(sub) -> None:
     p.add_argument("--dtype", choices=["bfloat16", "float32"],
                    help="bfloat16 (GPU default) or float32 (exact GPU weights; on the CPU the dequantized "
                         "float32 reference path)")
+    p.add_argument("--quantize", choices=["q8_0", "q4_k", "fp8"],
+                   help="quantize the weights at load (q8_0, q4_k: CPU; fp8: FP8 E4M3 linear layers)")
 
     b = sub.add_parser("bench", help="prefill and decode speed, peak memory",
                        description="Prefill tokens/s, decode tokens/s and peak RSS of MODEL.",
@@ -162,6 +164,8 @@ def _eval_args(sub) -> None:
     b.add_argument("--dtype", choices=["bfloat16", "float32"],
                    help="bfloat16 (GPU default) or float32 (exact GPU weights; on the CPU the dequantized "
                         "float32 reference path)")
+    b.add_argument("--quantize", choices=["q8_0", "q4_k", "fp8"],
+                   help="quantize the weights at load (q8_0, q4_k: CPU; fp8: FP8 E4M3 linear layers)")
 
 
 def _version() -> str:
@@ -280,7 +284,7 @@ def cmd_perplexity(args: argparse.Namespace) -> None:
 
     try:
         r = perplexity(args.model, file=args.file, context=args.context, max_tokens=args.max_tokens,
-                       device=args.device, dtype=args.dtype)
+                       device=args.device, dtype=args.dtype, quantize=args.quantize)
     except (FileNotFoundError, ValueError) as e:
         raise _bad_input(e) from None
     print(f"perplexity:    {r.perplexity:.4f}")
@@ -295,7 +299,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from ferrolm.evaluate import bench
 
     try:
-        r = bench(args.model, args.prompt_tokens, args.gen_tokens, args.runs, device=args.device, dtype=args.dtype)
+        r = bench(args.model, args.prompt_tokens, args.gen_tokens, args.runs, device=args.device, dtype=args.dtype,
+                  quantize=args.quantize)
     except (FileNotFoundError, ValueError) as e:
         raise _bad_input(e) from None
     runs = f"median of {r.runs}" if r.runs > 1 else "1 run"

@@ -81,6 +81,7 @@ def perplexity(
     max_tokens: int | None = None,
     device: str | int | None = None,
     dtype: str | None = None,
+    quantize: str | None = None,
     progress: bool | None = None,
 ) -> PerplexityResult:
     """Perplexity of ``model`` on a text, in windows of ``context`` tokens.
@@ -100,8 +101,8 @@ def perplexity(
             tokenizer's special tokens (a leading BOS where the model adds one).
         context: tokens per window (at least 2, at most the model's ``max_seq_len``).
         max_tokens: score only the first ``max_tokens`` tokens (quick checks).
-        device, dtype: where and how to load ``model`` when it is a path, as in
-            :meth:`Transformer.from_pretrained`.
+        device, dtype, quantize: where and how to load ``model`` when it is a
+            path, as in :meth:`Transformer.from_pretrained`.
         progress: show a progress bar (default: only when stderr is a terminal).
 
     Raises:
@@ -119,7 +120,7 @@ def perplexity(
         raise ValueError(f"{'file ' + os.fspath(file) if file is not None else 'the text'} is empty; "
                          "pass some text to score")
 
-    core, path = _load(model, device, dtype, max_seq_len=None)
+    core, path = _load(model, device, dtype, quantize, max_seq_len=None)
     if tokens is None:
         if tokenizer is None:
             tokenizer = _model_tokenizer(path)
@@ -147,6 +148,7 @@ def bench(
     *,
     device: str | int | None = None,
     dtype: str | None = None,
+    quantize: str | None = None,
 ) -> BenchResult:
     """Prefill and decode speed, measured as ``benchmarks/cpu_bench.py`` measures ferrolm.
 
@@ -160,12 +162,12 @@ def bench(
         model: a model directory, a ``.gguf`` file, a short name or a loaded
             :class:`ferrolm.Transformer` (whose ``max_seq_len`` must hold
             ``prompt_tokens + gen_tokens``).
-        device, dtype: as in :meth:`Transformer.from_pretrained` (paths only).
+        device, dtype, quantize: as in :meth:`Transformer.from_pretrained` (paths only).
     """
     prompt_len = _int(prompt_tokens, "prompt_tokens", 1)
     gen = _int(gen_tokens, "gen_tokens", 1)
     runs = _int(runs, "runs", 1)
-    core, _ = _load(model, device, dtype, max_seq_len=prompt_len + gen + 8)
+    core, _ = _load(model, device, dtype, quantize, max_seq_len=prompt_len + gen + 8)
     vocab = _vocab_size(core)
     prompt = [((i * 7919) % 20000 + 100) % vocab for i in range(prompt_len)]  # cpu_bench.py's prompt
     prefill, decode = [], []
@@ -185,16 +187,17 @@ def bench(
                        peak_rss=rss, prompt_tokens=prompt_len, gen_tokens=gen, runs=runs)
 
 
-def _load(model: ModelLike, device: str | int | None, dtype: str | None,
+def _load(model: ModelLike, device: str | int | None, dtype: str | None, quantize: str | None,
           max_seq_len: int | None) -> tuple[_core.Model, os.PathLike[str] | None]:
     """The core model to run, and its path when it was loaded here."""
     if isinstance(model, Transformer):
-        if device is not None or dtype is not None:
-            raise ValueError("device and dtype apply only when model is a path; this model is already loaded")
+        if device is not None or dtype is not None or quantize is not None:
+            raise ValueError("device, dtype and quantize apply only when model is a path; "
+                             "this model is already loaded")
         return model._core_model(), None
     path = hub.resolve(model)
     loaded = Transformer.from_pretrained(path, device="cpu" if device is None else device,
-                                         max_seq_len=max_seq_len, dtype=dtype)
+                                         max_seq_len=max_seq_len, dtype=dtype, quantize=quantize)
     return loaded._core_model(), path
 
 

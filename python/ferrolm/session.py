@@ -27,7 +27,8 @@ class InferenceSession:
         max_seq_len: longest conversation in tokens (default: the model's context length).
         dtype: on a GPU ``"bfloat16"`` (default) or ``"float32"`` (exact); on the
             CPU unset (weights as stored) or ``"float32"`` (exact).
-        quantize: ``"q8_0"`` or ``"q4_k"``: quantize an HF checkpoint at load (CPU).
+        quantize: ``"q8_0"`` or ``"q4_k"``: quantize an HF checkpoint at load (CPU);
+            ``"fp8"``: the linear layers as FP8 E4M3 (CPU and GPU).
         kv_dtype: CPU KV cache precision, ``"f16"`` or ``"f32"`` (default: f16 for
             quantized models, f32 otherwise).
         config: the seed's inference config (a JSON file path or a dict, see

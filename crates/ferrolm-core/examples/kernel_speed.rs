@@ -1,12 +1,12 @@
 //! Single-thread speed of each quantized kernel (one weight matrix of
-//! 1536 x 576 against 1 and 4 activation rows), for tuning:
+//! 1536 x 576 against 1 and 4 activation rows; FP8 against 1 f32 row), for tuning:
 //!
 //!     cargo run --release --example kernel_speed
 
 use std::time::Instant;
 
 use ferrolm_core::backend::cpu::quant::interleave::Interleaved;
-use ferrolm_core::backend::cpu::quant::{dot_q8, dot_x8, interleaves, quantize_rows, Isa, Q8Block};
+use ferrolm_core::backend::cpu::quant::{dot_fp8, dot_q8, dot_x8, interleaves, quantize_rows, Isa, Q8Block};
 use ferrolm_core::weights::gguf::GgmlType;
 use ferrolm_core::weights::{Bytes, PackedTensor};
 
@@ -17,6 +17,19 @@ fn main() {
     quantize_rows(&x, &mut q);
     let acts: Vec<&[Q8Block]> = q.chunks(cols / 32).collect();
     for isa in Isa::available() {
+        // FP8 E4M3 (every finite code; 0x7f/0xff are NaN) against one f32 row.
+        let w: Vec<u8> = (0..rows * cols).map(|i| (i * 31 % 251) as u8 & 0xfe).collect();
+        let reps = 200;
+        let t = Instant::now();
+        let mut sum = 0f32;
+        for _ in 0..reps {
+            for r in w.chunks_exact(cols) {
+                sum += dot_fp8(isa, r, &x[..cols]);
+            }
+        }
+        let s = t.elapsed().as_secs_f64();
+        let gmacs = (reps * rows * cols) as f64 / s / 1e9;
+        println!("{isa:?} FP8 E4M3 rows, 1 input row: {gmacs:.2} GMAC/s, weights {gmacs:.1} GB/s ({sum:.0})");
         for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
             let (block, bytes) = ty.block_layout().unwrap();
             let cols = cols / block * block;

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::backend::cpu::KvDtype;
-use crate::backend::Device;
+use crate::backend::{Device, Quantize};
 use crate::error::{Error, Result};
 use crate::sampling::SamplingConfig;
 
@@ -134,12 +134,7 @@ impl InferenceConfig {
             return Err(Error::config(*field, "must be at least 1"));
         }
         if let Some(q) = &inf.quantize {
-            if !["q8_0", "q4_k", "fp8"].contains(&q.to_ascii_lowercase().as_str()) {
-                return Err(Error::config(
-                    "inference.quantize",
-                    format!("unknown quantization `{q}`; use \"q8_0\", \"q4_k\" or \"fp8\""),
-                ));
-            }
+            Quantize::parse(q).map_err(|e| Error::config("inference.quantize", e.to_string()))?;
         }
         if let Some(d) = &kv.dtype {
             KvDtype::parse(d).map_err(|e| Error::config("kv_cache.dtype", e.to_string()))?;

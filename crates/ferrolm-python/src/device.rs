@@ -3,7 +3,7 @@
 
 use ferrolm_core::backend::cpu::{Cpu, CpuOptions, KvDtype};
 use ferrolm_core::backend::cuda::{Cuda, GpuDtype};
-use ferrolm_core::weights::gguf::GgmlType;
+use ferrolm_core::backend::Quantize;
 use ferrolm_core::{Device, Error, Result};
 
 /// The backend a Python call asked for.
@@ -17,8 +17,9 @@ pub enum Target {
 /// stored (quantized or half) and multiply 8-bit activations; "float32" is
 /// the exact path (weights widened to f32, f32 KV cache). Threads come from
 /// `FERROLM_NUM_THREADS` or the physical core count.
-/// `quantize` ("q8_0", "q4_k") quantizes f32/half matrices at load and
-/// `kv_dtype` ("f16", "f32") picks the KV cache precision (CPU only).
+/// `quantize` ("q8_0", "q4_k": CPU only; "fp8": CPU and GPU) quantizes
+/// matrices at load and `kv_dtype` ("f16", "f32") picks the KV cache
+/// precision (CPU only).
 pub fn open(
     device: &str,
     dtype: Option<&str>,
@@ -26,15 +27,7 @@ pub fn open(
     kv_dtype: Option<&str>,
 ) -> Result<Target> {
     let kv_dtype = kv_dtype.map(KvDtype::parse).transpose()?;
-    let quantize = quantize
-        .map(|q| match q.trim().to_ascii_lowercase().as_str() {
-            "q8_0" => Ok(GgmlType::Q8_0),
-            "q4_k" => Ok(GgmlType::Q4_K),
-            other => {
-                Err(Error::InvalidInput(format!("quantize=`{other}` is not known; use \"q8_0\" or \"q4_k\"")))
-            }
-        })
-        .transpose()?;
+    let quantize = quantize.map(Quantize::parse).transpose()?;
     match Device::parse(device)? {
         Device::Cpu => {
             let exact = match dtype.map(str::to_ascii_lowercase).as_deref() {
@@ -49,13 +42,17 @@ pub fn open(
             };
             Ok(Target::Cpu(Cpu::new(CpuOptions { exact, quantize, kv_dtype, ..Default::default() })?))
         }
-        Device::Cuda(_) if quantize.is_some() || kv_dtype.is_some() => Err(Error::Unsupported(
-            "quantize= and kv_dtype= apply to the CPU only; on a GPU use dtype=\"bfloat16\" or \"float32\""
-                .into(),
-        )),
+        Device::Cuda(_) if matches!(quantize, Some(Quantize::Ggml(_))) || kv_dtype.is_some() => {
+            Err(Error::Unsupported(
+                "quantize=\"q8_0\"/\"q4_k\" and kv_dtype= apply to the CPU only; on a GPU use \
+                 dtype=\"bfloat16\" or \"float32\", or quantize=\"fp8\""
+                    .into(),
+            ))
+        }
         Device::Cuda(ordinal) => {
             let dtype = dtype.map(GpuDtype::parse).transpose()?.unwrap_or(GpuDtype::Bf16);
-            Ok(Target::Cuda(Cuda::new(ordinal, dtype)?))
+            let cuda = Cuda::new(ordinal, dtype)?;
+            Ok(Target::Cuda(if quantize == Some(Quantize::Fp8) { cuda.with_fp8_weights() } else { cuda }))
         }
     }
 }

@@ -10,6 +10,7 @@ mod device;
 mod engine;
 mod errors;
 mod eval;
+mod fp8;
 mod kv;
 mod model;
 mod sampling;
@@ -32,6 +33,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compile_cuda_kernels, m)?)?;
     m.add_function(wrap_pyfunction!(errors::_panic_for_tests, m)?)?;
     m.add_function(wrap_pyfunction!(eval::perplexity, m)?)?;
+    m.add_function(wrap_pyfunction!(fp8::quantize_fp8, m)?)?;
+    m.add_function(wrap_pyfunction!(fp8::dequantize_fp8, m)?)?;
     m.add_function(wrap_pyfunction!(sampling::validate_sampling, m)?)?;
     m.add_function(wrap_pyfunction!(sampling::sample_rows, m)?)?;
     m.add_class::<checkpoint::Checkpoint>()?;

@@ -8,9 +8,11 @@
 pub mod cpu;
 pub mod cuda;
 mod kv_page;
+mod quantize;
 
 pub use kv_page::{check_page_access, rows_of, KvGeometry, KvKind, KvPart};
 
+pub use self::quantize::Quantize;
 use crate::error::{Error, Result};
 use crate::sampling::device::RowSampling;
 use crate::weights::StoredTensor;
@@ -103,6 +105,14 @@ pub trait Backend: Send + Sync {
     /// Takes a parameter as the checkpoint stores it; the backend decides
     /// its resident format (packed, half, f32).
     fn upload(&self, tensor: StoredTensor) -> Result<Self::Weight>;
+    /// [`Backend::upload`] of the parameter called `name` (an HF name, see
+    /// [`crate::weights::names`]): backends that treat some parameters
+    /// differently (`quantize="fp8"` converts only the layers' linear
+    /// projections) look at the name; loaders always call this.
+    fn upload_param(&self, name: &str, tensor: StoredTensor) -> Result<Self::Weight> {
+        let _ = name;
+        self.upload(tensor)
+    }
     fn zeros(&self, len: usize) -> Result<Self::Buf>;
     fn to_host(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
 

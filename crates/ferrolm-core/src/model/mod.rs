@@ -129,7 +129,7 @@ impl<B: Backend> Transformer<B> {
     /// Loads every parameter from `source`, checking names and shapes first.
     pub fn from_source(config: Config, backend: B, source: &dyn TensorSource) -> Result<Self> {
         check_source(&config, source, true)?;
-        Self::build(config, backend, |b, name, _| b.upload(source.read_stored(name)?))
+        Self::build(config, backend, |b, name, _| b.upload_param(name, source.read_stored(name)?))
     }
 
     /// A model with freshly initialised weights (norms 1, everything else
@@ -145,7 +145,7 @@ impl<B: Backend> Transformer<B> {
             } else if !name.ends_with(".bias") {
                 data.iter_mut().for_each(|v| *v = normal.sample(&mut rng));
             }
-            b.upload(HostTensor::new(shape.to_vec(), data)?.into())
+            b.upload_param(name, HostTensor::new(shape.to_vec(), data)?.into())
         })
     }
 
@@ -159,7 +159,7 @@ impl<B: Backend> Transformer<B> {
         let mut uploads = Vec::new();
         for (name, _) in names::parameter_shapes(&self.config) {
             if present.contains(&name) {
-                uploads.push(self.backend.upload(source.read_stored(&name)?)?);
+                uploads.push(self.backend.upload_param(&name, source.read_stored(&name)?)?);
             }
         }
         let mut uploads = uploads.into_iter();

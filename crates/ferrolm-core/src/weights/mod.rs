@@ -6,6 +6,7 @@
 //! state dicts). Tensors come as f32 ([`HostTensor`]) or as stored
 //! ([`StoredTensor`]: half and quantized data kept packed).
 
+pub mod fp8;
 pub mod gguf;
 pub mod names;
 mod safetensors;

@@ -16,6 +16,13 @@ pub fn layer(index: usize, suffix: &str) -> String {
     format!("model.layers.{index}.{suffix}")
 }
 
+/// Whether `name` is the weight of one of a decoder layer's linear
+/// projections (q/k/v/o, gate/up/down): the matrices FP8 checkpoints store
+/// in FP8. The embedding table, the LM head, norms and biases are not.
+pub fn is_layer_linear(name: &str) -> bool {
+    name.starts_with("model.layers.") && name.ends_with("_proj.weight")
+}
+
 /// Tensors a checkpoint may carry that are not parameters (RoPE caches of old exports).
 pub fn is_ignorable(name: &str) -> bool {
     name.ends_with("rotary_emb.inv_freq")

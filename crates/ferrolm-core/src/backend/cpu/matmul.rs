@@ -8,6 +8,10 @@
 //!   weights: each task takes a range of weight rows and multiplies every
 //!   row by the input rows four at a time (GEMM-shaped for a prompt; a
 //!   GEMV split by rows over the threads for one decode token).
+//! - FP8 E4M3 weights (`quantize="fp8"`) are dequantized on the fly against
+//!   f32 activations, like halves: a dot product per row for one input row;
+//!   for several, each task widens its weight rows to f32 and multiplies
+//!   them with all input rows in one (serial) `gemm` call.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -16,7 +20,7 @@ use rayon::prelude::*;
 
 use super::quant::interleave::{Interleaved, ROWS};
 use super::quant::{self, Isa, Q8Block, QK};
-use crate::weights::gguf::GgmlType;
+use crate::weights::fp8::{Fp8Layout, Fp8Tensor};
 use crate::weights::{HostTensor, PackedTensor};
 
 /// A parameter on the CPU: f32, or packed as the checkpoint stores it.
@@ -26,6 +30,8 @@ pub enum CpuWeight {
     Packed(PackedTensor),
     /// Q4_0/Q4_1/Q8_0 rows in groups of eight (SIMD kernels only).
     Interleaved(Interleaved),
+    /// FP8 E4M3 codes with one scale per row (`quantize="fp8"`).
+    Fp8(Fp8Tensor),
 }
 
 impl CpuWeight {
@@ -34,6 +40,7 @@ impl CpuWeight {
             CpuWeight::F32(t) => &t.shape,
             CpuWeight::Packed(p) => &p.shape,
             CpuWeight::Interleaved(w) => &w.shape,
+            CpuWeight::Fp8(w) => &w.shape,
         }
     }
 
@@ -43,6 +50,7 @@ impl CpuWeight {
             CpuWeight::F32(_) => None,
             CpuWeight::Packed(p) => Some(Matrix::Rows(p)),
             CpuWeight::Interleaved(w) => Some(Matrix::Groups(w)),
+            CpuWeight::Fp8(w) => Some(Matrix::Fp8(w)),
         }
     }
 
@@ -71,10 +79,10 @@ impl<'a> Prepared<'a> {
     /// each row first when `norm` (weight, eps) is given. Normalization and
     /// quantization are one pass: the normalized rows are only materialized
     /// when a half-precision weight needs them.
-    pub fn new(x: &'a [f32], k: usize, norm: Option<(&[f32], f32)>, types: &[GgmlType]) -> Prepared<'a> {
+    pub fn new(x: &'a [f32], k: usize, norm: Option<(&[f32], f32)>, weights: &[Matrix]) -> Prepared<'a> {
         let rows = x.len() / k;
-        let wants_q8 = types.iter().any(|&t| quant::uses_q8(t));
-        let wants_f32 = types.iter().any(|&t| !quant::uses_q8(t));
+        let wants_q8 = weights.iter().any(Matrix::uses_q8);
+        let wants_f32 = weights.iter().any(|w| !w.uses_q8());
         let x: Cow<'a, [f32]> = match norm {
             Some((weight, eps)) if wants_f32 => {
                 let mut out = vec![0f32; x.len()];
@@ -171,19 +179,22 @@ fn quantize_normed_row(x: &[f32], weight: &[f32], eps: f32, out: &mut [Q8Block])
 /// weight row of a task passes over them.
 const TOKEN_TILE: usize = 64;
 
-/// A quantized matrix as the kernels see it: rows as stored, or groups of
-/// eight interleaved rows.
+/// A quantized matrix as the kernels see it: rows as stored, groups of
+/// eight interleaved rows, or FP8 rows with their scales.
 #[derive(Clone, Copy)]
 pub(super) enum Matrix<'a> {
     Rows(&'a PackedTensor),
     Groups(&'a Interleaved),
+    Fp8(&'a Fp8Tensor),
 }
 
 impl Matrix<'_> {
-    pub fn ty(&self) -> GgmlType {
+    /// Whether the kernels read the input as [`Q8Block`]s (else as f32).
+    pub fn uses_q8(&self) -> bool {
         match self {
-            Matrix::Rows(p) => p.ty,
-            Matrix::Groups(w) => w.ty,
+            Matrix::Rows(p) => quant::uses_q8(p.ty),
+            Matrix::Groups(w) => quant::uses_q8(w.ty),
+            Matrix::Fp8(_) => false,
         }
     }
 
@@ -191,6 +202,7 @@ impl Matrix<'_> {
         match self {
             Matrix::Rows(p) => p.rows(),
             Matrix::Groups(w) => w.rows(),
+            Matrix::Fp8(w) => w.rows(),
         }
     }
 
@@ -198,6 +210,7 @@ impl Matrix<'_> {
         match self {
             Matrix::Rows(p) => p.cols(),
             Matrix::Groups(w) => w.cols(),
+            Matrix::Fp8(w) => w.cols(),
         }
     }
 
@@ -206,7 +219,7 @@ impl Matrix<'_> {
     pub fn task_rows(&self, threads: usize, tokens: usize) -> usize {
         let n = rows_per_task(self.rows(), threads, tokens);
         match self {
-            Matrix::Rows(_) => n,
+            Matrix::Rows(_) | Matrix::Fp8(_) => n,
             Matrix::Groups(_) => n.next_multiple_of(ROWS),
         }
     }
@@ -223,6 +236,7 @@ impl Matrix<'_> {
         match self {
             Matrix::Rows(w) => packed_rows(isa, w, p, rows, write),
             Matrix::Groups(w) => grouped_rows(isa, w, p, rows, write),
+            Matrix::Fp8(w) => fp8_rows(isa, w, p, rows, write),
         }
     }
 }
@@ -283,14 +297,87 @@ fn packed_rows(
             write(0, r, quant::dot_half(isa, w.ty, w.row(r), &p.x));
         }
     } else {
-        // Several input rows: widen each weight row to f32 once.
-        let mut wide = vec![0f32; p.k];
+        let widen = |r, wide: &mut [f32]| {
+            crate::weights::gguf::quants::dequantize(w.ty, w.row(r), wide).expect("row of whole blocks")
+        };
+        widened_rows(p, rows, widen, write);
+    }
+}
+
+/// [`packed_rows`] for FP8 rows (one scale per row): the scale multiplies
+/// each row's dot product, or each widened value.
+fn fp8_rows(
+    isa: Isa,
+    w: &Fp8Tensor,
+    p: &Prepared,
+    rows: std::ops::Range<usize>,
+    mut write: impl FnMut(usize, usize, f32),
+) {
+    assert_eq!(w.layout, Fp8Layout::PerRow, "the CPU multiplies FP8 matrices with one scale per row");
+    if p.rows == 1 {
         for r in rows {
-            crate::weights::gguf::quants::dequantize(w.ty, w.row(r), &mut wide).expect("row of whole blocks");
-            for (t, x) in p.x.chunks_exact(p.k).enumerate() {
-                write(t, r, dot_f32(&wide, x));
-            }
+            write(0, r, w.row_scale(r) * quant::dot_fp8(isa, w.row(r), &p.x));
         }
+    } else {
+        widened_rows(p, rows, |r, wide| quant::widen_fp8(isa, w.row(r), w.row_scale(r), wide), write);
+    }
+}
+
+/// Several input rows (f32): widens the weight rows to f32 (`widen(r,
+/// out)`), then multiplies them with every input row in one GEMM.
+fn widened_rows(
+    p: &Prepared,
+    rows: std::ops::Range<usize>,
+    widen: impl Fn(usize, &mut [f32]),
+    mut write: impl FnMut(usize, usize, f32),
+) {
+    let n = rows.len();
+    let mut wide = vec![0f32; n * p.k + p.rows * n];
+    let (wide, out) = wide.split_at_mut(n * p.k);
+    for (r, w) in rows.clone().zip(wide.chunks_exact_mut(p.k)) {
+        widen(r, w);
+    }
+    // Each task is one of many run in parallel: its GEMM runs serially.
+    gemm_xwt(&p.x, wide, p.k, out, gemm::Parallelism::None);
+    for (t, o) in out.chunks_exact(n).enumerate() {
+        for (r, &v) in rows.clone().zip(o) {
+            write(t, r, v);
+        }
+    }
+}
+
+/// `out = x @ w^T` for row-major `x` (`[m, k]`), `w` (`[n, k]`) and `out`
+/// (`[m, n]`), through the `gemm` crate.
+pub(super) fn gemm_xwt(x: &[f32], w: &[f32], k: usize, out: &mut [f32], parallelism: gemm::Parallelism) {
+    let (m, n) = (x.len() / k, w.len() / k);
+    assert_eq!(x.len(), m * k, "linear: input width does not match weight");
+    assert_eq!(w.len(), n * k, "linear: weight is not whole rows");
+    assert_eq!(out.len(), m * n, "linear: output size does not match");
+    // SAFETY: the pointers cover m*k (x), n*k (w) and m*n (out) f32s, as
+    // asserted above; strides describe row-major x and out, and w read
+    // as its transpose (k x n with column stride k).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
     }
 }
 

@@ -6,6 +6,8 @@
 //! time), f32 weights through the `gemm` crate. [`CpuOptions::exact`] turns
 //! this off: every weight is widened to f32 at load and the KV cache is
 //! f32, the dequantized reference path that HF's numbers are compared with.
+//! [`CpuOptions::quantize`] converts matrices at load (ggml blocks, or FP8
+//! E4M3 for the layers' linear projections).
 //! Work runs on the backend's own thread pool ([`CpuOptions::threads`]).
 
 mod attention;
@@ -24,10 +26,11 @@ pub use self::matmul::CpuWeight;
 use self::matmul::{rms_norm_row, with_spare, Matrix, OutPtr, Prepared};
 use self::quant::interleave::Interleaved;
 use self::quant::Isa;
-use super::{AttentionShape, Backend, Device, KvPart, SeqSpan};
+use super::{AttentionShape, Backend, Device, KvPart, Quantize, SeqSpan};
 use crate::error::{try_zeroed, Error, Result};
+use crate::weights::fp8::{Fp8Layout, Fp8Tensor};
 use crate::weights::gguf::GgmlType;
-use crate::weights::{Bytes, HostTensor, PackedTensor, StoredTensor};
+use crate::weights::{names, Bytes, HostTensor, PackedTensor, StoredTensor};
 
 /// How the CPU backend runs.
 #[derive(Debug, Clone, Default)]
@@ -44,11 +47,13 @@ pub struct CpuOptions {
     pub kv_dtype: Option<KvDtype>,
     /// Kernel instruction set; `None`: the best this CPU runs (tests pin it).
     pub isa: Option<Isa>,
-    /// Quantize f32/f16/bf16 matrices at load (`Q8_0` or `Q4_K`; rows whose
-    /// length is not a multiple of 256 fall back from Q4_K to Q8_0), so
-    /// that HF checkpoints also run on the integer kernels. Already
-    /// quantized (GGUF) weights are kept as they are.
-    pub quantize: Option<GgmlType>,
+    /// Quantize matrices at load.
+    /// - `Q8_0` or `Q4_K` (rows whose length is not a multiple of 256 fall
+    ///   back from Q4_K to Q8_0): every f32/f16/bf16 matrix, embedding
+    ///   table included, so that HF checkpoints also run on the integer
+    ///   kernels. Already quantized (GGUF) weights are kept as they are.
+    /// - `Fp8`: see [`Cpu::upload_param`].
+    pub quantize: Option<Quantize>,
 }
 
 /// The CPU backend.
@@ -59,7 +64,7 @@ pub struct Cpu {
     isa: Isa,
     exact: bool,
     kv_dtype: Option<KvDtype>,
-    quantize: Option<GgmlType>,
+    quantize: Option<Quantize>,
     /// Set when a quantized weight is uploaded: picks the f16 KV default.
     saw_quantized: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -88,12 +93,8 @@ impl Cpu {
             None => default_threads()?,
         };
         let isa = options.isa.unwrap_or_else(Isa::detect);
-        if let Some(ty) = options.quantize {
-            if !matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_K) {
-                return Err(Error::InvalidInput(format!(
-                    "cannot quantize to {ty}; use \"q8_0\" or \"q4_k\""
-                )));
-            }
+        if let Some(q) = options.quantize {
+            q.check()?;
             if options.exact {
                 return Err(Error::InvalidInput(
                     "quantize and the exact float32 path exclude each other; pick one".into(),
@@ -150,39 +151,12 @@ impl Cpu {
     fn gemm_f32(&self, x: &[f32], w: &HostTensor, out: &mut [f32]) {
         let (n, k) = (w.shape[0], w.shape[1]);
         let m = x.len() / k;
-        assert_eq!(x.len(), m * k, "linear: input width does not match weight");
-        assert_eq!(out.len(), m * n, "linear: output size does not match");
         let parallelism = if m * n * k >= 1 << 16 && self.threads > 1 {
             gemm::Parallelism::Rayon(self.threads)
         } else {
             gemm::Parallelism::None
         };
-        // SAFETY: the pointers cover m*k (x), n*k (w) and m*n (out) f32s, as
-        // asserted above; strides describe row-major x and out, and w read
-        // as its transpose (k x n with column stride k).
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                x.as_ptr(),
-                1,
-                k as isize,
-                w.data.as_ptr(),
-                k as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
+        matmul::gemm_xwt(x, &w.data, k, out, parallelism);
     }
 
     /// All output rows of several quantized matrices over one prepared
@@ -214,8 +188,7 @@ impl Cpu {
         outs: &mut [&mut Vec<f32>],
     ) -> Option<()> {
         let matrices: Vec<Matrix> = projs.iter().map(|(w, _)| w.matrix()).collect::<Option<_>>()?;
-        let types: Vec<GgmlType> = matrices.iter().map(Matrix::ty).collect();
-        let p = Prepared::new(x, matrices[0].cols(), norm, &types);
+        let p = Prepared::new(x, matrices[0].cols(), norm, &matrices);
         self.packed_linears(&p, &matrices, outs);
         for ((_, bias), out) in projs.iter().zip(outs.iter_mut()) {
             if let Some(b) = bias {
@@ -290,7 +263,7 @@ impl Backend for Cpu {
     /// else becomes f32.
     fn upload(&self, tensor: StoredTensor) -> Result<CpuWeight> {
         let tensor = match self.quantize {
-            Some(ty) if tensor.shape().len() == 2 => quantize_matrix(tensor, ty)?,
+            Some(Quantize::Ggml(ty)) if tensor.shape().len() == 2 => quantize_matrix(tensor, ty)?,
             _ => tensor,
         };
         match tensor {
@@ -307,6 +280,23 @@ impl Backend for Cpu {
             }
             other => Ok(CpuWeight::F32(other.into_host()?)),
         }
+    }
+
+    /// With `quantize=fp8`, the layers' linear projections (q/k/v/o,
+    /// gate/up/down: [`names::is_layer_linear`]) become FP8 E4M3 with one
+    /// scale per output row, whatever their stored format (GGUF blocks are
+    /// dequantized first). Unlike Q8_0/Q4_K, which quantize every matrix,
+    /// the embedding table and the LM head stay as stored, as in HF's FP8
+    /// checkpoints: the table is read a row per token, not multiplied, and
+    /// (tied or not) the head's error goes straight into the logits.
+    fn upload_param(&self, name: &str, tensor: StoredTensor) -> Result<CpuWeight> {
+        if self.quantize == Some(Quantize::Fp8) && names::is_layer_linear(name) {
+            let w = Fp8Tensor::quantize(&tensor.into_host()?, Fp8Layout::PerRow)
+                .map_err(|e| Error::InvalidWeights(format!("`{name}`: {e}")))?;
+            self.saw_quantized.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Ok(CpuWeight::Fp8(w));
+        }
+        self.upload(tensor)
     }
 
     fn zeros(&self, len: usize) -> Result<Vec<f32>> {
@@ -342,6 +332,10 @@ impl Backend for Cpu {
                     CpuWeight::Packed(p) => crate::weights::gguf::quants::dequantize(p.ty, p.row(id), row),
                     CpuWeight::Interleaved(w) => {
                         crate::weights::gguf::quants::dequantize(w.ty, &w.row(id), row)
+                    }
+                    CpuWeight::Fp8(w) => {
+                        w.dequantize_row(id, row);
+                        Ok(())
                     }
                 }
             })
@@ -426,7 +420,7 @@ impl Backend for Cpu {
         };
         let n = g.rows();
         self.pool.install(|| {
-            let p = Prepared::new(x, g.cols(), None, &[g.ty(), u.ty()]);
+            let p = Prepared::new(x, g.cols(), None, &[g, u]);
             assert_eq!(out.len(), p.rows * n, "swiglu: output size does not match");
             let step = g.task_rows(self.threads, p.rows).max(u.task_rows(self.threads, p.rows));
             let ptr = OutPtr(out.as_mut_ptr());

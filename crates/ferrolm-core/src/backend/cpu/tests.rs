@@ -306,3 +306,107 @@ mod packed {
         }
     }
 }
+
+mod fp8 {
+    //! Linear layers on FP8 weights against the exact product of the values
+    //! they hold, and through the fused paths.
+
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::super::quant::tests::gamma;
+    use super::super::quant::Isa;
+    use super::super::{CpuOptions, CpuWeight};
+    use super::Cpu;
+    use crate::backend::Backend;
+    use crate::weights::fp8::{Fp8Layout, Fp8Tensor};
+    use crate::weights::gguf::GgmlType;
+    use crate::weights::HostTensor;
+
+    fn fp8(rows: usize, cols: usize, rng: &mut ChaCha8Rng) -> Fp8Tensor {
+        let data = (0..rows * cols).map(|_| rng.random_range(-0.5f32..0.5)).collect();
+        Fp8Tensor::quantize(&HostTensor::new(vec![rows, cols], data).unwrap(), Fp8Layout::PerRow).unwrap()
+    }
+
+    /// One token: `scale * Σ decode(w) x` (a sum of `cols` terms, then the
+    /// scale); several: `Σ (decode(w) * scale) x`. Against the exact sum of
+    /// the dequantized values, both are within γ_{cols+4} of the terms'
+    /// magnitude (the sum's roundings, the scale's and the SIMD tail's).
+    #[test]
+    fn fp8_linear_equals_the_exact_product_of_its_values() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let (rows, cols) = (40, 577);
+        let w = fp8(rows, cols, &mut rng);
+        let wide = w.dequantize().unwrap();
+        for isa in Isa::available() {
+            let cpu =
+                Cpu::new(CpuOptions { threads: Some(2), isa: Some(isa), ..Default::default() }).unwrap();
+            for tokens in [1, 5, 70] {
+                let x: Vec<f32> = (0..tokens * cols).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+                let mut got = vec![0.0; tokens * rows];
+                cpu.linear(&x, &CpuWeight::Fp8(w.clone()), None, &mut got).unwrap();
+                for (t, xt) in x.chunks(cols).enumerate() {
+                    for (r, wr) in wide.data.chunks(cols).enumerate() {
+                        let exact: f64 = wr.iter().zip(xt).map(|(&a, &b)| a as f64 * b as f64).sum();
+                        let m: f64 = wr.iter().zip(xt).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+                        let g = got[t * rows + r] as f64;
+                        let bound = gamma(cols + 4, m);
+                        assert!(
+                            (g - exact).abs() <= bound,
+                            "{isa:?} tokens {tokens} [{t}, {r}]: {g} vs {exact}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// FP8 weights next to integer ones in one fused pass (the input is
+    /// prepared both as f32 rows and as 8-bit blocks) give what the unfused
+    /// ops give, and the gated MLP multiplies FP8 gate and up weights.
+    #[test]
+    fn fp8_weights_take_the_fused_paths() {
+        let mut rng = ChaCha8Rng::seed_from_u64(12);
+        let cpu = Cpu::new(CpuOptions { threads: Some(2), ..Default::default() }).unwrap();
+        let (hidden, inter, tokens) = (256, 96, 6);
+        let x: Vec<f32> = (0..tokens * hidden).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+        let norm =
+            super::t(&[hidden], &(0..hidden).map(|_| rng.random_range(0.5f32..1.5)).collect::<Vec<_>>());
+        let (a, up) =
+            (CpuWeight::Fp8(fp8(inter, hidden, &mut rng)), CpuWeight::Fp8(fp8(inter, hidden, &mut rng)));
+        let q8 = {
+            let data: Vec<f32> = (0..inter * hidden).map(|_| rng.random_range(-0.5f32..0.5)).collect();
+            let bytes = crate::weights::gguf::quantize::quantize(GgmlType::Q8_0, &data).unwrap();
+            let p = crate::weights::PackedTensor::new(
+                vec![inter, hidden],
+                GgmlType::Q8_0,
+                crate::weights::Bytes::Owned(bytes),
+            );
+            CpuWeight::Packed(p.unwrap())
+        };
+        let bias = super::t(&[inter], &vec![0.25; inter]);
+
+        let mut h = vec![0.0; x.len()];
+        cpu.rms_norm(&x, &norm, 1e-5, hidden, &mut h).unwrap();
+        let (mut ua, mut ub) = (vec![0.0; tokens * inter], vec![0.0; tokens * inter]);
+        cpu.linear(&h, &a, Some(&bias), &mut ua).unwrap();
+        cpu.linear(&h, &q8, None, &mut ub).unwrap();
+        let (mut fa, mut fb) = (vec![0.0; tokens * inter], vec![0.0; tokens * inter]);
+        cpu.norm_linears(&x, &norm, 1e-5, hidden, &[(&a, Some(&bias)), (&q8, None)], &mut [&mut fa, &mut fb])
+            .unwrap();
+        // The same normalized rows feed both: FP8 outputs are bit for bit
+        // the unfused ones; the Q8_0 ones differ by the norm's last bit.
+        assert_eq!(fa, ua);
+        for (f, u) in fb.iter().zip(&ub) {
+            assert!((f - u).abs() <= 1e-3 * (1.0 + u.abs()), "{f} vs {u}");
+        }
+
+        let mut swi = vec![0.0; tokens * inter];
+        cpu.swiglu(&h, &a, &up, &mut swi).unwrap();
+        cpu.linear(&h, &a, None, &mut ua).unwrap();
+        cpu.linear(&h, &up, None, &mut ub).unwrap();
+        for ((s, g), u) in swi.iter().zip(&ua).zip(&ub) {
+            assert_eq!(*s, g / (1.0 + (-g).exp()) * u);
+        }
+    }
+}

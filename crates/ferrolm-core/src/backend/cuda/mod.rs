@@ -4,7 +4,10 @@
 //! Activations are f32 everywhere; weights are stored in bf16 (the default,
 //! GEMMs on tensor cores with f32 accumulation: activations are cast to bf16
 //! just before each GEMM) or in f32 (`GpuDtype::F32`, the exact mode for
-//! parity). Norm weights and biases always stay f32. Every launch is
+//! parity). Norm weights and biases always stay f32. With
+//! [`Cuda::with_fp8_weights`] (`quantize="fp8"`) the layers' linear weights
+//! are rounded to FP8 E4M3 at load and stored back in `dtype`, so an FP8
+//! model computes the same values on any GPU (FP8 GEMMs are not used yet). Every launch is
 //! asynchronous on one stream; `to_host` synchronises.
 
 pub mod kernels;
@@ -56,6 +59,8 @@ pub enum GpuData {
 pub struct Cuda {
     ordinal: usize,
     dtype: GpuDtype,
+    /// Round the layers' linear weights to FP8 at load (see [`Cuda::with_fp8_weights`]).
+    fp8_weights: bool,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
     functions: HashMap<&'static str, CudaFunction>,
@@ -93,11 +98,20 @@ impl Cuda {
                 functions.insert(*entry, module.load_function(entry).map_err(gpu_err("loading a kernel"))?);
             }
         }
-        Ok(Cuda { ordinal, dtype, stream, blas, functions, sms })
+        Ok(Cuda { ordinal, dtype, fp8_weights: false, stream, blas, functions, sms })
     }
 
     pub fn dtype(&self) -> GpuDtype {
         self.dtype
+    }
+
+    /// `quantize="fp8"`: the layers' linear projections are quantized to
+    /// FP8 E4M3 (one scale per row, as on the CPU) as they are uploaded and
+    /// dequantized to the GPU dtype, so the model runs with FP8's values on
+    /// any GPU.
+    pub fn with_fp8_weights(mut self) -> Cuda {
+        self.fp8_weights = true;
+        self
     }
 
     fn function(&self, name: &str) -> &CudaFunction {

@@ -12,7 +12,7 @@ use super::{gpu_err, Cuda, GpuData, GpuDtype, GpuTensor};
 use crate::backend::{check_page_access, rows_of, AttentionShape, Backend, Device, KvPart, SeqSpan};
 use crate::error::{Error, Result};
 use crate::sampling::device::RowSampling;
-use crate::weights::StoredTensor;
+use crate::weights::{fp8, names, StoredTensor};
 
 const THREADS: u32 = 256;
 
@@ -95,6 +95,13 @@ impl Backend for Cuda {
             GpuData::F32(self.upload_f32(&tensor.data)?)
         };
         Ok(GpuTensor { shape: tensor.shape, data })
+    }
+
+    fn upload_param(&self, name: &str, tensor: StoredTensor) -> Result<GpuTensor> {
+        if self.fp8_weights && names::is_layer_linear(name) {
+            return self.upload(fp8::round_trip(&tensor.into_host()?)?.into());
+        }
+        self.upload(tensor)
     }
 
     fn zeros(&self, len: usize) -> Result<CudaSlice<f32>> {

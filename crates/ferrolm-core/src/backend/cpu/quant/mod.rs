@@ -10,7 +10,8 @@
 //! Kernels exist per instruction set ([`Isa`]): the portable reference
 //! (`portable.rs`), AVX2 and AVX-512 VNNI (`x86.rs`) and NEON (`neon.rs`),
 //! chosen once at run time from CPU feature detection. Every kernel takes one
-//! weight row and up to four activation rows.
+//! weight row and up to four activation rows. FP8 E4M3 rows (`dot_fp8`,
+//! `widen_fp8`) multiply f32 activations, like halves.
 
 pub mod interleave;
 #[cfg(target_arch = "aarch64")]
@@ -266,5 +267,30 @@ pub fn dot_half(isa: Isa, ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
                 portable::dot_f16(w, x)
             }
         }
+    }
+}
+
+/// `Σ decode(w[i]) * x[i]` of one FP8 E4M3 row with f32 activations (the
+/// row's scale is applied by the caller). SIMD and portable kernels agree
+/// to the rounding of the sums (their order differs).
+pub fn dot_fp8(isa: Isa, w: &[u8], x: &[f32]) -> f32 {
+    assert!(w.len() >= x.len(), "dot_fp8: row shorter than the activations");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2/FMA/F16C were detected (both x86 sets include them).
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::dot_fp8(w, x) },
+        _ => portable::dot_fp8(w, x),
+    }
+}
+
+/// `out[i] = decode(w[i]) * scale`: one FP8 row widened to f32, the same
+/// bits on every instruction set.
+pub fn widen_fp8(isa: Isa, w: &[u8], scale: f32, out: &mut [f32]) {
+    assert!(w.len() >= out.len(), "widen_fp8: row shorter than the output");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2/FMA/F16C were detected.
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::widen_fp8(w, scale, out) },
+        _ => portable::widen_fp8(w, scale, out),
     }
 }

@@ -5,6 +5,7 @@
 use half::{bf16, f16};
 
 use super::{Q8Block, QK};
+use crate::weights::fp8::e4m3;
 use crate::weights::gguf::quants::scale_min_k4;
 
 #[inline]
@@ -124,4 +125,17 @@ pub fn dot_f16(w: &[u8], x: &[f32]) -> f32 {
 /// bf16 weights against f32 activations.
 pub fn dot_bf16(w: &[u8], x: &[f32]) -> f32 {
     w.chunks_exact(2).zip(x).map(|(b, x)| bf16::from_le_bytes([b[0], b[1]]).to_f32() * x).sum()
+}
+
+/// FP8 E4M3 codes against f32 activations: `Σ decode(w[i]) * x[i]` (the
+/// row's scale is applied by the caller).
+pub fn dot_fp8(w: &[u8], x: &[f32]) -> f32 {
+    w.iter().zip(x).map(|(&c, x)| e4m3::decode(c) * x).sum()
+}
+
+/// `out[i] = decode(w[i]) * scale`.
+pub fn widen_fp8(w: &[u8], scale: f32, out: &mut [f32]) {
+    for (o, &c) in out.iter_mut().zip(w) {
+        *o = e4m3::decode(c) * scale;
+    }
 }

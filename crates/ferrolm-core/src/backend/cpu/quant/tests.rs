@@ -201,3 +201,45 @@ fn activation_quantization_rounds_to_the_nearest_step() {
         }
     }
 }
+
+/// `γ_n M`: the most that adding `n` terms of total magnitude `M` in f32,
+/// one rounding of relative size `u = 2^-24` per operation, in any order
+/// (with or without FMA), can move the sum (Higham, Accuracy and Stability
+/// of Numerical Algorithms, eq. 3.5).
+pub(in crate::backend::cpu) fn gamma(n: usize, m: f64) -> f64 {
+    let nu = n as f64 * (f32::EPSILON as f64 / 2.0);
+    nu / (1.0 - nu) * m
+}
+
+/// Random FP8 codes (every finite pattern; NaN codes are never stored).
+pub(in crate::backend::cpu) fn fp8_codes(n: usize, rng: &mut ChaCha8Rng) -> Vec<u8> {
+    (0..n).map(|_| rng.random::<u8>()).map(|c| if c & 0x7f == 0x7f { c ^ 1 } else { c }).collect()
+}
+
+/// Each FP8 kernel against the exact sum: decoded values have 4 significant
+/// bits, so every product `decode(w) * x` is exact in f64 and the f64 sum of
+/// `cols` < 2^20 terms is within `cols * 2^-53 M` of exact. A kernel adds
+/// `cols` products, then the SIMD one adds its tail once more: γ_{cols+2}.
+#[test]
+fn fp8_kernels_equal_the_exact_sum_within_f32_rounding() {
+    use crate::weights::fp8::e4m3::decode;
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    for cols in [1, 15, 16, 31, 32, 33, 576, 1536 + 7] {
+        let w = fp8_codes(cols, &mut rng);
+        let x: Vec<f32> = (0..cols).map(|_| rng.random_range(-3.0f32..3.0)).collect();
+        let exact: f64 = w.iter().zip(&x).map(|(&c, &x)| decode(c) as f64 * x as f64).sum();
+        let m: f64 = w.iter().zip(&x).map(|(&c, &x)| (decode(c) as f64 * x as f64).abs()).sum();
+        let bound = gamma(cols + 2, m) + cols as f64 * f64::EPSILON * m;
+        let mut portable_wide = vec![0f32; cols];
+        widen_fp8(Isa::Portable, &w, 0.37, &mut portable_wide);
+        for isa in Isa::available() {
+            let got = dot_fp8(isa, &w, &x) as f64;
+            assert!((got - exact).abs() <= bound, "{isa:?} cols {cols}: {got} vs {exact} (bound {bound})");
+            let mut wide = vec![0f32; cols];
+            widen_fp8(isa, &w, 0.37, &mut wide);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&wide), bits(&portable_wide), "{isa:?} cols {cols}: widening differs");
+            assert!(wide.iter().zip(&w).all(|(&v, &c)| v == decode(c) * 0.37));
+        }
+    }
+}

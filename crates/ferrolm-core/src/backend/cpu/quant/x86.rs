@@ -255,6 +255,56 @@ pub unsafe fn dot_half<const BF16: bool>(w: &[u8], x: &[f32]) -> f32 {
     sum
 }
 
+/// 16 FP8 E4M3 codes at `p` widened to f32, each value times 2^-8 exactly
+/// (see `e4m3::to_f16_bits_scaled`): sign-extending a code to 16 bits and
+/// shifting it left by 7 puts the sign in bit 15 and the exponent and
+/// mantissa in bits 7..14; clearing bit 14 (a second copy of the sign)
+/// leaves the f16 bits, which F16C widens. NaN codes widen to 480 * 2^-8
+/// (the quantizer never makes them from finite weights).
+#[inline(always)]
+unsafe fn fp8x16(p: *const u8) -> (__m256, __m256) {
+    let wide = _mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const __m128i));
+    let h = _mm256_and_si256(_mm256_slli_epi16(wide, 7), _mm256_set1_epi16(0xbfffu16 as i16));
+    (_mm256_cvtph_ps(_mm256_castsi256_si128(h)), _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)))
+}
+
+/// FP8 E4M3 codes against f32 activations: `Σ decode(w[i]) * x[i]`
+/// (products are f32 FMAs; the 2^8 of [`fp8x16`] is applied once at the end).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_fp8(w: &[u8], x: &[f32]) -> f32 {
+    let n = x.len().min(w.len());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (half, acc) in acc.chunks_exact_mut(2).enumerate() {
+            let j = i + 16 * half;
+            let (lo, hi) = fp8x16(w.as_ptr().add(j));
+            acc[0] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x.as_ptr().add(j)), acc[0]);
+            acc[1] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x.as_ptr().add(j + 8)), acc[1]);
+        }
+        i += 32;
+    }
+    let sum = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    sum * 256.0 + super::portable::dot_fp8(&w[i..n], &x[i..n])
+}
+
+/// `out[i] = decode(w[i]) * scale`, equal bit for bit to the portable
+/// [`super::portable::widen_fp8`]: `(decode * 2^-8) * (scale * 2^8)` is the
+/// same real product, rounded once.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn widen_fp8(w: &[u8], scale: f32, out: &mut [f32]) {
+    let n = out.len().min(w.len());
+    let s = _mm256_set1_ps(scale * 256.0);
+    let mut i = 0;
+    while i + 16 <= n {
+        let (lo, hi) = fp8x16(w.as_ptr().add(i));
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(lo, s));
+        _mm256_storeu_ps(out.as_mut_ptr().add(i + 8), _mm256_mul_ps(hi, s));
+        i += 16;
+    }
+    super::portable::widen_fp8(&w[i..n], scale, &mut out[i..n]);
+}
+
 /// Kernels over eight interleaved rows (see `interleave.rs`): every 32-bit
 /// lane is one row, so a block's eight integer sums are converted and
 /// scaled by one instruction each. AVX2 (AVX-512 VNNI CPUs run them too).
