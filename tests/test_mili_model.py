@@ -113,3 +113,19 @@ def test_seed_example_generates_as_the_native_api():
     prompt = model.tokenizer.encode("Machine learning is")
     [expected] = native.generate([prompt], max_gen_len=12, temperature=0.0)
     assert model.generate("Machine learning is", max_tokens=12, temperature=0.0) == model.tokenizer.decode(expected)
+
+
+def test_fp8_weights_from_the_loader_are_what_the_model_runs(native):
+    config = Qwen3Config.from_pretrained(PATH)
+    loader = WeightLoader(PATH, config)
+    loader.load_from_safetensors()
+    loader.quantize_to_fp8()
+    model = Qwen3Model(config, loader, kv_dtype="f32")
+    # The f32 path over the loader's dequantized FP8 weights.
+    reference = Transformer(native.params)
+    reference.load_state_dict({name: loader.get_weight_as_numpy(name) for name in loader.weights})
+    ids = np.array([[5, 17, 99, 3, 250, 42, 7, 8]])
+    logits, _ = model.forward(ids)
+    # Only the order of float sums differs (the FP8 kernel against an f32 GEMM).
+    assert max_rel_error(logits[0], reference.forward(ids.tolist() * 2)[0]) < 1e-5
+    assert np.abs(logits[0] - alone(native, ids[0])).max() > 1e-3, "FP8 weights do change the logits"

@@ -44,3 +44,10 @@ pub fn config_from_json(json: &str) -> PyResult<String> {
 pub fn parameter_shapes(json: &str) -> PyResult<Vec<(String, Vec<usize>)>> {
     Ok(names::parameter_shapes(&parse(json)?))
 }
+
+/// Whether `name` is a decoder layer's linear projection: the matrices
+/// `quantize="fp8"` stores in FP8 (embeddings, the head and norms are not).
+#[pyfunction]
+pub fn is_layer_linear(name: &str) -> bool {
+    names::is_layer_linear(name)
+}

@@ -38,10 +38,12 @@ class Qwen3Model:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a GPU index (default:
             the loader's device).
         max_batch_size: most rows one ``forward`` call may have.
+        kv_dtype: CPU KV cache precision, ``"f16"`` or ``"f32"`` (default: f16
+            for quantized weights, f32 otherwise).
     """
 
     def __init__(self, config: Qwen3Config, weight_loader: WeightLoader, device: str | int | None = None,
-                 *, max_batch_size: int = 4) -> None:
+                 *, max_batch_size: int = 4, kv_dtype: str | None = None) -> None:
         if not isinstance(weight_loader, WeightLoader):
             raise ValueError(f"weight_loader must be a WeightLoader, got {type(weight_loader).__name__}")
         self.config = config
@@ -50,11 +52,14 @@ class Qwen3Model:
         path = hub.resolve(weight_loader.model_path)
         check_config(config, path)
         dtype = weight_loader.dtype
-        if self.device == "cpu" and dtype != "float32":
-            dtype = None  # the CPU's default path: weights as stored
+        quantize = weight_loader.quantize or config.quantize
+        if self.device == "cpu" and (dtype != "float32" or quantize):
+            # The CPU's default path: weights as stored (or as quantized at
+            # load), which FP8 weights ask for even under the seed's float32.
+            dtype = None
         self.max_batch_size = _positive(max_batch_size, "max_batch_size")
         self._core = _core.Model.from_pretrained(str(path), self.device, config.max_seq_len, self.max_batch_size,
-                                                 dtype, weight_loader.quantize or config.quantize, None)
+                                                 dtype, quantize, kv_dtype)
         # A model directory without tokenizer files still runs forward on token ids.
         try:
             self.tokenizer: QwenTokenizer | None = QwenTokenizer(path)

@@ -103,13 +103,14 @@ class WeightLoader:
         return self._load(path)
 
     def quantize_to_fp8(self) -> dict[str, Weight]:
-        """Quantizes every matrix except embeddings and norms (as the seed) to
-        FP8 E4M3 with per-row scales, and makes ``Qwen3Model`` load this
-        checkpoint with ``quantize="fp8"``."""
+        """Quantizes the decoder layers' linear projections (q/k/v/o,
+        gate/up/down) to FP8 E4M3 with per-row scales, exactly as
+        ``quantize="fp8"`` does at load, and makes ``Qwen3Model`` load this
+        checkpoint that way. Embeddings, the LM head and norms stay as they are."""
         if not self.weights:
             raise RuntimeError("no weights loaded: call load_from_safetensors() or load_from_huggingface() first")
         for name, w in self.weights.items():
-            if isinstance(w, np.ndarray) and w.ndim == 2 and "embed" not in name and "norm" not in name:
+            if isinstance(w, np.ndarray) and _core.is_layer_linear(name):
                 self.weights[name] = Fp8Weight(*_core.quantize_fp8(np.ascontiguousarray(w, dtype=np.float32)))
         self.quantize = "fp8"
         return self.weights
