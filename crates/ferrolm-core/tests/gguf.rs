@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use common::{max_rel_error, Reference};
+use common::{agreement_with_reference, max_rel_error, Reference};
 
 use ferrolm_core::backend::cpu::Cpu;
 use ferrolm_core::weights::gguf::{config_from_gguf, GgmlType, GgufFile, GgufValue};
@@ -126,21 +126,8 @@ fn packed_path_agrees_with_hf_on_the_next_token() {
     for stem in MODELS {
         let model =
             Transformer::<Cpu>::from_pretrained(fixtures().join(format!("{stem}.gguf")), None).unwrap();
-        let reference = Reference::open(&fixtures().join(format!("{stem}.reference.safetensors")));
-        let vocab = model.config.vocab_size;
-        let (mut same, mut total) = (0, 0);
-        for k in 0.. {
-            let Some(tokens) = reference.tokens(&format!("tokens_{k}")) else { break };
-            let (_, expected) = reference.floats(&format!("logits_{k}"));
-            let mut cache = model.new_cache(1).unwrap();
-            let got = model
-                .forward(&mut cache, &[SeqInput { seq: 0, start_pos: 0, tokens: &tokens }], Logits::All)
-                .unwrap();
-            for (g, e) in got.chunks(vocab).zip(expected.chunks(vocab)) {
-                same += usize::from(argmax(g) == argmax(e));
-                total += 1;
-            }
-        }
+        let reference = fixtures().join(format!("{stem}.reference.safetensors"));
+        let (same, total, _) = agreement_with_reference(&model, &reference);
         eprintln!("{stem}: packed path picks HF's token at {same}/{total} positions");
         assert!(same * 10 >= total * 9, "{stem}: only {same}/{total} next tokens agree with HF");
     }

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{max_rel_error, Reference};
+use common::{agreement_with_reference, max_rel_error, Reference};
 
 use ferrolm_core::backend::cpu::{Cpu, CpuOptions, KvDtype};
 use ferrolm_core::{generate, Logits, SamplingConfig, SeqInput, Transformer};
@@ -82,30 +82,6 @@ fn greedy_matches_hf() {
     }
 }
 
-/// The next token of every position of every reference sequence, as
-/// `model` predicts it and as HF did: (agreeing positions, positions, worst
-/// max |ours - HF| of a position's logits).
-fn agreement_with_hf(model: &Transformer<Cpu>, dir: &Path) -> (usize, usize, f32) {
-    let reference = Reference::open(&dir.join("reference.safetensors"));
-    let vocab = model.config.vocab_size;
-    let argmax = |v: &[f32]| v.iter().enumerate().fold(0, |b, (i, &x)| if x > v[b] { i } else { b });
-    let (mut same, mut total, mut max_err) = (0, 0, 0f32);
-    for k in 0.. {
-        let Some(tokens) = reference.tokens(&format!("tokens_{k}")) else { break };
-        let expected = reference.floats(&format!("logits_{k}")).1;
-        let mut cache = model.new_cache(1).unwrap();
-        let got = model
-            .forward(&mut cache, &[SeqInput { seq: 0, start_pos: 0, tokens: &tokens }], Logits::All)
-            .unwrap();
-        for (g, e) in got.chunks(vocab).zip(expected.chunks(vocab)) {
-            same += usize::from(argmax(g) == argmax(e));
-            total += 1;
-            max_err = g.iter().zip(e).fold(max_err, |m, (a, b)| m.max((a - b).abs()));
-        }
-    }
-    (same, total, max_err)
-}
-
 /// `quantize` turns an f32/half checkpoint into packed blocks at load
 /// (Q4_K falls back to Q8_0 for these small rows); the model still picks
 /// HF's next token almost everywhere.
@@ -126,7 +102,7 @@ fn quantize_at_load_packs_matrices_and_keeps_hf_tokens() {
             let expected_ty = if cols % 256 == 0 { ty } else { GgmlType::Q8_0 };
             assert_eq!(stored, expected_ty, "{}", dir.display());
 
-            let (same, total, _) = agreement_with_hf(&model, &dir);
+            let (same, total, _) = agreement_with_reference(&model, &dir.join("reference.safetensors"));
             assert!(
                 same * 10 >= total * 9,
                 "{} {ty}: {same}/{total} next tokens agree with HF",
@@ -194,7 +170,7 @@ fn fp8_at_load_converts_the_linear_layers_and_computes_the_fp8_model() {
             let err = max_rel_error(&got, &want, vocab);
             assert!(err < TOLERANCE, "{name}: sequence {k}: fp8 vs exact on FP8 weights {err}");
         }
-        let (same, total, max_err) = agreement_with_hf(&model, &dir);
+        let (same, total, max_err) = agreement_with_reference(&model, &dir.join("reference.safetensors"));
         eprintln!("{name}: fp8 logits max |ours - HF| {max_err:.2e}, next token as HF's {same}/{total}");
     }
 }

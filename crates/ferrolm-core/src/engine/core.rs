@@ -418,18 +418,11 @@ impl<B: Backend + 'static> Engine<B> {
 
     /// Takes request `id` out of the queues and releases its pages.
     fn remove(&mut self, id: RequestId) -> Result<Option<Sequence>> {
-        let sched = &mut self.scheduler;
-        let s = if let Some(i) = sched.running.iter().position(|s| s.id == id) {
-            sched.running.remove(i)
-        } else if let Some(i) = sched.waiting.iter().position(|s| s.id == id) {
-            sched.waiting.remove(i).expect("index from position")
-        } else {
-            return Ok(None);
-        };
+        let Some(s) = self.scheduler.take(id) else { return Ok(None) };
         if let Some(seq) = s.seq {
             self.cache.remove_sequence(seq)?;
         }
-        sched.orphan_siblings(id);
+        self.scheduler.orphan_siblings(id);
         self.shared.count_finished(&s);
         // Counters before the caller tells the request it ended: whoever
         // sees the end must also see its pages freed.

@@ -147,6 +147,16 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Takes request `id` out of the running or the waiting queue (its
+    /// pages are the caller's to release).
+    pub fn take(&mut self, id: super::RequestId) -> Option<Sequence> {
+        if let Some(i) = self.running.iter().position(|s| s.id == id) {
+            return Some(self.running.remove(i));
+        }
+        let i = self.waiting.iter().position(|s| s.id == id)?;
+        self.waiting.remove(i)
+    }
+
     /// Siblings still waiting for `leader`'s prompt compute it themselves.
     pub fn orphan_siblings(&mut self, leader: super::RequestId) {
         for s in self.waiting.iter_mut().filter(|s| s.fork_from == Some(leader)) {

@@ -345,14 +345,7 @@ impl SteppedScheduler {
 
     /// Takes request `id` out of the queues, frees its pages, keeps its result.
     fn end(&mut self, id: RequestId, reason: FinishReason) -> Result<()> {
-        let sched = &mut self.scheduler;
-        let s = if let Some(i) = sched.running.iter().position(|s| s.id == id) {
-            sched.running.remove(i)
-        } else if let Some(i) = sched.waiting.iter().position(|s| s.id == id) {
-            sched.waiting.remove(i).expect("index from position")
-        } else {
-            return Ok(());
-        };
+        let Some(s) = self.scheduler.take(id) else { return Ok(()) };
         if let Some(seq) = s.seq {
             self.tables.remove_sequence(seq)?;
         }

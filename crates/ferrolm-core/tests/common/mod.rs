@@ -5,6 +5,8 @@
 
 use std::path::Path;
 
+use ferrolm_core::backend::cpu::Cpu;
+use ferrolm_core::{Logits, SeqInput, Transformer};
 use safetensors::{Dtype, SafeTensors};
 
 /// A reference file: token ids (i64) and float tensors (f32) by name.
@@ -53,4 +55,28 @@ pub fn max_rel_error(ours: &[f32], reference: &[f32], vocab: usize) -> f32 {
             err / scale
         })
         .fold(0f32, f32::max)
+}
+
+/// The next token of every position of every sequence in a reference file,
+/// as `model` predicts it and as HF did: (agreeing positions, positions, worst
+/// max |ours - HF| of a position's logits).
+pub fn agreement_with_reference(model: &Transformer<Cpu>, reference: &Path) -> (usize, usize, f32) {
+    let reference = Reference::open(reference);
+    let vocab = model.config.vocab_size;
+    let argmax = |v: &[f32]| v.iter().enumerate().fold(0, |b, (i, &x)| if x > v[b] { i } else { b });
+    let (mut same, mut total, mut max_err) = (0, 0, 0f32);
+    for k in 0.. {
+        let Some(tokens) = reference.tokens(&format!("tokens_{k}")) else { break };
+        let expected = reference.floats(&format!("logits_{k}")).1;
+        let mut cache = model.new_cache(1).unwrap();
+        let got = model
+            .forward(&mut cache, &[SeqInput { seq: 0, start_pos: 0, tokens: &tokens }], Logits::All)
+            .unwrap();
+        for (g, e) in got.chunks(vocab).zip(expected.chunks(vocab)) {
+            same += usize::from(argmax(g) == argmax(e));
+            total += 1;
+            max_err = g.iter().zip(e).fold(max_err, |m, (a, b)| m.max((a - b).abs()));
+        }
+    }
+    (same, total, max_err)
 }
