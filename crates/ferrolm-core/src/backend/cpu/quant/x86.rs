@@ -258,7 +258,7 @@ pub unsafe fn dot_half<const BF16: bool>(w: &[u8], x: &[f32]) -> f32 {
 /// 16 FP8 E4M3 codes at `p` widened to f32, each value times 2^-8 exactly
 /// (see `e4m3::to_f16_bits_scaled`): sign-extending a code to 16 bits and
 /// shifting it left by 7 puts the sign in bit 15 and the exponent and
-/// mantissa in bits 7..14; clearing bit 14 (a second copy of the sign)
+/// mantissa in bits 7..13; clearing bit 14 (a second copy of the sign)
 /// leaves the f16 bits, which F16C widens. NaN codes widen to 480 * 2^-8
 /// (the quantizer never makes them from finite weights).
 #[inline(always)]
