@@ -6,7 +6,9 @@
 use std::time::Instant;
 
 use ferrolm_core::backend::cpu::quant::interleave::Interleaved;
-use ferrolm_core::backend::cpu::quant::{dot_fp8, dot_q8, dot_x8, interleaves, quantize_rows, Isa, Q8Block};
+use ferrolm_core::backend::cpu::quant::{
+    dot_fp8, dot_fp8_x4, dot_q8, dot_x8, interleaves, quantize_rows, Isa, Q8Block,
+};
 use ferrolm_core::weights::gguf::GgmlType;
 use ferrolm_core::weights::{Bytes, PackedTensor};
 
@@ -30,6 +32,15 @@ fn main() {
         let s = t.elapsed().as_secs_f64();
         let gmacs = (reps * rows * cols) as f64 / s / 1e9;
         println!("{isa:?} FP8 E4M3 rows, 1 input row: {gmacs:.2} GMAC/s, weights {gmacs:.1} GB/s ({sum:.0})");
+        let t = Instant::now();
+        for _ in 0..reps {
+            for r in w.chunks_exact(4 * cols) {
+                let four = dot_fp8_x4(isa, std::array::from_fn(|i| &r[i * cols..(i + 1) * cols]), &x[..cols]);
+                sum += four.iter().sum::<f32>();
+            }
+        }
+        let gmacs = (reps * rows * cols) as f64 / t.elapsed().as_secs_f64() / 1e9;
+        println!("{isa:?} FP8 E4M3 4 rows at a time, 1 input row: {gmacs:.2} GMAC/s ({sum:.0})");
         for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
             let (block, bytes) = ty.block_layout().unwrap();
             let cols = cols / block * block;

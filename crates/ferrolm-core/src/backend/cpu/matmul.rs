@@ -315,7 +315,15 @@ fn fp8_rows(
 ) {
     assert_eq!(w.layout, Fp8Layout::PerRow, "the CPU multiplies FP8 matrices with one scale per row");
     if p.rows == 1 {
-        for r in rows {
+        let mut r = rows.start;
+        while r + 4 <= rows.end {
+            let dots = quant::dot_fp8_x4(isa, std::array::from_fn(|i| w.row(r + i)), &p.x);
+            for (i, d) in dots.into_iter().enumerate() {
+                write(0, r + i, w.row_scale(r + i) * d);
+            }
+            r += 4;
+        }
+        for r in r..rows.end {
             write(0, r, w.row_scale(r) * quant::dot_fp8(isa, w.row(r), &p.x));
         }
     } else {

@@ -283,6 +283,18 @@ pub fn dot_fp8(isa: Isa, w: &[u8], x: &[f32]) -> f32 {
     }
 }
 
+/// [`dot_fp8`] of four rows against the same activations (decode's GEMV
+/// takes weight rows four at a time).
+pub fn dot_fp8_x4(isa: Isa, w: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
+    assert!(w.iter().all(|w| w.len() >= x.len()), "dot_fp8_x4: a row is shorter than the activations");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2/FMA/F16C were detected (both x86 sets include them).
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::dot_fp8_x4(w, x) },
+        _ => w.map(|w| portable::dot_fp8(w, x)),
+    }
+}
+
 /// `out[i] = decode(w[i]) * scale`: one FP8 row widened to f32, the same
 /// bits on every instruction set.
 pub fn widen_fp8(isa: Isa, w: &[u8], scale: f32, out: &mut [f32]) {

@@ -235,6 +235,16 @@ fn fp8_kernels_equal_the_exact_sum_within_f32_rounding() {
         for isa in Isa::available() {
             let got = dot_fp8(isa, &w, &x) as f64;
             assert!((got - exact).abs() <= bound, "{isa:?} cols {cols}: {got} vs {exact} (bound {bound})");
+            // Four rows at once: row i is `w` rotated by i codes.
+            let rows: Vec<Vec<u8>> =
+                (0..4).map(|i| [&w[i.min(cols)..], &w[..i.min(cols)]].concat()).collect();
+            let four = dot_fp8_x4(isa, std::array::from_fn(|i| &rows[i][..]), &x);
+            for (row, got) in rows.iter().zip(four) {
+                let exact: f64 = row.iter().zip(&x).map(|(&c, &x)| decode(c) as f64 * x as f64).sum();
+                let m: f64 = row.iter().zip(&x).map(|(&c, &x)| (decode(c) as f64 * x as f64).abs()).sum();
+                let bound = gamma(cols + 2, m) + cols as f64 * f64::EPSILON * m;
+                assert!((got as f64 - exact).abs() <= bound, "{isa:?} x4 cols {cols}: {got} vs {exact}");
+            }
             let mut wide = vec![0f32; cols];
             widen_fp8(isa, &w, 0.37, &mut wide);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();

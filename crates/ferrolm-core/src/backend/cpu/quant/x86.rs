@@ -258,14 +258,20 @@ pub unsafe fn dot_half<const BF16: bool>(w: &[u8], x: &[f32]) -> f32 {
 /// 16 FP8 E4M3 codes at `p` widened to f32, each value times 2^-8 exactly
 /// (see `e4m3::to_f16_bits_scaled`): sign-extending a code to 16 bits and
 /// shifting it left by 7 puts the sign in bit 15 and the exponent and
-/// mantissa in bits 7..14; clearing bit 14 (a second copy of the sign)
+/// mantissa in bits 7..13; clearing bit 14 (a second copy of the sign)
 /// leaves the f16 bits, which F16C widens. NaN codes widen to 480 * 2^-8
 /// (the quantizer never makes them from finite weights).
 #[inline(always)]
 unsafe fn fp8x16(p: *const u8) -> (__m256, __m256) {
-    let wide = _mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const __m128i));
-    let h = _mm256_and_si256(_mm256_slli_epi16(wide, 7), _mm256_set1_epi16(0xbfffu16 as i16));
-    (_mm256_cvtph_ps(_mm256_castsi256_si128(h)), _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)))
+    (fp8x8(p), fp8x8(p.add(8)))
+}
+
+/// 8 codes of [`fp8x16`] (one 128-bit sign extension each, which costs
+/// less than a 256-bit one and a lane extraction).
+#[inline(always)]
+unsafe fn fp8x8(p: *const u8) -> __m256 {
+    let wide = _mm_cvtepi8_epi16(_mm_loadl_epi64(p as *const __m128i));
+    _mm256_cvtph_ps(_mm_and_si128(_mm_slli_epi16(wide, 7), _mm_set1_epi16(0xbfffu16 as i16)))
 }
 
 /// FP8 E4M3 codes against f32 activations: `Σ decode(w[i]) * x[i]`
@@ -286,6 +292,27 @@ pub unsafe fn dot_fp8(w: &[u8], x: &[f32]) -> f32 {
     }
     let sum = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
     sum * 256.0 + super::portable::dot_fp8(&w[i..n], &x[i..n])
+}
+
+/// [`dot_fp8`] of four rows against the same activations: each activation
+/// vector is loaded once for the four, and the rows' sums run side by side.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_fp8_x4(w: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
+    let n = w.iter().fold(x.len(), |n, w| n.min(w.len()));
+    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+    let mut i = 0;
+    while i + 16 <= n {
+        let (x0, x1) = (_mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(x.as_ptr().add(i + 8)));
+        for (acc, w) in acc.iter_mut().zip(&w) {
+            let (lo, hi) = fp8x16(w.as_ptr().add(i));
+            acc[0] = _mm256_fmadd_ps(lo, x0, acc[0]);
+            acc[1] = _mm256_fmadd_ps(hi, x1, acc[1]);
+        }
+        i += 16;
+    }
+    std::array::from_fn(|r| {
+        hsum(_mm256_add_ps(acc[r][0], acc[r][1])) * 256.0 + super::portable::dot_fp8(&w[r][i..n], &x[i..n])
+    })
 }
 
 /// `out[i] = decode(w[i]) * scale`, equal bit for bit to the portable
