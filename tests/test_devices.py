@@ -9,7 +9,7 @@ import pytest
 import ferrolm
 from conftest import MODELS
 from ferrolm import LLM, InferenceSession, Llama, Transformer, generate_text, perplexity
-from ferrolm.mili import Qwen3Config, Qwen3Model, WeightLoader
+from ferrolm.mili import KVCacheAllocator, Qwen3Config, Qwen3Model, RadixAttentionCache, WeightLoader
 
 pytestmark = pytest.mark.skipif(ferrolm.cuda_available(0), reason="a GPU would load the model instead")
 
@@ -23,6 +23,8 @@ PATH = MODELS / "qwen3_f32"
     lambda d: perplexity(PATH, tokens=[1, 2, 3, 4], device=d),
     lambda d: Qwen3Model(Qwen3Config.from_pretrained(PATH), WeightLoader(PATH, Qwen3Config.from_pretrained(PATH),
                                                                         device=d)),
+    lambda d: KVCacheAllocator(Qwen3Config.from_pretrained(PATH), dtype="float32", device=d, num_pages=4),
+    lambda d: RadixAttentionCache(Qwen3Config.from_pretrained(PATH), dtype="float32", device=d, num_pages=4),
 ])
 @pytest.mark.parametrize("device", [0, "0", "cuda:0"])
 def test_a_gpu_index_names_the_first_gpu(entry, device):

@@ -23,6 +23,7 @@ import numpy as np
 
 from ferrolm import _core
 from ferrolm._core import KVCacheFullError
+from ferrolm.model import _device
 
 __all__ = ["KVCacheFullError", "PagedKVCache"]
 
@@ -68,15 +69,15 @@ class PagedKVCache:
             is bookkeeping only and the data methods raise ValueError.
         dtype: storage precision, ``"float16"`` (values are rounded to f16
             when written) or ``"float32"``; numpy dtypes are accepted.
-        device: ``"cpu"`` or ``"cuda[:N]"`` (the GPU stores float32).
+        device: ``"cpu"``, ``"cuda[:N]"`` or a GPU index (the GPU stores float32).
         num_layers: layers to store (default: ``config.num_hidden_layers``).
     """
 
     def __init__(self, num_pages: int, page_size: int = 16, config: Any = None, dtype: Any = "float16",
-                 device: str = "cpu", *, num_layers: int | None = None):
+                 device: str | int = "cpu", *, num_layers: int | None = None):
         layers, kv_heads, head_dim = (None, None, None) if config is None else kv_geometry(config, num_layers)
         self._core = _core.PagedKVCache(num_pages, page_size, layers, kv_heads, head_dim,
-                                        dtype=dtype_name(dtype), device=device)
+                                        dtype=dtype_name(dtype), device=_device(device))
         self.config = config
 
     @property

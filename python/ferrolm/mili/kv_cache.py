@@ -36,7 +36,7 @@ class KVCacheAllocator(PagedKVCache):
         max_seq_length: sets the default pool size.
         dtype: ``"float16"`` (values are rounded to f16 when written) or
             ``"float32"``; numpy dtypes are accepted.
-        device: ``"cpu"`` or ``"cuda[:N]"`` (the GPU stores float32).
+        device: ``"cpu"``, ``"cuda[:N]"`` or a GPU index (the GPU stores float32).
         page_size: token positions per page (MILI: 16).
         num_pages: pages in the pool; default ``max_seq_length // page_size + 1``
             as MILI. Each page holds every layer, so the pool can take up
@@ -50,7 +50,7 @@ class KVCacheAllocator(PagedKVCache):
     """
 
     def __init__(self, config: Any, max_batch_size: int = 64, max_seq_length: int = 32768,
-                 dtype: Any = "float16", device: str = "cpu", *, page_size: int = 16,
+                 dtype: Any = "float16", device: str | int = "cpu", *, page_size: int = 16,
                  num_pages: int | None = None, num_layers: int | None = None):
         if page_size < 1:
             raise ValueError(f"page_size must be at least 1, got {page_size}")

@@ -42,7 +42,7 @@ class RadixAttentionCache:
 
     def __init__(self, config: Any = None, *, allocator: PagedKVCache | None = None,
                  num_pages: int | None = None, page_size: int = 16, max_seq_length: int = 32768,
-                 dtype: Any = "float16", device: str = "cpu"):
+                 dtype: Any = "float16", device: str | int = "cpu"):
         if allocator is None:
             if config is not None:
                 allocator = KVCacheAllocator(config, max_seq_length=max_seq_length, dtype=dtype, device=device,
