@@ -71,11 +71,13 @@ def test_quantize_to_fp8_takes_the_layers_projections_and_bounds_the_error():
             assert q is loader.weights[name] and isinstance(q, np.ndarray), name
             continue
         assert isinstance(q, Fp8Weight) and q.codes.dtype == np.uint8 and q.codes.shape == w.shape
-        assert q.scales.shape == (w.shape[0],)
+        group = q.group_size
+        assert q.scales.shape == (w.shape[0], -(-w.shape[1] // group))
         deq = loader.get_weight_as_numpy(name)
         # E4M3 keeps 3 mantissa bits: error <= 2^-4 of the value, or half the
-        # smallest subnormal step (2^-10 x scale) near zero.
-        bound = np.maximum(np.abs(w) * 2.0**-4, q.scales[:, None] * 2.0**-10)
+        # smallest subnormal step (2^-10 x the group's scale) near zero.
+        scale = np.repeat(q.scales, group, axis=1)[:, : w.shape[1]]
+        bound = np.maximum(np.abs(w) * 2.0**-4, scale * 2.0**-10)
         assert (np.abs(deq - w) <= bound * (1 + 1e-6)).all(), name
 
 

@@ -143,7 +143,7 @@ class Transformer:
             quantize: ``"q8_0"`` or ``"q4_k"`` quantizes an f32/f16/bf16 checkpoint
                 at load so it runs on the CPU's integer kernels (CPU only).
                 ``"fp8"`` stores every layer's linear weights as FP8 E4M3 with one
-                scale per output row (embeddings and the head stay as stored);
+                scale per 32 weights of a row (embeddings and the head stay as stored);
                 the CPU multiplies them against f32 activations, a GPU widens
                 them to ``dtype`` at load.
             kv_dtype: CPU KV cache precision, ``"f16"`` or ``"f32"`` (default: f16

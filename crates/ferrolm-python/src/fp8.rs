@@ -1,7 +1,7 @@
 //! `_core.quantize_fp8` / `_core.dequantize_fp8`: numpy arrays to and from
 //! the core's FP8 E4M3 matrices (`ferrolm_core::weights::fp8`).
 
-use ferrolm_core::weights::fp8::{Fp8Layout, Fp8Tensor};
+use ferrolm_core::weights::fp8::{Fp8Layout, Fp8Tensor, MODEL_LAYOUT};
 use ferrolm_core::weights::HostTensor;
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
@@ -21,22 +21,39 @@ fn numpy_array<'py, T: numpy::Element>(
     })
 }
 
-fn layout(block_size: Option<i64>) -> PyResult<Fp8Layout> {
-    let block = block_size.map(|b| usize::try_from(b).unwrap_or(0));
-    Fp8Layout::from_block_size(block).map_err(to_py)
+fn layout(block_size: Option<i64>, group_size: Option<i64>) -> PyResult<Fp8Layout> {
+    match (block_size, group_size) {
+        (Some(_), Some(_)) => Err(PyValueError::new_err("pass block_size or group_size, not both")),
+        (_, Some(g)) if g >= 1 => Ok(Fp8Layout::Groups(g as usize)),
+        (_, Some(g)) => Err(PyValueError::new_err(format!("group_size must be at least 1, got {g}"))),
+        (block, None) => {
+            Fp8Layout::from_block_size(block.map(|b| usize::try_from(b).unwrap_or(0))).map_err(to_py)
+        }
+    }
+}
+
+/// The group size of the layout `quantize="fp8"` gives a model's matrices.
+pub fn model_group_size() -> usize {
+    match MODEL_LAYOUT {
+        Fp8Layout::Groups(g) => g,
+        other => unreachable!("models use FP8 groups, not {other:?}"),
+    }
 }
 
 /// Quantizes a float32 matrix to FP8 E4M3: returns `(codes, scales)`,
 /// codes uint8 of the matrix's shape, scales float32 of shape `[rows]`
-/// (`block_size=None`) or `[ceil(rows / b), ceil(cols / b)]`.
+/// (per row: neither size given), `[ceil(rows / b), ceil(cols / b)]`
+/// (`block_size=b`) or `[rows, ceil(cols / g)]` (`group_size=g`; models use
+/// `FP8_GROUP_SIZE`).
 #[pyfunction]
-#[pyo3(signature = (array, block_size=None))]
+#[pyo3(signature = (array, block_size=None, group_size=None))]
 pub fn quantize_fp8<'py>(
     py: Python<'py>,
     array: &Bound<'py, PyAny>,
     block_size: Option<i64>,
+    group_size: Option<i64>,
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-    let layout = layout(block_size)?;
+    let layout = layout(block_size, group_size)?;
     let values = numpy_array::<f32>(array, "array", "float32")?;
     let w = HostTensor::new(values.shape().to_vec(), values.as_array().iter().copied().collect())
         .map_err(to_py)?;
@@ -48,16 +65,17 @@ pub fn quantize_fp8<'py>(
 }
 
 /// `codes` (uint8, 2-D) times their `scales` (float32, as `quantize_fp8`
-/// returns them for the same `block_size`), as a float32 matrix.
+/// returns them for the same `block_size` / `group_size`), as a float32 matrix.
 #[pyfunction]
-#[pyo3(signature = (codes, scales, block_size=None))]
+#[pyo3(signature = (codes, scales, block_size=None, group_size=None))]
 pub fn dequantize_fp8<'py>(
     py: Python<'py>,
     codes: &Bound<'py, PyAny>,
     scales: &Bound<'py, PyAny>,
     block_size: Option<i64>,
+    group_size: Option<i64>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let layout = layout(block_size)?;
+    let layout = layout(block_size, group_size)?;
     let (codes, scales) =
         (numpy_array::<u8>(codes, "codes", "uint8")?, numpy_array::<f32>(scales, "scales", "float32")?);
     let shape = codes.shape().to_vec();

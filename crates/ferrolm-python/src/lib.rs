@@ -23,6 +23,7 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("FP8_GROUP_SIZE", fp8::model_group_size())?;
     m.add("KVCacheFullError", errors::kv_cache_full_type(m.py())?)?;
     m.add_function(wrap_pyfunction!(config::config_from_file, m)?)?;
     m.add_function(wrap_pyfunction!(config::config_from_json, m)?)?;

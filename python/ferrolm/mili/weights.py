@@ -35,18 +35,20 @@ _SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_a
 @dataclass(frozen=True)
 class Fp8Weight:
     """A matrix in FP8 E4M3 (``codes``, one byte per weight) with one float32
-    scale per output row: ``w[i, j] = e4m3(codes[i, j]) * scales[i]``.
+    scale per run of ``group_size`` values of a row (the layout models use):
+    ``w[i, j] = e4m3(codes[i, j]) * scales[i, j // group_size]``.
     ``np.asarray`` gives the dequantized float32 matrix."""
 
     codes: np.ndarray
     scales: np.ndarray
+    group_size: int = _core.FP8_GROUP_SIZE
 
     @property
     def shape(self) -> tuple[int, ...]:
         return self.codes.shape
 
     def dequantize(self) -> np.ndarray:
-        return _core.dequantize_fp8(self.codes, self.scales)
+        return _core.dequantize_fp8(self.codes, self.scales, group_size=self.group_size)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         w = self.dequantize()
@@ -104,14 +106,16 @@ class WeightLoader:
 
     def quantize_to_fp8(self) -> dict[str, Weight]:
         """Quantizes the decoder layers' linear projections (q/k/v/o,
-        gate/up/down) to FP8 E4M3 with per-row scales, exactly as
+        gate/up/down) to FP8 E4M3 with a scale per 32 values of a row, exactly as
         ``quantize="fp8"`` does at load, and makes ``Qwen3Model`` load this
         checkpoint that way. Embeddings, the LM head and norms stay as they are."""
         if not self.weights:
             raise RuntimeError("no weights loaded: call load_from_safetensors() or load_from_huggingface() first")
         for name, w in self.weights.items():
             if isinstance(w, np.ndarray) and _core.is_layer_linear(name):
-                self.weights[name] = Fp8Weight(*_core.quantize_fp8(np.ascontiguousarray(w, dtype=np.float32)))
+                codes, scales = _core.quantize_fp8(np.ascontiguousarray(w, dtype=np.float32),
+                                                   group_size=_core.FP8_GROUP_SIZE)
+                self.weights[name] = Fp8Weight(codes, scales)
         self.quantize = "fp8"
         return self.weights
 

@@ -30,7 +30,7 @@ pub enum CpuWeight {
     Packed(PackedTensor),
     /// Q4_0/Q4_1/Q8_0 rows in groups of eight (SIMD kernels only).
     Interleaved(Interleaved),
-    /// FP8 E4M3 codes with one scale per row (`quantize="fp8"`).
+    /// FP8 E4M3 codes with scales per row or per group of a row (`quantize="fp8"`: groups of 32).
     Fp8(Fp8Tensor),
 }
 
@@ -304,8 +304,8 @@ fn packed_rows(
     }
 }
 
-/// [`packed_rows`] for FP8 rows (one scale per row): the scale multiplies
-/// each row's dot product, or each widened value.
+/// [`packed_rows`] for FP8 rows: a row's scale (or each group's) multiplies
+/// its dot product, or each widened value.
 fn fp8_rows(
     isa: Isa,
     w: &Fp8Tensor,
@@ -313,21 +313,41 @@ fn fp8_rows(
     rows: std::ops::Range<usize>,
     mut write: impl FnMut(usize, usize, f32),
 ) {
-    assert_eq!(w.layout, Fp8Layout::PerRow, "the CPU multiplies FP8 matrices with one scale per row");
-    if p.rows == 1 {
-        let mut r = rows.start;
-        while r + 4 <= rows.end {
-            let dots = quant::dot_fp8_x4(isa, std::array::from_fn(|i| w.row(r + i)), &p.x);
-            for (i, d) in dots.into_iter().enumerate() {
-                write(0, r + i, w.row_scale(r + i) * d);
+    match w.layout {
+        Fp8Layout::PerRow if p.rows == 1 => {
+            let mut r = rows.start;
+            while r + 4 <= rows.end {
+                let dots = quant::dot_fp8_x4(isa, std::array::from_fn(|i| w.row(r + i)), &p.x);
+                for (i, d) in dots.into_iter().enumerate() {
+                    write(0, r + i, w.row_scale(r + i) * d);
+                }
+                r += 4;
             }
-            r += 4;
+            for r in r..rows.end {
+                write(0, r, w.row_scale(r) * quant::dot_fp8(isa, w.row(r), &p.x));
+            }
         }
-        for r in r..rows.end {
-            write(0, r, w.row_scale(r) * quant::dot_fp8(isa, w.row(r), &p.x));
+        Fp8Layout::PerRow => {
+            widened_rows(p, rows, |r, wide| quant::widen_fp8(isa, w.row(r), w.row_scale(r), wide), write)
         }
-    } else {
-        widened_rows(p, rows, |r, wide| quant::widen_fp8(isa, w.row(r), w.row_scale(r), wide), write);
+        Fp8Layout::Groups(g) if p.rows == 1 => {
+            for r in rows {
+                write(0, r, quant::dot_fp8_groups(isa, w.row(r), &p.x, w.group_scales(r), g));
+            }
+        }
+        Fp8Layout::Groups(g) => widened_rows(
+            p,
+            rows,
+            |r, wide| {
+                for ((q, out), &s) in w.row(r).chunks(g).zip(wide.chunks_mut(g)).zip(w.group_scales(r)) {
+                    quant::widen_fp8(isa, q, s, out);
+                }
+            },
+            write,
+        ),
+        Fp8Layout::Blocks(_) => {
+            unreachable!("the CPU keeps FP8 matrices per row or per group (quantize=\"fp8\")")
+        }
     }
 }
 

@@ -28,7 +28,7 @@ use self::quant::interleave::Interleaved;
 use self::quant::Isa;
 use super::{AttentionShape, Backend, Device, KvPart, Quantize, SeqSpan};
 use crate::error::{try_zeroed, Error, Result};
-use crate::weights::fp8::{Fp8Layout, Fp8Tensor};
+use crate::weights::fp8::{Fp8Tensor, MODEL_LAYOUT};
 use crate::weights::gguf::GgmlType;
 use crate::weights::{names, Bytes, HostTensor, PackedTensor, StoredTensor};
 
@@ -284,14 +284,14 @@ impl Backend for Cpu {
 
     /// With `quantize=fp8`, the layers' linear projections (q/k/v/o,
     /// gate/up/down: [`names::is_layer_linear`]) become FP8 E4M3 with one
-    /// scale per output row, whatever their stored format (GGUF blocks are
+    /// scale per 32 weights of a row, whatever their stored format (GGUF blocks are
     /// dequantized first). Unlike Q8_0/Q4_K, which quantize every matrix,
     /// the embedding table and the LM head stay as stored, as in HF's FP8
     /// checkpoints: the table is read a row per token, not multiplied, and
     /// (tied or not) the head's error goes straight into the logits.
     fn upload_param(&self, name: &str, tensor: StoredTensor) -> Result<CpuWeight> {
         if self.quantize == Some(Quantize::Fp8) && names::is_layer_linear(name) {
-            let w = Fp8Tensor::quantize(&tensor.into_host()?, Fp8Layout::PerRow)
+            let w = Fp8Tensor::quantize(&tensor.into_host()?, MODEL_LAYOUT)
                 .map_err(|e| Error::InvalidWeights(format!("`{name}`: {e}")))?;
             self.saw_quantized.store(true, std::sync::atomic::Ordering::Relaxed);
             return Ok(CpuWeight::Fp8(w));

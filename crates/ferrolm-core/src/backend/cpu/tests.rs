@@ -319,43 +319,51 @@ mod fp8 {
     use super::super::{CpuOptions, CpuWeight};
     use super::Cpu;
     use crate::backend::Backend;
-    use crate::weights::fp8::{Fp8Layout, Fp8Tensor};
+    use crate::weights::fp8::{Fp8Layout, Fp8Tensor, MODEL_LAYOUT};
     use crate::weights::gguf::GgmlType;
     use crate::weights::HostTensor;
 
     fn fp8(rows: usize, cols: usize, rng: &mut ChaCha8Rng) -> Fp8Tensor {
+        fp8_in(rows, cols, rng, MODEL_LAYOUT)
+    }
+
+    fn fp8_in(rows: usize, cols: usize, rng: &mut ChaCha8Rng, layout: Fp8Layout) -> Fp8Tensor {
         let data = (0..rows * cols).map(|_| rng.random_range(-0.5f32..0.5)).collect();
-        Fp8Tensor::quantize(&HostTensor::new(vec![rows, cols], data).unwrap(), Fp8Layout::PerRow).unwrap()
+        Fp8Tensor::quantize(&HostTensor::new(vec![rows, cols], data).unwrap(), layout).unwrap()
     }
 
     /// One token: `scale * Σ decode(w) x` (a sum of `cols` terms, then the
-    /// scale); several: `Σ (decode(w) * scale) x`. Against the exact sum of
-    /// the dequantized values, both are within γ_{cols+4} of the terms'
-    /// magnitude (the sum's roundings, the scale's and the SIMD tail's).
+    /// scale; per group: a scaled sum per group, then their sum); several:
+    /// `Σ (decode(w) * scale) x`. Against the exact sum of the dequantized
+    /// values, all are within γ_{cols+4} of the terms' magnitude (the sums'
+    /// roundings, the scale's and the SIMD tail's).
     #[test]
     fn fp8_linear_equals_the_exact_product_of_its_values() {
         let mut rng = ChaCha8Rng::seed_from_u64(11);
-        // 42 rows: decode takes them four at a time, then a remainder.
+        // 42 rows: decode takes them four at a time, then a remainder; 577
+        // columns: the last group is short.
         let (rows, cols) = (42, 577);
-        let w = fp8(rows, cols, &mut rng);
-        let wide = w.dequantize().unwrap();
-        for isa in Isa::available() {
-            let cpu =
-                Cpu::new(CpuOptions { threads: Some(2), isa: Some(isa), ..Default::default() }).unwrap();
-            for tokens in [1, 5, 70] {
-                let x: Vec<f32> = (0..tokens * cols).map(|_| rng.random_range(-2.0f32..2.0)).collect();
-                let mut got = vec![0.0; tokens * rows];
-                cpu.linear(&x, &CpuWeight::Fp8(w.clone()), None, &mut got).unwrap();
-                for (t, xt) in x.chunks(cols).enumerate() {
-                    for (r, wr) in wide.data.chunks(cols).enumerate() {
-                        let exact: f64 = wr.iter().zip(xt).map(|(&a, &b)| a as f64 * b as f64).sum();
-                        let m: f64 = wr.iter().zip(xt).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
-                        let g = got[t * rows + r] as f64;
-                        let bound = gamma(cols + 4, m);
-                        assert!(
-                            (g - exact).abs() <= bound,
-                            "{isa:?} tokens {tokens} [{t}, {r}]: {g} vs {exact}"
-                        );
+        for layout in [Fp8Layout::PerRow, MODEL_LAYOUT] {
+            let w = fp8_in(rows, cols, &mut rng, layout);
+            let wide = w.dequantize().unwrap();
+            for isa in Isa::available() {
+                let cpu =
+                    Cpu::new(CpuOptions { threads: Some(2), isa: Some(isa), ..Default::default() }).unwrap();
+                for tokens in [1, 5, 70] {
+                    let x: Vec<f32> = (0..tokens * cols).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+                    let mut got = vec![0.0; tokens * rows];
+                    cpu.linear(&x, &CpuWeight::Fp8(w.clone()), None, &mut got).unwrap();
+                    for (t, xt) in x.chunks(cols).enumerate() {
+                        for (r, wr) in wide.data.chunks(cols).enumerate() {
+                            let exact: f64 = wr.iter().zip(xt).map(|(&a, &b)| a as f64 * b as f64).sum();
+                            let m: f64 = wr.iter().zip(xt).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+                            let g = got[t * rows + r] as f64;
+                            let bound = gamma(cols + 4, m);
+                            assert!(
+                                (g - exact).abs() <= bound,
+                                "{layout:?} {isa:?} tokens {tokens} [{t}, {r}]: {g} vs {exact}"
+                            );
+                        }
                     }
                 }
             }

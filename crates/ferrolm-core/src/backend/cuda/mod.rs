@@ -106,7 +106,7 @@ impl Cuda {
     }
 
     /// `quantize="fp8"`: the layers' linear projections are quantized to
-    /// FP8 E4M3 (one scale per row, as on the CPU) as they are uploaded and
+    /// FP8 E4M3 (a scale per 32 weights of a row, as on the CPU) as they are uploaded and
     /// dequantized to the GPU dtype, so the model runs with FP8's values on
     /// any GPU.
     pub fn with_fp8_weights(mut self) -> Cuda {

@@ -112,6 +112,7 @@ fn assert_within_bound(w: &HostTensor, q: &Fp8Tensor) {
         let s = match q.layout {
             Fp8Layout::PerRow => q.scales[r],
             Fp8Layout::Blocks(b) => q.scales[(r / b) * q.cols().div_ceil(b) + c / b],
+            Fp8Layout::Groups(g) => q.group_scales(r)[c / g],
         };
         let code = decode(q.codes[i]).abs();
         let step = if code < 2f32.powi(-6) { 2f32.powi(-10) } else { code / 16.0 };
@@ -128,7 +129,13 @@ fn assert_within_bound(w: &HostTensor, q: &Fp8Tensor) {
 fn quantization_error_is_within_three_mantissa_bits() {
     let fixture = Fixture::open();
     let w = fixture_weight(&fixture);
-    for layout in [Fp8Layout::PerRow, Fp8Layout::Blocks(128), Fp8Layout::Blocks(7)] {
+    for layout in [
+        Fp8Layout::PerRow,
+        Fp8Layout::Blocks(128),
+        Fp8Layout::Blocks(7),
+        Fp8Layout::Groups(32),
+        Fp8Layout::Groups(7),
+    ] {
         assert_within_bound(&w, &Fp8Tensor::quantize(&w, layout).unwrap());
     }
     // A row spanning E4M3's whole range: its small values are subnormal codes.
@@ -173,4 +180,18 @@ fn bad_input_is_refused_with_a_reason() {
     assert!(msg.contains("[2, 3]") && msg.contains("128x128") && msg.contains("block_size"), "{msg}");
     assert!(Fp8Tensor::from_parts(&[200, 300], vec![0; 60000], Fp8Layout::Blocks(128), scales(vec![2, 3]))
         .is_ok());
+}
+
+/// Groups: each run of `g` values of a row gets the scale of its own largest
+/// magnitude (the last run may be shorter).
+#[test]
+fn group_scales_follow_each_run() {
+    let w = HostTensor::new(vec![2, 5], vec![1.0, -4.0, 0.5, 0.0, 0.0, 2.0, 8.0, -16.0, 3.0, 0.0]).unwrap();
+    let q = Fp8Tensor::quantize(&w, Fp8Layout::Groups(2)).unwrap();
+    let m = e4m3::MAX;
+    assert_eq!(q.scales, vec![4.0 / m, 0.5 / m, 1.0, 8.0 / m, 16.0 / m, 1.0]);
+    assert_eq!(Fp8Layout::Groups(2).scale_shape(2, 5), vec![2, 3]);
+    let deq = q.dequantize().unwrap();
+    assert_eq!(deq.data[1], -4.0, "a run's largest magnitude maps onto +-448 exactly");
+    assert_eq!(deq.data[7], -16.0);
 }

@@ -283,6 +283,21 @@ pub fn dot_fp8(isa: Isa, w: &[u8], x: &[f32]) -> f32 {
     }
 }
 
+/// A row of FP8 codes with one scale per run of `g` values of it
+/// (`scales.len() == ceil(cols / g)`) against f32 activations.
+pub fn dot_fp8_groups(isa: Isa, w: &[u8], x: &[f32], scales: &[f32], g: usize) -> f32 {
+    assert!(w.len() >= x.len() && scales.len() * g >= x.len(), "dot_fp8_groups: row or scales too short");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2`/`Avx512Vnni` are only made when the CPU has
+        // AVX2, FMA and F16C (see `Isa::detect`).
+        Isa::Avx2 | Isa::Avx512Vnni if g.is_multiple_of(16) => unsafe {
+            x86::dot_fp8_groups(w, x, scales, g)
+        },
+        _ => portable::dot_fp8_groups(w, x, scales, g),
+    }
+}
+
 /// [`dot_fp8`] of four rows against the same activations (decode's GEMV
 /// takes weight rows four at a time).
 pub fn dot_fp8_x4(isa: Isa, w: [&[u8]; 4], x: &[f32]) -> [f32; 4] {

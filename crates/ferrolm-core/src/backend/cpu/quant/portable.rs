@@ -133,6 +133,12 @@ pub fn dot_fp8(w: &[u8], x: &[f32]) -> f32 {
     w.iter().zip(x).map(|(&c, x)| e4m3::decode(c) * x).sum()
 }
 
+/// A row of FP8 codes with one scale per run of `g` values: `Σ_runs scale *
+/// dot_fp8(run)`.
+pub fn dot_fp8_groups(w: &[u8], x: &[f32], scales: &[f32], g: usize) -> f32 {
+    w.chunks(g).zip(x.chunks(g)).zip(scales).map(|((w, x), s)| s * dot_fp8(w, x)).sum()
+}
+
 /// `out[i] = decode(w[i]) * scale`.
 pub fn widen_fp8(w: &[u8], scale: f32, out: &mut [f32]) {
     for (o, &c) in out.iter_mut().zip(w) {

@@ -294,6 +294,37 @@ pub unsafe fn dot_fp8(w: &[u8], x: &[f32]) -> f32 {
     sum * 256.0 + super::portable::dot_fp8(&w[i..n], &x[i..n])
 }
 
+/// A row of FP8 codes with one scale per run of `g` values against f32
+/// activations: `Σ_runs scale * Σ decode(w[i]) * x[i]`. Each run's sum stays
+/// in two vectors and is scaled into the total with one FMA, so the group
+/// scales cost one instruction per run (`g` a multiple of 16; a shorter
+/// last run goes through the portable kernel).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_fp8_groups(w: &[u8], x: &[f32], scales: &[f32], g: usize) -> f32 {
+    debug_assert!(g.is_multiple_of(16));
+    let n = x.len().min(w.len());
+    let mut total = [_mm256_setzero_ps(); 2];
+    let mut start = 0;
+    for &scale in scales {
+        if start + g > n {
+            break;
+        }
+        let mut acc = [_mm256_setzero_ps(); 2];
+        for j in (start..start + g).step_by(16) {
+            let (lo, hi) = fp8x16(w.as_ptr().add(j));
+            acc[0] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x.as_ptr().add(j)), acc[0]);
+            acc[1] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x.as_ptr().add(j + 8)), acc[1]);
+        }
+        let s = _mm256_set1_ps(scale * 256.0);
+        total[0] = _mm256_fmadd_ps(acc[0], s, total[0]);
+        total[1] = _mm256_fmadd_ps(acc[1], s, total[1]);
+        start += g;
+    }
+    let tail =
+        scales.get(start / g).map_or(0.0, |&s| s * super::portable::dot_fp8(&w[start..n], &x[start..n]));
+    hsum(_mm256_add_ps(total[0], total[1])) + tail
+}
+
 /// [`dot_fp8`] of four rows against the same activations: each activation
 /// vector is loaded once for the four, and the rows' sums run side by side.
 #[target_feature(enable = "avx2,fma,f16c")]
