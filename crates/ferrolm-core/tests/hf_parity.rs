@@ -112,8 +112,8 @@ fn quantize_at_load_packs_matrices_and_keeps_hf_tokens() {
     }
 }
 
-/// `quantize=fp8` stores every layer's linear projections as FP8 E4M3 (one
-/// scale per row) and keeps the embedding table (and an untied head) as
+/// `quantize=fp8` stores every layer's linear projections as FP8 E4M3 (a
+/// scale per 32 weights of a row) and keeps the embedding table (and an untied head) as
 /// stored. Its logits are those of the exact f32 path run on the
 /// FP8-rounded weights (to the f32 tolerance above). FP8 rounding itself
 /// (3 mantissa bits: ~2.5% RMS error per weight) moves these tiny models'
