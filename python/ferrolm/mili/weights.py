@@ -23,6 +23,7 @@ from typing import Any, Union
 import numpy as np
 
 from ferrolm import _core, hub
+from ferrolm.kv import dtype_name
 from ferrolm.mili.config import Qwen3Config
 from ferrolm.model import _device
 
@@ -148,10 +149,10 @@ def check_config(config: Qwen3Config, path: os.PathLike[str]) -> None:
 
 
 def _dtype_name(dtype: Any) -> str | None:
-    """A dtype given as a string, a numpy dtype or None, as the core's name."""
+    """A dtype given as a string, a numpy or torch dtype, or None, as the core's name."""
     if dtype is None:
         return None
-    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype.lower()
+    name = dtype_name(dtype).lower()
     if name not in ("float32", "float16", "bfloat16"):
         raise ValueError(f"dtype must be 'float32', 'float16', 'bfloat16' or None, got {dtype!r}")
     return name
