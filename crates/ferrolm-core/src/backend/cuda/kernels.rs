@@ -57,6 +57,7 @@ pub(super) const NVRTC_MISSING: &str = "libnvrtc was not found; install the CUDA
 
 /// Compiles every kernel for `arch` without touching any GPU (what CI runs).
 pub fn compile_all(arch: &str) -> Result<Vec<(String, String)>> {
+    super::emulator::install_if_enabled()?;
     // SAFETY: only tries to dlopen libnvrtc by its usual names.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
         return Err(Error::DeviceUnavailable { device: "nvrtc".into(), reason: NVRTC_MISSING.into() });
@@ -86,13 +87,20 @@ pub fn cached_ptx(name: &str, source: &str, arch: &str) -> Result<String> {
     Ok(ptx)
 }
 
-/// `$FERROLM_KERNEL_CACHE`, else `$XDG_CACHE_HOME/ferrolm/kernels`, else `~/.cache/ferrolm/kernels`.
-fn cache_dir() -> Option<PathBuf> {
+/// `$FERROLM_KERNEL_CACHE`, else `$XDG_CACHE_HOME/ferrolm`, else `~/.cache/ferrolm`.
+pub(super) fn cache_root() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("FERROLM_KERNEL_CACHE") {
         return Some(dir.into());
     }
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("ferrolm").join("kernels"))
+    Some(base.join("ferrolm"))
+}
+
+/// Compiled kernels: `kernels/` in the cache root; the emulator's modules
+/// (shared libraries, not PTX) in a folder of their own.
+fn cache_dir() -> Option<PathBuf> {
+    let name = if super::emulator::active() { "kernels-emulator" } else { "kernels" };
+    cache_root().map(|root| root.join(name))
 }

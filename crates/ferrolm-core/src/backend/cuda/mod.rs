@@ -10,6 +10,7 @@
 //! model computes the same values on any GPU (FP8 GEMMs are not used yet). Every launch is
 //! asynchronous on one stream; `to_host` synchronises.
 
+pub mod emulator;
 pub mod kernels;
 mod kv;
 mod ops;
@@ -126,6 +127,7 @@ impl Cuda {
 /// Checks that GPU `ordinal` can be used: the driver, NVRTC and cuBLAS
 /// libraries load and the GPU exists. The error says what is missing.
 pub fn probe(ordinal: usize) -> Result<()> {
+    emulator::install_if_enabled()?;
     let device = Device::Cuda(ordinal).to_string();
     let missing = |what: &str| Error::DeviceUnavailable { device: device.clone(), reason: what.to_string() };
     // SAFETY: these only try to dlopen the libraries by their usual names.
