@@ -402,6 +402,7 @@ struct Worker {
 #endif
     std::vector<Fiber> fibers;
     std::vector<WarpMeeting> warps;
+    std::vector<unsigned> exited;  // per warp: lanes that finished the kernel
     Fiber* current = nullptr;
     const Module* module = nullptr;
     const KernelInfo* kernel = nullptr;
@@ -582,8 +583,10 @@ static bool finish_warp(unsigned w, unsigned first, std::deque<Fiber*>& ready) {
             f.result = ballot == m.mask;
         }
         f.state = READY;
-        ready.push_back(&f);
     }
+    // The warp goes on next, lanes in order: it stays in cache.
+    for (unsigned l = 32; l-- > 0;)
+        if (m.mask >> l & 1) ready.push_front(&lanes[l]);
     m = WarpMeeting{};
     return true;
 }
@@ -593,6 +596,7 @@ static bool run_block(uint3 block, uint3 bdim, uint3 grid) {
     ensure_fibers(n);
     unsigned nwarps = (n + 31) / 32;
     worker->warps.assign(nwarps, WarpMeeting{});
+    worker->exited.assign(nwarps, 0);
     std::deque<Fiber*> ready;
     for (unsigned i = 0; i < n; i++) {
         Fiber& f = worker->fibers[i];
@@ -617,6 +621,7 @@ static bool run_block(uint3 block, uint3 bdim, uint3 grid) {
                 return false;
             case DONE:
                 done++;
+                worker->exited[w] |= 1u << lane;
                 if (!exited) exited = f;
                 if (at_barrier)
                     return block_error("__syncthreads at %s:%d is not reached by every thread: %s exited while %u "
@@ -664,11 +669,10 @@ static bool run_block(uint3 block, uint3 bdim, uint3 grid) {
                                        block.z, warp_op_name(m.op), m.mask, m.file, m.line, warp_op_name(f->op),
                                        f->mask, f->file, f->line);
                 }
-                for (unsigned l = 0; l < lanes_in_warp; l++)
-                    if ((m.mask >> l & 1) && worker->fibers[first + l].state == DONE)
-                        return block_error("%s at %s:%d: %s, named in the mask 0x%08x, already exited",
-                                           warp_op_name(m.op), m.file, m.line,
-                                           thread_name(worker->fibers[first + l]).c_str(), m.mask);
+                if (unsigned gone = m.mask & worker->exited[w])
+                    return block_error("%s at %s:%d: %s, named in the mask 0x%08x, already exited",
+                                       warp_op_name(m.op), m.file, m.line,
+                                       thread_name(worker->fibers[first + __builtin_ctz(gone)]).c_str(), m.mask);
                 m.arrived |= 1u << lane;
                 if (m.arrived == m.mask && !finish_warp(w, first, ready)) return false;
                 break;

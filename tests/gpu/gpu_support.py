@@ -45,6 +45,12 @@ def require_cuda() -> None:
     pytest.skip(reason, allow_module_level=True)
 
 
+def emulated() -> bool:
+    """Whether "cuda" is the CPU emulator here (FERROLM_CUDA_EMULATOR=1): it
+    runs every kernel thread as a fiber, so long prompts are shortened there."""
+    return ferrolm.cuda_emulated()
+
+
 def write_tokenizer(model_dir: Path, vocab_size: int) -> None:
     """A word-level ``tokenizer.json`` where token ``i`` is the word ``t<i>``.
 

@@ -1,12 +1,14 @@
 """Long context on the GPU, and the GPU against the CPU reference backend.
 
 A random Qwen3-family model (GQA, q/k norm, head_dim 64) with an 8k
-context, made at test time from the core's own parameter list.
+context, made at test time from the core's own parameter list. On the CPU
+emulator the prompt is 640 tokens (attention's cost grows with its square;
+640 still spans 40 pages and splits decode attention along the sequence).
 """
 
 import numpy as np
 import pytest
-from gpu_support import DEVICE, random_model, require_cuda
+from gpu_support import DEVICE, emulated, random_model, require_cuda
 
 from conftest import max_rel_error
 from ferrolm import Transformer
@@ -15,8 +17,8 @@ require_cuda()
 
 pytestmark = pytest.mark.gpu
 
-PROMPT = 4096
-MAX_SEQ_LEN = 4224
+PROMPT = 640 if emulated() else 4096
+MAX_SEQ_LEN = PROMPT + 128
 DECODED = 8
 
 CONFIG = {
@@ -38,7 +40,7 @@ def prompt():
 
 
 def test_long_context_decode_matches_prefill(model_dir, prompt):
-    """A 4096-token prompt in one pass, then again with its last 8 tokens
+    """A PROMPT-token prompt in one pass, then again with its last 8 tokens
     decoded one at a time: the decode path (split along the sequence at this
     length) must give the prefill's logits (float32)."""
     model = Transformer.from_pretrained(model_dir, device=DEVICE, dtype="float32", max_seq_len=MAX_SEQ_LEN)
@@ -55,7 +57,7 @@ def test_long_context_decode_matches_prefill(model_dir, prompt):
     assert err <= 1e-3, f"decode vs prefill at {n}..{len(prompt)}: max relative error {err:.2e}"
 
 
-@pytest.mark.parametrize("length", [1, 37, 1024])
+@pytest.mark.parametrize("length", [1, 37, min(1024, PROMPT - 8)])
 def test_gpu_float32_matches_cpu(model_dir, prompt, length):
     """The same model on cuda (float32) and on the CPU: logits within 1e-4 relative,
     for the prompt and for two decode steps after it."""

@@ -1,7 +1,8 @@
 """The CUDA backend against HF's reference logits on every committed fixture.
 
 float32 (the exact mode) must match HF as closely as the CPU does; bfloat16
-(the GPU default) must pick the same next token almost everywhere.
+(the GPU default) must stay within bf16's rounding of HF's logits and pick
+HF's next token everywhere but at near-ties.
 """
 
 import numpy as np
@@ -16,7 +17,15 @@ require_cuda()
 pytestmark = pytest.mark.gpu
 
 TOLERANCE = 1e-3  # as tests/test_parity.py: max relative error per position
-ARGMAX_AGREEMENT = 0.98
+# bfloat16 keeps 8 significant bits (unit roundoff 2^-9 = 0.2%) and weights
+# and activations are rounded before every GEMM, a dozen roundings deep on
+# these fixtures: measured max relative error 1.4%-5.1% of each position's
+# largest logit (CPU emulator, 2026-12-02). Where tokens differed from HF
+# (8 or fewer of 243 per fixture), HF's top-2 margin was <= 0.6 on logits
+# of magnitude ~14: ties at this precision, not wrong rows or pages.
+BF16_TOLERANCE = 0.08
+NEAR_TIE = 1.0
+BF16_AGREEMENT = 0.95
 
 
 def load(ref: Reference, dtype: str, **kw) -> Transformer:
@@ -75,6 +84,12 @@ def test_bfloat16_argmax_agrees_with_hf(name):
         logits = model.forward([tokens])
         assert logits.dtype == np.float32 and logits.shape == (1, *expected.shape)
         assert np.isfinite(logits).all(), f"{name}: non-finite logits for {len(tokens)} tokens"
-        same += int((logits[0].argmax(-1) == expected.argmax(-1)).sum())
+        err = max_rel_error(logits[0], expected)
+        assert err < BF16_TOLERANCE, f"{name}: {len(tokens)} tokens, max relative error {err:.2e}"
+        top2 = np.sort(expected, axis=-1)[:, -2:]
+        differ = logits[0].argmax(-1) != expected.argmax(-1)
+        margins = (top2[:, 1] - top2[:, 0])[differ]
+        assert (margins < NEAR_TIE).all(), f"{name}: other token than HF's where HF's margin is {margins.max():.3f}"
+        same += int((~differ).sum())
         total += len(tokens)
-    assert same / total >= ARGMAX_AGREEMENT, f"{name}: argmax agrees at {same}/{total} positions"
+    assert same / total >= BF16_AGREEMENT, f"{name}: argmax agrees at {same}/{total} positions"

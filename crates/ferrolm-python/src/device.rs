@@ -64,6 +64,13 @@ pub fn cuda_unavailable_reason(ordinal: usize) -> Option<String> {
     Device::Cuda(ordinal).ensure_available().err().map(|e| e.to_string())
 }
 
+/// The name of GPU `ordinal`, or None when it is unusable.
+#[pyo3::pyfunction]
+#[pyo3(signature = (ordinal=0))]
+pub fn cuda_device_name(ordinal: usize) -> Option<String> {
+    ferrolm_core::backend::cuda::device_name(ordinal).ok()
+}
+
 /// `on_backend!(value, |x| expr)`: `value` is an enum with `Cpu(..)` and
 /// `Cuda(..)` variants holding the same generic type; runs `expr` on it.
 macro_rules! on_backend {

@@ -32,6 +32,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(config::parameter_shapes, m)?)?;
     m.add_function(wrap_pyfunction!(config::is_layer_linear, m)?)?;
     m.add_function(wrap_pyfunction!(device::cuda_unavailable_reason, m)?)?;
+    m.add_function(wrap_pyfunction!(device::cuda_device_name, m)?)?;
     m.add_function(wrap_pyfunction!(compile_cuda_kernels, m)?)?;
     m.add_function(wrap_pyfunction!(errors::_panic_for_tests, m)?)?;
     m.add_function(wrap_pyfunction!(eval::perplexity, m)?)?;

@@ -59,10 +59,10 @@ pub fn install_if_enabled() -> Result<()> {
         return Ok(());
     }
     let installed = INSTALLED.get_or_init(|| build_and_load().map_err(|e| e.to_string()));
-    installed.as_ref().map(|_| ()).map_err(|e| Error::DeviceUnavailable {
-        device: "cuda (emulator)".into(),
-        reason: e.clone(),
-    })
+    installed
+        .as_ref()
+        .map(|_| ())
+        .map_err(|e| Error::DeviceUnavailable { device: "cuda (emulator)".into(), reason: e.clone() })
 }
 
 /// Where the emulator's libraries and compiled kernels live.
@@ -100,8 +100,9 @@ fn build() -> Result<PathBuf> {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     std::hash::Hash::hash(&(FILES, LIBRARIES, &cxx), &mut hasher);
     let hash = std::hash::Hasher::finish(&hasher);
-    let root = super::kernels::cache_root()
-        .ok_or_else(|| Error::Gpu("no cache folder for the CUDA emulator: set FERROLM_KERNEL_CACHE".into()))?;
+    let root = super::kernels::cache_root().ok_or_else(|| {
+        Error::Gpu("no cache folder for the CUDA emulator: set FERROLM_KERNEL_CACHE".into())
+    })?;
     let dir = root.join("cuda-emulator").join(format!("{hash:016x}"));
     if dir.join("libcublas.so").exists() {
         return Ok(dir);

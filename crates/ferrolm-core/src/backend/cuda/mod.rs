@@ -124,6 +124,13 @@ impl Cuda {
     }
 }
 
+/// The name of GPU `ordinal` ("ferrolm CUDA emulator (CPU)" on the emulator).
+pub fn device_name(ordinal: usize) -> Result<String> {
+    probe(ordinal)?;
+    let ctx = CudaContext::new(ordinal).map_err(gpu_err("opening the GPU"))?;
+    ctx.name().map_err(gpu_err("reading the GPU's name"))
+}
+
 /// Checks that GPU `ordinal` can be used: the driver, NVRTC and cuBLAS
 /// libraries load and the GPU exists. The error says what is missing.
 pub fn probe(ordinal: usize) -> Result<()> {
