@@ -770,7 +770,7 @@ static void run_blocks(Launch& l) {
         uintptr_t a = fault.address;
         if (worker->dyn_region && a >= (uintptr_t)worker->dyn_region + worker->dyn_capacity &&
             a < (uintptr_t)worker->dyn_region + worker->dyn_capacity + PAGE)
-            where = "past the end of the launch's " + std::to_string(l.dyn_shared) + " bytes of dynamic shared memory";
+            where = "an address past the end of the launch's " + std::to_string(l.dyn_shared) + " bytes of dynamic shared memory";
         for (const auto& fb : worker->fibers)
             if (a >= (uintptr_t)fb.stack - PAGE && a < (uintptr_t)fb.stack) where = "a thread's stack overflowed";
         char buf[1024];

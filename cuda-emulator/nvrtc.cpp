@@ -277,8 +277,11 @@ static nvrtcResult compile(Program& p, int n, const char* const* options) {
     const char* cxx = getenv("CXX") ? getenv("CXX") : "c++";
     const char* extra = getenv("FERROLM_CUDA_EMULATOR_CXXFLAGS") ? getenv("FERROLM_CUDA_EMULATOR_CXXFLAGS") : "";
     std::string dir = FERROLM_EMU_DIR;
-    // -fwrapv: integer overflow wraps, as on the GPU.
+    // -fwrapv: integer overflow wraps, as on the GPU. -fno-ipa-reference*: a
+    // `__shared__` array no code writes must still be read (as NaN), not
+    // folded to the zeros a never-written C++ static would hold.
     std::string base = std::string(cxx) + " -std=c++17 -O2 -fPIC -shared -pthread -fwrapv -fno-strict-aliasing -w " +
+                       "-fno-ipa-reference -fno-ipa-reference-addressable " +
                        "-I" + quote(dir) + flags + " " + extra;
     char hash[32];
     snprintf(hash, sizeof hash, "%016llx", (unsigned long long)fnv1a(base, fnv1a(tu)));

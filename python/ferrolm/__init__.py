@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-from __future__ import annotations
-
 from ferrolm._core import __version__, cuda_unavailable_reason
 from ferrolm.engine import AsyncEngine, RequestOutput
 from ferrolm.evaluate import PerplexityResult, perplexity

@@ -98,9 +98,11 @@ pub(super) fn cache_root() -> Option<PathBuf> {
     Some(base.join("ferrolm"))
 }
 
-/// Compiled kernels: `kernels/` in the cache root; the emulator's modules
-/// (shared libraries, not PTX) in a folder of their own.
+/// Compiled kernels: `kernels/` in the cache root; under the emulator, in
+/// its own build's folder (its "PTX" names shared libraries built with it).
 fn cache_dir() -> Option<PathBuf> {
-    let name = if super::emulator::active() { "kernels-emulator" } else { "kernels" };
-    cache_root().map(|root| root.join(name))
+    match super::emulator::directory() {
+        Some(dir) => Some(dir.join("kernels")),
+        None => cache_root().map(|root| root.join("kernels")),
+    }
 }
