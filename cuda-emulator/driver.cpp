@@ -477,8 +477,6 @@ static void ensure_fibers(unsigned n) {
             fibers[i].stack = m + PAGE;
         }
         worker->fibers_fresh = false;
-        for (auto& f : fibers) start_fiber(&f);
-        worker->fibers_fresh = true;
     }
     if (!worker->fibers_fresh) {
         for (auto& f : fibers) start_fiber(&f);
@@ -830,7 +828,10 @@ struct Pool {
             if (--busy == 0) idle.notify_all();
         }
     }
+    // One launch at a time, whichever host thread issues it.
+    std::mutex launching;
     void run(Launch& l) {
+        std::lock_guard<std::mutex> one(launching);
         std::unique_lock<std::mutex> g(lock);
         job = &l;
         busy = (unsigned)threads.size();

@@ -113,21 +113,34 @@ def test_asyncio_streams_run_concurrently(llm):
         assert r.finished
 
 
-def test_a_cancelled_coroutine_aborts_its_request(llm):
+def test_a_cancelled_coroutine_aborts_its_request(llm, monkeypatch):
+    """Cancelled while the request still runs (the consumer holds after its
+    first token, so nothing but the cancel can end it, however fast the
+    machine): CancelledError reaches the awaiter and the request is aborted."""
     engine = llm.engine
+    aborted = []
+    abort = engine.abort
+    monkeypatch.setattr(engine, "abort", lambda request_id: (aborted.append(request_id), abort(request_id))[1])
 
     async def main():
+        first = asyncio.Event()
+        ids = []
+
         async def consume():
-            async for _ in engine.astream([8] * 30, SamplingConfig(temperature=1.0, max_tokens=500, seed=2)):
-                await asyncio.sleep(0)
+            async for out in engine.astream([8] * 30, SamplingConfig(temperature=1.0, max_tokens=500, seed=2)):
+                ids.append(out.request_id)
+                first.set()
+                await asyncio.Event().wait()  # never set: only the cancel ends this
 
         task = asyncio.create_task(consume())
-        await asyncio.sleep(0.2)
+        await first.wait()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        return ids[0]
 
-    asyncio.run(main())
+    request_id = asyncio.run(main())
+    assert aborted == [request_id]
     stats = wait_idle(engine)
     assert stats["used_pages"] == 0 and stats["running"] == 0
 
