@@ -25,3 +25,7 @@ extern "C" __global__ void add_bias_f32(float* out, const float* bias, long long
 extern "C" __global__ void cast_f32_bf16(const float* x, bf16_t* out, long long n) {
     GRID_STRIDE(i, n) out[i] = f32_to_bf16(x[i]);
 }
+
+extern "C" __global__ void cast_f32_f16(const float* x, f16_t* out, long long n) {
+    GRID_STRIDE(i, n) out[i] = f32_to_f16(x[i]);
+}

@@ -12,3 +12,9 @@ extern "C" __global__ void embedding_bf16(const bf16_t* table, const unsigned in
     float* dst = out + (size_t)blockIdx.x * dim;
     for (int i = threadIdx.x; i < dim; i += blockDim.x) dst[i] = bf16_to_f32(src[i]);
 }
+
+extern "C" __global__ void embedding_f16(const f16_t* table, const unsigned int* ids, float* out, int dim) {
+    const f16_t* src = table + (size_t)ids[blockIdx.x] * dim;
+    float* dst = out + (size_t)blockIdx.x * dim;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) dst[i] = f16_to_f32(src[i]);
+}

@@ -22,6 +22,36 @@ __device__ __forceinline__ bf16_t f32_to_bf16(float f) {
     return (bf16_t)(u >> 16);
 }
 
+// IEEE half <-> f32 by bit arithmetic (no cuda_fp16.h: the CUDA emulator
+// compiles these sources as C++ too). Exact widening; narrowing rounds to
+// nearest even as torch's .half() (subnormals kept, overflow to inf, NaN quiet).
+typedef unsigned short f16_t;
+
+__device__ __forceinline__ float f16_to_f32(f16_t h) {
+    unsigned int sign = ((unsigned int)h & 0x8000u) << 16, exp = ((unsigned int)h >> 10) & 0x1fu,
+                 man = (unsigned int)h & 0x3ffu;
+    if (exp == 0x1fu) return __uint_as_float(sign | 0x7f800000u | (man << 13));
+    if (exp != 0) return __uint_as_float(sign | ((exp + 112u) << 23) | (man << 13));
+    // Zero or subnormal: man * 2^-24, exact in f32.
+    float mag = (float)man * 5.9604644775390625e-8f;
+    return __uint_as_float(sign | __float_as_uint(mag));
+}
+
+__device__ __forceinline__ f16_t f32_to_f16(float f) {
+    unsigned int u = __float_as_uint(f);
+    unsigned int sign = (u >> 16) & 0x8000u, mag = u & 0x7fffffffu;
+    if (mag > 0x7f800000u) return (f16_t)(sign | 0x7e00u | ((mag >> 13) & 0x3ffu));
+    if (mag >= 0x477ff000u) return (f16_t)(sign | 0x7c00u);  // rounds to 65520 or more: inf
+    if (mag < 0x38800000u) {
+        // Below the smallest normal: adding 0.5 puts the f16 subnormal grid in
+        // the f32 mantissa's last bits, and the FPU rounds to nearest even.
+        unsigned int s = __float_as_uint(__uint_as_float(mag) + 0.5f);
+        return (f16_t)(sign | (s - 0x3f000000u));
+    }
+    unsigned int rounded = mag + 0xfffu + ((mag >> 13) & 1u);
+    return (f16_t)(sign | ((rounded - 0x38000000u) >> 13));
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

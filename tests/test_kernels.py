@@ -47,5 +47,5 @@ def test_every_kernel_compiles(nvrtc, arch):
 def test_entry_points_are_named_op_dtype():
     for path in KERNELS.glob("*.cu"):
         for entry in entry_points(path.read_text()):
-            assert re.fullmatch(r"[a-z_0-9]+_(f32|bf16)", entry), f"{path.name}: {entry}"
+            assert re.fullmatch(r"[a-z_0-9]+_(f32|bf16|f16)", entry), f"{path.name}: {entry}"
 

@@ -22,6 +22,10 @@ _EPILOG = """examples:
 """
 
 
+GPU_DTYPE_HELP = ("GPU weights: bfloat16 (default on a GPU), float16 (GPUs without bf16) or float32 (exact); "
+                  "the CPU uses float32")
+
+
 def _sampling_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling (defaults as in SamplingConfig)")
     g.add_argument("--max-tokens", type=int, default=256, help="most new tokens (default: 256)")
@@ -39,8 +43,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", default=hub.DEFAULT_MODEL,
                    help=f"directory, .gguf file or short name (default: {hub.DEFAULT_MODEL})")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda[:N] or a GPU index")
-    p.add_argument("--dtype", choices=["bfloat16", "float32"],
-                   help="GPU weights: bfloat16 (default on a GPU) or float32 (exact); the CPU uses float32")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
+                   help=GPU_DTYPE_HELP)
     p.add_argument("--system", help="system prompt")
 
 
@@ -104,8 +108,8 @@ def _serve_args(sub) -> None:
                    help="the seed's inference config (JSON: inference.device/dtype/max_batch_size, "
                         "kv_cache.page_size/num_pages, sampling defaults); an option also set there is an error")
     s.add_argument("--device", help="cpu (default), cuda[:N] or a GPU index")
-    s.add_argument("--dtype", choices=["bfloat16", "float32"],
-                   help="GPU weights: bfloat16 (default on a GPU) or float32 (exact); the CPU uses float32")
+    s.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
+                   help=GPU_DTYPE_HELP)
     e = s.add_argument_group("engine")
     e.add_argument("--max-seq-len", type=int, help="longest sequence, prompt + output (default: the model's context)")
     e.add_argument("--max-num-seqs", type=int, help="most requests decoding at once (default: 64)")
@@ -146,7 +150,7 @@ def _eval_args(sub) -> None:
     p.add_argument("--context", type=int, default=512, help="tokens per window, at least 2 (default: 512)")
     p.add_argument("--max-tokens", type=int, help="score only the first N tokens of the text (default: all)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda[:N] or a GPU index")
-    p.add_argument("--dtype", choices=["bfloat16", "float32"],
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
                    help="bfloat16 (GPU default) or float32 (exact GPU weights; on the CPU the dequantized "
                         "float32 reference path)")
     p.add_argument("--quantize", choices=["q8_0", "q4_k", "fp8"],
@@ -161,7 +165,7 @@ def _eval_args(sub) -> None:
     b.add_argument("--gen-tokens", type=int, default=128, help="tokens generated for decode (default: 128)")
     b.add_argument("--runs", type=int, default=3, help="runs; medians are printed (default: 3)")
     b.add_argument("--device", default="cpu", help="cpu (default), cuda[:N] or a GPU index")
-    b.add_argument("--dtype", choices=["bfloat16", "float32"],
+    b.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
                    help="bfloat16 (GPU default) or float32 (exact GPU weights; on the CPU the dequantized "
                         "float32 reference path)")
     b.add_argument("--quantize", choices=["q8_0", "q4_k", "fp8"],

@@ -44,3 +44,11 @@ def test_the_openai_server_serves_from_cuda(chat_model):
                 model="m", messages=[{"role": "user", "content": QUESTION}], max_tokens=12, temperature=0)
     assert reply.choices[0].message.content == answer("cpu", path=chat_model, kv_dtype="f32")
     assert reply.usage.completion_tokens == 12 or reply.choices[0].finish_reason == "stop"
+
+
+def test_the_seeds_cuda_float16_config_runs(chat_model, tmp_path):
+    """The seed's inference config asks for float16 on cuda: it loads and generates."""
+    config = tmp_path / "inference.json"
+    config.write_text(json.dumps({"inference": {"device": DEVICE, "dtype": "float16", "max_seq_len": 256}}))
+    with InferenceSession(chat_model, config=config) as s:
+        assert s.generate(QUESTION, greedy(4))

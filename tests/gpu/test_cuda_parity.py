@@ -1,7 +1,7 @@
 """The CUDA backend against HF's reference logits on every committed fixture.
 
 float32 (the exact mode) must match HF as closely as the CPU does; bfloat16
-(the GPU default) must stay within bf16's rounding of HF's logits and pick
+(the GPU default) and float16 must stay within bf16's rounding of HF's logits and pick
 HF's next token everywhere but at near-ties.
 """
 
@@ -75,10 +75,12 @@ def test_float32_batch_rows_match_hf(name):
         assert err < TOLERANCE, f"{name}: max relative error {err:.2e}"
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("name", FIXTURES)
-def test_bfloat16_argmax_agrees_with_hf(name):
+def test_half_precision_agrees_with_hf(name, dtype):
+    """bfloat16's bounds (float16 keeps 11 bits: it must do at least as well)."""
     ref = Reference(name)
-    model = load(ref, "bfloat16")
+    model = load(ref, dtype)
     same = total = 0
     for tokens, expected in ref.sequences():
         logits = model.forward([tokens])

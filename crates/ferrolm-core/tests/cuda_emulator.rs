@@ -237,6 +237,66 @@ fn the_emulator_catches_what_a_gpu_corrupts_silently() {
         drop(b);
         assert!(err_text(gpu.stream.clone_dtoh(&out)).contains("ILLEGAL_ADDRESS"), "sticky after the fault");
     }
+    // The kernels' f32 -> f16/bf16 casts round as the half crate (and torch) do, bit for bit.
+    {
+        let gpu = Gpu::new();
+        let (_, source, _) = cuda::kernels::SOURCES.iter().find(|(n, _, _)| *n == "elementwise").unwrap();
+        let opts =
+            CompileOptions { options: vec!["--gpu-architecture=compute_90".into()], ..Default::default() };
+        let module = gpu
+            .stream
+            .context()
+            .load_module(compile_ptx_with_opts(cuda::kernels::program(source), opts).unwrap())
+            .unwrap();
+        let mut values: Vec<f32> = vec![
+            0.0,
+            -0.0,
+            1.0,
+            65504.0,
+            65519.99,
+            65520.0,
+            -65520.0,
+            1e-8,
+            5.96e-8,
+            2.98e-8,
+            2.9802322e-8,
+            8.940697e-8,
+            6.1e-5,
+            6.097e-5,
+            1.0009766,
+            1.0004883,
+            1.0014648,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            3.4e38,
+            1.401e-45,
+        ];
+        values.extend(
+            (0..4000u32).map(|i| f32::from_bits(0x3300_0000u32.wrapping_add(i.wrapping_mul(0x0013_5791)))),
+        );
+        let x = gpu.stream.clone_htod(&values).unwrap();
+        for (kernel, reference) in [
+            ("cast_f32_f16", (|v: f32| half::f16::from_f32(v).to_bits()) as fn(f32) -> u16),
+            ("cast_f32_bf16", |v: f32| half::bf16::from_f32(v).to_bits()),
+        ] {
+            let mut out = gpu.stream.alloc_zeros::<u16>(values.len()).unwrap();
+            let f = module.load_function(kernel).unwrap();
+            let n = values.len() as i64;
+            let mut b = gpu.stream.launch_builder(&f);
+            b.arg(&x).arg(&mut out).arg(&n);
+            unsafe { b.launch(cfg(4, 256, 0)) }.unwrap();
+            drop(b);
+            for (v, got) in values.iter().zip(gpu.stream.clone_dtoh(&out).unwrap()) {
+                let want = reference(*v);
+                if v.is_nan() {
+                    assert_eq!(got & 0x7fff, want & 0x7fff, "{kernel}: NaN stays a quiet NaN");
+                } else {
+                    assert_eq!(got, want, "{kernel}({v:e}): {got:#06x}, the half crate gives {want:#06x}");
+                }
+            }
+        }
+    }
     // cuBLAS: f32 GEMMs in f32; bf16 inputs as stored, summed in f32; operands checked.
     {
         let gpu = Gpu::new();

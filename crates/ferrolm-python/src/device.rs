@@ -13,7 +13,7 @@ pub enum Target {
 }
 
 /// Opens the backend for `device` ("cpu", "cuda", "cuda:N") and `dtype`.
-/// GPU: "bfloat16" by default or "float32". CPU: by default weights stay as
+/// GPU: "bfloat16" by default, "float16" or "float32". CPU: by default weights stay as
 /// stored (quantized or half) and multiply 8-bit activations; "float32" is
 /// the exact path (weights widened to f32, f32 KV cache). Threads come from
 /// `FERROLM_NUM_THREADS` or the physical core count.
@@ -45,7 +45,7 @@ pub fn open(
         Device::Cuda(_) if matches!(quantize, Some(Quantize::Ggml(_))) || kv_dtype.is_some() => {
             Err(Error::Unsupported(
                 "quantize=\"q8_0\"/\"q4_k\" and kv_dtype= apply to the CPU only; on a GPU use \
-                 dtype=\"bfloat16\" or \"float32\", or quantize=\"fp8\""
+                 dtype=\"bfloat16\", \"float16\" or \"float32\", or quantize=\"fp8\""
                     .into(),
             ))
         }

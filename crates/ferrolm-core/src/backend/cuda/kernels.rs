@@ -17,13 +17,17 @@ const PRELUDE: &str = include_str!("../../../../../kernels/prelude.cuh");
 
 /// Every kernel file and the entry points the backend launches from it.
 pub const SOURCES: &[(&str, &str, &[&str])] = &[
-    ("embedding", include_str!("../../../../../kernels/embedding.cu"), &["embedding_f32", "embedding_bf16"]),
+    (
+        "embedding",
+        include_str!("../../../../../kernels/embedding.cu"),
+        &["embedding_f32", "embedding_bf16", "embedding_f16"],
+    ),
     ("norm", include_str!("../../../../../kernels/norm.cu"), &["rms_norm_f32", "add_rms_norm_f32"]),
     ("rope", include_str!("../../../../../kernels/rope.cu"), &["rope_f32", "rms_norm_rope_f32"]),
     (
         "elementwise",
         include_str!("../../../../../kernels/elementwise.cu"),
-        &["silu_mul_f32", "add_f32", "add_bias_f32", "cast_f32_bf16"],
+        &["silu_mul_f32", "add_f32", "add_bias_f32", "cast_f32_bf16", "cast_f32_f16"],
     ),
     ("kv_cache", include_str!("../../../../../kernels/kv_cache.cu"), &["kv_write_f32", "copy_page_f32"]),
     (

@@ -3,8 +3,9 @@
 //!
 //! Activations are f32 everywhere; weights are stored in bf16 (the default,
 //! GEMMs on tensor cores with f32 accumulation: activations are cast to bf16
-//! just before each GEMM) or in f32 (`GpuDtype::F32`, the exact mode for
-//! parity). Norm weights and biases always stay f32. With
+//! just before each GEMM), in f16 (`GpuDtype::F16`, the same with IEEE half:
+//! GPUs without bf16 such as T4 and V100) or in f32 (`GpuDtype::F32`, the
+//! exact mode for parity). Norm weights and biases always stay f32. With
 //! [`Cuda::with_fp8_weights`] (`quantize="fp8"`) the layers' linear weights
 //! are rounded to FP8 E4M3 at load and stored back in `dtype`, so an FP8
 //! model computes the same values on any GPU (FP8 GEMMs are not used yet). Every launch is
@@ -30,6 +31,7 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GpuDtype {
     Bf16,
+    F16,
     F32,
 }
 
@@ -37,10 +39,21 @@ impl GpuDtype {
     pub fn parse(s: &str) -> Result<GpuDtype> {
         match s.to_ascii_lowercase().as_str() {
             "bfloat16" | "bf16" => Ok(GpuDtype::Bf16),
+            "float16" | "f16" | "fp16" | "half" => Ok(GpuDtype::F16),
             "float32" | "f32" | "fp32" => Ok(GpuDtype::F32),
             _ => Err(Error::InvalidInput(format!(
-                "unknown dtype `{s}` for the GPU; use \"bfloat16\" (default) or \"float32\" (exact)"
+                "unknown dtype `{s}` for the GPU; use \"bfloat16\" (default), \"float16\" (GPUs without bf16) \
+                 or \"float32\" (exact)"
             ))),
+        }
+    }
+
+    /// The suffix of this dtype's kernels (`embedding_f16`, `cast_f32_bf16`).
+    fn suffix(self) -> &'static str {
+        match self {
+            GpuDtype::Bf16 => "bf16",
+            GpuDtype::F16 => "f16",
+            GpuDtype::F32 => "f32",
         }
     }
 }
@@ -53,8 +66,11 @@ pub struct GpuTensor {
 
 pub enum GpuData {
     F32(CudaSlice<f32>),
-    /// Raw bf16 bits.
-    Bf16(CudaSlice<u16>),
+    /// Raw 16-bit values: bf16 or IEEE f16 bits, as `dtype` says.
+    Half {
+        bits: CudaSlice<u16>,
+        dtype: GpuDtype,
+    },
 }
 
 pub struct Cuda {

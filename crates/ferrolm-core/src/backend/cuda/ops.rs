@@ -33,7 +33,7 @@ fn reduce_block(dim: usize) -> u32 {
 fn f32_param(w: &GpuTensor) -> Result<&CudaSlice<f32>> {
     match &w.data {
         GpuData::F32(d) => Ok(d),
-        GpuData::Bf16(_) => Err(Error::Internal("a 1-D parameter was stored in bf16".into())),
+        GpuData::Half { .. } => Err(Error::Internal("a 1-D parameter was stored in half precision".into())),
     }
 }
 
@@ -88,9 +88,13 @@ impl Backend for Cuda {
 
     fn upload(&self, tensor: StoredTensor) -> Result<GpuTensor> {
         let tensor = tensor.into_host()?;
-        let data = if self.dtype == GpuDtype::Bf16 && tensor.shape.len() == 2 {
-            let bits: Vec<u16> = tensor.data.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
-            GpuData::Bf16(self.stream.clone_htod(&bits).map_err(gpu_err("uploading weights"))?)
+        let data = if self.dtype != GpuDtype::F32 && tensor.shape.len() == 2 {
+            let bits: Vec<u16> = match self.dtype {
+                GpuDtype::F16 => tensor.data.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect(),
+                _ => tensor.data.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect(),
+            };
+            let bits = self.stream.clone_htod(&bits).map_err(gpu_err("uploading weights"))?;
+            GpuData::Half { bits, dtype: self.dtype }
         } else {
             GpuData::F32(self.upload_f32(&tensor.data)?)
         };
@@ -160,14 +164,15 @@ impl Backend for Cuda {
     fn embedding(&self, table: &GpuTensor, ids: &[u32], out: &mut CudaSlice<f32>) -> Result<()> {
         let dim = table.shape[1] as i32;
         let ids_dev = self.upload_u32(ids)?;
-        let (name, cfg) = match table.data {
-            GpuData::F32(_) => ("embedding_f32", grid(ids.len(), THREADS)),
-            GpuData::Bf16(_) => ("embedding_bf16", grid(ids.len(), THREADS)),
+        let name = match &table.data {
+            GpuData::F32(_) => "embedding_f32".to_string(),
+            GpuData::Half { dtype, .. } => format!("embedding_{}", dtype.suffix()),
         };
-        let mut b = self.stream.launch_builder(self.function(name));
+        let cfg = grid(ids.len(), THREADS);
+        let mut b = self.stream.launch_builder(self.function(&name));
         match &table.data {
             GpuData::F32(t) => b.arg(t),
-            GpuData::Bf16(t) => b.arg(t),
+            GpuData::Half { bits, .. } => b.arg(bits),
         };
         b.arg(&ids_dev).arg(out).arg(&dim);
         // SAFETY: embedding.cu's signature; ids were checked against the vocabulary.
@@ -243,19 +248,21 @@ impl Backend for Cuda {
                 unsafe { self.blas.gemm(cfg, wd, x, out) }
                     .map_err(|e| Error::Gpu(format!("cuBLAS sgemm: {e}")))?;
             }
-            GpuData::Bf16(wd) => {
+            GpuData::Half { bits: wd, dtype } => {
                 let mut xb = self.stream.alloc_zeros::<u16>(m * k).map_err(gpu_err("allocating"))?;
                 let total = (m * k) as i64;
-                let mut b = self.stream.launch_builder(self.function("cast_f32_bf16"));
+                let cast = format!("cast_f32_{}", dtype.suffix());
+                let mut b = self.stream.launch_builder(self.function(&cast));
                 b.arg(x).arg(&mut xb).arg(&total);
                 // SAFETY: elementwise.cu's signature; both hold m*k values.
-                unsafe { b.launch(flat(m * k)) }.map_err(gpu_err("cast to bf16"))?;
+                unsafe { b.launch(flat(m * k)) }.map_err(gpu_err("cast to half precision"))?;
                 let (alpha, beta) = (1.0f32, 0.0f32);
                 let (a, _ra) = wd.device_ptr(&self.stream);
                 let (bp, _rb) = xb.device_ptr(&self.stream);
                 let (c, _rc) = out.device_ptr_mut(&self.stream);
-                use blas_sys::cudaDataType_t::{CUDA_R_16BF, CUDA_R_32F};
-                // SAFETY: as above; A and B are bf16, C is f32, accumulation in f32.
+                use blas_sys::cudaDataType_t::{CUDA_R_16BF, CUDA_R_16F, CUDA_R_32F};
+                let half = if *dtype == GpuDtype::F16 { CUDA_R_16F } else { CUDA_R_16BF };
+                // SAFETY: as above; A and B are 16-bit, C is f32, accumulation in f32.
                 unsafe {
                     blas::gemm_ex(
                         *self.blas.handle(),
@@ -266,10 +273,10 @@ impl Backend for Cuda {
                         ki,
                         (&alpha) as *const f32 as *const _,
                         a as *const _,
-                        CUDA_R_16BF,
+                        half,
                         ki,
                         bp as *const _,
-                        CUDA_R_16BF,
+                        half,
                         ki,
                         (&beta) as *const f32 as *const _,
                         c as *mut _,
@@ -279,7 +286,7 @@ impl Backend for Cuda {
                         blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
                     )
                 }
-                .map_err(|e| Error::Gpu(format!("cuBLAS bf16 GEMM: {e}")))?;
+                .map_err(|e| Error::Gpu(format!("cuBLAS {} GEMM: {e}", dtype.suffix())))?;
             }
         }
         if let Some(bias) = bias {
