@@ -447,7 +447,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--kv-cache-gib", type=float, default=8.0, help="ferrolm KV pool (default: 8 GiB)")
     ap.add_argument("--bandwidth-gib", type=float, default=1.0, help="copy size for the bandwidth (default: 1)")
     ap.add_argument("--no-hf", action="store_true", help="ferrolm only")
-    ap.add_argument("--json", help="also write every figure here")
+    ap.add_argument("--json", help="also write every figure here (rewritten after each model: partial results survive)")
+    ap.add_argument("--deadline", type=float, help="seconds: start no model after this (what ran is kept)")
     args = ap.parse_args(argv)
     args.levels = [int(c) for c in args.concurrency.split(",") if c]
     args.model_list = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -488,7 +489,19 @@ def main(argv: list[str] | None = None) -> int:
         k: v for k, v in vars(args).items() if k not in ("model_list",)}, "models": {}}
     work = Path(args.work_dir)
     t0 = time.perf_counter()
+    results["steps"] = []
+
+    def save() -> None:
+        results["total_s"] = time.perf_counter() - t0
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+
     for name in args.model_list:
+        if args.deadline is not None and time.perf_counter() - t0 > args.deadline:
+            print(f"\n{name}: not run, past the {args.deadline:.0f} s deadline", flush=True)
+            results["steps"].append({"model": name, "skipped": "deadline"})
+            continue
+        step = time.perf_counter()
         if name == "qwen3":
             config = dict(QWEN3_0_6B, num_hidden_layers=args.layers or QWEN3_0_6B["num_hidden_layers"])
             d = build_random_model(work / f"qwen3-0.6b-random-{config['num_hidden_layers']}l", config)
@@ -506,10 +519,12 @@ def main(argv: list[str] | None = None) -> int:
                 d = build_random_model(work / f"smollm2-135m-random-{config['num_hidden_layers']}l", config)
                 run_model("smollm2-135m-shaped (random bf16)", str(d), args, config["vocab_size"], [],
                           decode_weight_bytes(config), bw, results)
-    results["total_s"] = time.perf_counter() - t0
+        results["steps"].append({"model": name, "elapsed_s": time.perf_counter() - step})
+        print(f"  [{name}: {time.perf_counter() - step:.0f} s]", flush=True)
+        save()
+    save()
     print(f"\ntotal {results['total_s']:.0f} s", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
         print(f"wrote {args.json}")
     failed = any("ferrolm_error" in m for m in results["models"].values())
     return 1 if failed else 0
