@@ -17,9 +17,11 @@
 #define MAX_HEAD_DIM 256
 #define PER_LANE (MAX_HEAD_DIM / 32)
 
-extern "C" __global__ void paged_attention_f32(
+template <typename T>
+__device__ __forceinline__ void paged_attention(
+    float* s_m, float* s_l, float (*s_acc)[MAX_HEAD_DIM],  // the block's shared memory
     const float* q,                 // [rows, num_heads * head_dim]
-    const float* pool,              // the KV pool (see kv_cache.cu)
+    const T* pool,                  // the KV pool (see kv_cache.cu)
     float* out,                     // [rows, num_heads * head_dim]
     const unsigned int* tables,     // block tables of all sequences, concatenated
     const unsigned int* table_start,// per row: where its sequence's table starts
@@ -31,8 +33,6 @@ extern "C" __global__ void paged_attention_f32(
     int split_len,                  // keys per split (gridDim.z splits)
     float* part_ml,                 // with splits: [rows, heads, splits, 2] (m, l)
     float* part_acc) {              // with splits: [rows, heads, splits, head_dim]
-    __shared__ float s_m[ATTN_WARPS], s_l[ATTN_WARPS];
-    __shared__ float s_acc[ATTN_WARPS][MAX_HEAD_DIM];
 
     const int row = blockIdx.x, head = blockIdx.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -56,12 +56,12 @@ extern "C" __global__ void paged_attention_f32(
     for (unsigned int j = begin + warp; j < end; j += ATTN_WARPS) {
         size_t page = table[j / page_size];
         size_t base = ((page * layers + layer) * 2) * (size_t)page_size * kv_dim;
-        const float* key = pool + base + (size_t)(j % page_size) * kv_dim + (size_t)kv_head * head_dim;
-        const float* val = key + (size_t)page_size * kv_dim;  // the value block follows the key block
+        const T* key = pool + base + (size_t)(j % page_size) * kv_dim + (size_t)kv_head * head_dim;
+        const T* val = key + (size_t)page_size * kv_dim;  // the value block follows the key block
         float partial = 0.0f;
         for (int c = 0; c < PER_LANE; c++) {
             int i = c * 32 + lane;
-            if (i < head_dim) partial += qv[c] * key[i];
+            if (i < head_dim) partial += qv[c] * kv_load(key[i]);
         }
         float s = warp_sum(partial);
         float m_new = fmaxf(m, s);
@@ -70,7 +70,7 @@ extern "C" __global__ void paged_attention_f32(
         l = l * correction + p;
         for (int c = 0; c < PER_LANE; c++) {
             int i = c * 32 + lane;
-            if (i < head_dim) acc[c] = acc[c] * correction + p * val[i];
+            if (i < head_dim) acc[c] = acc[c] * correction + p * kv_load(val[i]);
         }
         m = m_new;
     }
@@ -147,14 +147,14 @@ extern "C" __global__ void attention_merge_f32(const float* part_ml, const float
 #define PREFILL_KEYS 16
 #define ROWS_PER_WARP (PREFILL_ROWS / ATTN_WARPS)
 
-extern "C" __global__ void paged_prefill_attention_f32(
-    const float* q, const float* pool, float* out,
+template <typename T>
+__device__ __forceinline__ void paged_prefill_attention(
+    float* smem, const float* q, const T* pool, float* out,
     const unsigned int* tables, const unsigned int* table_start, const unsigned int* positions,
     const unsigned int* tile_first,  // per tile: its first row
     const unsigned int* tile_rows,   // per tile: how many rows (<= PREFILL_ROWS)
     int num_heads, int num_kv_heads, int head_dim, int layer, int layers, int page_size, int window,
     float scale) {
-    extern __shared__ float smem[];
     float* s_q = smem;                                   // [PREFILL_ROWS][head_dim]
     float* s_k = s_q + PREFILL_ROWS * head_dim;          // [PREFILL_KEYS][head_dim]
     float* s_v = s_k + PREFILL_KEYS * head_dim;          // [PREFILL_KEYS][head_dim]
@@ -189,9 +189,9 @@ extern "C" __global__ void paged_prefill_attention_f32(
             if (j <= pos_last) {
                 size_t page = table[j / page_size];
                 size_t base = ((page * layers + layer) * 2) * (size_t)page_size * kv_dim;
-                const float* key = pool + base + (size_t)(j % page_size) * kv_dim + (size_t)kv_head * head_dim;
-                kv = key[d];
-                vv = key[(size_t)page_size * kv_dim + d];
+                const T* key = pool + base + (size_t)(j % page_size) * kv_dim + (size_t)kv_head * head_dim;
+                kv = kv_load(key[d]);
+                vv = kv_load(key[(size_t)page_size * kv_dim + d]);
             }
             s_k[e] = kv;
             s_v[e] = vv;
@@ -234,4 +234,66 @@ extern "C" __global__ void paged_prefill_attention_f32(
             if (d < head_dim) oh[d] = acc[r][c] / l[r];
         }
     }
+}
+
+// Entry points, one per KV pool type (written out: the kernel tables are read from the source).
+
+extern "C" __global__ void paged_attention_f32(const float* q, const float* pool, float* out,
+                                              const unsigned int* tables, const unsigned int* table_start,
+                                              const unsigned int* positions, int num_heads, int num_kv_heads,
+                                              int head_dim, int layer, int layers, int page_size, int window,
+                                              float scale, int split_len, float* part_ml, float* part_acc) {
+    __shared__ float s_m[ATTN_WARPS], s_l[ATTN_WARPS];
+    __shared__ float s_acc[ATTN_WARPS][MAX_HEAD_DIM];
+    paged_attention(s_m, s_l, s_acc, q, pool, out, tables, table_start, positions, num_heads, num_kv_heads,
+                    head_dim, layer, layers, page_size, window, scale, split_len, part_ml, part_acc);
+}
+
+extern "C" __global__ void paged_prefill_attention_f32(
+    const float* q, const float* pool, float* out, const unsigned int* tables, const unsigned int* table_start,
+    const unsigned int* positions, const unsigned int* tile_first, const unsigned int* tile_rows, int num_heads,
+    int num_kv_heads, int head_dim, int layer, int layers, int page_size, int window, float scale) {
+    extern __shared__ float smem[];
+    paged_prefill_attention(smem, q, pool, out, tables, table_start, positions, tile_first, tile_rows, num_heads,
+                            num_kv_heads, head_dim, layer, layers, page_size, window, scale);
+}
+
+extern "C" __global__ void paged_attention_bf16(const float* q, const kv_bf16* pool, float* out,
+                                              const unsigned int* tables, const unsigned int* table_start,
+                                              const unsigned int* positions, int num_heads, int num_kv_heads,
+                                              int head_dim, int layer, int layers, int page_size, int window,
+                                              float scale, int split_len, float* part_ml, float* part_acc) {
+    __shared__ float s_m[ATTN_WARPS], s_l[ATTN_WARPS];
+    __shared__ float s_acc[ATTN_WARPS][MAX_HEAD_DIM];
+    paged_attention(s_m, s_l, s_acc, q, pool, out, tables, table_start, positions, num_heads, num_kv_heads,
+                    head_dim, layer, layers, page_size, window, scale, split_len, part_ml, part_acc);
+}
+
+extern "C" __global__ void paged_prefill_attention_bf16(
+    const float* q, const kv_bf16* pool, float* out, const unsigned int* tables, const unsigned int* table_start,
+    const unsigned int* positions, const unsigned int* tile_first, const unsigned int* tile_rows, int num_heads,
+    int num_kv_heads, int head_dim, int layer, int layers, int page_size, int window, float scale) {
+    extern __shared__ float smem[];
+    paged_prefill_attention(smem, q, pool, out, tables, table_start, positions, tile_first, tile_rows, num_heads,
+                            num_kv_heads, head_dim, layer, layers, page_size, window, scale);
+}
+
+extern "C" __global__ void paged_attention_f16(const float* q, const kv_f16* pool, float* out,
+                                              const unsigned int* tables, const unsigned int* table_start,
+                                              const unsigned int* positions, int num_heads, int num_kv_heads,
+                                              int head_dim, int layer, int layers, int page_size, int window,
+                                              float scale, int split_len, float* part_ml, float* part_acc) {
+    __shared__ float s_m[ATTN_WARPS], s_l[ATTN_WARPS];
+    __shared__ float s_acc[ATTN_WARPS][MAX_HEAD_DIM];
+    paged_attention(s_m, s_l, s_acc, q, pool, out, tables, table_start, positions, num_heads, num_kv_heads,
+                    head_dim, layer, layers, page_size, window, scale, split_len, part_ml, part_acc);
+}
+
+extern "C" __global__ void paged_prefill_attention_f16(
+    const float* q, const kv_f16* pool, float* out, const unsigned int* tables, const unsigned int* table_start,
+    const unsigned int* positions, const unsigned int* tile_first, const unsigned int* tile_rows, int num_heads,
+    int num_kv_heads, int head_dim, int layer, int layers, int page_size, int window, float scale) {
+    extern __shared__ float smem[];
+    paged_prefill_attention(smem, q, pool, out, tables, table_start, positions, tile_first, tile_rows, num_heads,
+                            num_kv_heads, head_dim, layer, layers, page_size, window, scale);
 }

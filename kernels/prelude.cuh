@@ -52,6 +52,21 @@ __device__ __forceinline__ f16_t f32_to_f16(float f) {
     return (f16_t)(sign | ((rounded - 0x38000000u) >> 13));
 }
 
+// The KV pool's element types: distinct types, so one kernel template
+// serves f32, bf16 and f16 pools (values are f32 once loaded).
+struct kv_bf16 {
+    bf16_t bits;
+};
+struct kv_f16 {
+    f16_t bits;
+};
+__device__ __forceinline__ float kv_load(float v) { return v; }
+__device__ __forceinline__ float kv_load(kv_bf16 v) { return bf16_to_f32(v.bits); }
+__device__ __forceinline__ float kv_load(kv_f16 v) { return f16_to_f32(v.bits); }
+__device__ __forceinline__ void kv_store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void kv_store(kv_bf16* p, float v) { p->bits = f32_to_bf16(v); }
+__device__ __forceinline__ void kv_store(kv_f16* p, float v) { p->bits = f32_to_f16(v); }
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

@@ -44,12 +44,16 @@ def test_float32_full_pass_matches_hf(name):
         assert err < TOLERANCE, f"{name}: {len(tokens)} tokens, max relative error {err:.2e}"
 
 
+@pytest.mark.parametrize("dtype, kv_dtype, tolerance", [("float32", None, TOLERANCE),
+                                                        ("bfloat16", None, BF16_TOLERANCE),
+                                                        ("float16", "f16", BF16_TOLERANCE)])
 @pytest.mark.parametrize("name", FIXTURES)
-def test_float32_chunked_prefill_then_decode_matches_hf(name):
+def test_chunked_prefill_then_decode_matches_hf(name, dtype, kv_dtype, tolerance):
     """Prefill in chunks at growing start positions, then decode the last 8
-    tokens one at a time: the paged prefill and decode attention kernels."""
+    tokens one at a time: the paged prefill and decode attention kernels,
+    over f32 and half-precision KV pools."""
     ref = Reference(name)
-    model = load(ref, "float32")
+    model = load(ref, dtype, kv_dtype=kv_dtype)
     tokens, expected = list(ref.sequences())[-1]
     rows, pos = [], 0
     for size in (1, 30, 64, len(tokens) - 8 - 95):
@@ -59,7 +63,7 @@ def test_float32_chunked_prefill_then_decode_matches_hf(name):
         rows.append(model.forward([[tokens[pos]]], start_pos=pos)[0])
         pos += 1
     err = max_rel_error(np.concatenate(rows), expected)
-    assert err < TOLERANCE, f"{name}: max relative error {err:.2e}"
+    assert err < tolerance, f"{name} {dtype}: max relative error {err:.2e}"
 
 
 @pytest.mark.parametrize("name", FIXTURES)
@@ -75,12 +79,14 @@ def test_float32_batch_rows_match_hf(name):
         assert err < TOLERANCE, f"{name}: max relative error {err:.2e}"
 
 
+@pytest.mark.parametrize("kv_dtype", [None, "f32"])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("name", FIXTURES)
-def test_half_precision_agrees_with_hf(name, dtype):
-    """bfloat16's bounds (float16 keeps 11 bits: it must do at least as well)."""
+def test_half_precision_agrees_with_hf(name, dtype, kv_dtype):
+    """bfloat16's bounds (float16 keeps 11 bits: it must do at least as well),
+    with the KV pool in the weights' precision (the default) or in f32."""
     ref = Reference(name)
-    model = load(ref, dtype)
+    model = load(ref, dtype, kv_dtype=kv_dtype)
     same = total = 0
     for tokens, expected in ref.sequences():
         logits = model.forward([tokens])

@@ -18,15 +18,14 @@ pub enum Target {
 /// the exact path (weights widened to f32, f32 KV cache). Threads come from
 /// `FERROLM_NUM_THREADS` or the physical core count.
 /// `quantize` ("q8_0", "q4_k": CPU only; "fp8": CPU and GPU) quantizes
-/// matrices at load and `kv_dtype` ("f16", "f32") picks the KV cache
-/// precision (CPU only).
+/// matrices at load and `kv_dtype` picks the KV cache precision (CPU: "f16",
+/// "f32"; GPU: "bf16", "f16", "f32", by default the weights').
 pub fn open(
     device: &str,
     dtype: Option<&str>,
     quantize: Option<&str>,
     kv_dtype: Option<&str>,
 ) -> Result<Target> {
-    let kv_dtype = kv_dtype.map(KvDtype::parse).transpose()?;
     let quantize = quantize.map(Quantize::parse).transpose()?;
     match Device::parse(device)? {
         Device::Cpu => {
@@ -40,18 +39,18 @@ pub fn open(
                     )))
                 }
             };
+            let kv_dtype = kv_dtype.map(KvDtype::parse).transpose()?;
             Ok(Target::Cpu(Cpu::new(CpuOptions { exact, quantize, kv_dtype, ..Default::default() })?))
         }
-        Device::Cuda(_) if matches!(quantize, Some(Quantize::Ggml(_))) || kv_dtype.is_some() => {
-            Err(Error::Unsupported(
-                "quantize=\"q8_0\"/\"q4_k\" and kv_dtype= apply to the CPU only; on a GPU use \
-                 dtype=\"bfloat16\", \"float16\" or \"float32\", or quantize=\"fp8\""
-                    .into(),
-            ))
-        }
+        Device::Cuda(_) if matches!(quantize, Some(Quantize::Ggml(_))) => Err(Error::Unsupported(
+            "quantize=\"q8_0\"/\"q4_k\" apply to the CPU only; on a GPU use \
+             dtype=\"bfloat16\", \"float16\" or \"float32\", or quantize=\"fp8\""
+                .into(),
+        )),
         Device::Cuda(ordinal) => {
             let dtype = dtype.map(GpuDtype::parse).transpose()?.unwrap_or(GpuDtype::Bf16);
-            let cuda = Cuda::new(ordinal, dtype)?;
+            let kv_dtype = kv_dtype.map(GpuDtype::parse).transpose()?.unwrap_or(dtype);
+            let cuda = Cuda::new(ordinal, dtype)?.with_kv_dtype(kv_dtype);
             Ok(Target::Cuda(if quantize == Some(Quantize::Fp8) { cuda.with_fp8_weights() } else { cuda }))
         }
     }

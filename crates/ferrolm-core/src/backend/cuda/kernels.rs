@@ -29,11 +29,30 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
         include_str!("../../../../../kernels/elementwise.cu"),
         &["silu_mul_f32", "add_f32", "add_bias_f32", "cast_f32_bf16", "cast_f32_f16"],
     ),
-    ("kv_cache", include_str!("../../../../../kernels/kv_cache.cu"), &["kv_write_f32", "copy_page_f32"]),
+    (
+        "kv_cache",
+        include_str!("../../../../../kernels/kv_cache.cu"),
+        &[
+            "kv_write_f32",
+            "copy_page_f32",
+            "kv_write_bf16",
+            "copy_page_bf16",
+            "kv_write_f16",
+            "copy_page_f16",
+        ],
+    ),
     (
         "attention",
         include_str!("../../../../../kernels/attention.cu"),
-        &["paged_attention_f32", "attention_merge_f32", "paged_prefill_attention_f32"],
+        &[
+            "paged_attention_f32",
+            "attention_merge_f32",
+            "paged_prefill_attention_f32",
+            "paged_attention_bf16",
+            "paged_prefill_attention_bf16",
+            "paged_attention_f16",
+            "paged_prefill_attention_f16",
+        ],
     ),
     ("sampling", include_str!("../../../../../kernels/sampling.cu"), &["sample_f32"]),
 ];

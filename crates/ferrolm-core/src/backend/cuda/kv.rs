@@ -1,14 +1,37 @@
-//! The paged KV pool in device memory (f32, laid out as on the CPU:
-//! `[page][layer][key | value][offset][kv_dim]`), plus the per-batch row
+//! The paged KV pool in device memory (f32, bf16 or f16 values, laid out as
+//! on the CPU: `[page][layer][key | value][offset][kv_dim]`), plus the per-batch row
 //! metadata the attention kernels read, uploaded once per forward pass and
 //! reused by every layer.
 
 use cudarc::driver::CudaSlice;
 
+use super::GpuDtype;
 use crate::backend::{KvGeometry, KvPart, SeqSpan};
 
+/// The pool's values: f32, or 16-bit bf16/f16 bits.
+pub(super) enum KvPool {
+    F32(CudaSlice<f32>),
+    Half { bits: CudaSlice<u16>, dtype: GpuDtype },
+}
+
+impl KvPool {
+    pub(super) fn len(&self) -> usize {
+        match self {
+            KvPool::F32(p) => p.len(),
+            KvPool::Half { bits, .. } => bits.len(),
+        }
+    }
+
+    pub(super) fn dtype(&self) -> GpuDtype {
+        match self {
+            KvPool::F32(_) => GpuDtype::F32,
+            KvPool::Half { dtype, .. } => *dtype,
+        }
+    }
+}
+
 pub struct CudaKv {
-    pub(super) pool: CudaSlice<f32>,
+    pub(super) pool: KvPool,
     pub(super) page_size: usize,
     pub(super) layers: usize,
     pub(super) kv_dim: usize,
@@ -16,7 +39,7 @@ pub struct CudaKv {
 }
 
 impl CudaKv {
-    /// f32 values in one page (all layers, keys and values).
+    /// Values in one page (all layers, keys and values).
     pub(super) fn page_len(&self) -> usize {
         2 * self.layers * self.page_size * self.kv_dim
     }

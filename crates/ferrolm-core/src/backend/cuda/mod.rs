@@ -5,7 +5,9 @@
 //! GEMMs on tensor cores with f32 accumulation: activations are cast to bf16
 //! just before each GEMM), in f16 (`GpuDtype::F16`, the same with IEEE half:
 //! GPUs without bf16 such as T4 and V100) or in f32 (`GpuDtype::F32`, the
-//! exact mode for parity). Norm weights and biases always stay f32. With
+//! exact mode for parity). Norm weights and biases always stay f32. The KV
+//! pool is in the weights' precision unless [`Cuda::with_kv_dtype`] says
+//! otherwise (`kv_dtype=`); attention reads it as f32. With
 //! [`Cuda::with_fp8_weights`] (`quantize="fp8"`) the layers' linear weights
 //! are rounded to FP8 E4M3 at load and stored back in `dtype`, so an FP8
 //! model computes the same values on any GPU (FP8 GEMMs are not used yet). Every launch is
@@ -49,7 +51,7 @@ impl GpuDtype {
     }
 
     /// The suffix of this dtype's kernels (`embedding_f16`, `cast_f32_bf16`).
-    fn suffix(self) -> &'static str {
+    pub(crate) fn suffix(self) -> &'static str {
         match self {
             GpuDtype::Bf16 => "bf16",
             GpuDtype::F16 => "f16",
@@ -78,6 +80,8 @@ pub struct Cuda {
     dtype: GpuDtype,
     /// Round the layers' linear weights to FP8 at load (see [`Cuda::with_fp8_weights`]).
     fp8_weights: bool,
+    /// The KV pool's precision (see [`Cuda::with_kv_dtype`]).
+    kv_dtype: GpuDtype,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
     functions: HashMap<&'static str, CudaFunction>,
@@ -115,7 +119,7 @@ impl Cuda {
                 functions.insert(*entry, module.load_function(entry).map_err(gpu_err("loading a kernel"))?);
             }
         }
-        Ok(Cuda { ordinal, dtype, fp8_weights: false, stream, blas, functions, sms })
+        Ok(Cuda { ordinal, dtype, fp8_weights: false, kv_dtype: dtype, stream, blas, functions, sms })
     }
 
     pub fn dtype(&self) -> GpuDtype {
@@ -128,6 +132,14 @@ impl Cuda {
     /// any GPU.
     pub fn with_fp8_weights(mut self) -> Cuda {
         self.fp8_weights = true;
+        self
+    }
+
+    /// The KV pool's precision; by default the weights' (bf16 weights, bf16
+    /// KV: attention reads half the bytes of f32). f32 KV with half weights
+    /// keeps the cache exact.
+    pub fn with_kv_dtype(mut self, kv_dtype: GpuDtype) -> Cuda {
+        self.kv_dtype = kv_dtype;
         self
     }
 

@@ -4,7 +4,7 @@
 use cudarc::cublas::{result as blas, sys as blas_sys, Gemm, GemmConfig};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
-use super::kv::{CudaKv, RowHost, RowMeta, PREFILL_ROWS};
+use super::kv::{CudaKv, KvPool, RowHost, RowMeta, PREFILL_ROWS};
 
 /// Keys per prefill tile (`PREFILL_KEYS` in attention.cu).
 const PREFILL_KEYS: usize = 16;
@@ -28,6 +28,28 @@ fn flat(n: usize) -> LaunchConfig {
 /// Threads for a per-group reduction over `dim` values: a multiple of 32, at most 1024.
 fn reduce_block(dim: usize) -> u32 {
     (dim.div_ceil(32) * 32).clamp(32, 1024) as u32
+}
+
+/// Pushes the KV pool as a kernel argument (read only).
+fn pool_arg<'a>(b: &mut cudarc::driver::LaunchArgs<'a>, pool: &'a KvPool) {
+    match pool {
+        KvPool::F32(p) => b.arg(p),
+        KvPool::Half { bits, .. } => b.arg(bits),
+    };
+}
+
+fn half_to_f32(bits: u16, dtype: GpuDtype) -> f32 {
+    match dtype {
+        GpuDtype::F16 => half::f16::from_bits(bits).to_f32(),
+        _ => half::bf16::from_bits(bits).to_f32(),
+    }
+}
+
+fn f32_to_half(v: f32, dtype: GpuDtype) -> u16 {
+    match dtype {
+        GpuDtype::F16 => half::f16::from_f32(v).to_bits(),
+        _ => half::bf16::from_f32(v).to_bits(),
+    }
 }
 
 fn f32_param(w: &GpuTensor) -> Result<&CudaSlice<f32>> {
@@ -354,20 +376,30 @@ impl Backend for Cuda {
     }
 
     fn new_kv(&self, pages: usize, page_size: usize, layers: usize, kv_dim: usize) -> Result<CudaKv> {
-        let len = pages * 2 * layers * page_size * kv_dim;
-        let pool = self.stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| Error::OutOfMemory {
+        let len = (pages * 2 * layers * page_size * kv_dim).max(1);
+        let bytes = len * if self.kv_dtype == GpuDtype::F32 { 4 } else { 2 };
+        let oom = |e: cudarc::driver::DriverError| Error::OutOfMemory {
             what: format!(
                 "the GPU KV cache, {pages} pages ({e}); lower num_pages / kv_cache_bytes / max_seq_len"
             ),
-            bytes: len * 4,
-        })?;
+            bytes,
+        };
+        let pool = match self.kv_dtype {
+            GpuDtype::F32 => KvPool::F32(self.stream.alloc_zeros::<f32>(len).map_err(oom)?),
+            dtype => KvPool::Half { bits: self.stream.alloc_zeros::<u16>(len).map_err(oom)?, dtype },
+        };
         Ok(CudaKv { pool, page_size, layers, kv_dim, meta: None })
     }
 
     fn copy_page(&self, kv: &mut CudaKv, src: u32, dst: u32) -> Result<()> {
         let page_len = kv.page_len() as i64;
-        let mut b = self.stream.launch_builder(self.function("copy_page_f32"));
-        b.arg(&mut kv.pool).arg(&src).arg(&dst).arg(&page_len);
+        let name = format!("copy_page_{}", kv.pool.dtype().suffix());
+        let mut b = self.stream.launch_builder(self.function(&name));
+        match &mut kv.pool {
+            KvPool::F32(p) => b.arg(p),
+            KvPool::Half { bits, .. } => b.arg(bits),
+        };
+        b.arg(&src).arg(&dst).arg(&page_len);
         // SAFETY: kv_cache.cu's signature; both pages are inside the pool.
         unsafe { b.launch(flat(page_len as usize)) }.map_err(gpu_err("copy_page"))?;
         Ok(())
@@ -375,9 +407,15 @@ impl Backend for Cuda {
 
     fn read_kv_page(&self, kv: &CudaKv, page: u32, part: KvPart) -> Result<Vec<f32>> {
         check_page_access(kv.geometry(), page, part, 0, kv.page_size)?;
-        let start = kv.region(page, part, 0);
-        let src = kv.pool.slice(start..start + kv.page_size * kv.kv_dim);
-        self.stream.clone_dtoh(&src).map_err(gpu_err("reading a KV page"))
+        let range = kv.region(page, part, 0)..kv.region(page, part, 0) + kv.page_size * kv.kv_dim;
+        let read = gpu_err("reading a KV page");
+        match &kv.pool {
+            KvPool::F32(p) => self.stream.clone_dtoh(&p.slice(range)).map_err(read),
+            KvPool::Half { bits, dtype } => {
+                let bits = self.stream.clone_dtoh(&bits.slice(range)).map_err(read)?;
+                Ok(bits.into_iter().map(|b| half_to_f32(b, *dtype)).collect())
+            }
+        }
     }
 
     fn write_kv_page(
@@ -391,8 +429,16 @@ impl Backend for Cuda {
         let rows = rows_of(data, part)?;
         check_page_access(kv.geometry(), page, part, offset, rows)?;
         let start = kv.region(page, part, offset);
-        let mut dst = kv.pool.slice_mut(start..start + data.len());
-        self.stream.memcpy_htod(data, &mut dst).map_err(gpu_err("writing a KV page"))
+        let write = gpu_err("writing a KV page");
+        match &mut kv.pool {
+            KvPool::F32(p) => {
+                self.stream.memcpy_htod(data, &mut p.slice_mut(start..start + data.len())).map_err(write)
+            }
+            KvPool::Half { bits, dtype } => {
+                let half: Vec<u16> = data.iter().map(|&v| f32_to_half(v, *dtype)).collect();
+                self.stream.memcpy_htod(&half, &mut bits.slice_mut(start..start + data.len())).map_err(write)
+            }
+        }
     }
 
     fn attention(
@@ -416,15 +462,14 @@ impl Backend for Cuda {
         let rows = meta.host.slots.len();
         let layer = layer as i32;
 
-        let mut b = self.stream.launch_builder(self.function("kv_write_f32"));
-        b.arg(&mut kv.pool)
-            .arg(k)
-            .arg(v)
-            .arg(&meta.slots)
-            .arg(&layer)
-            .arg(&layers)
-            .arg(&page_size)
-            .arg(&kv_dim);
+        let suffix = kv.pool.dtype().suffix();
+        let kv_write = format!("kv_write_{suffix}");
+        let mut b = self.stream.launch_builder(self.function(&kv_write));
+        match &mut kv.pool {
+            KvPool::F32(p) => b.arg(p),
+            KvPool::Half { bits, .. } => b.arg(bits),
+        };
+        b.arg(k).arg(v).arg(&meta.slots).arg(&layer).arg(&layers).arg(&page_size).arg(&kv_dim);
         // SAFETY: kv_cache.cu's signature; every slot is inside a page of the pool.
         unsafe { b.launch(grid(rows, THREADS.min(reduce_block(kv.kv_dim)))) }.map_err(gpu_err("kv_write"))?;
 
@@ -434,10 +479,11 @@ impl Backend for Cuda {
         if !meta.host.decode_only {
             // Prompt chunks: tiles of rows share each key/value tile in shared memory.
             let tiles = meta.host.tile_first.len();
-            let mut b = self.stream.launch_builder(self.function("paged_prefill_attention_f32"));
-            b.arg(q)
-                .arg(&kv.pool)
-                .arg(out)
+            let name = format!("paged_prefill_attention_{suffix}");
+            let mut b = self.stream.launch_builder(self.function(&name));
+            b.arg(q);
+            pool_arg(&mut b, &kv.pool);
+            b.arg(out)
                 .arg(&meta.tables)
                 .arg(&meta.table_start)
                 .arg(&meta.positions)
@@ -483,10 +529,11 @@ impl Backend for Cuda {
             (self.zeros(1)?, self.zeros(1)?)
         };
         {
-            let mut b = self.stream.launch_builder(self.function("paged_attention_f32"));
-            b.arg(q)
-                .arg(&kv.pool)
-                .arg(&mut *out)
+            let name = format!("paged_attention_{suffix}");
+            let mut b = self.stream.launch_builder(self.function(&name));
+            b.arg(q);
+            pool_arg(&mut b, &kv.pool);
+            b.arg(&mut *out)
                 .arg(&meta.tables)
                 .arg(&meta.table_start)
                 .arg(&meta.positions)
