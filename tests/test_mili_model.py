@@ -106,8 +106,9 @@ def test_seed_example_generates_as_the_native_api():
     path = os.environ["FERROLM_SMOLLM2_GGUF"]
     config = Qwen3Config.from_pretrained(path)
     model = Qwen3Model(config, WeightLoader(path, config))
-    output = model.generate("What is machine learning?", max_tokens=100, temperature=0.7)
-    assert isinstance(output, str) and output.strip()
+    # Seeded: unseeded sampling at 0.7 may draw end-of-sequence first (an empty answer).
+    output = model.generate("What is machine learning?", max_tokens=100, temperature=0.7, seed=0)
+    assert isinstance(output, str) and "learning" in output
     # Greedy: the same tokens as the native Transformer on the same (exact) path.
     native = Transformer.from_pretrained(path, dtype="float32", max_seq_len=256)
     prompt = model.tokenizer.encode("Machine learning is")
