@@ -150,6 +150,9 @@ impl Backend for Cuda {
         if n != rows.len() {
             return Err(Error::Internal(format!("{n} logits rows but {} sampling rows", rows.len())));
         }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
         let params = self.upload_f32(&RowSampling::packed(rows))?;
         let mut ids = self.stream.alloc_zeros::<u32>(n.max(1)).map_err(gpu_err("allocating"))?;
         let mut lps = self.zeros(n)?;
@@ -184,6 +187,9 @@ impl Backend for Cuda {
     }
 
     fn embedding(&self, table: &GpuTensor, ids: &[u32], out: &mut CudaSlice<f32>) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
         let dim = table.shape[1] as i32;
         let ids_dev = self.upload_u32(ids)?;
         let name = match &table.data {
@@ -211,6 +217,9 @@ impl Backend for Cuda {
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
         let groups = x.len() / dim;
+        if groups == 0 {
+            return Ok(()); // no rows (a step whose rows need no logits): CUDA refuses an empty grid
+        }
         let d = dim as i32;
         let mut b = self.stream.launch_builder(self.function("rms_norm_f32"));
         b.arg(x).arg(f32_param(w)?).arg(out).arg(&d).arg(&eps);
@@ -229,6 +238,9 @@ impl Backend for Cuda {
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
         let groups = x.len() / dim;
+        if groups == 0 {
+            return Ok(());
+        }
         let d = dim as i32;
         let mut b = self.stream.launch_builder(self.function("add_rms_norm_f32"));
         b.arg(x).arg(y).arg(f32_param(w)?).arg(out).arg(&d).arg(&eps);
@@ -246,6 +258,9 @@ impl Backend for Cuda {
     ) -> Result<()> {
         let (n, k) = (w.shape[0], w.shape[1]);
         let m = x.len() / k;
+        if m == 0 {
+            return Ok(());
+        }
         // cuBLAS uses the calling thread's current context (the engine runs
         // on its own thread); the driver-API launches bind it themselves.
         self.stream.context().bind_to_thread().map_err(gpu_err("binding the GPU context"))?;
@@ -328,6 +343,9 @@ impl Backend for Cuda {
         head_dim: usize,
         inv_freq: &[f32],
     ) -> Result<()> {
+        if positions.is_empty() {
+            return Ok(());
+        }
         let width = x.len() / positions.len();
         let (pos, freq) = (self.upload_u32(positions)?, self.upload_f32(inv_freq)?);
         let (w, hd) = (width as i32, head_dim as i32);
@@ -352,6 +370,9 @@ impl Backend for Cuda {
         head_dim: usize,
         inv_freq: &[f32],
     ) -> Result<()> {
+        if positions.is_empty() {
+            return Ok(());
+        }
         let width = x.len() / positions.len();
         let (pos, freq) = (self.upload_u32(positions)?, self.upload_f32(inv_freq)?);
         let (wd, hd) = (width as i32, head_dim as i32);
