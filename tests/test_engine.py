@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
 
 import numpy as np
 import pytest
@@ -114,35 +116,88 @@ def test_asyncio_streams_run_concurrently(llm):
 
 
 def test_a_cancelled_coroutine_aborts_its_request(llm, monkeypatch):
-    """Cancelled while the request still runs (the consumer holds after its
-    first token, so nothing but the cancel can end it, however fast the
-    machine): CancelledError reaches the awaiter and the request is aborted."""
+    """Cancelling the coroutine that consumes ``astream`` aborts the request
+    in the engine. The engine is held (``pause``) and given exactly one step,
+    so the request has exactly one token and cannot finish on its own: the
+    end it reports can only come from the abort, on any machine."""
     engine = llm.engine
-    aborted = []
-    abort = engine.abort
-    monkeypatch.setattr(engine, "abort", lambda request_id: (aborted.append(request_id), abort(request_id))[1])
+    seen: list = []  # every output of our request, as the engine sent it (pump thread)
+    ended = threading.Event()
+    submit_group = engine.submit_group
+
+    def tapped(prompt, sampling, n, listener, **kw):
+        def tap(out):
+            seen.append(out)
+            if out.kind != "token":
+                ended.set()
+            listener(out)
+
+        return submit_group(prompt, sampling, n, tap, **kw)
+
+    monkeypatch.setattr(engine, "submit_group", tapped)
+    config = SamplingConfig(temperature=1.0, max_tokens=200, seed=2, ignore_eos=True)
+    got: list = []
 
     async def main():
         first = asyncio.Event()
-        ids = []
 
         async def consume():
-            async for out in engine.astream([8] * 30, SamplingConfig(temperature=1.0, max_tokens=500, seed=2)):
-                ids.append(out.request_id)
+            async for out in engine.astream([8] * 30, config):
+                got.append(out)
                 first.set()
-                await asyncio.Event().wait()  # never set: only the cancel ends this
 
+        added = engine.stats()["requests_added"]
         task = asyncio.create_task(consume())
-        await first.wait()
+        while engine.stats()["requests_added"] == added:  # the task's first turn submits it
+            assert not task.done()
+            await asyncio.sleep(0)
+        engine.step(1)  # prefill and the first token; then held again
+        await asyncio.wait_for(first.wait(), 60)  # (a hang guard only)
+        # No other output can come while the engine is held: the task waits
+        # inside astream for the next one, and the cancel lands there.
+        assert not task.done()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        return ids[0]
 
-    request_id = asyncio.run(main())
-    assert aborted == [request_id]
-    stats = wait_idle(engine)
-    assert stats["used_pages"] == 0 and stats["running"] == 0
+    engine.pause()
+    try:
+        asyncio.run(main())
+        assert ended.wait(60), "the aborted request never reported its end"  # (a hang guard only)
+        assert [o.kind for o in got] == ["token"]
+        assert [o.kind for o in seen] == ["token", "finished"]
+        assert seen[-1].finish_reason == "abort" and seen[-1].usage[2] == 1
+        stats = engine.stats()
+        assert stats["used_pages"] == 0 and stats["running"] == 0 and stats["waiting"] == 0
+    finally:
+        engine.resume()
+
+
+def test_a_held_engine_takes_requests_but_runs_nothing(llm):
+    engine = llm.engine
+    inbox: queue.Queue = queue.Queue()  # filled by the pump thread, a moment after the engine sent it
+    engine.pause()
+    try:
+        generated = engine.stats()["generation_tokens"]
+        request_id = engine.submit([5, 6, 7], greedy(10, ignore_eos=True), inbox.put)
+        engine.pause()  # still held: nothing ran
+        assert engine.stats()["waiting"] == 1 and engine.stats()["generation_tokens"] == generated
+        engine.step(3)
+        assert engine.stats()["running"] == 1
+        engine.step(0)
+        with pytest.raises(ValueError, match="non-negative"):
+            engine.step(-1)
+        engine.abort(request_id)
+        outs = [inbox.get(timeout=60) for _ in range(4)]  # (the timeout is a hang guard only)
+        wait_idle(engine)
+    finally:
+        engine.resume()
+    # Three steps, three tokens; then the abort, and nothing after it.
+    assert [o.kind for o in outs] == ["token"] * 3 + ["finished"]
+    assert outs[-1].finish_reason == "abort" and outs[-1].usage[2] == 3 and inbox.empty()
+    # Resumed, it runs on; step on a running engine does nothing.
+    engine.step(5)
+    assert llm.generate([[5, 6, 7]], greedy(4))[0].completion_tokens <= 4
 
 
 def test_prefix_cache_skips_a_shared_prompt(chat_model):

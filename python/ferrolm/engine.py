@@ -215,6 +215,31 @@ class AsyncEngine:
             result.add(out)
         return result
 
+    # -- holding the engine ------------------------------------------------------------
+
+    def pause(self) -> None:
+        """Holds the engine between two steps; returns once it is held.
+
+        A held engine still takes requests and aborts (an abort ends its
+        request at once, with ``finish_reason == "abort"``) but runs no
+        forward pass until ``step`` or ``resume``, so what every request has
+        produced is fixed, whatever the machine's speed (tests reach exact
+        states with it).
+        """
+        self._core.pause()
+
+    def step(self, steps: int = 1) -> None:
+        """On a held engine: runs exactly ``steps`` steps (one scheduled batch
+        each), then holds it again; returns once it is held. A no-op on a
+        running engine."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+        self._core.step(steps)
+
+    def resume(self) -> None:
+        """Lets a held engine run on (a no-op on a running one)."""
+        self._core.resume()
+
     # -- state -----------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:

@@ -203,6 +203,43 @@ fn the_engine_serves_many_threads_from_its_own_thread() {
 }
 
 #[test]
+fn a_held_engine_runs_exactly_the_steps_it_is_given() {
+    let model = model();
+    let (client, thread) = Engine::new(model, None, EngineConfig::default()).unwrap().spawn();
+    client.pause().unwrap();
+    let mut sampling = SamplingConfig::greedy(100);
+    sampling.ignore_eos = true;
+    let handle = client.add_request(GenerationRequest::new(vec![9; 20], sampling)).unwrap();
+    // Held: the request waits, whatever the time.
+    client.pause().unwrap();
+    assert!(handle.try_recv().is_none());
+    // Step 1 prefills and draws the first token, step 2 the second; then held again.
+    client.step(2).unwrap();
+    let tokens: Vec<_> = std::iter::from_fn(|| handle.try_recv()).collect();
+    assert_eq!(tokens.len(), 2, "two steps, two tokens");
+    assert!(tokens.iter().all(|o| matches!(o.kind, OutputKind::Token { .. })));
+    assert_eq!(client.stats().running, 1);
+    // An abort ends a request on a held engine at once.
+    client.abort(handle.id);
+    let last = handle.recv().unwrap();
+    match last.kind {
+        OutputKind::Finished { reason, usage, .. } => {
+            assert_eq!((reason, usage.completion_tokens), (FinishReason::Abort, 2));
+        }
+        _ => panic!("expected the end of the request"),
+    }
+    assert_eq!(client.stats().pool.used_pages, 0);
+    // Resumed, it runs on; held, shutdown still works.
+    client.resume();
+    let done = client.add_request(GenerationRequest::new(vec![9; 5], SamplingConfig::greedy(3))).unwrap();
+    assert_eq!(done.wait().unwrap().tokens.len(), 3);
+    client.pause().unwrap();
+    client.shutdown();
+    thread.join().unwrap();
+    assert!(client.pause().is_err() && client.step(1).is_err());
+}
+
+#[test]
 fn parallel_samples_share_the_prompt_and_equal_separate_requests() {
     let model = model();
     let prompt: Vec<u32> = (30..70).collect(); // 40 tokens: two full pages and a half-filled one

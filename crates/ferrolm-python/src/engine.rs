@@ -158,6 +158,22 @@ impl Engine {
         self.client.abort(request_id);
     }
 
+    /// Holds the engine between two steps; returns once it is held (see
+    /// `EngineClient::pause`).
+    fn pause(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.client.pause()).map_err(to_py)
+    }
+
+    /// On a held engine, runs exactly `steps` steps, then holds it again.
+    fn step(&self, py: Python<'_>, steps: usize) -> PyResult<()> {
+        py.detach(|| self.client.step(steps)).map_err(to_py)
+    }
+
+    /// Lets a held engine run on.
+    fn resume(&self) {
+        self.client.resume();
+    }
+
     /// Waits up to `timeout` seconds for outputs (without the GIL), then
     /// returns every output ready, up to `max_outputs`.
     #[pyo3(signature = (timeout, max_outputs=4096))]

@@ -16,6 +16,11 @@ use crate::tokenizer::Tokenizer;
 pub(crate) enum Command {
     Add(Box<Sequence>),
     Abort(RequestId),
+    /// Hold the engine between steps; the sender hears once it is held.
+    Pause(Sender<()>),
+    /// While held: run this many steps, then hold again (the sender hears then).
+    Step(usize, Sender<()>),
+    Resume,
     Shutdown,
 }
 
@@ -166,6 +171,32 @@ impl EngineClient {
     /// are freed at the engine's next step. Unknown or finished ids are ignored.
     pub fn abort(&self, id: RequestId) {
         let _ = self.sender.send(Command::Abort(id));
+    }
+
+    /// Holds the engine between two steps and returns once it is held (at
+    /// once when it is idle). A held engine still takes requests and
+    /// aborts (an abort ends its request at once), but runs no forward
+    /// pass until [`EngineClient::step`] or [`EngineClient::resume`]; what
+    /// a request has produced by then is fixed, whatever the machine's
+    /// speed. Tests use it to reach an exact state; shutdown still works.
+    pub fn pause(&self) -> Result<()> {
+        let (ack, held) = channel();
+        self.sender.send(Command::Pause(ack)).map_err(|_| stopped())?;
+        held.recv().map_err(|_| stopped())
+    }
+
+    /// On a held engine: runs exactly `steps` steps (each one scheduled
+    /// batch, as when running), then holds again; returns once it is held.
+    /// On a running engine it does nothing.
+    pub fn step(&self, steps: usize) -> Result<()> {
+        let (ack, held) = channel();
+        self.sender.send(Command::Step(steps, ack)).map_err(|_| stopped())?;
+        held.recv().map_err(|_| stopped())
+    }
+
+    /// Lets a held engine run on (a no-op on a running one).
+    pub fn resume(&self) {
+        let _ = self.sender.send(Command::Resume);
     }
 
     /// Asks the engine thread to cancel everything and exit.

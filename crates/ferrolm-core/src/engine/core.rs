@@ -40,6 +40,12 @@ pub struct Engine<B: Backend> {
     shared: Arc<Shared>,
     eos: Vec<u32>,
     stopping: bool,
+    /// Held between steps ([`EngineClient::pause`]) ...
+    paused: bool,
+    /// ... except for this many steps still to run ([`EngineClient::step`]).
+    steps_left: usize,
+    /// Who waits to hear that the engine is held.
+    held_acks: Vec<Sender<()>>,
 }
 
 impl<B: Backend + 'static> Engine<B> {
@@ -76,6 +82,9 @@ impl<B: Backend + 'static> Engine<B> {
             sender: Some(sender),
             eos,
             stopping: false,
+            paused: false,
+            steps_left: 0,
+            held_acks: Vec::new(),
         })
     }
 
@@ -132,25 +141,45 @@ impl<B: Backend + 'static> Engine<B> {
         })
     }
 
-    /// Takes queued commands, then runs one scheduled batch (if there is work).
+    /// Takes queued commands, then runs one scheduled batch (if there is
+    /// work and the engine is not held).
     pub fn step(&mut self) -> Result<()> {
         while let Ok(command) = self.commands.try_recv() {
             self.apply(command)?;
         }
-        if self.has_work() {
-            self.run_batch()?;
+        if !self.held() {
+            if self.paused {
+                self.steps_left -= 1;
+            }
+            if self.has_work() {
+                self.run_batch()?;
+            }
         }
         self.publish_stats();
         Ok(())
     }
 
-    /// Steps until every queued request has ended.
+    /// Steps until every queued request has ended (or a client holds the engine).
     pub fn run_until_idle(&mut self) -> Result<()> {
         self.step()?;
-        while self.has_work() {
+        while self.has_work() && !self.held() {
             self.step()?;
         }
+        self.acknowledge_held();
         Ok(())
+    }
+
+    /// Held by a client: no forward pass until it steps or resumes the engine.
+    fn held(&self) -> bool {
+        self.paused && self.steps_left == 0
+    }
+
+    fn acknowledge_held(&mut self) {
+        if self.held() {
+            for ack in self.held_acks.drain(..) {
+                let _ = ack.send(());
+            }
+        }
     }
 
     /// Moves the engine onto its own thread. It runs while there is work,
@@ -168,7 +197,10 @@ impl<B: Backend + 'static> Engine<B> {
 
     fn serve(mut self) {
         while !self.stopping {
-            if !self.has_work() {
+            self.acknowledge_held();
+            // Idle or held: wait for a command (a held engine still takes
+            // requests and aborts, and publishes what they changed).
+            if self.held() || (!self.paused && !self.has_work()) {
                 match self.commands.recv() {
                     Ok(command) => {
                         if let Err(e) = self.apply(command) {
@@ -176,6 +208,10 @@ impl<B: Backend + 'static> Engine<B> {
                         }
                     }
                     Err(_) => break,
+                }
+                if self.held() {
+                    self.publish_stats();
+                    continue;
                 }
             }
             // Only a broken invariant fails a step or panics. Every request
@@ -218,6 +254,27 @@ impl<B: Backend + 'static> Engine<B> {
         match command {
             Command::Add(seq) => self.scheduler.waiting.push_back(*seq),
             Command::Abort(id) => self.end(id, FinishReason::Abort)?,
+            Command::Pause(ack) => {
+                self.paused = true;
+                self.steps_left = 0;
+                self.held_acks.push(ack);
+            }
+            Command::Step(steps, ack) => {
+                if self.paused {
+                    self.steps_left += steps;
+                    self.held_acks.push(ack);
+                } else {
+                    let _ = ack.send(());
+                }
+            }
+            Command::Resume => {
+                self.paused = false;
+                self.steps_left = 0;
+                // Nobody waits for a hold that will not come.
+                for ack in self.held_acks.drain(..) {
+                    let _ = ack.send(());
+                }
+            }
             Command::Shutdown => self.stopping = true,
         }
         Ok(())
