@@ -19,7 +19,7 @@ from ferrolm import AsyncEngine, SamplingConfig
 from ferrolm.server import create_app
 
 MODEL = "tiny-chat"
-MAX_SEQ_LEN = 1024  # room for one long stream (the disconnect tests) that is still running when closed
+MAX_SEQ_LEN = 1024
 
 
 class Served:
@@ -436,21 +436,33 @@ def test_a_model_without_a_chat_template_is_a_clear_400(chat_model, tmp_path):
 
 
 def test_a_client_that_leaves_mid_stream_frees_its_pages(server):
+    # The engine is held (pause) and given one step: the request has one
+    # token and cannot end on its own, so the end it reports comes from the
+    # disconnect, however fast the machine.
+    engine = server.engine
     body = {"model": MODEL, "messages": HELLO, "stream": True, "temperature": 0, "max_tokens": MAX_SEQ_LEN,
             "stop_token_ids": []}
-    with httpx.Client(base_url=server.url, timeout=30) as http, \
-            http.stream("POST", "/v1/chat/completions", json=body) as r:
-        assert r.status_code == 200
-        events = sse_events(r.iter_lines())  # kept: dropping it would close the response here
-        first = json.loads(next(events))
-        status = http.get(f"/status/{first['id']}").json()
-        assert status["status"] == "processing" and status["tokens_remaining"] > 0
-    # The connection is closed: the server must abort the request, not finish it.
-    wait_for(lambda: engine_idle(server.engine), 30, "the aborted request's pages to be freed")
-    wait_for(lambda: server.http.get(f"/status/{first['id']}").json()["status"] == "completed", 10, "the record")
+    engine.pause()
+    try:
+        added = engine.stats()["requests_added"]
+        with httpx.Client(base_url=server.url, timeout=30) as http, \
+                http.stream("POST", "/v1/chat/completions", json=body) as r:
+            assert r.status_code == 200
+            assert engine.stats()["requests_added"] == added + 1, "submitted before the response starts"
+            engine.step(1)
+            events = sse_events(r.iter_lines())  # kept: dropping it would close the response here
+            first = json.loads(next(events))
+            status = http.get(f"/status/{first['id']}").json()
+            assert status["status"] == "processing" and status["tokens_remaining"] > 0
+        # The connection is closed: the server must abort the request.
+        wait_for(lambda: engine_idle(engine), 30, "the aborted request's pages to be freed")
+        wait_for(lambda: server.http.get(f"/status/{first['id']}").json()["status"] == "completed", 10,
+                 "the record")
+    finally:
+        engine.resume()
     status = server.http.get(f"/status/{first['id']}").json()
     assert status["finish_reason"] == "abort"
-    assert status["tokens_generated"] < MAX_SEQ_LEN - len(chat_ids(server.engine, HELLO))
+    assert status["tokens_generated"] <= 1
 
 
 def test_a_client_that_leaves_a_plain_request_aborts_it(server):
@@ -461,12 +473,21 @@ def test_a_client_that_leaves_a_plain_request_aborts_it(server):
         except AssertionError:
             return 0.0
 
+    # Held, the engine cannot answer: the client's read timeout is certain
+    # to expire, whatever the machine's speed, and the server must abort.
+    engine = server.engine
     before = aborted()
     body = {"model": MODEL, "prompt": "x", "temperature": 0, "max_tokens": MAX_SEQ_LEN, "stop_token_ids": []}
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{server.url}/v1/completions", json=body, timeout=httpx.Timeout(30, read=0.3))
-    wait_for(lambda: aborted() > before, 30, "the abandoned request to be aborted")
-    wait_for(lambda: engine_idle(server.engine), 30, "the aborted request's pages to be freed")
+    engine.pause()
+    try:
+        generated = engine.stats()["generation_tokens"]
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{server.url}/v1/completions", json=body, timeout=httpx.Timeout(30, read=0.3))
+        wait_for(lambda: aborted() > before, 30, "the abandoned request to be aborted")
+        wait_for(lambda: engine_idle(engine), 30, "the aborted request's pages to be freed")
+        assert engine.stats()["generation_tokens"] == generated, "held: nothing ran before the abort"
+    finally:
+        engine.resume()
 
 
 # -- API key ------------------------------------------------------------------------------
