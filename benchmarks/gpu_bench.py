@@ -37,10 +37,14 @@ import os
 import platform
 import queue
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -220,11 +224,11 @@ def ferrolm_engine(model: str, args: argparse.Namespace, max_len: int):
 
 def ferrolm_run(engine, prompts: list[list[int]], max_tokens: int) -> dict:
     """Submits all prompts at once; returns wall time, generated tokens and
-    each request's token timestamps."""
+    each request's token timestamps (end-of-sequence tokens do not stop it)."""
     from ferrolm import SamplingConfig
 
     sampling = SamplingConfig(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
-                              max_tokens=max_tokens)
+                              max_tokens=max_tokens, ignore_eos=True)
     inbox: queue.Queue = queue.Queue()
     start = time.perf_counter()
     for i, p in enumerate(prompts):
@@ -243,42 +247,6 @@ def ferrolm_run(engine, prompts: list[list[int]], max_tokens: int) -> dict:
     return {"wall_s": wall, "tokens": sum(map(len, stamps)), "stamps": stamps, "start": start}
 
 
-def bench_ferrolm(model: str, args: argparse.Namespace, vocab: int) -> dict:
-    max_len = args.prompt_len + max(args.batch1_tokens, args.max_tokens) + 16
-    t = time.perf_counter()
-    engine = ferrolm_engine(model, args, max_len)
-    out: dict[str, Any] = {"load_s": time.perf_counter() - t, "model_info": engine.model_info}
-    try:
-        # Warm-up: kernel compilation (NVRTC), cuBLAS handles, first-touch allocations.
-        ferrolm_run(engine, make_prompts(1, args.prompt_len, vocab, 99), 8)
-        ferrolm_run(engine, make_prompts(max(args.levels), args.prompt_len, vocab, 98), 4)
-
-        runs = []
-        for r in range(args.repeats):
-            res = ferrolm_run(engine, make_prompts(1, args.prompt_len, vocab, r), args.batch1_tokens)
-            s = res["stamps"][0]
-            runs.append({"ttft_s": s[0] - res["start"], "decode_s": s[-1] - s[0], "tokens": len(s)})
-        best = min(runs, key=lambda x: x["decode_s"] / max(1, x["tokens"] - 1))
-        out["batch1"] = {**best, "decode_tok_s": (best["tokens"] - 1) / best["decode_s"],
-                         "ms_per_token": 1e3 * best["decode_s"] / (best["tokens"] - 1)}
-        out["levels"] = []
-        for c in args.levels:
-            res = ferrolm_run(engine, make_prompts(c, args.prompt_len, vocab, 1000 + c), args.max_tokens)
-            first_done = max(s[0] for s in res["stamps"] if s)
-            late = sum(1 for s in res["stamps"] for x in s if x > first_done)
-            end = max(s[-1] for s in res["stamps"] if s)
-            out["levels"].append({
-                "concurrency": c, "wall_s": res["wall_s"], "tokens": res["tokens"],
-                "tok_s": res["tokens"] / res["wall_s"],
-                # after every request has its first token: pure decode steps of the whole batch
-                "decode_tok_s": late / (end - first_done) if end > first_done else float("nan"),
-            })
-        out["stats"] = engine.stats()
-    finally:
-        engine.close()
-    return out
-
-
 # -- HF transformers -------------------------------------------------------------------
 
 
@@ -295,11 +263,15 @@ def hf_load(model: str):
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     dtype_kw = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
     kw[dtype_kw] = torch.bfloat16
-    return AutoModelForCausalLM.from_pretrained(str(path), **kw).to("cuda").eval()
+    hf = AutoModelForCausalLM.from_pretrained(str(path), **kw).to("cuda").eval()
+    # As ferrolm's ignore_eos: every row runs max_new_tokens steps.
+    hf.generation_config.eos_token_id = None
+    return hf
 
 
-def hf_generate(hf, prompts: list[list[int]], max_new_tokens: int, eos: list[int]) -> tuple[float, int]:
-    """One left-padded batch through ``generate`` (greedy); returns (wall s, generated tokens)."""
+def hf_generate(hf, prompts: list[list[int]], max_new_tokens: int) -> tuple[float, int]:
+    """One left-padded batch through ``generate`` (greedy, on the GPU, no
+    end-of-sequence stop); returns (wall s, generated tokens)."""
     import torch
 
     width = max(map(len, prompts))
@@ -312,49 +284,370 @@ def hf_generate(hf, prompts: list[list[int]], max_new_tokens: int, eos: list[int
     torch.cuda.synchronize()
     start = time.perf_counter()
     with torch.inference_mode():
-        out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                          pad_token_id=0, eos_token_id=eos or None, temperature=None, top_p=None, top_k=None)
+        out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                          min_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0,
+                          temperature=None, top_p=None, top_k=None)
     torch.cuda.synchronize()
     wall = time.perf_counter() - start
-    new = out[:, width:].tolist()
-    tokens = 0
-    for row in new:
-        for t in row:
-            if t in eos:
-                break
-            tokens += 1
-    return wall, tokens
+    return wall, len(prompts) * (out.shape[1] - width)
 
 
-def bench_hf(model: str, args: argparse.Namespace, vocab: int, eos: list[int]) -> dict:
-    import torch
+# -- the time plan -----------------------------------------------------------------------
 
-    t = time.perf_counter()
-    hf = hf_load(model)
-    out: dict[str, Any] = {"load_s": time.perf_counter() - t}
-    try:
-        hf_generate(hf, make_prompts(1, args.prompt_len, vocab, 99), 8, eos)
-        hf_generate(hf, make_prompts(max(args.levels), args.prompt_len, vocab, 98), 4, eos)
+# What each phase is expected to take at most on an H100/H200 machine, in seconds.
+# GUESSES, pessimistic: no GPU round had run when they were written. Every phase's
+# JSON entry holds its estimate next to its elapsed time: after a round, replace
+# these with what it measured.
+EST = {
+    "bandwidth": 15.0,            # torch import, CUDA context, 23 copies of 1 GiB
+    "build_fixed": 3.0,           # writing a random model: + build_s_per_gb
+    "build_s_per_gb": 15.0,
+    "ferrolm_load_fixed": 20.0,   # NVRTC compiles of the kernels, cuBLAS: + load_s_per_gb
+    "hf_load_fixed": 10.0,
+    "load_s_per_gb": 10.0,
+    "warmup": 10.0,
+    "ferrolm_step": 0.025,        # one decode step (a 30-layer model launches ~300 kernels)
+    "ferrolm_row": 0.0001,        # + per request in the step
+    "hf_layer": 0.0015,           # one decode step of HF's eager loop: per layer, + hf_step
+    "hf_step": 0.005,
+    "hf_row": 0.00015,            # + per row of the batch
+    "prefill_tok_s": 20000.0,     # prompt tokens per second, both engines
+    "level_fixed": 2.0,
+}
+
+
+@dataclass
+class ModelSpec:
+    """One model of the run: ``path`` None means a random model built from ``config``."""
+
+    key: str
+    name: str
+    config: dict
+    path: str | None = None
+    random: bool = True
+
+    @property
+    def weight_gb(self) -> float:
+        return decode_weight_bytes(self.config) / 1e9
+
+
+def model_specs(args: argparse.Namespace, find: bool = True) -> list[ModelSpec]:
+    specs = []
+    for key in args.model_list:
+        if key == "qwen3":
+            config = dict(QWEN3_0_6B, num_hidden_layers=args.layers or QWEN3_0_6B["num_hidden_layers"])
+            specs.append(ModelSpec("qwen3", "qwen3-0.6b (random bf16)", config))
+        else:
+            path = find_smollm2(args.smollm2) if find else None
+            if path is not None:
+                specs.append(ModelSpec("smollm2", "smollm2-135m", dict(SMOLLM2_135M), str(path), random=False))
+            else:
+                config = dict(SMOLLM2_135M, num_hidden_layers=args.layers or SMOLLM2_135M["num_hidden_layers"])
+                specs.append(ModelSpec("smollm2", "smollm2-135m-shaped (random bf16)", config))
+    return specs
+
+
+def phase_plan(args: argparse.Namespace, specs: list[ModelSpec]) -> list[dict]:
+    """The run's phases in order: name, estimated seconds, and the phases each needs."""
+    e = EST
+    fl_step = lambda c: e["ferrolm_step"] + c * e["ferrolm_row"]  # noqa: E731
+    hf_step = lambda c, layers: layers * e["hf_layer"] + e["hf_step"] + c * e["hf_row"]  # noqa: E731
+    prefill = lambda c: c * args.prompt_len / e["prefill_tok_s"]  # noqa: E731
+    plan = [{"name": "bandwidth", "estimate_s": e["bandwidth"], "needs": []}]
+    for m in specs:
+        k, layers = m.key, m.config["num_hidden_layers"]
+        built = [f"{k} build"] if m.random else []
+        if m.random:
+            plan.append({"name": f"{k} build", "estimate_s": e["build_fixed"] + e["build_s_per_gb"] * m.weight_gb,
+                         "needs": []})
+        load = f"{k} ferrolm load"
+        plan.append({"name": load, "estimate_s": e["ferrolm_load_fixed"] + e["load_s_per_gb"] * m.weight_gb,
+                     "needs": built})
+        plan.append({"name": f"{k} ferrolm warm-up", "estimate_s": e["warmup"], "needs": [load]})
+        warm = [load, f"{k} ferrolm warm-up"]
+        plan.append({"name": f"{k} ferrolm batch 1", "needs": warm,
+                     "estimate_s": args.repeats * (e["level_fixed"] + prefill(1) + args.batch1_tokens * fl_step(1))})
+        for c in args.levels:
+            plan.append({"name": f"{k} ferrolm {c} requests", "needs": warm,
+                         "estimate_s": e["level_fixed"] + prefill(c) + args.max_tokens * fl_step(c)})
+        load = f"{k} HF load"
+        plan.append({"name": load, "estimate_s": e["hf_load_fixed"] + e["load_s_per_gb"] * m.weight_gb,
+                     "needs": built, "hf": True})
+        plan.append({"name": f"{k} HF warm-up", "estimate_s": e["warmup"], "needs": [load], "hf": True})
+        warm = [load, f"{k} HF warm-up"]
+        plan.append({"name": f"{k} HF batch 1", "needs": warm, "hf": True,
+                     "estimate_s": args.repeats * (e["level_fixed"] + 2 * prefill(1)
+                                                   + (args.batch1_tokens + 1) * hf_step(1, layers))})
+        for c in args.levels:
+            plan.append({"name": f"{k} HF {c} requests", "needs": warm, "hf": True,
+                         "estimate_s": e["level_fixed"] + prefill(c) + args.max_tokens * hf_step(c, layers)})
+    for p in plan:
+        p["estimate_s"] = round(p["estimate_s"], 1)
+        p.setdefault("hf", False)
+    if args.no_hf:
+        plan = [p for p in plan if not p["hf"]]
+    return plan
+
+
+def plan_total(plan: list[dict]) -> float:
+    return round(sum(p["estimate_s"] for p in plan), 1)
+
+
+def _set(args: argparse.Namespace, name: str, value: Any) -> bool:
+    changed = getattr(args, name) != value
+    setattr(args, name, value)
+    return changed
+
+
+# Applied in order until the plan fits the budget (each only where it changes
+# something): fewer batch-1 repeats, the first model alone, shorter runs.
+SHRINK: list[tuple[str, Callable[[argparse.Namespace], bool]]] = [
+    ("repeats 1", lambda a: _set(a, "repeats", 1)),
+    ("first model only", lambda a: _set(a, "model_list", a.model_list[:1])),
+    ("batch-1 tokens 64", lambda a: _set(a, "batch1_tokens", min(a.batch1_tokens, 64))),
+    ("max tokens 32", lambda a: _set(a, "max_tokens", min(a.max_tokens, 32))),
+]
+
+
+def size_to_budget(args: argparse.Namespace, find: bool = True) -> tuple[list[ModelSpec], list[dict], list[str]]:
+    """Shrinks ``args`` (in place) until the estimated plan fits ``args.budget``;
+    returns the models, the plan and the shrink steps applied. What still does
+    not fit is cut when its turn comes."""
+    applied: list[str] = []
+    specs = model_specs(args, find)
+    plan = phase_plan(args, specs)
+    if args.budget is None:
+        return specs, plan, applied
+    for label, apply in SHRINK:
+        if plan_total(plan) <= args.budget:
+            break
+        if apply(args):
+            applied.append(label)
+            specs = [s for s in specs if s.key in args.model_list]
+            plan = phase_plan(args, specs)
+    return specs, plan, applied
+
+
+# -- running the phases ------------------------------------------------------------------
+
+
+class Deadline(BaseException):
+    """The run's time is up (its timer, or SIGTERM): not an ``Exception``, so
+    no phase's error handling swallows it."""
+
+
+@dataclass
+class Phases:
+    """Runs the plan's phases in order, each timed and recorded, the JSON saved after each.
+
+    A phase is cut (not started) when a phase it needs did not succeed, when
+    the deadline has passed, or when its estimate exceeds the time left. A
+    phase that raises is recorded as failed, one stopped by the deadline as
+    timeout; the run goes on with what does not need it.
+    """
+
+    plan: list[dict]
+    results: dict
+    save: Callable[[], None]
+    budget_s: float | None = None
+    clock: Callable[[], float] = time.monotonic
+    start: float = 0.0
+    ok: set = field(default_factory=set)
+    expired: bool = False
+
+    def __post_init__(self) -> None:
+        self.start = self.clock()
+        self.estimates = {p["name"]: p for p in self.plan}
+        self.results["phases"] = []
+
+    def left(self) -> float:
+        return float("inf") if self.budget_s is None else self.budget_s - (self.clock() - self.start)
+
+    def record(self, name: str, status: str, **extra: Any) -> None:
+        entry = {"name": name, "status": status, "estimate_s": self.estimates.get(name, {}).get("estimate_s")}
+        entry.update(extra)
+        self.results["phases"].append(entry)
+        took = f"{entry['elapsed_s']:.1f} s" if "elapsed_s" in entry else "not run"
+        why = f": {entry['reason']}" if "reason" in entry else ""
+        print(f"  [{name}: {status}, {took}, estimate {entry['estimate_s']} s{why}]", flush=True)
+        self.save()
+
+    def skip(self, name: str, reason: str) -> None:
+        self.record(name, "skipped", reason=reason)
+
+    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        spec = self.estimates.get(name, {"estimate_s": 0.0, "needs": []})
+        missing = [n for n in spec["needs"] if n not in self.ok]
+        left = self.left()
+        if missing:
+            self.record(name, "cut", reason=f"needs {', '.join(missing)}")
+            return None
+        if self.expired or left <= 0:
+            self.record(name, "cut", reason="past the deadline")
+            return None
+        if spec["estimate_s"] > left:
+            self.record(name, "cut", reason=f"estimate {spec['estimate_s']} s > {left:.0f} s left")
+            return None
+        t = self.clock()
+        try:
+            value = fn()
+        except Deadline as e:
+            self.expired = True
+            self.record(name, "timeout", elapsed_s=round(self.clock() - t, 2), reason=str(e) or "deadline")
+            return None
+        except Exception as e:  # one phase's failure must not lose the others' figures
+            traceback.print_exc()
+            self.record(name, "failed", elapsed_s=round(self.clock() - t, 2), reason=f"{type(e).__name__}: {e}")
+            return None
+        self.ok.add(name)
+        self.record(name, "ok", elapsed_s=round(self.clock() - t, 2))
+        return value
+
+    def summary(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for p in self.results["phases"]:
+            out.setdefault(p["status"], []).append(p["name"])
+        return out
+
+
+def arm_deadline(seconds: float | None) -> None:
+    """From now, ``seconds`` later (and on SIGTERM), raise ``Deadline`` in the main thread."""
+
+    def stop(signum, frame):
+        raise Deadline("terminated" if signum == signal.SIGTERM else "the bench's deadline")
+
+    signal.signal(signal.SIGTERM, stop)
+    if seconds is not None:
+        signal.signal(signal.SIGALRM, stop)
+        signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
+
+
+def disarm_deadline() -> None:
+    signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+# -- one model -------------------------------------------------------------------------
+
+
+def run_model(m: ModelSpec, args: argparse.Namespace, work: Path, bw: float | None, has_torch: bool,
+              phases: Phases, results: dict) -> None:
+    entry: dict[str, Any] = {"name": m.name, "path": m.path}
+    results["models"][m.key] = entry
+    k, vocab = m.key, m.config["vocab_size"]
+    print(f"\n-- {m.name}", flush=True)
+    if m.random:
+        d = phases.run(f"{k} build", lambda: build_random_model(
+            work / f"{k}-random-{m.config['num_hidden_layers']}l", m.config))
+        m.path = entry["path"] = str(d) if d else None
+    weight_bytes = decode_weight_bytes(m.config)
+    entry["decode_weight_bytes"] = weight_bytes
+    if bw:
+        entry["bandwidth_floor_ms_per_token"] = 1e3 * weight_bytes / bw
+
+    # ferrolm (AsyncEngine, bf16)
+    fl: dict[str, Any] = {"levels": []}
+    entry["ferrolm"] = fl
+    state: dict[str, Any] = {}
+    max_len = args.prompt_len + max(args.batch1_tokens, args.max_tokens) + 16
+
+    def fl_load():
+        t = time.perf_counter()
+        state["engine"] = ferrolm_engine(m.path, args, max_len)
+        fl["load_s"] = time.perf_counter() - t
+        fl["model_info"] = state["engine"].model_info
+
+    def fl_warmup():
+        # Kernel compilation (NVRTC), cuBLAS handles, first-touch allocations.
+        ferrolm_run(state["engine"], make_prompts(1, args.prompt_len, vocab, 99), 8)
+        ferrolm_run(state["engine"], make_prompts(max(args.levels), args.prompt_len, vocab, 98), 4)
+
+    def fl_batch1():
         runs = []
         for r in range(args.repeats):
-            p = make_prompts(1, args.prompt_len, vocab, r)
-            t1, _ = hf_generate(hf, p, 1, eos)
-            tn, n = hf_generate(hf, p, args.batch1_tokens, eos)
-            runs.append({"ttft_s": t1, "decode_s": max(tn - t1, 1e-9), "tokens": n})
+            res = ferrolm_run(state["engine"], make_prompts(1, args.prompt_len, vocab, r), args.batch1_tokens)
+            s = res["stamps"][0]
+            runs.append({"ttft_s": s[0] - res["start"], "decode_s": s[-1] - s[0], "tokens": len(s),
+                         "tokens_expected": args.batch1_tokens})
         best = min(runs, key=lambda x: x["decode_s"] / max(1, x["tokens"] - 1))
-        out["batch1"] = {**best, "decode_tok_s": (best["tokens"] - 1) / best["decode_s"],
-                         "ms_per_token": 1e3 * best["decode_s"] / max(1, best["tokens"] - 1)}
-        out["levels"] = []
+        fl["batch1"] = {**best, "decode_tok_s": (best["tokens"] - 1) / best["decode_s"],
+                        "ms_per_token": 1e3 * best["decode_s"] / (best["tokens"] - 1)}
+
+    def fl_level(c: int):
+        res = ferrolm_run(state["engine"], make_prompts(c, args.prompt_len, vocab, 1000 + c), args.max_tokens)
+        first_done = max(s[0] for s in res["stamps"] if s)
+        late = sum(1 for s in res["stamps"] for x in s if x > first_done)
+        end = max(s[-1] for s in res["stamps"] if s)
+        fl["levels"].append({
+            "concurrency": c, "wall_s": res["wall_s"], "tokens": res["tokens"],
+            "tokens_expected": c * args.max_tokens, "tok_s": res["tokens"] / res["wall_s"],
+            # after every request has its first token: pure decode steps of the whole batch
+            "decode_tok_s": late / (end - first_done) if end > first_done else float("nan"),
+        })
+
+    try:
+        phases.run(f"{k} ferrolm load", fl_load)
+        phases.run(f"{k} ferrolm warm-up", fl_warmup)
+        phases.run(f"{k} ferrolm batch 1", fl_batch1)
         for c in args.levels:
-            wall, n = hf_generate(hf, make_prompts(c, args.prompt_len, vocab, 1000 + c), args.max_tokens, eos)
-            out["levels"].append({"concurrency": c, "wall_s": wall, "tokens": n, "tok_s": n / wall})
+            phases.run(f"{k} ferrolm {c} requests", lambda c=c: fl_level(c))
+        if "engine" in state:
+            fl["stats"] = state["engine"].stats()
     finally:
-        del hf
-        torch.cuda.empty_cache()
-    return out
+        if "engine" in state:
+            state.pop("engine").close()
+
+    # HF transformers (generate, bf16, on the same GPU)
+    if args.no_hf:
+        return  # not in the plan
+    if not has_torch:
+        for p in phases.plan:
+            if p["name"].startswith(f"{k} HF "):
+                phases.skip(p["name"], "torch with CUDA is not available")
+        return
+    hf: dict[str, Any] = {"levels": []}
+    entry["hf"] = hf
+
+    def hf_load_phase():
+        t = time.perf_counter()
+        state["hf"] = hf_load(m.path)
+        hf["load_s"] = time.perf_counter() - t
+
+    def hf_warmup():
+        hf_generate(state["hf"], make_prompts(1, args.prompt_len, vocab, 99), 8)
+        hf_generate(state["hf"], make_prompts(max(args.levels), args.prompt_len, vocab, 98), 4)
+
+    def hf_batch1():
+        runs = []
+        for r in range(args.repeats):
+            p = make_prompts(1, args.prompt_len, vocab, r)  # the prompts ferrolm had
+            t1, _ = hf_generate(state["hf"], p, 1)
+            tn, n = hf_generate(state["hf"], p, args.batch1_tokens)
+            runs.append({"ttft_s": t1, "decode_s": max(tn - t1, 1e-9), "tokens": n,
+                         "tokens_expected": args.batch1_tokens})
+        best = min(runs, key=lambda x: x["decode_s"] / max(1, x["tokens"] - 1))
+        hf["batch1"] = {**best, "decode_tok_s": (best["tokens"] - 1) / best["decode_s"],
+                        "ms_per_token": 1e3 * best["decode_s"] / max(1, best["tokens"] - 1)}
+
+    def hf_level(c: int):
+        wall, n = hf_generate(state["hf"], make_prompts(c, args.prompt_len, vocab, 1000 + c), args.max_tokens)
+        hf["levels"].append({"concurrency": c, "wall_s": wall, "tokens": n, "tokens_expected": c * args.max_tokens,
+                             "tok_s": n / wall})
+
+    try:
+        phases.run(f"{k} HF load", hf_load_phase)
+        phases.run(f"{k} HF warm-up", hf_warmup)
+        phases.run(f"{k} HF batch 1", hf_batch1)
+        for c in args.levels:
+            phases.run(f"{k} HF {c} requests", lambda c=c: hf_level(c))
+    finally:
+        if "hf" in state:
+            import torch
+
+            del state["hf"]
+            torch.cuda.empty_cache()
 
 
-# -- the run ---------------------------------------------------------------------------
+# -- the report ------------------------------------------------------------------------
 
 
 def find_smollm2(arg: str | None) -> Path | None:
@@ -376,56 +669,53 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:6.2f}x" if b and b == b and a == a else "   n/a"
 
 
-def report(name: str, fl: dict, hf: dict | None, weight_bytes: int, bw: float | None) -> None:
-    print(f"\n== {name}: decode weight bytes {weight_bytes / 1e9:.3f} GB", flush=True)
-    floor_ms = 1e3 * weight_bytes / bw if bw else float("nan")
-    b1 = fl["batch1"]
-    line = (f"batch 1 decode: ferrolm {b1['decode_tok_s']:8.1f} tok/s ({b1['ms_per_token']:.3f} ms/token, "
-            f"TTFT {1e3 * b1['ttft_s']:.1f} ms)")
-    if hf:
-        h1 = hf["batch1"]
-        line += (f" | HF {h1['decode_tok_s']:8.1f} tok/s ({h1['ms_per_token']:.3f} ms/token)"
-                 f" | ferrolm/HF {ratio(b1['decode_tok_s'], h1['decode_tok_s'])}")
-    print(line)
-    if bw:
-        print(f"bandwidth floor: {floor_ms:.3f} ms/token (weights / {bw / 1e12:.2f} TB/s copy bandwidth); "
-              f"ferrolm at {100 * floor_ms / b1['ms_per_token']:.0f}% of it"
-              + (f", HF at {100 * floor_ms / hf['batch1']['ms_per_token']:.0f}%" if hf else ""))
-    for i, lv in enumerate(fl["levels"]):
+def report(entry: dict, bw: float | None) -> None:
+    """What was measured for one model, ferrolm next to HF (whatever ran)."""
+    fl, hf = entry.get("ferrolm", {}), entry.get("hf") or {}
+    weight_bytes = entry["decode_weight_bytes"]
+    print(f"\n== {entry['name']}: decode weight bytes {weight_bytes / 1e9:.3f} GB", flush=True)
+    b1, h1 = fl.get("batch1"), hf.get("batch1")
+    if b1:
+        line = (f"batch 1 decode: ferrolm {b1['decode_tok_s']:8.1f} tok/s ({b1['ms_per_token']:.3f} ms/token, "
+                f"TTFT {1e3 * b1['ttft_s']:.1f} ms)")
+        if h1:
+            line += (f" | HF {h1['decode_tok_s']:8.1f} tok/s ({h1['ms_per_token']:.3f} ms/token)"
+                     f" | ferrolm/HF {ratio(b1['decode_tok_s'], h1['decode_tok_s'])}")
+        print(line)
+        if bw:
+            floor_ms = 1e3 * weight_bytes / bw
+            print(f"bandwidth floor: {floor_ms:.3f} ms/token (weights / {bw / 1e12:.2f} TB/s copy bandwidth); "
+                  f"ferrolm at {100 * floor_ms / b1['ms_per_token']:.0f}% of it"
+                  + (f", HF at {100 * floor_ms / h1['ms_per_token']:.0f}%" if h1 else ""))
+    hf_levels = {lv["concurrency"]: lv for lv in hf.get("levels", [])}
+    for lv in fl.get("levels", []):
         line = (f"{lv['concurrency']:>4} requests: ferrolm {lv['tok_s']:9.1f} tok/s "
                 f"(decode-only {lv['decode_tok_s']:9.1f}, wall {lv['wall_s']:6.2f} s)")
-        if hf:
-            h = hf["levels"][i]
+        h = hf_levels.get(lv["concurrency"])
+        if h:
             line += (f" | HF {h['tok_s']:9.1f} tok/s (wall {h['wall_s']:6.2f} s)"
                      f" | ferrolm/HF {ratio(lv['tok_s'], h['tok_s'])}")
         print(line, flush=True)
+    short = [f"{side} {r.get('concurrency', 'batch 1')}" for side, d in (("ferrolm", fl), ("HF", hf))
+             for r in [d.get("batch1") or {}, *d.get("levels", [])]
+             if r and r["tokens"] != r["tokens_expected"]]
+    if short:
+        print(f"token counts differ from requests x tokens: {', '.join(short)}", flush=True)
 
 
-def run_model(name: str, model: str, args: argparse.Namespace, vocab: int, eos: list[int],
-              weight_bytes: int | None, bw: float | None, results: dict) -> None:
-    print(f"\n-- {name}: ferrolm ({args.device}, {args.dtype})", flush=True)
-    entry: dict[str, Any] = {"path": model}
-    results["models"][name] = entry
-    try:
-        entry["ferrolm"] = bench_ferrolm(model, args, vocab)
-    except Exception as e:  # a failure on one side must not lose the other's figures
-        entry["ferrolm_error"] = f"{type(e).__name__}: {e}"
-        print(f"ferrolm failed: {entry['ferrolm_error']}", flush=True)
-        return
-    if weight_bytes is None:
-        weight_bytes = 2 * int(entry["ferrolm"]["model_info"].get("parameters", 0))
-    entry["decode_weight_bytes"] = weight_bytes
-    hf = None
-    if not args.no_hf:
-        print(f"-- {name}: HF transformers (cuda, bfloat16)", flush=True)
-        try:
-            hf = entry["hf"] = bench_hf(model, args, vocab, eos)
-        except Exception as e:
-            entry["hf_error"] = f"{type(e).__name__}: {e}"
-            print(f"HF side skipped: {entry['hf_error']}", flush=True)
-    if bw:
-        entry["bandwidth_floor_ms_per_token"] = 1e3 * weight_bytes / bw
-    report(name, entry["ferrolm"], hf, weight_bytes, bw)
+def print_plan(plan: list[dict], budget: float | None, applied: list[str]) -> None:
+    total = plan_total(plan)
+    print(f"plan: {len(plan)} phases, {total:.0f} s estimated"
+          + (f" of a {budget:.0f} s budget" if budget is not None else "")
+          + (f" (shrunk: {', '.join(applied)})" if applied else ""), flush=True)
+    at = 0.0
+    for p in plan:
+        at += p["estimate_s"]
+        over = " (past the budget: will be cut)" if budget is not None and at > budget else ""
+        print(f"  {p['name']:<28} {p['estimate_s']:6.1f} s   by {at:6.1f} s{over}")
+
+
+# -- the run ---------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -447,8 +737,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--kv-cache-gib", type=float, default=8.0, help="ferrolm KV pool (default: 8 GiB)")
     ap.add_argument("--bandwidth-gib", type=float, default=1.0, help="copy size for the bandwidth (default: 1)")
     ap.add_argument("--no-hf", action="store_true", help="ferrolm only")
-    ap.add_argument("--json", help="also write every figure here (rewritten after each model: partial results survive)")
-    ap.add_argument("--deadline", type=float, help="seconds: start no model after this (what ran is kept)")
+    ap.add_argument("--budget", type=float, help="seconds for the whole run: the flags shrink until the "
+                    "estimated plan fits, phases that no longer fit are cut, a timer stops the run at the end")
+    ap.add_argument("--dry-run", action="store_true", help="print (and with --json write) the plan; run nothing")
+    ap.add_argument("--json", help="also write every figure here (rewritten after each phase)")
     args = ap.parse_args(argv)
     args.levels = [int(c) for c in args.concurrency.split(",") if c]
     args.model_list = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -458,8 +750,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def torch_cuda() -> tuple[bool, str | None]:
+    """Whether torch with a usable CUDA device is here, and the GPU's name."""
+    try:
+        import torch
+    except ImportError:
+        return False, None
+    if not torch.cuda.is_available():
+        return False, None
+    return True, torch.cuda.get_device_name(0)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    t0 = time.monotonic()
+    asked = {k: v for k, v in vars(args).items() if k != "model_list"}
+    specs, plan, applied = size_to_budget(args, find=not args.dry_run)
+    results: dict[str, Any] = {
+        "args": asked, "sized": {"applied": applied, "args": {k: v for k, v in vars(args).items()}},
+        "budget_s": args.budget, "plan": plan, "plan_total_s": plan_total(plan), "phases": [], "models": {},
+    }
+
+    def save() -> None:
+        results["total_s"] = round(time.monotonic() - t0, 2)
+        if args.json:
+            tmp = Path(args.json + ".tmp")
+            tmp.write_text(json.dumps(results, indent=2, default=str))
+            tmp.replace(args.json)  # whole or not at all, even if the run is killed meanwhile
+
+    print_plan(plan, args.budget, applied)
+    if args.dry_run:
+        results["dry_run"] = True
+        save()
+        return 0 if args.budget is None or plan_total(plan) <= args.budget else 1
+
     import ferrolm
 
     if args.device != "cpu":
@@ -467,67 +791,51 @@ def main(argv: list[str] | None = None) -> int:
         if available is None or not available():
             why = "this ferrolm has no CUDA backend" if available is None else ferrolm.cuda_unavailable_reason()
             print(f"CUDA is not usable: {why}", file=sys.stderr)
+            results["error"] = f"CUDA is not usable: {why}"
+            save()
             return 2
-    bw = None
-    gpu = None
+    has_torch, gpu = torch_cuda()
+    results["gpu"] = gpu
+    print(f"ferrolm {ferrolm.__version__} | GPU {gpu} | prompts <= {args.prompt_len} tokens | "
+          f"batch 1: {args.batch1_tokens} tokens x {args.repeats} | levels {args.levels} x {args.max_tokens} tokens"
+          f" | {platform.node()} {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
+    phases = Phases(plan, results, save, args.budget)
+    arm_deadline(args.budget)
     try:
-        import torch
-
-        if torch.cuda.is_available():
-            gpu = torch.cuda.get_device_name(0)
-            bw = copy_bandwidth(args.bandwidth_gib)
-    except ImportError:
-        pass
-    if bw is None and not args.no_hf:
-        print("torch with CUDA is not available: HF side and bandwidth skipped", flush=True)
-        args.no_hf = True
-    print(f"ferrolm {ferrolm.__version__} | GPU {gpu} | copy bandwidth "
-          f"{bw / 1e12 if bw else float('nan'):.2f} TB/s | prompts <= {args.prompt_len} tokens | "
-          f"batch 1: {args.batch1_tokens} tokens | levels {args.levels} x {args.max_tokens} tokens | "
-          f"{platform.node()} {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
-    results: dict[str, Any] = {"gpu": gpu, "copy_bandwidth_bytes_s": bw, "args": {
-        k: v for k, v in vars(args).items() if k not in ("model_list",)}, "models": {}}
-    work = Path(args.work_dir)
-    t0 = time.perf_counter()
-    results["steps"] = []
-
-    def save() -> None:
-        results["total_s"] = time.perf_counter() - t0
-        if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=2, default=str))
-
-    for name in args.model_list:
-        if args.deadline is not None and time.perf_counter() - t0 > args.deadline:
-            print(f"\n{name}: not run, past the {args.deadline:.0f} s deadline", flush=True)
-            results["steps"].append({"model": name, "skipped": "deadline"})
-            continue
-        step = time.perf_counter()
-        if name == "qwen3":
-            config = dict(QWEN3_0_6B, num_hidden_layers=args.layers or QWEN3_0_6B["num_hidden_layers"])
-            d = build_random_model(work / f"qwen3-0.6b-random-{config['num_hidden_layers']}l", config)
-            run_model("qwen3-0.6b (random bf16)", str(d), args, config["vocab_size"], [],
-                      decode_weight_bytes(config), bw, results)
+        bw = None
+        if not has_torch:
+            print("torch with CUDA is not available: the HF side and the bandwidth floor are skipped", flush=True)
+            phases.skip("bandwidth", "torch with CUDA is not available")
         else:
-            path = find_smollm2(args.smollm2)
-            if path is not None:
-                eos = [2, 0]  # SmolLM2's <|im_end|> and <|endoftext|>
-                run_model("smollm2-135m", str(path), args, SMOLLM2_135M["vocab_size"], eos, None, bw, results)
-            else:
-                print("\nSmolLM2 GGUF not found (no --smollm2 PATH, nothing in the ferrolm cache, no internet): "
-                      "measuring a SmolLM2-135M-shaped model with random bf16 weights instead", flush=True)
-                config = dict(SMOLLM2_135M, num_hidden_layers=args.layers or SMOLLM2_135M["num_hidden_layers"])
-                d = build_random_model(work / f"smollm2-135m-random-{config['num_hidden_layers']}l", config)
-                run_model("smollm2-135m-shaped (random bf16)", str(d), args, config["vocab_size"], [],
-                          decode_weight_bytes(config), bw, results)
-        results["steps"].append({"model": name, "elapsed_s": time.perf_counter() - step})
-        print(f"  [{name}: {time.perf_counter() - step:.0f} s]", flush=True)
-        save()
+            bw = phases.run("bandwidth", lambda: copy_bandwidth(args.bandwidth_gib))
+            results["copy_bandwidth_bytes_s"] = bw
+        work = Path(args.work_dir)
+        for m in specs:
+            run_model(m, args, work, bw, has_torch, phases, results)
+    except Deadline as e:
+        # Between phases: whatever had not started is cut.
+        phases.expired = True
+        print(f"stopped: {e}", flush=True)
+    finally:
+        disarm_deadline()
+    done = {p["name"] for p in results["phases"]}
+    for p in plan:
+        if p["name"] not in done:
+            phases.record(p["name"], "cut", reason="not reached: " + ("past the deadline" if phases.expired
+                                                                      else "the run stopped"))
+    for entry in results["models"].values():
+        if entry.get("ferrolm", {}).get("batch1") or entry.get("ferrolm", {}).get("levels"):
+            report(entry, results.get("copy_bandwidth_bytes_s"))
+    results["summary"] = phases.summary()
+    print("\nphases: " + "; ".join(f"{status} {len(names)}" for status, names in results["summary"].items())
+          + f" | total {time.monotonic() - t0:.0f} s", flush=True)
+    for status in ("failed", "timeout", "cut"):
+        if status in results["summary"]:
+            print(f"  {status}: {', '.join(results['summary'][status])}", flush=True)
     save()
-    print(f"\ntotal {results['total_s']:.0f} s", flush=True)
     if args.json:
         print(f"wrote {args.json}")
-    failed = any("ferrolm_error" in m for m in results["models"].values())
-    return 1 if failed else 0
+    return 1 if {"failed", "timeout"} & set(results["summary"]) else 0
 
 
 if __name__ == "__main__":
