@@ -799,8 +799,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ferrolm {ferrolm.__version__} | GPU {gpu} | prompts <= {args.prompt_len} tokens | "
           f"batch 1: {args.batch1_tokens} tokens x {args.repeats} | levels {args.levels} x {args.max_tokens} tokens"
           f" | {platform.node()} {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
-    phases = Phases(plan, results, save, args.budget)
-    arm_deadline(args.budget)
+    # The budget counts from the start: imports and CUDA checks took some of it.
+    left = None if args.budget is None else args.budget - (time.monotonic() - t0)
+    phases = Phases(plan, results, save, left)
+    arm_deadline(left)
     try:
         bw = None
         if not has_torch:
