@@ -284,9 +284,8 @@ def hf_generate(hf, prompts: list[list[int]], max_new_tokens: int) -> tuple[floa
     torch.cuda.synchronize()
     start = time.perf_counter()
     with torch.inference_mode():
-        out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                          min_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0,
-                          temperature=None, top_p=None, top_k=None)
+        out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                          pad_token_id=0, temperature=None, top_p=None, top_k=None)
     torch.cuda.synchronize()
     wall = time.perf_counter() - start
     return wall, len(prompts) * (out.shape[1] - width)
@@ -432,7 +431,7 @@ def size_to_budget(args: argparse.Namespace, find: bool = True) -> tuple[list[Mo
 
 
 class Deadline(BaseException):
-    """The run's time is up (its timer, or SIGTERM): not an ``Exception``, so
+    """The run's time is up (its timer, SIGTERM or SIGINT): not an ``Exception``, so
     no phase's error handling swallows it."""
 
 
@@ -511,12 +510,15 @@ class Phases:
 
 
 def arm_deadline(seconds: float | None) -> None:
-    """From now, ``seconds`` later (and on SIGTERM), raise ``Deadline`` in the main thread."""
+    """From now, ``seconds`` later (and on SIGTERM or SIGINT: gpu_round.py stops
+    a step with SIGINT), raise ``Deadline`` in the main thread."""
 
     def stop(signum, frame):
-        raise Deadline("terminated" if signum == signal.SIGTERM else "the bench's deadline")
+        why = "the bench's deadline" if signum == signal.SIGALRM else f"stopped by {signal.Signals(signum).name}"
+        raise Deadline(why)
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     if seconds is not None:
         signal.signal(signal.SIGALRM, stop)
         signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))

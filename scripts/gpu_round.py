@@ -5,17 +5,18 @@ calls ``run``; ``bash scripts/gpu-check plan`` calls ``plan`` (anywhere: no GPU,
 The budget (``GPU_CHECK_BUDGET``, default 480 s: one device command may run 10 minutes,
 and a session has 15 minutes of device time, machine start included) is split up front:
 
-    install       at most  45 s  (pip install --no-deps of .gpu/wheels/*.whl)
+    install       at most  45 s  (pip install --no-deps of .gpu/wheels/*.whl; .gpu/deps offline)
     environment   at most  30 s  (nvidia-smi, ferrolm/torch versions, NVRTC/cuBLAS paths)
     tests         at most 180 s  (GPU_CHECK_TEST_TIMEOUT; pytest-timeout stops a hung test)
     bench         what is left, less 10 s for the summary (at least 215 s with the defaults)
 
-Each step runs in its own process group and is killed at its limit (SIGTERM, then
-SIGKILL); the benchmark gets ``--budget`` = its limit less 15 s, so it sizes its flags
-to fit and stops itself first. After every step ``$OUT/gpu_round.json`` (every step's
-status, elapsed and limit seconds, the test counts, the benchmark's phases and
-figures) and ``$OUT/summary.txt`` (which steps ran, failed, timed out or were cut)
-are rewritten, so a failure or a timeout leaves them complete up to that point.
+Each step runs in its own process group and is stopped at its limit (SIGINT, so
+pytest still writes its report, then SIGKILL 10 s later); the benchmark gets
+``--budget`` = its limit less 15 s, so it sizes its flags to fit and stops itself
+first. After every step ``$OUT/gpu_round.json`` (every step's status, elapsed and
+limit seconds, the test counts, the benchmark's phases and figures) and
+``$OUT/summary.txt`` (which steps ran, failed, timed out or were cut) are
+rewritten, so a failure or a timeout leaves them complete up to that point.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ class Round:
         timed_out: list[bool] = []
 
         def run(cmd: Sequence[str], log: Path | None = None, env: dict[str, str] | None = None) -> int:
-            rc, killed = run_command(cmd, deadline - self.clock(), log, env, self.kill_grace_s)
+            # The grace after the interrupt is inside the step's limit.
+            rc, killed = run_command(cmd, deadline - self.clock() - self.kill_grace_s, log, env, self.kill_grace_s)
             if killed:
                 timed_out.append(True)
             return rc
@@ -180,11 +182,12 @@ class Round:
 def run_command(cmd: Sequence[str], timeout: float, log: Path | None = None, env: dict[str, str] | None = None,
                 kill_grace_s: float = KILL_GRACE_S) -> tuple[int, bool]:
     """Runs ``cmd`` in its own process group, its output to our stdout (and
-    appended to ``log``); past ``timeout`` s the group gets SIGTERM, then
-    SIGKILL. Returns (exit status, whether it was killed)."""
+    appended to ``log``); past ``timeout`` s the group gets SIGINT (pytest then
+    still writes its report, gpu_bench its JSON), ``kill_grace_s`` later
+    SIGKILL. Returns (exit status, whether it was stopped)."""
     if timeout <= 0:
         return 124, True
-    print("$ " + " ".join(shlex.quote(str(c)) for c in cmd), flush=True)
+    print("$ " + " ".join("<script>" if "\n" in str(c) else shlex.quote(str(c)) for c in cmd), flush=True)
     sink = open(log, "a", encoding="utf-8") if log else None
     try:
         proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -212,8 +215,8 @@ def run_command(cmd: Sequence[str], timeout: float, log: Path | None = None, env
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         killed = True
-        print(f"-- stopped at its limit ({timeout:.0f} s): SIGTERM", flush=True)
-        _signal_group(proc, signal.SIGTERM)
+        print(f"\n-- stopped at its limit ({timeout:.0f} s): SIGINT", flush=True)
+        _signal_group(proc, signal.SIGINT)
         try:
             proc.wait(timeout=kill_grace_s)
         except subprocess.TimeoutExpired:
@@ -246,6 +249,12 @@ class Machine:
         self.wheels = Path(os.environ.get("GPU_CHECK_WHEELS", ROOT / ".gpu" / "wheels"))
 
     def install(self, run: Callable[..., int], limit: float) -> int:
+        rc = self.install_ferrolm(run, limit)
+        if rc == 0 and self.install_deps(run, limit) != 0:
+            print("warning: the test dependencies did not install: the tests that import them will error")
+        return rc
+
+    def install_ferrolm(self, run: Callable[..., int], limit: float) -> int:
         wheels = sorted(self.wheels.glob("*.whl"))
         if not wheels:
             print(f"no wheel in {self.wheels}: run 'bash scripts/gpu-check build' here first and carry .gpu")
@@ -260,6 +269,17 @@ class Machine:
             return 1
         self.py = str(venv / "bin" / "python")
         return run([self.py, *pip])
+
+    def install_deps(self, run: Callable[..., int], limit: float) -> int:
+        """What the tests import and the machine lacks, from .gpu/deps (offline):
+        pip keeps what is installed where it satisfies the pins."""
+        deps = self.wheels.parent / "deps"
+        req = deps / "requirements.txt"
+        if not req.is_file():
+            print(f"no {req}: nothing to add (bash scripts/gpu-check build fetches it)")
+            return 0
+        return run([self.py, "-m", "pip", "install", "-q", "--no-index", "--find-links", deps,
+                    "--disable-pip-version-check", *req.read_text().split()])
 
     def environment(self, run: Callable[..., int], limit: float) -> int:
         env_txt = self.out / "env.txt"
@@ -278,8 +298,10 @@ class Machine:
         return report or smi
 
     def tests(self, run: Callable[..., int], limit: float) -> int:
-        cmd = [self.py, "-m", "pytest", "-q", "-m", "gpu", "tests/gpu", "-p", "no:cacheprovider", "-rs",
-               "--durations=10", f"--junitxml={self.out / 'gpu-tests.xml'}"]
+        # One module that cannot import (a package missing there) must not stop the others.
+        # -v: one line per test, so the log says how far a stopped run got.
+        cmd = [self.py, "-m", "pytest", "-v", "-m", "gpu", "tests/gpu", "-p", "no:cacheprovider", "-rs",
+               "--durations=10", "--continue-on-collection-errors", f"--junitxml={self.out / 'gpu-tests.xml'}"]
         if importlib.util.find_spec("pytest_timeout") is not None:
             cmd += [f"--timeout={PER_TEST_S}"]
         env = dict(self.env, FERROLM_REQUIRE_GPU="1")
@@ -351,8 +373,8 @@ def test_counts(xml: Path) -> dict[str, Any]:
 def run_round(what: str, out: Path, budget: float, tests_s: float) -> int:
     plan = round_plan(budget, tests_s)
     limits = {p["name"]: p["limit_s"] for p in plan}
-    print("round plan: " + ", ".join(f"{p['name']} {p['limit_s']:.0f} s" for p in plan)
-          + f" (budget {budget:.0f} s)", flush=True)
+    print("round plan: " + ", ".join(f"{p['name']} {'>=' if p['name'] == 'bench' else '<='}{p['limit_s']:.0f} s"
+                                     for p in plan) + f" (budget {budget:.0f} s)", flush=True)
     r = Round(out, budget, plan)
     m = Machine(out)
     r.step("install", m.install, limits["install"])

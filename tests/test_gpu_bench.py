@@ -147,7 +147,7 @@ def test_the_deadline_stops_a_phase_that_is_still_running():
     plan = [{"name": "endless", "estimate_s": 0, "needs": []}, {"name": "next", "estimate_s": 0, "needs": []}]
     results: dict = {}
     phases = bench.Phases(plan, results, lambda: None, budget_s=None)
-    old = signal.getsignal(signal.SIGALRM), signal.getsignal(signal.SIGTERM)
+    old = [(sig, signal.getsignal(sig)) for sig in (signal.SIGALRM, signal.SIGTERM, signal.SIGINT)]
     try:
         bench.arm_deadline(0.2)
 
@@ -159,8 +159,8 @@ def test_the_deadline_stops_a_phase_that_is_still_running():
         phases.run("next", lambda: None)
     finally:
         bench.disarm_deadline()
-        signal.signal(signal.SIGALRM, old[0])
-        signal.signal(signal.SIGTERM, old[1])
+        for sig, handler in old:
+            signal.signal(sig, handler)
     assert [(p["name"], p["status"]) for p in results["phases"]] == [("endless", "timeout"), ("next", "cut")]
 
 
@@ -174,12 +174,12 @@ def test_a_round_keeps_its_record_when_steps_fail_time_out_or_are_cut(tmp_path):
     assert r.step("tests", lambda run, limit: 0, 10, needs=["install"]) == "cut"
     endless = [py, "-c", "import time\nwhile True: time.sleep(1)"]
     log = tmp_path / "endless.log"
-    assert r.step("bench", lambda run, limit: run(endless, log=log), 1) == "timeout"
+    assert r.step("bench", lambda run, limit: run(endless, log=log), 2) == "timeout"
     record = json.loads((tmp_path / "gpu_round.json").read_text())
     steps = {s["name"]: s for s in record["steps"]}
     assert (steps["install"]["status"], steps["install"]["rc"]) == ("failed", 3)
     assert steps["tests"]["reason"] == "needs install" and "elapsed_s" not in steps["tests"]
-    assert steps["bench"]["status"] == "timeout" and steps["bench"]["limit_s"] == 1
+    assert steps["bench"]["status"] == "timeout" and steps["bench"]["limit_s"] == 2
     assert record["ok"] is False
     summary = (tmp_path / "summary.txt").read_text()
     assert "ran: install, bench | cut: tests, environment" in summary
