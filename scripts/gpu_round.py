@@ -120,7 +120,7 @@ class Round:
             return self._record(name, "failed", limit, elapsed_s=self.clock() - t, reason=f"{type(e).__name__}: {e}")
         elapsed = self.clock() - t
         if timed_out:
-            return self._record(name, "timeout", limit, elapsed_s=elapsed, rc=rc, reason="killed at its limit")
+            return self._record(name, "timeout", limit, elapsed_s=elapsed, rc=rc, reason="stopped at its limit")
         if rc != 0:
             return self._record(name, "failed", limit, elapsed_s=elapsed, rc=rc)
         self.ok.add(name)
@@ -155,12 +155,13 @@ class Round:
         if bench and bench.get("summary"):
             counts = ", ".join(f"{k} {len(v)}" for k, v in bench["summary"].items())
             lines.append(f"  bench phases: {counts}")
-            for status in ("failed", "timeout", "cut"):
+            for status in ("failed", "timeout", "cut", "skipped"):
                 if status in bench["summary"]:
                     lines.append(f"    {status}: {', '.join(bench['summary'][status])}")
         elif bench and bench.get("phases"):
             done = ", ".join(f"{p['name']} {p['status']}" for p in bench["phases"])
             lines.append(f"  bench phases so far: {done}")
+        lines += [f"  note: {note}" for note in r.get("notes", [])]
         steps = {s["name"]: s["status"] for s in r["steps"]}
         ran = [n for n, st in steps.items() if st in ("ok", "failed", "timeout")]
         cut = [n for n, st in steps.items() if st == "cut"]
@@ -247,11 +248,13 @@ class Machine:
         self.py = os.environ.get("PYTHON", sys.executable)
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.wheels = Path(os.environ.get("GPU_CHECK_WHEELS", ROOT / ".gpu" / "wheels"))
+        self.notes: list[str] = []  # what the round's record should say beside the statuses
 
     def install(self, run: Callable[..., int], limit: float) -> int:
         rc = self.install_ferrolm(run, limit)
         if rc == 0 and self.install_deps(run, limit) != 0:
-            print("warning: the test dependencies did not install: the tests that import them will error")
+            self.notes.append("the test dependencies in .gpu/deps did not install: the tests importing them error")
+            print(f"warning: {self.notes[-1]}")
         return rc
 
     def install_ferrolm(self, run: Callable[..., int], limit: float) -> int:
@@ -378,6 +381,7 @@ def run_round(what: str, out: Path, budget: float, tests_s: float) -> int:
     r = Round(out, budget, plan)
     m = Machine(out)
     r.step("install", m.install, limits["install"])
+    r.results["notes"] = m.notes
     r.step("environment", m.environment, limits["environment"])
     if what in ("all", "tests"):
         r.step("tests", m.tests, limits["tests"], needs=["install"])
