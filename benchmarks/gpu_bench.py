@@ -525,7 +525,10 @@ def arm_deadline(seconds: float | None) -> None:
 
 
 def disarm_deadline() -> None:
+    """No more ``Deadline``: what is left (the report, the JSON) runs to its end."""
     signal.setitimer(signal.ITIMER_REAL, 0)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 # -- one model -------------------------------------------------------------------------
