@@ -78,11 +78,14 @@ pub(super) struct RowHost {
 pub(super) const PREFILL_ROWS: usize = 16;
 
 impl RowHost {
+    /// Row metadata for `spans`, indexed by batch row: a span's rows are
+    /// `span.row..span.row + span.len` wherever it sits in the slice.
     pub fn new(spans: &[SeqSpan], page_size: usize) -> RowHost {
+        let total = spans.iter().map(|s| s.row + s.len).max().unwrap_or(0);
         let mut rows = RowHost {
-            slots: Vec::new(),
-            positions: Vec::new(),
-            table_start: Vec::new(),
+            slots: vec![0; total],
+            positions: vec![0; total],
+            table_start: vec![0; total],
             tables: Vec::new(),
             tile_first: Vec::new(),
             tile_rows: Vec::new(),
@@ -95,10 +98,12 @@ impl RowHost {
             }
             let start = rows.tables.len() as u32;
             rows.tables.extend_from_slice(span.pages);
-            for pos in span.start_pos..span.start_pos + span.len {
-                rows.slots.push(span.pages[pos / page_size] * page_size as u32 + (pos % page_size) as u32);
-                rows.positions.push(pos as u32);
-                rows.table_start.push(start);
+            for i in 0..span.len {
+                let pos = span.start_pos + i;
+                let row = span.row + i;
+                rows.slots[row] = span.pages[pos / page_size] * page_size as u32 + (pos % page_size) as u32;
+                rows.positions[row] = pos as u32;
+                rows.table_start[row] = start;
             }
         }
         rows
@@ -136,5 +141,23 @@ mod tests {
         assert_eq!(rows.tile_first, vec![0, 1, 17]);
         assert_eq!(rows.tile_rows, vec![1, 16, 4]);
         assert!(RowHost::new(&spans[..1], 16).decode_only);
+    }
+
+    #[test]
+    fn rows_follow_span_row_not_span_order() {
+        let (a, b) = ([7u32], [2u32, 5]);
+        let in_order = [
+            SeqSpan { pages: &a, start_pos: 3, row: 0, len: 1 },
+            SeqSpan { pages: &b, start_pos: 14, row: 1, len: 4 },
+        ];
+        let reversed = [in_order[1], in_order[0]];
+        let (x, y) = (RowHost::new(&in_order, 16), RowHost::new(&reversed, 16));
+        assert_eq!(x.slots, y.slots);
+        assert_eq!(x.positions, y.positions);
+        assert_eq!(y.slots, vec![7 * 16 + 3, 2 * 16 + 14, 2 * 16 + 15, 5 * 16, 5 * 16 + 1]);
+        assert_eq!(y.positions, vec![3, 14, 15, 16, 17]);
+        // Each row points at its own sequence's block table.
+        assert_eq!(y.tables, vec![2, 5, 7]);
+        assert_eq!(y.table_start, vec![2, 0, 0, 0, 0]);
     }
 }
