@@ -9,8 +9,8 @@ use ferrolm_core::backend::cpu::quant::interleave::Interleaved;
 use ferrolm_core::backend::cpu::quant::{
     dot_fp8, dot_fp8_x4, dot_q8, dot_x8, interleaves, quantize_rows, Isa, Q8Block,
 };
-use ferrolm_core::weights::gguf::GgmlType;
-use ferrolm_core::weights::{Bytes, PackedTensor};
+use ferrolm_core::formats::GgmlType;
+use ferrolm_core::formats::{Bytes, PackedTensor};
 
 fn main() {
     let (rows, cols) = (1536usize, 576usize);

@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::backend::cpu::KvDtype;
-use crate::backend::{Device, Quantize};
+use crate::backend::Device;
 use crate::error::{Error, Result};
+use crate::formats::Quantize;
 use crate::sampling::SamplingConfig;
 
 /// The whole file.

@@ -25,6 +25,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod formats;
 pub mod generate;
 pub mod inference_config;
 pub mod kv;

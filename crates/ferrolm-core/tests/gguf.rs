@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 use common::{agreement_with_reference, max_rel_error, Reference};
 
 use ferrolm_core::backend::cpu::Cpu;
-use ferrolm_core::weights::gguf::{config_from_gguf, GgmlType, GgufFile, GgufValue};
+use ferrolm_core::formats::GgmlType;
+use ferrolm_core::weights::gguf::{config_from_gguf, GgufFile, GgufValue};
 use ferrolm_core::weights::TensorSource;
 use ferrolm_core::{
     generate, Config, Error, Family, Logits, RopeScaling, SamplingConfig, SeqInput, Transformer,

@@ -88,7 +88,7 @@ fn greedy_matches_hf() {
 #[test]
 fn quantize_at_load_packs_matrices_and_keeps_hf_tokens() {
     use ferrolm_core::backend::cpu::CpuWeight;
-    use ferrolm_core::weights::gguf::GgmlType;
+    use ferrolm_core::formats::GgmlType;
     for ty in [GgmlType::Q8_0, GgmlType::Q4_K] {
         for dir in fixtures() {
             let cpu = Cpu::new(CpuOptions { quantize: Some(ty.into()), ..Default::default() }).unwrap();
@@ -124,8 +124,9 @@ fn fp8_at_load_converts_the_linear_layers_and_computes_the_fp8_model() {
     use std::collections::HashMap;
 
     use ferrolm_core::backend::cpu::CpuWeight;
-    use ferrolm_core::backend::Quantize;
-    use ferrolm_core::weights::{fp8, names, SafetensorsDir, TensorSource};
+    use ferrolm_core::formats::fp8;
+    use ferrolm_core::formats::Quantize;
+    use ferrolm_core::weights::{names, SafetensorsDir, TensorSource};
     for dir in fixtures() {
         let cpu = Cpu::new(CpuOptions {
             quantize: Some(Quantize::Fp8),

@@ -5,8 +5,9 @@
 
 use std::path::PathBuf;
 
+use ferrolm_core::formats::Bytes;
 use ferrolm_core::weights::gguf::GgufFile;
-use ferrolm_core::weights::{Bytes, SafetensorsDir, TensorSource};
+use ferrolm_core::weights::{SafetensorsDir, TensorSource};
 use ferrolm_core::Error;
 use half::f16;
 use numpy::ndarray::{ArrayViewD, IxDyn};

@@ -3,7 +3,7 @@
 
 use ferrolm_core::backend::cpu::{Cpu, CpuOptions, KvDtype};
 use ferrolm_core::backend::cuda::{Cuda, GpuDtype};
-use ferrolm_core::backend::Quantize;
+use ferrolm_core::formats::Quantize;
 use ferrolm_core::{Device, Error, Result};
 
 /// The backend a Python call asked for.

@@ -1,8 +1,8 @@
 //! `_core.quantize_fp8` / `_core.dequantize_fp8`: numpy arrays to and from
-//! the core's FP8 E4M3 matrices (`ferrolm_core::weights::fp8`).
+//! the core's FP8 E4M3 matrices (`ferrolm_core::formats::fp8`).
 
-use ferrolm_core::weights::fp8::{Fp8Layout, Fp8Tensor, MODEL_LAYOUT};
-use ferrolm_core::weights::HostTensor;
+use ferrolm_core::formats::fp8::{Fp8Layout, Fp8Tensor, MODEL_LAYOUT};
+use ferrolm_core::formats::HostTensor;
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;

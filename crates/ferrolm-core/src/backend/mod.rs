@@ -8,14 +8,12 @@
 pub mod cpu;
 pub mod cuda;
 mod kv_page;
-mod quantize;
 
 pub use kv_page::{check_page_access, rows_of, KvGeometry, KvKind, KvPart};
 
-pub use self::quantize::Quantize;
 use crate::error::{Error, Result};
+use crate::formats::StoredTensor;
 use crate::sampling::device::RowSampling;
-use crate::weights::StoredTensor;
 
 /// Where a model runs. Parsed from strings such as `"cpu"`, `"cuda"`, `"cuda:1"`,
 /// or a bare GPU index (`"0"`, as the seed API's `device=0`).

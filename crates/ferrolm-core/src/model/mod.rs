@@ -18,8 +18,9 @@ pub use self::forward::{Logits, SeqInput};
 use crate::backend::{Backend, Device};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::formats::HostTensor;
 use crate::kv::{KvCache, KvLayout};
-use crate::weights::{names, HostTensor, SafetensorsDir, TensorSource};
+use crate::weights::{names, SafetensorsDir, TensorSource};
 
 /// A weight matrix `[out_features, in_features]` and its optional bias `[out_features]`.
 pub struct Linear<B: Backend> {

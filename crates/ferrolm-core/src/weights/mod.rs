@@ -6,38 +6,15 @@
 //! state dicts). Tensors come as f32 ([`HostTensor`]) or as stored
 //! ([`StoredTensor`]: half and quantized data kept packed).
 
-pub mod fp8;
 pub mod gguf;
 pub mod names;
 mod safetensors;
-mod stored;
 
 use std::collections::HashMap;
 
 pub use self::safetensors::{RawTensor, SafetensorsDir};
-pub(crate) use self::stored::release_pages;
-pub use self::stored::{Bytes, PackedTensor, StoredTensor};
 use crate::error::{Error, Result};
-
-/// A dense tensor in host memory, upcast to f32.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HostTensor {
-    pub shape: Vec<usize>,
-    pub data: Vec<f32>,
-}
-
-impl HostTensor {
-    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<HostTensor> {
-        let expected: usize = shape.iter().product();
-        if expected != data.len() {
-            return Err(Error::InvalidWeights(format!(
-                "shape {shape:?} needs {expected} elements but {} were given",
-                data.len()
-            )));
-        }
-        Ok(HostTensor { shape, data })
-    }
-}
+use crate::formats::{HostTensor, StoredTensor};
 
 /// Something that holds named tensors: a checkpoint on disk or a state dict.
 pub trait TensorSource {

@@ -12,9 +12,10 @@ use memmap2::Mmap;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
-use super::gguf::GgmlType;
-use super::{Bytes, HostTensor, PackedTensor, StoredTensor, TensorSource};
+use super::TensorSource;
 use crate::error::{Error, Result};
+use crate::formats::GgmlType;
+use crate::formats::{Bytes, HostTensor, PackedTensor, StoredTensor};
 
 /// The weight files of one model directory.
 pub struct SafetensorsDir {

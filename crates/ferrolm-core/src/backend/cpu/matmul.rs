@@ -20,8 +20,8 @@ use rayon::prelude::*;
 
 use super::quant::interleave::{Interleaved, ROWS};
 use super::quant::{self, Isa, Q8Block, QK};
-use crate::weights::fp8::{Fp8Layout, Fp8Tensor};
-use crate::weights::{HostTensor, PackedTensor};
+use crate::formats::fp8::{Fp8Layout, Fp8Tensor};
+use crate::formats::{HostTensor, PackedTensor};
 
 /// A parameter on the CPU: f32, or packed as the checkpoint stores it.
 #[derive(Debug, Clone)]
@@ -298,7 +298,7 @@ fn packed_rows(
         }
     } else {
         let widen = |r, wide: &mut [f32]| {
-            crate::weights::gguf::quants::dequantize(w.ty, w.row(r), wide).expect("row of whole blocks")
+            crate::formats::dequantize::dequantize(w.ty, w.row(r), wide).expect("row of whole blocks")
         };
         widened_rows(p, rows, widen, write);
     }

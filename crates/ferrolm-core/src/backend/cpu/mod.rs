@@ -26,11 +26,13 @@ pub use self::matmul::CpuWeight;
 use self::matmul::{rms_norm_row, with_spare, Matrix, OutPtr, Prepared};
 use self::quant::interleave::Interleaved;
 use self::quant::Isa;
-use super::{AttentionShape, Backend, Device, KvPart, Quantize, SeqSpan};
+use super::{AttentionShape, Backend, Device, KvPart, SeqSpan};
 use crate::error::{try_zeroed, Error, Result};
-use crate::weights::fp8::{Fp8Tensor, MODEL_LAYOUT};
-use crate::weights::gguf::GgmlType;
-use crate::weights::{names, Bytes, HostTensor, PackedTensor, StoredTensor};
+use crate::formats::fp8::{Fp8Tensor, MODEL_LAYOUT};
+use crate::formats::GgmlType;
+use crate::formats::Quantize;
+use crate::formats::{Bytes, HostTensor, PackedTensor, StoredTensor};
+use crate::weights::names;
 
 /// How the CPU backend runs.
 #[derive(Debug, Clone, Default)]
@@ -224,7 +226,7 @@ fn quantize_matrix(tensor: StoredTensor, ty: GgmlType) -> Result<StoredTensor> {
         return Ok(tensor);
     }
     let host = tensor.into_host()?;
-    let data = crate::weights::gguf::quantize::quantize(ty, &host.data)?;
+    let data = crate::formats::quantize::quantize(ty, &host.data)?;
     PackedTensor::new(host.shape, ty, Bytes::Owned(data)).map(StoredTensor::Packed)
 }
 
@@ -329,9 +331,9 @@ impl Backend for Cpu {
                         row.copy_from_slice(&t.data[id * dim..(id + 1) * dim]);
                         Ok(())
                     }
-                    CpuWeight::Packed(p) => crate::weights::gguf::quants::dequantize(p.ty, p.row(id), row),
+                    CpuWeight::Packed(p) => crate::formats::dequantize::dequantize(p.ty, p.row(id), row),
                     CpuWeight::Interleaved(w) => {
-                        crate::weights::gguf::quants::dequantize(w.ty, &w.row(id), row)
+                        crate::formats::dequantize::dequantize(w.ty, &w.row(id), row)
                     }
                     CpuWeight::Fp8(w) => {
                         w.dequantize_row(id, row);

@@ -2,7 +2,7 @@
 
 use super::{Cpu, CpuOptions, CpuWeight, KvDtype};
 use crate::backend::{AttentionShape, Backend, KvKind, KvPart, SeqSpan};
-use crate::weights::HostTensor;
+use crate::formats::HostTensor;
 
 fn t(shape: &[usize], data: &[f32]) -> CpuWeight {
     CpuWeight::F32(HostTensor::new(shape.to_vec(), data.to_vec()).unwrap())
@@ -205,8 +205,8 @@ mod packed {
     use super::super::{CpuOptions, CpuWeight};
     use super::Cpu;
     use crate::backend::Backend;
-    use crate::weights::gguf::GgmlType;
-    use crate::weights::{Bytes, PackedTensor};
+    use crate::formats::GgmlType;
+    use crate::formats::{Bytes, PackedTensor};
 
     fn packed(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> PackedTensor {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -319,9 +319,9 @@ mod fp8 {
     use super::super::{CpuOptions, CpuWeight};
     use super::Cpu;
     use crate::backend::Backend;
-    use crate::weights::fp8::{Fp8Layout, Fp8Tensor, MODEL_LAYOUT};
-    use crate::weights::gguf::GgmlType;
-    use crate::weights::HostTensor;
+    use crate::formats::fp8::{Fp8Layout, Fp8Tensor, MODEL_LAYOUT};
+    use crate::formats::GgmlType;
+    use crate::formats::HostTensor;
 
     fn fp8(rows: usize, cols: usize, rng: &mut ChaCha8Rng) -> Fp8Tensor {
         fp8_in(rows, cols, rng, MODEL_LAYOUT)
@@ -385,11 +385,11 @@ mod fp8 {
             (CpuWeight::Fp8(fp8(inter, hidden, &mut rng)), CpuWeight::Fp8(fp8(inter, hidden, &mut rng)));
         let q8 = {
             let data: Vec<f32> = (0..inter * hidden).map(|_| rng.random_range(-0.5f32..0.5)).collect();
-            let bytes = crate::weights::gguf::quantize::quantize(GgmlType::Q8_0, &data).unwrap();
-            let p = crate::weights::PackedTensor::new(
+            let bytes = crate::formats::quantize::quantize(GgmlType::Q8_0, &data).unwrap();
+            let p = crate::formats::PackedTensor::new(
                 vec![inter, hidden],
                 GgmlType::Q8_0,
-                crate::weights::Bytes::Owned(bytes),
+                crate::formats::Bytes::Owned(bytes),
             );
             CpuWeight::Packed(p.unwrap())
         };

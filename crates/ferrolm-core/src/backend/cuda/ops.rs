@@ -11,8 +11,10 @@ const PREFILL_KEYS: usize = 16;
 use super::{gpu_err, Cuda, GpuData, GpuDtype, GpuTensor};
 use crate::backend::{check_page_access, rows_of, AttentionShape, Backend, Device, KvPart, SeqSpan};
 use crate::error::{Error, Result};
+use crate::formats::fp8;
+use crate::formats::StoredTensor;
 use crate::sampling::device::RowSampling;
-use crate::weights::{fp8, names, StoredTensor};
+use crate::weights::names;
 
 const THREADS: u32 = 256;
 

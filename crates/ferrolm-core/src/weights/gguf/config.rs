@@ -9,9 +9,10 @@
 //! llama.cpp stores as per-frequency factors in a `rope_freqs.weight` tensor.
 
 use super::names::ROPE_FREQS;
-use super::reader::{GgmlType, GgufFile, GgufValue};
+use super::reader::{GgufFile, GgufValue};
 use crate::config::{Config, DType, Family, RopeScaling};
 use crate::error::{Error, Result};
+use crate::formats::GgmlType;
 
 /// Builds the model config from a GGUF file's metadata (and tensor table).
 /// `max_seq_len` defaults to `{arch}.context_length`.

@@ -21,12 +21,10 @@
 
 mod config;
 pub mod names;
-pub mod quantize;
-pub mod quants;
 mod reader;
 
 pub use self::config::config_from_gguf;
-pub use self::reader::{GgmlType, GgufFile, GgufTensorInfo, GgufValue};
+pub use self::reader::{GgufFile, GgufTensorInfo, GgufValue};
 
 use std::path::Path;
 

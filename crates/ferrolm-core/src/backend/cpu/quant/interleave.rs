@@ -20,8 +20,8 @@
 //! values `16 + 4c..`. The same bytes as the file, reordered: no precision
 //! changes.
 
-use crate::weights::gguf::GgmlType;
-use crate::weights::PackedTensor;
+use crate::formats::GgmlType;
+use crate::formats::PackedTensor;
 
 /// Rows per group.
 pub const ROWS: usize = 8;
@@ -53,7 +53,7 @@ impl Interleaved {
     }
 
     /// Reorders `p` (see [`Interleaved::fits`]), releasing the source's
-    /// mapped pages as it goes (see [`crate::weights::Bytes::release`]), so
+    /// mapped pages as it goes (see [`crate::formats::Bytes::release`]), so
     /// that the copy and the mapped original are never both resident.
     pub fn new(p: &PackedTensor) -> Interleaved {
         let (block, quants, scales) = layout(p.ty).expect("an interleavable type");

@@ -22,7 +22,7 @@ pub(super) mod tests;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use crate::weights::gguf::GgmlType;
+use crate::formats::GgmlType;
 
 /// Values per activation block (and per Q4_0/Q4_1/Q8_0 weight block; the
 /// K-quants' 256-value super-blocks span eight).

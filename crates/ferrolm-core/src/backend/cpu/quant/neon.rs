@@ -11,8 +11,8 @@ use std::arch::aarch64::*;
 
 use super::portable::{f16_at, q6_value};
 use super::Q8Block;
-use crate::weights::gguf::quants::scale_min_k4;
-use crate::weights::gguf::GgmlType;
+use crate::formats::dequantize::scale_min_k4;
+use crate::formats::GgmlType;
 
 /// Σ w[i] * a[i] over 32 i8 pairs (two 16-lane vectors of weights).
 #[inline(always)]

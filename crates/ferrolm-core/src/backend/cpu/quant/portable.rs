@@ -5,8 +5,8 @@
 use half::{bf16, f16};
 
 use super::{Q8Block, QK};
-use crate::weights::fp8::e4m3;
-use crate::weights::gguf::quants::scale_min_k4;
+use crate::formats::dequantize::scale_min_k4;
+use crate::formats::fp8::e4m3;
 
 #[inline]
 pub(super) fn f16_at(b: &[u8], i: usize) -> f32 {

@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::*;
-use crate::weights::gguf::quants;
+use crate::formats::dequantize;
 
 const TYPES: [GgmlType; 5] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K];
 
@@ -56,7 +56,7 @@ fn random_acts(rows: usize, cols: usize, rng: &mut ChaCha8Rng) -> Vec<Vec<Q8Bloc
 /// activations, and the magnitude `M` of its terms.
 fn reference(ty: GgmlType, w: &[u8], a: &[Q8Block], cols: usize) -> (f64, f64) {
     let mut wf = vec![0f32; cols];
-    quants::dequantize(ty, w, &mut wf).unwrap();
+    dequantize::dequantize(ty, w, &mut wf).unwrap();
     let x = a.iter().flat_map(|b| b.qs.iter().map(move |&q| b.d as f64 * q as f64));
     wf.iter().zip(x).fold((0.0, 0.0), |(s, m), (&w, x)| (s + w as f64 * x, m + (w as f64 * x).abs()))
 }
@@ -152,7 +152,7 @@ fn half_rows_match_portable() {
                 .collect();
             let want = dot_half(Isa::Portable, ty, &w, &x);
             let mut wide = vec![0f32; cols];
-            quants::dequantize(ty, &w, &mut wide).unwrap();
+            dequantize::dequantize(ty, &w, &mut wide).unwrap();
             let m: f64 = wide.iter().zip(&x).map(|(a, b)| (a * b).abs() as f64).sum();
             for isa in Isa::available() {
                 let got = dot_half(isa, ty, &w, &x);
@@ -222,7 +222,7 @@ pub(in crate::backend::cpu) fn fp8_codes(n: usize, rng: &mut ChaCha8Rng) -> Vec<
 /// `cols` products, then the SIMD one adds its tail once more: γ_{cols+2}.
 #[test]
 fn fp8_kernels_equal_the_exact_sum_within_f32_rounding() {
-    use crate::weights::fp8::e4m3::decode;
+    use crate::formats::fp8::e4m3::decode;
     let mut rng = ChaCha8Rng::seed_from_u64(8);
     for cols in [1, 15, 16, 31, 32, 33, 576, 1536 + 7] {
         let w = fp8_codes(cols, &mut rng);

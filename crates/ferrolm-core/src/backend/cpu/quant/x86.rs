@@ -15,7 +15,7 @@
 use std::arch::x86_64::*;
 
 use super::Q8Block;
-use crate::weights::gguf::quants::scale_min_k4;
+use crate::formats::dequantize::scale_min_k4;
 
 #[inline(always)]
 unsafe fn f16_at(p: *const u8) -> f32 {

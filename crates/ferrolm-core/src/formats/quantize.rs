@@ -31,11 +31,11 @@
 use half::f16;
 use rayon::prelude::*;
 
-use super::quants::{
+use super::dequantize::{
     scale_min_k4, BLOCK_Q4_0_BYTES, BLOCK_Q4_1_BYTES, BLOCK_Q4_K_BYTES, BLOCK_Q8_0_BYTES, QK4_0, QK4_1,
     QK8_0, QK_K,
 };
-use super::reader::GgmlType;
+use super::GgmlType;
 use crate::error::{Error, Result};
 
 /// Values per parallel task: 1024 Q8_0/Q4_0/Q4_1 blocks or 128 Q4_K
@@ -389,7 +389,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use rand_distr::{Distribution, Normal};
 
-    use super::super::quants::{dequantize_q4_0, dequantize_q4_1, dequantize_q4_k, dequantize_q8_0};
+    use super::super::dequantize::{dequantize_q4_0, dequantize_q4_1, dequantize_q4_k, dequantize_q8_0};
     use super::*;
 
     /// f32's unit roundoff: one rounding moves a value by at most `|v| * U`.

@@ -7,7 +7,7 @@ use safetensors::SafeTensors;
 
 use super::e4m3::{self, decode, encode};
 use super::{Fp8Layout, Fp8Tensor};
-use crate::weights::HostTensor;
+use crate::formats::HostTensor;
 
 struct Fixture(Vec<u8>);
 

@@ -1,7 +1,7 @@
 //! `quantize=`: the format a backend converts matrices to as it loads them.
 
 use crate::error::{Error, Result};
-use crate::weights::gguf::GgmlType;
+use crate::formats::GgmlType;
 
 /// A format matrices are converted to at load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -9,7 +9,7 @@ pub enum Quantize {
     /// ggml blocks (`Q8_0` or `Q4_K`) for the CPU's integer kernels.
     Ggml(GgmlType),
     /// FP8 E4M3 with one f32 scale per output channel
-    /// ([`crate::weights::fp8`]), for the decoder's linear layers only.
+    /// ([`crate::formats::fp8`]), for the decoder's linear layers only.
     Fp8,
 }
 

@@ -23,7 +23,7 @@
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::reader::GgmlType;
+use super::GgmlType;
 use crate::error::{Error, Result};
 
 pub const QK4_0: usize = 32;

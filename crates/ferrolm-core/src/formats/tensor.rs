@@ -11,9 +11,28 @@ use std::sync::Arc;
 
 use memmap2::Mmap;
 
-use super::gguf::{quants, GgmlType};
-use super::HostTensor;
+use super::{dequantize, GgmlType};
 use crate::error::{Error, Result};
+
+/// A dense tensor in host memory, upcast to f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<HostTensor> {
+        let expected: usize = shape.iter().product();
+        if expected != data.len() {
+            return Err(Error::InvalidWeights(format!(
+                "shape {shape:?} needs {expected} elements but {} were given",
+                data.len()
+            )));
+        }
+        Ok(HostTensor { shape, data })
+    }
+}
 
 /// Bytes owned, or a range of a shared memory map.
 #[derive(Clone)]
@@ -123,7 +142,7 @@ impl PackedTensor {
     pub fn dequantize(&self) -> Result<HostTensor> {
         let len: usize = self.shape.iter().product();
         let mut out = crate::error::try_zeroed(len, "dequantized tensor")?;
-        quants::dequantize(self.ty, &self.data, &mut out)?;
+        dequantize::dequantize(self.ty, &self.data, &mut out)?;
         HostTensor::new(self.shape.clone(), out)
     }
 }
