@@ -22,7 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         c.num_hidden_layers,
         c.hidden_size,
         c.vocab_size,
-        c.parameter_count()
+        ferrolm_core::model::parameter_count(c)
     );
 
     let out = generate(&std::sync::Arc::new(model), &[prompt.clone()], &SamplingConfig::greedy(16), false)?;

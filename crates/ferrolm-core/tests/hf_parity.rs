@@ -93,7 +93,7 @@ fn quantize_at_load_packs_matrices_and_keeps_hf_tokens() {
         for dir in fixtures() {
             let cpu = Cpu::new(CpuOptions { quantize: Some(ty.into()), ..Default::default() }).unwrap();
             let model = Transformer::from_pretrained_on(&dir, None, cpu).unwrap();
-            let w = &model.layers[0].gate_proj.weight;
+            let w = &model.weights.layers[0].gate_proj.weight;
             let (stored, cols) = match w {
                 CpuWeight::Packed(p) => (p.ty, p.cols()),
                 CpuWeight::Interleaved(i) => (i.ty, i.cols()),
@@ -135,7 +135,7 @@ fn fp8_at_load_converts_the_linear_layers_and_computes_the_fp8_model() {
         })
         .unwrap();
         let model = Transformer::from_pretrained_on(&dir, None, cpu).unwrap();
-        for layer in &model.layers {
+        for layer in &model.weights.layers {
             for w in [&layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.o_proj]
                 .map(|l| &l.weight)
                 .into_iter()
@@ -144,8 +144,8 @@ fn fp8_at_load_converts_the_linear_layers_and_computes_the_fp8_model() {
                 assert!(matches!(w, CpuWeight::Fp8(_)), "{}: a projection is not FP8", dir.display());
             }
         }
-        assert!(!matches!(model.embed_tokens, CpuWeight::Fp8(_)), "{}", dir.display());
-        assert!(!matches!(model.lm_head, Some(CpuWeight::Fp8(_))), "{}", dir.display());
+        assert!(!matches!(model.weights.embed_tokens, CpuWeight::Fp8(_)), "{}", dir.display());
+        assert!(!matches!(model.weights.lm_head, Some(CpuWeight::Fp8(_))), "{}", dir.display());
 
         let source = SafetensorsDir::open(&dir).unwrap();
         let rounded: HashMap<String, _> = source

@@ -42,7 +42,7 @@ pub fn config_from_json(json: &str) -> PyResult<String> {
 /// The checkpoint names and shapes of every parameter of a config.
 #[pyfunction]
 pub fn parameter_shapes(json: &str) -> PyResult<Vec<(String, Vec<usize>)>> {
-    Ok(names::parameter_shapes(&parse(json)?))
+    Ok(ferrolm_core::model::parameter_shapes(&parse(json)?))
 }
 
 /// Whether `name` is a decoder layer's linear projection: the matrices

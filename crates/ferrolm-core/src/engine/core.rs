@@ -132,7 +132,7 @@ impl<B: Backend + 'static> Engine<B> {
             "num_key_value_heads": c.num_key_value_heads,
             "head_dim": c.head_dim,
             "intermediate_size": c.intermediate_size,
-            "parameters": c.parameter_count(),
+            "parameters": crate::model::parameter_count(c),
             "dtype": c.dtype.name(),
             "device": self.model.device().to_string(),
             "bos_token_id": tokenizer.and_then(Tokenizer::bos_id),

@@ -214,9 +214,9 @@ impl<B: Backend> Transformer<B> {
         let which_all = which == Logits::All;
 
         let mut x = b.zeros(rows * c.hidden_size)?;
-        b.embedding(&self.embed_tokens, &ids, &mut x)?;
+        b.embedding(&self.weights.embed_tokens, &ids, &mut x)?;
         let mut scratch = self.take_scratch(rows)?;
-        for (i, layer) in self.layers.iter().enumerate() {
+        for (i, layer) in self.weights.layers.iter().enumerate() {
             self.block(cache, i, layer, spans, &positions, &mut x, &mut scratch)?;
         }
         self.keep_scratch(scratch);
@@ -230,8 +230,8 @@ impl<B: Backend> Transformer<B> {
         let (x, out_rows) =
             if which_all { (x, rows) } else { (b.select_rows(&x, c.hidden_size, &wanted)?, wanted.len()) };
         let mut h = b.zeros(out_rows * c.hidden_size)?;
-        b.rms_norm(&x, &self.norm, c.rms_norm_eps as f32, c.hidden_size, &mut h)?;
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        b.rms_norm(&x, &self.weights.norm, c.rms_norm_eps as f32, c.hidden_size, &mut h)?;
+        let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed_tokens);
         let mut logits = b.zeros(out_rows * c.vocab_size)?;
         b.linear(&h, head, None, &mut logits)?;
         Ok(logits)
@@ -243,7 +243,7 @@ impl<B: Backend> Transformer<B> {
         &self,
         cache: &mut KvCache<B>,
         index: usize,
-        layer: &Layer<B>,
+        layer: &Layer<B::Weight>,
         spans: &[SeqSpan],
         positions: &[u32],
         x: &mut B::Buf,

@@ -6,59 +6,29 @@
 //! the checkpoint's tensors with their shapes beside them.
 
 mod forward;
-pub mod rope;
+mod load;
+mod params;
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 
 pub use self::forward::{Logits, SeqInput};
+pub use self::load::{Checkpoint, Tensors};
+pub use self::params::{parameter_count, parameter_shapes, Layer, Linear, Params, Spec};
 use crate::backend::{Backend, Device};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::formats::HostTensor;
 use crate::kv::{KvCache, KvLayout};
-use crate::weights::{names, SafetensorsDir, TensorSource};
-
-/// A weight matrix `[out_features, in_features]` and its optional bias `[out_features]`.
-pub struct Linear<B: Backend> {
-    pub weight: B::Weight,
-    pub bias: Option<B::Weight>,
-}
-
-impl<B: Backend> Linear<B> {
-    /// `(weight, bias)`, as the backend's batched ops take them.
-    pub fn parts(&self) -> (&B::Weight, Option<&B::Weight>) {
-        (&self.weight, self.bias.as_ref())
-    }
-}
-
-/// One decoder block.
-pub struct Layer<B: Backend> {
-    pub input_layernorm: B::Weight,          // [hidden]
-    pub q_proj: Linear<B>,                   // [heads * head_dim, hidden]
-    pub k_proj: Linear<B>,                   // [kv_heads * head_dim, hidden]
-    pub v_proj: Linear<B>,                   // [kv_heads * head_dim, hidden]
-    pub o_proj: Linear<B>,                   // [hidden, heads * head_dim]
-    pub q_norm: Option<B::Weight>,           // [head_dim] (Qwen3)
-    pub k_norm: Option<B::Weight>,           // [head_dim] (Qwen3)
-    pub post_attention_layernorm: B::Weight, // [hidden]
-    pub gate_proj: Linear<B>,                // [intermediate, hidden]
-    pub up_proj: Linear<B>,                  // [intermediate, hidden]
-    pub down_proj: Linear<B>,                // [hidden, intermediate]
-}
+use crate::weights::{names, TensorSource};
 
 /// A causal language model on one backend.
 pub struct Transformer<B: Backend> {
     pub config: Config,
     pub backend: B,
-    pub embed_tokens: B::Weight, // [vocab, hidden]
-    pub layers: Vec<Layer<B>>,
-    pub norm: B::Weight, // [hidden]
-    /// `[vocab, hidden]`; `None` when tied to `embed_tokens`.
-    pub lm_head: Option<B::Weight>,
+    pub weights: Params<B::Weight>,
     /// RoPE frequencies with the config's scaling applied, `[head_dim / 2]`.
     inv_freq: Vec<f32>,
     /// Activation buffers kept from the last forward pass (see `forward.rs`).
@@ -73,58 +43,9 @@ impl<B: Backend> Transformer<B> {
         mut make: impl FnMut(&B, &str, &[usize]) -> Result<B::Weight>,
     ) -> Result<Self> {
         config.validate()?;
-        let shapes: HashMap<String, Vec<usize>> = names::parameter_shapes(&config).into_iter().collect();
-        // `None` for parameters this config does not have (biases, q/k norms, a tied head).
-        let mut opt = |name: String| -> Result<Option<B::Weight>> {
-            shapes.get(&name).map(|shape| make(&backend, &name, shape)).transpose()
-        };
-        // Required parameters are always in `shapes`.
-        let req = |w: Option<B::Weight>| w.expect("parameter_shapes lists every required parameter");
-        let embed_tokens = req(opt(names::EMBED.into())?);
-        let mut layers = Vec::with_capacity(config.num_hidden_layers);
-        for i in 0..config.num_hidden_layers {
-            let l = |suffix: &str| names::layer(i, suffix);
-            let mut linear = |path: &str| -> Result<Linear<B>> {
-                Ok(Linear {
-                    weight: req(opt(l(&format!("{path}.weight")))?),
-                    bias: opt(l(&format!("{path}.bias")))?,
-                })
-            };
-            let (q_proj, k_proj, v_proj, o_proj) = (
-                linear("self_attn.q_proj")?,
-                linear("self_attn.k_proj")?,
-                linear("self_attn.v_proj")?,
-                linear("self_attn.o_proj")?,
-            );
-            let (gate_proj, up_proj, down_proj) =
-                (linear("mlp.gate_proj")?, linear("mlp.up_proj")?, linear("mlp.down_proj")?);
-            layers.push(Layer {
-                input_layernorm: req(opt(l("input_layernorm.weight"))?),
-                q_proj,
-                k_proj,
-                v_proj,
-                o_proj,
-                q_norm: opt(l("self_attn.q_norm.weight"))?,
-                k_norm: opt(l("self_attn.k_norm.weight"))?,
-                post_attention_layernorm: req(opt(l("post_attention_layernorm.weight"))?),
-                gate_proj,
-                up_proj,
-                down_proj,
-            });
-        }
-        let norm = req(opt(names::FINAL_NORM.into())?);
-        let lm_head = opt(names::LM_HEAD.into())?;
-        let inv_freq = rope::inv_freq(&config);
-        Ok(Transformer {
-            config,
-            backend,
-            embed_tokens,
-            layers,
-            norm,
-            lm_head,
-            inv_freq,
-            scratch: Default::default(),
-        })
+        let weights = Params::spec(&config).try_map(|s| make(&backend, &s.name, &s.shape))?;
+        let inv_freq = crate::config::rope::inv_freq(&config);
+        Ok(Transformer { config, backend, weights, inv_freq, scratch: Default::default() })
     }
 
     /// Loads every parameter from `source`, checking names and shapes first.
@@ -158,63 +79,19 @@ impl<B: Backend> Transformer<B> {
         check_source(&self.config, source, strict)?;
         let present: std::collections::HashSet<String> = source.names().into_iter().collect();
         let mut uploads = Vec::new();
-        for (name, _) in names::parameter_shapes(&self.config) {
-            if present.contains(&name) {
-                uploads.push(self.backend.upload_param(&name, source.read_stored(&name)?)?);
-            }
+        for spec in Params::spec(&self.config).into_vec() {
+            let upload = match present.contains(&spec.name) {
+                true => Some(self.backend.upload_param(&spec.name, source.read_stored(&spec.name)?)?),
+                false => None,
+            };
+            uploads.push(upload);
         }
-        let mut uploads = uploads.into_iter();
-        for (name, slot) in self.parameters_mut() {
-            if present.contains(&name) {
-                *slot = uploads.next().expect("one upload per present parameter");
+        for (slot, upload) in self.weights.as_mut().into_vec().into_iter().zip(uploads) {
+            if let Some(w) = upload {
+                *slot = w;
             }
         }
         Ok(())
-    }
-
-    /// Every parameter with its checkpoint name, in `names::parameter_shapes` order.
-    fn parameters_mut(&mut self) -> Vec<(String, &mut B::Weight)> {
-        let mut out: Vec<(String, &mut B::Weight)> = vec![(names::EMBED.into(), &mut self.embed_tokens)];
-        for (i, layer) in self.layers.iter_mut().enumerate() {
-            let l = |suffix: &str| names::layer(i, suffix);
-            out.push((l("input_layernorm.weight"), &mut layer.input_layernorm));
-            for (path, lin) in [
-                ("self_attn.q_proj", &mut layer.q_proj),
-                ("self_attn.k_proj", &mut layer.k_proj),
-                ("self_attn.v_proj", &mut layer.v_proj),
-            ] {
-                out.push((l(&format!("{path}.weight")), &mut lin.weight));
-                if let Some(b) = lin.bias.as_mut() {
-                    out.push((l(&format!("{path}.bias")), b));
-                }
-            }
-            out.push((l("self_attn.o_proj.weight"), &mut layer.o_proj.weight));
-            if let Some(b) = layer.o_proj.bias.as_mut() {
-                out.push((l("self_attn.o_proj.bias"), b));
-            }
-            if let Some(w) = layer.q_norm.as_mut() {
-                out.push((l("self_attn.q_norm.weight"), w));
-            }
-            if let Some(w) = layer.k_norm.as_mut() {
-                out.push((l("self_attn.k_norm.weight"), w));
-            }
-            out.push((l("post_attention_layernorm.weight"), &mut layer.post_attention_layernorm));
-            for (path, lin) in [
-                ("mlp.gate_proj", &mut layer.gate_proj),
-                ("mlp.up_proj", &mut layer.up_proj),
-                ("mlp.down_proj", &mut layer.down_proj),
-            ] {
-                out.push((l(&format!("{path}.weight")), &mut lin.weight));
-                if let Some(b) = lin.bias.as_mut() {
-                    out.push((l(&format!("{path}.bias")), b));
-                }
-            }
-        }
-        out.push((names::FINAL_NORM.into(), &mut self.norm));
-        if let Some(w) = self.lm_head.as_mut() {
-            out.push((names::LM_HEAD.into(), w));
-        }
-        out
     }
 
     /// A KV cache with room for `slots` sequences of up to
@@ -249,7 +126,7 @@ impl<B: Backend> Transformer<B> {
 /// Checks a source against the model's parameter list: shapes always; with
 /// `strict`, that nothing is missing; and that every name is a parameter.
 fn check_source(config: &Config, source: &dyn TensorSource, strict: bool) -> Result<()> {
-    let shapes: HashMap<String, Vec<usize>> = names::parameter_shapes(config).into_iter().collect();
+    let shapes: HashMap<String, Vec<usize>> = params::parameter_shapes(config).into_iter().collect();
     let mut present = source.names();
     present.sort();
     for name in &present {
@@ -264,7 +141,7 @@ fn check_source(config: &Config, source: &dyn TensorSource, strict: bool) -> Res
             return Err(Error::UnexpectedTensor(name.clone()));
         }
     }
-    let mut expected: Vec<_> = names::parameter_shapes(config);
+    let mut expected: Vec<_> = params::parameter_shapes(config);
     expected.retain(|(name, _)| present.binary_search(name).is_ok() || strict);
     for (name, shape) in expected {
         if present.binary_search(&name).is_err() {
@@ -276,45 +153,6 @@ fn check_source(config: &Config, source: &dyn TensorSource, strict: bool) -> Res
         }
     }
     Ok(())
-}
-
-impl<B: Backend + Default> Transformer<B> {
-    /// Loads an HF model directory: `config.json` plus safetensors weights;
-    /// or a GGUF file (a path ending in `.gguf`, see [`Transformer::from_gguf`]).
-    /// `max_seq_len` (default: the config's `max_position_embeddings`) sets the
-    /// cache capacity per sequence.
-    pub fn from_pretrained(dir: impl AsRef<Path>, max_seq_len: Option<usize>) -> Result<Self> {
-        Self::from_pretrained_on(dir, max_seq_len, B::default())
-    }
-}
-
-impl<B: Backend> Transformer<B> {
-    /// [`Transformer::from_pretrained`] onto a given backend (e.g. a GPU).
-    pub fn from_pretrained_on(dir: impl AsRef<Path>, max_seq_len: Option<usize>, backend: B) -> Result<Self> {
-        let dir = dir.as_ref();
-        if dir.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) && !dir.is_dir() {
-            return Self::from_gguf_on(dir, max_seq_len, backend);
-        }
-        if !dir.exists() {
-            return Err(Error::NotFound { what: "model directory", path: dir.to_path_buf() });
-        }
-        if !dir.is_dir() {
-            return Err(Error::InvalidInput(format!(
-                "{} is not a directory; pass the model directory holding config.json, or a .gguf file",
-                dir.display()
-            )));
-        }
-        let config_path = dir.join("config.json");
-        if !config_path.is_file() {
-            return Err(Error::NotFound { what: "config.json", path: config_path });
-        }
-        let mut config = Config::from_file(&config_path)?;
-        if let Some(n) = max_seq_len {
-            config.max_seq_len = n;
-        }
-        let source = SafetensorsDir::open(dir)?;
-        Self::from_source(config, backend, &source)
-    }
 }
 
 #[cfg(test)]
@@ -334,7 +172,7 @@ mod tests {
     }
 
     fn state() -> HashMap<String, HostTensor> {
-        names::parameter_shapes(&config())
+        params::parameter_shapes(&config())
             .into_iter()
             .map(|(n, s)| {
                 let len = s.iter().product();

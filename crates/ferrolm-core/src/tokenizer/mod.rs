@@ -38,7 +38,7 @@ mod chat;
 mod gguf_vocab;
 mod stream;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::Value as Json;
@@ -166,37 +166,19 @@ impl Tokenizer {
         Ok(Tokenizer::new(inner))
     }
 
-    /// A model directory (`tokenizer.json` plus the optional
-    /// `tokenizer_config.json`, `chat_template.jinja`, `generation_config.json`,
-    /// `config.json`; or a single `.gguf`), a `tokenizer.json` or a `.gguf` file.
-    pub fn from_pretrained(path: impl AsRef<Path>) -> Result<Tokenizer> {
-        let path = path.as_ref();
-        if path.is_file() {
-            return match path.extension().and_then(|e| e.to_str()) {
-                Some(ext) if ext.eq_ignore_ascii_case("gguf") => Tokenizer::from_gguf(path),
-                _ => Tokenizer::from_file(path),
-            };
+    /// A model directory's `tokenizer.json`, with the optional
+    /// `tokenizer_config.json`, `chat_template.jinja`, `generation_config.json`
+    /// and `config.json` beside it (special tokens, chat template, eos ids).
+    /// [`Tokenizer::from_pretrained`] picks this or [`Tokenizer::from_gguf`].
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<Tokenizer> {
+        let dir = dir.as_ref();
+        let json = dir.join("tokenizer.json");
+        if !json.is_file() {
+            return Err(Error::NotFound { what: "tokenizer.json", path: json });
         }
-        if !path.is_dir() {
-            return Err(Error::NotFound { what: "tokenizer directory or file", path: path.to_path_buf() });
-        }
-        let json = path.join("tokenizer.json");
-        if json.is_file() {
-            let mut tok = Tokenizer::from_file(&json)?;
-            tok.read_model_dir(path)?;
-            return Ok(tok);
-        }
-        let ggufs = gguf_files(path)?;
-        match ggufs.as_slice() {
-            [one] => Tokenizer::from_gguf(one),
-            [] => Err(Error::NotFound { what: "tokenizer.json (or a .gguf file)", path: json }),
-            many => Err(Error::InvalidInput(format!(
-                "{} has no tokenizer.json and {} GGUF files; pass the one to use: {}",
-                path.display(),
-                many.len(),
-                many.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-            ))),
-        }
+        let mut tok = Tokenizer::from_file(&json)?;
+        tok.read_model_dir(dir)?;
+        Ok(tok)
     }
 
     /// The tokenizer (and chat template) embedded in a GGUF file.
@@ -556,16 +538,6 @@ pub(crate) fn bos_eos_processor(
         .special_tokens(specials)
         .build()
         .map_err(|e| Error::InvalidTokenizer(format!("post-processor: {e}")))
-}
-
-fn gguf_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")))
-        .collect();
-    files.sort();
-    Ok(files)
 }
 
 fn read_json(path: &Path) -> Result<Option<Json>> {

@@ -348,7 +348,7 @@ fn llama3_from_rope_freqs(m: &Meta, config: &Config) -> Result<Option<RopeScalin
     let high = m.opt_f64("rope.scaling.high_freq_factor")?.unwrap_or(4.0);
     let declared_len = m.opt_usize("rope.scaling.original_context_length")?;
 
-    let base = unscaled_inv_freq(config);
+    let base = crate::config::rope::base_inv_freq(config.rope_theta, config.head_dim);
     let mut lengths: Vec<usize> = declared_len.into_iter().collect();
     // Solve the original context from the first blended frequency:
     // 1/r = (1 - s)/factor + s, s = (old_len / wavelen - low) / (high - low).
@@ -371,11 +371,10 @@ fn llama3_from_rope_freqs(m: &Meta, config: &Config) -> Result<Option<RopeScalin
             high_freq_factor: high,
             original_max_position_embeddings,
         };
-        let scaled =
-            crate::model::rope::inv_freq(&Config { rope_scaling: Some(candidate), ..config.clone() });
+        let scaled = candidate.apply(&base);
         let fits = scaled.iter().zip(&base).zip(&freqs).all(|((&s, &b), &r)| {
             let want = b / f64::from(r);
-            (f64::from(s) - want).abs() <= 1e-5 * want
+            (s - want).abs() <= 1e-5 * want
         });
         if fits {
             return Ok(Some(candidate));
@@ -385,9 +384,4 @@ fn llama3_from_rope_freqs(m: &Meta, config: &Config) -> Result<Option<RopeScalin
         "{ROPE_FREQS} holds RoPE frequency factors that are not llama3 scaling with factor {factor}, \
          low_freq_factor {low}, high_freq_factor {high}; ferrolm cannot run them"
     )))
-}
-
-fn unscaled_inv_freq(config: &Config) -> Vec<f64> {
-    let dim = config.head_dim as f64;
-    (0..config.head_dim / 2).map(|i| 1.0 / config.rope_theta.powf((2 * i) as f64 / dim)).collect()
 }

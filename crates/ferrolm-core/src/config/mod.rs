@@ -6,6 +6,8 @@
 //! fields of Python's `ModelArgs`). Family differences are flags derived
 //! here, once; the model code never looks at the architecture name.
 
+pub mod rope;
+
 use std::path::Path;
 
 use serde_json::{json, Map, Value};
@@ -156,25 +158,6 @@ impl Config {
             Error::config("config.json", format!("{} is not valid JSON: {e}", path.display()))
         })?;
         Config::from_json(&value)
-    }
-
-    /// The config of a model as [`Transformer::from_pretrained`] would load
-    /// it: a directory's `config.json`, or a `.gguf` file's metadata.
-    ///
-    /// [`Transformer::from_pretrained`]: crate::Transformer::from_pretrained
-    pub fn from_pretrained(path: impl AsRef<Path>) -> Result<Config> {
-        let path = path.as_ref();
-        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) && path.is_file() {
-            return crate::weights::gguf::config_from_gguf(&crate::weights::gguf::GgufFile::open(path)?);
-        }
-        if !path.exists() {
-            return Err(Error::NotFound { what: "model directory or .gguf file", path: path.to_path_buf() });
-        }
-        let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
-        if !file.is_file() {
-            return Err(Error::NotFound { what: "config.json", path: file });
-        }
-        Config::from_file(file)
     }
 
     /// Parses an HF config dict or the canonical form written by [`Config::to_json`].
@@ -355,14 +338,6 @@ impl Config {
             "eos_token_id": self.eos_token_ids,
             "dtype": self.dtype.name(),
         })
-    }
-
-    /// Number of parameters (weights and biases), counting tied embeddings once.
-    pub fn parameter_count(&self) -> usize {
-        crate::weights::names::parameter_shapes(self)
-            .iter()
-            .map(|(_, shape)| shape.iter().product::<usize>())
-            .sum()
     }
 }
 

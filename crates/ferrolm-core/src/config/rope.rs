@@ -4,41 +4,53 @@
 
 use std::f64::consts::PI;
 
-use crate::config::{Config, RopeScaling};
+use super::{Config, RopeScaling};
 
-/// `inv_freq[i]` for `i in 0..head_dim/2`; the angle of pair `i` at position
-/// `p` is `p * inv_freq[i]`.
-pub fn inv_freq(config: &Config) -> Vec<f32> {
-    let dim = config.head_dim;
-    let base: Vec<f64> =
-        (0..dim / 2).map(|i| 1.0 / config.rope_theta.powf((2 * i) as f64 / dim as f64)).collect();
-    let scaled = match config.rope_scaling {
-        None => base,
-        Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / factor).collect(),
-        Some(RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position_embeddings,
-        }) => {
-            let old_len = original_max_position_embeddings as f64;
-            let low_freq_wavelen = old_len / low_freq_factor;
-            let high_freq_wavelen = old_len / high_freq_factor;
-            base.iter()
-                .map(|&f| {
-                    let wavelen = 2.0 * PI / f;
-                    if wavelen < high_freq_wavelen {
-                        f
-                    } else if wavelen > low_freq_wavelen {
-                        f / factor
-                    } else {
-                        let smooth =
-                            (old_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
-                        (1.0 - smooth) * f / factor + smooth * f
-                    }
-                })
-                .collect()
+/// Unscaled frequencies `theta^(-2i / head_dim)` for `i in 0..head_dim/2`.
+pub fn base_inv_freq(theta: f64, head_dim: usize) -> Vec<f64> {
+    (0..head_dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64)).collect()
+}
+
+impl RopeScaling {
+    /// The scaled frequencies of unscaled `base` ones.
+    pub fn apply(&self, base: &[f64]) -> Vec<f64> {
+        match *self {
+            RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                let old_len = original_max_position_embeddings as f64;
+                let low_freq_wavelen = old_len / low_freq_factor;
+                let high_freq_wavelen = old_len / high_freq_factor;
+                base.iter()
+                    .map(|&f| {
+                        let wavelen = 2.0 * PI / f;
+                        if wavelen < high_freq_wavelen {
+                            f
+                        } else if wavelen > low_freq_wavelen {
+                            f / factor
+                        } else {
+                            let smooth =
+                                (old_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        }
+                    })
+                    .collect()
+            }
         }
+    }
+}
+
+/// `inv_freq[i]` for `i in 0..head_dim/2` with the config's scaling; the
+/// angle of pair `i` at position `p` is `p * inv_freq[i]`.
+pub fn inv_freq(config: &Config) -> Vec<f32> {
+    let base = base_inv_freq(config.rope_theta, config.head_dim);
+    let scaled = match &config.rope_scaling {
+        None => base,
+        Some(scaling) => scaling.apply(&base),
     };
     scaled.into_iter().map(|f| f as f32).collect()
 }
