@@ -10,9 +10,9 @@ import pytest
 from server_helpers import running_server
 
 from ferrolm import LLM, InferenceSession, SamplingConfig
+from ferrolm._device import core_device
 from ferrolm.engine import AsyncEngine
 from ferrolm.inference_config import InferenceConfig
-from ferrolm.model import _device
 from ferrolm.server import create_app
 
 SEED = {"inference": {"device": "cuda", "dtype": "float16", "max_batch_size": 64},
@@ -33,7 +33,7 @@ def test_the_seed_example_file(tmp_path):
 
 def test_integer_devices_mean_gpus():
     assert InferenceConfig.load({"inference": {"device": 0}}).engine_args["device"] == 0
-    assert _device(0) == "cuda:0" and _device(1) == "cuda:1" and _device("cpu") == "cpu"
+    assert core_device(0) == "cuda:0" and core_device(1) == "cuda:1" and core_device("cpu") == "cpu"
 
 
 @pytest.mark.parametrize("config, key", [

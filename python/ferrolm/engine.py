@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from ferrolm import _core, hub
-from ferrolm.model import _device
+from ferrolm._device import core_device
 from ferrolm.sampling import SamplingConfig
 from ferrolm.tokenizer import Tokenizer
 
@@ -124,7 +124,7 @@ class AsyncEngine:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.model_path = str(path)
-        self._core = _core.Engine.load(self.model_path, _device(device), max_seq_len, page_size, num_pages,
+        self._core = _core.Engine.load(self.model_path, core_device(device), max_seq_len, page_size, num_pages,
                                        kv_cache_bytes, max_num_seqs, max_batch_tokens, bool(prefix_caching), dtype,
                                        quantize, kv_dtype)
         # None for a model directory without tokenizer files (token ids only).

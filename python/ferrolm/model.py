@@ -16,6 +16,7 @@ from typing import Any, Union
 import numpy as np
 
 from ferrolm import _core, hub
+from ferrolm._device import core_device
 
 Tokens = Union[list[list[int]], np.ndarray]
 
@@ -150,8 +151,8 @@ class Transformer:
                 for quantized models, f32 otherwise).
         """
         model = _core.Model.from_pretrained(
-            str(hub.resolve(path)), _device(device), max_seq_len, _positive(max_batch_size, "max_batch_size"), dtype,
-            quantize, kv_dtype,
+            str(hub.resolve(path)), core_device(device), max_seq_len, _positive(max_batch_size, "max_batch_size"),
+            dtype, quantize, kv_dtype,
         )
         self = cls(ModelArgs(**json.loads(model.config), max_batch_size=max_batch_size))
         self._model = model
@@ -244,21 +245,6 @@ def _index(value: Any, name: str, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
-
-
-def _device(device: str | int) -> str:
-    """``0`` means the first GPU, as in the seed API; strings pass through.
-    For a GPU, NVIDIA's pip-installed libraries are made findable first."""
-    if isinstance(device, (int, np.integer)) and not isinstance(device, bool):
-        device = f"cuda:{int(device)}"
-    device = str(device)
-    if device.strip().isdigit():  # "0" from a command line
-        device = f"cuda:{int(device)}"
-    if device.strip().lower().startswith(("cuda", "gpu")):
-        from ferrolm import _cuda
-
-        _cuda.preload()
-    return device
 
 
 def _positive(value: Any, name: str) -> int:

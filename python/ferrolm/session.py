@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ferrolm import _core, hub, inference_config
-from ferrolm.model import _device
+from ferrolm._device import core_device
 from ferrolm.sampling import SamplingConfig
 
 
@@ -56,7 +56,7 @@ class InferenceSession:
         self.default_sampling = settings.sampling if settings is not None else SamplingConfig()
         path = hub.resolve(model_path)
         self._core = _core.Session.load(
-            str(path), _device(args.pop("device", "cpu")), args.pop("max_seq_len", None), args.pop("dtype", None),
+            str(path), core_device(args.pop("device", "cpu")), args.pop("max_seq_len", None), args.pop("dtype", None),
             args.pop("quantize", None), args.pop("kv_dtype", None), **args,
         )
         self.model_path = str(path)

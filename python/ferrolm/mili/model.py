@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 
 from ferrolm import _core, hub
+from ferrolm._device import core_device
 from ferrolm.mili.config import Qwen3Config
 from ferrolm.mili.tokenizer import QwenTokenizer
 from ferrolm.mili.weights import WeightLoader, check_config
-from ferrolm.model import _device, _positive
+from ferrolm.model import _positive
 from ferrolm.sampling import SamplingConfig
 
 _cache_ids = itertools.count()
@@ -48,7 +49,7 @@ class Qwen3Model:
             raise ValueError(f"weight_loader must be a WeightLoader, got {type(weight_loader).__name__}")
         self.config = config
         self.weight_loader = weight_loader
-        self.device = weight_loader.device if device is None else _device(device)
+        self.device = weight_loader.device if device is None else core_device(device)
         path = hub.resolve(weight_loader.model_path)
         check_config(config, path)
         dtype = weight_loader.dtype

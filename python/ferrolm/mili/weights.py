@@ -23,9 +23,9 @@ from typing import Any, Union
 import numpy as np
 
 from ferrolm import _core, hub
+from ferrolm._device import core_device
 from ferrolm.kv import dtype_name
 from ferrolm.mili.config import Qwen3Config
-from ferrolm.model import _device
 
 # Config fields that decide tensor shapes: a loader's config must agree with
 # the checkpoint's on each of them.
@@ -80,7 +80,7 @@ class WeightLoader:
             raise ValueError(f"config must be a Qwen3Config, got {type(config).__name__}")
         self.model_path = Path(os.fspath(model_path))
         self.config = config
-        self.device = _device(device)
+        self.device = core_device(device)
         self.dtype = _dtype_name(dtype)
         self.quantize: str | None = config.quantize
         self.weights: dict[str, Weight] = {}
