@@ -14,6 +14,7 @@ from typing import Any
 
 from ferrolm import _core, hub, inference_config
 from ferrolm._device import core_device
+from ferrolm._validate import of_type
 from ferrolm.sampling import SamplingConfig
 
 
@@ -72,8 +73,7 @@ class InferenceSession:
             system_prompt: a system prompt for this turn only (see ``set_system_prompt``).
             stream: return an iterator of text pieces as they are produced.
         """
-        if not isinstance(prompt, str):
-            raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+        of_type(prompt, "prompt", str, "a string")
         core = self._session()
         core.start_turn(prompt, self._sampling(config).to_json(), system_prompt)
         return _pieces(core) if stream else core.finish_turn()
@@ -81,8 +81,7 @@ class InferenceSession:
     def complete(self, text: str, config: SamplingConfig | None = None,
                  stream: bool = False) -> str | Iterator[str]:
         """Continues ``text`` as is (no chat template, not part of the conversation)."""
-        if not isinstance(text, str):
-            raise ValueError(f"text must be a string, got {type(text).__name__}")
+        of_type(text, "text", str, "a string")
         core = self._session()
         core.start_completion(text, self._sampling(config).to_json())
         return _pieces(core) if stream else core.finish_turn()
@@ -163,9 +162,7 @@ def generate_text(model_path: str | os.PathLike[str], prompt: str,
 def _config(config: SamplingConfig | None, default: SamplingConfig) -> SamplingConfig:
     if config is None:
         return default
-    if not isinstance(config, SamplingConfig):
-        raise ValueError(f"config must be a SamplingConfig, got {type(config).__name__}")
-    return config
+    return of_type(config, "config", SamplingConfig, "a SamplingConfig")
 
 
 def _pieces(core: _core.Session) -> Iterator[str]:
