@@ -24,6 +24,7 @@ import numpy as np
 
 from ferrolm import _core, hub
 from ferrolm._device import core_device
+from ferrolm._validate import of_type
 from ferrolm.kv import dtype_name
 from ferrolm.mili.config import Qwen3Config
 
@@ -76,8 +77,7 @@ class WeightLoader:
 
     def __init__(self, model_path: str | os.PathLike[str], config: Qwen3Config, device: str | int = "cpu",
                  dtype: Any = "float32") -> None:
-        if not isinstance(config, Qwen3Config):
-            raise ValueError(f"config must be a Qwen3Config, got {type(config).__name__}")
+        of_type(config, "config", Qwen3Config, "a Qwen3Config")
         self.model_path = Path(os.fspath(model_path))
         self.config = config
         self.device = core_device(device)
