@@ -1,4 +1,5 @@
-"""The seed's inference config file, checked whole by the Rust core.
+"""The inference config file (MILI's JSON of engine, KV cache and sampling settings),
+checked whole by the Rust core.
 
 ```json
 {"inference": {"device": "cuda", "dtype": "float16", "max_batch_size": 64},

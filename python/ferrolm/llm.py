@@ -31,7 +31,7 @@ class LLM:
 
     Args:
         model: a model directory, a ``.gguf`` file or a short name (``"smollm2"``).
-        config: the seed's inference config (a JSON file path or a dict, see
+        config: an inference config file (a JSON file path or a dict, see
             ``ferrolm.inference_config``): engine settings, and the sampling
             defaults of ``generate``/``chat`` calls that pass none.
         **engine_args: ``AsyncEngine`` settings (``device``, ``max_seq_len``,

@@ -26,8 +26,8 @@ Tokens = Union[list[list[int]], np.ndarray]
 class ModelArgs:
     """Hyper-parameters of a decoder-only transformer (``Config`` in the Rust core).
 
-    Field names follow HF ``config.json``; defaults are Meta's Llama-7B-like
-    ones from the seed API. ``num_key_value_heads=None`` means equal to
+    Field names follow HF ``config.json``; defaults are the Llama-7B-like ones
+    of the Llama API's ``ModelArgs``. ``num_key_value_heads=None`` means equal to
     ``num_attention_heads`` (multi-head attention) and ``head_dim=None`` means
     ``hidden_size // num_attention_heads``. Invalid values raise ``ValueError``
     naming the field.

@@ -1,4 +1,4 @@
-"""``SamplingConfig``: the seed's sampling knobs, checked by the Rust core."""
+"""``SamplingConfig``: the session API's sampling knobs, checked by the Rust core."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ _INTS = ("top_k", "penalty_window", "max_tokens", "reasoning_mode")
 
 @dataclass
 class SamplingConfig:
-    """How to pick tokens and when to stop (defaults as in the seed API).
+    """How to pick tokens and when to stop (defaults as in the session API).
 
     Args:
         temperature: softmax temperature; 0.0 is greedy.

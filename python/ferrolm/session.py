@@ -1,4 +1,4 @@
-"""``InferenceSession``: the seed's session API (``QwenInferenceSession``).
+"""``InferenceSession``: the session API's ``QwenInferenceSession``, under both names.
 
 A session holds one model and one conversation. Each ``generate`` call is a
 chat turn: the conversation is rendered with the model's chat template and
@@ -32,7 +32,7 @@ class InferenceSession:
             ``"fp8"``: the linear layers as FP8 E4M3 (CPU and GPU).
         kv_dtype: CPU KV cache precision, ``"f16"`` or ``"f32"`` (default: f16 for
             quantized models, f32 otherwise).
-        config: the seed's inference config (a JSON file path or a dict, see
+        config: an inference config file (a JSON file path or a dict, see
             ``ferrolm.inference_config``): device, dtype, KV pages, and the
             sampling defaults of turns that pass no ``config``. A setting given
             both here and as an argument raises ``ValueError``.

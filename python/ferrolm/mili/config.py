@@ -23,14 +23,14 @@ from ferrolm.model import ModelArgs
 # MILI-only fields: the core does not need them, so they are checked here.
 _MILI_FIELDS = ("hidden_act", "attention_dropout", "quantization_config")
 # Fields whose HF key is their own name: a dict that leaves them out gets
-# MILI's default (as the seed's ``from_dict``), not the core's Llama one.
+# MILI's default (as MILI's ``from_dict``), not the core's Llama one.
 _PLAIN_DEFAULTS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                    "num_key_value_heads", "vocab_size", "max_position_embeddings", "rms_norm_eps")
 
 
 @dataclass
 class Qwen3Config(ModelArgs):
-    """Configuration of a Qwen3 model (seed 003), validated by the Rust core.
+    """Configuration of a Qwen3 model (MILI's ``Qwen3Config``), validated by the Rust core.
 
     Every ``ModelArgs`` field is available too (``architecture``,
     ``max_seq_len``, ``tie_word_embeddings``, ...). ``head_dim`` is

@@ -1,4 +1,4 @@
-"""MILI's ``KVCacheAllocator``: the seed's page-at-a-time allocator, a view
+"""``KVCacheAllocator``: MILI's page-at-a-time allocator, a view
 of the same Rust cache as ``ferrolm.PagedKVCache`` (page pool, reference
 counts, page storage); nothing is stored on the Python side.
 

@@ -30,7 +30,7 @@ _cache_ids = itertools.count()
 
 
 class Qwen3Model:
-    """A language model for inference (seed 003's ``Qwen3Model``).
+    """A language model for inference (MILI's ``Qwen3Model``).
 
     Args:
         config: the model's ``Qwen3Config`` (must match the checkpoint).
@@ -55,7 +55,8 @@ class Qwen3Model:
         quantize = weight_loader.quantize or config.quantize
         if self.device == "cpu" and (dtype != "float32" or quantize):
             # The CPU's default path: weights as stored (or as quantized at
-            # load), which FP8 weights ask for even under the seed's float32.
+            # load), which FP8 weights ask for even under WeightLoader's
+            # default dtype, float32 (MILI's default).
             dtype = None
         self.max_batch_size = positive(max_batch_size, "max_batch_size")
         self._core = _core.Model.from_pretrained(str(path), self.device, config.max_seq_len, self.max_batch_size,

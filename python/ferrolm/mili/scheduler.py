@@ -50,7 +50,7 @@ class RequestPhase(Enum):
 class RequestMetadata:
     """One request's share of a batch (a snapshot; the scheduler owns the state).
 
-    The seed's fields, plus what the caller needs to run the step:
+    The fields of MILI's ``RequestMetadata``, plus what the caller needs to run the step:
     ``input_tokens`` (the tokens to run now), ``start_pos`` (the position of
     the first; earlier positions are cached in ``kv_cache_pages``, the
     block table: page ``i`` holds positions ``i * page_size`` onwards) and
@@ -217,7 +217,7 @@ class ContinuousBatchScheduler:
 
         The token is appended, or ends the request: ``max_tokens`` reached,
         or an end-of-sequence or stop token id (not kept in its output).
-        Unlike the seed, which ignores unknown ids, an unknown id raises.
+        Unlike MILI's scheduler, which ignores unknown ids, an unknown id raises.
 
         Args:
             request_id: an id from ``add_request``.

@@ -61,7 +61,7 @@ Weight = Union[np.ndarray, Fp8Weight]
 
 
 class WeightLoader:
-    """Loads and hands out a model's weights (seed 003's ``WeightLoader``).
+    """Loads and hands out a model's weights (MILI's ``WeightLoader``).
 
     Args:
         model_path: a model directory (``config.json`` + safetensors), a
@@ -70,7 +70,7 @@ class WeightLoader:
             checkpoint's own config on every shape (``ValueError`` otherwise).
         device: where ``Qwen3Model`` runs these weights: ``"cpu"``,
             ``"cuda"``, ``"cuda:N"`` or a GPU index.
-        dtype: ``"float32"`` (default, as the seed) runs the exact path;
+        dtype: ``"float32"`` (default, as MILI's) runs the exact path;
             ``None`` keeps weights as stored (quantized or half) on the CPU;
             ``"bfloat16"`` on a GPU.
     """

@@ -1,6 +1,6 @@
 """Request fields -> ``SamplingConfig``, with OpenAI's defaults.
 
-``SamplingConfig``'s own defaults are the seed's (temperature 0.6, top_k 20,
+``SamplingConfig``'s own defaults are the session API's (temperature 0.6, top_k 20,
 repetition penalty 1.1, ...). An OpenAI client that sends only a prompt
 expects plain sampling at temperature 1, so every field is set here
 explicitly and none falls through to those defaults. A server started with
