@@ -12,7 +12,7 @@ from ferrolm import _core
 from ferrolm.kv import KVCacheFullError, PagedKVCache
 from ferrolm.mili.kv_cache import KVCacheAllocator
 
-# Qwen3-0.6B's KV geometry (the lead's Qwen3Config carries these fields).
+# Qwen3-0.6B's KV geometry (ferrolm.mili.Qwen3Config carries these fields).
 config = SimpleNamespace(num_hidden_layers=28, num_key_value_heads=8, head_dim=128)
 SHAPE = (config.num_key_value_heads, config.head_dim)
 
