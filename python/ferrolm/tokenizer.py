@@ -292,7 +292,7 @@ def _id_list(tokens: TokenIds) -> list[int]:
         if tokens.size and not np.issubdtype(tokens.dtype, np.integer):
             raise ValueError(f"token ids must be integers, got dtype {tokens.dtype}")
         return tokens.astype(np.int64).tolist()
-    return integers(tokens, "token ids")
+    return integers(tokens, "tokens")
 
 
 def _texts(texts: Iterable[str]) -> list[str]:
