@@ -1,4 +1,4 @@
-"""Seed 000's ``device`` as an integer: ``device=0`` is the first GPU at every
+"""The session API's ``device`` as an integer: ``device=0`` is the first GPU at every
 entry point. Without a usable GPU each one says so, naming ``cuda:0``."""
 
 import subprocess

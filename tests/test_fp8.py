@@ -1,4 +1,4 @@
-"""FP8 E4M3 weights (issue 8): ``_core.quantize_fp8`` / ``dequantize_fp8``
+"""FP8 E4M3 weights: ``_core.quantize_fp8`` / ``dequantize_fp8``
 against torch's committed codes, and ``quantize="fp8"`` models.
 
 The fixture ``tests/fixtures/quantize/fp8_e4m3.safetensors`` was made by

@@ -1,4 +1,4 @@
-"""The seed's inference config file: checked by the core, taken by ``LLM``,
+"""The inference config file: checked by the core, taken by ``LLM``,
 ``InferenceSession`` and ``ferrolm serve --config``."""
 
 import json
@@ -10,30 +10,31 @@ import pytest
 from server_helpers import running_server
 
 from ferrolm import LLM, InferenceSession, SamplingConfig
+from ferrolm._device import core_device
 from ferrolm.engine import AsyncEngine
 from ferrolm.inference_config import InferenceConfig
-from ferrolm.model import _device
 from ferrolm.server import create_app
 
-SEED = {"inference": {"device": "cuda", "dtype": "float16", "max_batch_size": 64},
+# The example file of MILI's API reference.
+MILI_EXAMPLE = {"inference": {"device": "cuda", "dtype": "float16", "max_batch_size": 64},
         "kv_cache": {"page_size": 16, "num_pages": 1024},
         "sampling": {"temperature": 1.0, "top_p": 0.95, "top_k": 50}}
 
 
-def test_the_seed_example_file(tmp_path):
+def test_the_mili_example_file(tmp_path):
     path = tmp_path / "inference.json"
-    path.write_text(json.dumps(SEED))
+    path.write_text(json.dumps(MILI_EXAMPLE))
     config = InferenceConfig.load(path)
     assert config.engine_args == {"device": "cuda", "dtype": "float16", "max_num_seqs": 64,
                                   "page_size": 16, "num_pages": 1024}
     assert config.sampling == SamplingConfig(temperature=1.0, top_p=0.95, top_k=50)
     assert config.sampling_keys == {"temperature", "top_p", "top_k"}
-    assert InferenceConfig.load(SEED) == config, "a dict works as the file"
+    assert InferenceConfig.load(MILI_EXAMPLE) == config, "a dict works as the file"
 
 
 def test_integer_devices_mean_gpus():
     assert InferenceConfig.load({"inference": {"device": 0}}).engine_args["device"] == 0
-    assert _device(0) == "cuda:0" and _device(1) == "cuda:1" and _device("cpu") == "cpu"
+    assert core_device(0) == "cuda:0" and core_device(1) == "cuda:1" and core_device("cpu") == "cpu"
 
 
 @pytest.mark.parametrize("config, key", [
@@ -96,12 +97,12 @@ def test_server_requests_take_the_configs_sampling_defaults(chat_model):
     defaults = {"temperature": 0.0, "max_tokens": 3}
     try:
         with running_server(create_app(engine, "m", sampling_defaults=defaults)) as url:
-            seed = httpx.post(f"{url}/generate", json={"prompt": "Hello"}, timeout=60).json()
-            assert len(seed["tokens"]) == 3 and seed["total_tokens"] == seed["prompt_tokens"] + 3
+            first = httpx.post(f"{url}/generate", json={"prompt": "Hello"}, timeout=60).json()
+            assert len(first["tokens"]) == 3 and first["total_tokens"] == first["prompt_tokens"] + 3
             again = httpx.post(f"{url}/generate", json={"prompt": "Hello"}, timeout=60).json()
-            assert again["generated_text"] == seed["generated_text"], "temperature 0 from the config: greedy"
+            assert again["generated_text"] == first["generated_text"], "temperature 0 from the config: greedy"
             cmpl = httpx.post(f"{url}/v1/completions", json={"prompt": "Hello"}, timeout=60).json()
-            assert cmpl["usage"]["completion_tokens"] == 3 and cmpl["choices"][0]["text"] == seed["generated_text"]
+            assert cmpl["usage"]["completion_tokens"] == 3 and cmpl["choices"][0]["text"] == first["generated_text"]
     finally:
         engine.close()
 

@@ -1,4 +1,4 @@
-"""``Qwen3Config`` (seed 003): MILI's defaults over the core's typed config."""
+"""MILI's ``Qwen3Config``: its defaults over the core's typed config."""
 
 import dataclasses
 import json
@@ -10,7 +10,7 @@ from ferrolm import ModelArgs, Transformer, _core
 from ferrolm.mili import Qwen3Config
 
 
-def test_seed_example_runs_as_written():
+def test_the_mili_example_runs_as_written():
     config = Qwen3Config(hidden_size=4096, num_hidden_layers=32)
     config_dict = config.to_dict()
     assert config_dict["hidden_size"] == 4096 and config_dict["num_hidden_layers"] == 32
@@ -20,7 +20,7 @@ def test_seed_example_runs_as_written():
         Qwen3Config.from_pretrained("Qwen/Qwen3-7B")
 
 
-def test_defaults_are_the_seeds():
+def test_defaults_are_mili_defaults():
     c = Qwen3Config()
     assert (c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads) == (4096, 11008, 32, 32)
     assert (c.num_key_value_heads, c.vocab_size, c.max_position_embeddings) == (8, 150000, 32768)

@@ -1,6 +1,6 @@
-"""MILI's ``KVCacheAllocator`` and ``PagedKVCache`` (seed 003, "KV Cache
-Management" and "Paged KV Cache API") over the engine's Rust page pool: the
-seed's example as written, round trips against the storage precision, block
+"""MILI's ``KVCacheAllocator`` and ``PagedKVCache`` (its API reference's "KV
+Cache Management" and "Paged KV Cache API") over the engine's Rust page pool:
+MILI's example as written, round trips against the storage precision, block
 tables, reference counts and exhaustion."""
 
 from types import SimpleNamespace
@@ -12,7 +12,7 @@ from ferrolm import _core
 from ferrolm.kv import KVCacheFullError, PagedKVCache
 from ferrolm.mili.kv_cache import KVCacheAllocator
 
-# Qwen3-0.6B's KV geometry (the lead's Qwen3Config carries these fields).
+# Qwen3-0.6B's KV geometry (ferrolm.mili.Qwen3Config carries these fields).
 config = SimpleNamespace(num_hidden_layers=28, num_key_value_heads=8, head_dim=128)
 SHAPE = (config.num_key_value_heads, config.head_dim)
 
@@ -25,7 +25,7 @@ def as_f16(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float16).astype(np.float32)
 
 
-def test_the_seed_example_runs_as_written():
+def test_the_mili_example_runs_as_written():
     k_tensor = rows(16)
 
     allocator = KVCacheAllocator(config, max_batch_size=64)
@@ -41,14 +41,14 @@ def test_the_seed_example_runs_as_written():
 
     assert isinstance(page_ids, int)
     assert k_cache.shape == (16, *SHAPE) and k_cache.dtype == np.float32
-    # float16 storage (the seed's default dtype) keeps each value rounded to f16.
+    # float16 storage (MILI's default dtype) keeps each value rounded to f16.
     np.testing.assert_array_equal(k_cache, as_f16(k_tensor))
     assert not np.array_equal(k_cache, k_tensor)
     np.testing.assert_array_equal(allocator.get_page(page_ids, cache_type='k'), k_cache)
     np.testing.assert_array_equal(allocator.get_page(page_ids, cache_type='v'), np.zeros((16, *SHAPE)))
 
 
-def test_the_seed_attributes_and_default_pool_size():
+def test_the_mili_attributes_and_default_pool_size():
     allocator = KVCacheAllocator(config)
     assert (allocator.page_size, allocator.max_batch_size, allocator.max_seq_length) == (16, 64, 32768)
     assert (allocator.dtype, allocator.device, allocator.config) == ("float16", "cpu", config)
@@ -110,7 +110,7 @@ def test_exhaustion_raises_runtime_error_and_leaks_nothing():
         allocator.allocate_page()
     # Also a ValueError, as the engine's callers (the server's 400) expect of a short pool.
     assert issubclass(KVCacheFullError, RuntimeError) and issubclass(KVCacheFullError, ValueError)
-    assert allocator.allocate_pages(1) is None, "the seed's PagedKVCache returns None instead"
+    assert allocator.allocate_pages(1) is None, "MILI's PagedKVCache returns None instead"
     assert allocator.stats()["used_pages"] == 3
     allocator.free_page(pages[1])
     assert allocator.allocate_page() == pages[1]

@@ -1,4 +1,4 @@
-"""``Qwen3Model`` (seed 003): forward and generate through the core."""
+"""MILI's ``Qwen3Model``: forward and generate through the core."""
 
 import os
 
@@ -102,7 +102,7 @@ def test_generate_needs_a_tokenizer(model):
 
 
 @pytest.mark.skipif(not os.environ.get("FERROLM_SMOLLM2_GGUF"), reason="set FERROLM_SMOLLM2_GGUF")
-def test_seed_example_generates_as_the_native_api():
+def test_the_mili_example_generates_as_the_native_api():
     path = os.environ["FERROLM_SMOLLM2_GGUF"]
     config = Qwen3Config.from_pretrained(path)
     model = Qwen3Model(config, WeightLoader(path, config))

@@ -1,4 +1,4 @@
-"""MILI's ``RadixAttentionCache`` (seed 003, "Paged KV Cache API") over the
+"""MILI's ``RadixAttentionCache`` (its API reference's "Paged KV Cache API") over the
 engine's prefix cache: repeated prompts share their full prefix pages (by
 page id), removed requests leave them cached, and each request's keys and
 values read back in token order."""
@@ -17,7 +17,7 @@ config = SimpleNamespace(num_hidden_layers=4, num_key_value_heads=2, head_dim=8)
 PROMPT = list(range(100, 140))  # 40 tokens: two full pages of 16 and 8 more
 
 
-def test_the_seed_calls_share_a_repeated_prefix():
+def test_the_mili_calls_share_a_repeated_prefix():
     cache = RadixAttentionCache(config)
 
     first = cache.add_request("req-1", PROMPT)

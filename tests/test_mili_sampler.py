@@ -1,4 +1,4 @@
-"""``Sampler`` (seed 003): MILI's sampling functions over numpy logits, drawn
+"""``Sampler``: MILI's sampling functions over numpy logits, drawn
 by the core's sampler."""
 
 import numpy as np
@@ -7,7 +7,7 @@ import pytest
 from ferrolm.mili import Sampler
 
 
-def test_seed_example_runs_as_written():
+def test_the_mili_example_runs_as_written():
     logits = np.random.randn(1, 150000)
     tokens = Sampler.top_k_top_p_sampling(logits, temperature=0.7, top_k=50, top_p=0.95)
     top50 = np.argsort(logits[0])[-50:]

@@ -1,5 +1,5 @@
 """ferrolm.mili.scheduler: MILI's ContinuousBatchScheduler over the engine's
-scheduler. The seed's example runs as written; a fake model that keeps its
+scheduler. MILI's example runs as written; a fake model that keeps its
 "keys" (the tokens themselves) in pages, read back through each item's block
 table, must give what a plain per-request loop gives, with chunked prefill,
 prefix sharing and preemption in play."""
@@ -12,7 +12,7 @@ from ferrolm.mili.scheduler import ContinuousBatchScheduler, RequestMetadata, Re
 EOS = 96
 
 
-def test_seed_example_runs_as_written():
+def test_the_mili_example_runs_as_written():
     scheduler = ContinuousBatchScheduler(max_batch_size=64)
 
     # Add request

@@ -1,4 +1,4 @@
-"""``QwenTokenizer`` / ``get_tokenizer`` (seed 003) over the core's tokenizer,
+"""MILI's ``QwenTokenizer`` / ``get_tokenizer`` over the core's tokenizer,
 checked against HF's encodings (tests/fixtures/tokenizers/smollm2)."""
 
 import json
@@ -61,7 +61,7 @@ def test_bad_input(tokenizer):
 
 
 @pytest.mark.skipif(not os.environ.get("FERROLM_SMOLLM2_GGUF"), reason="set FERROLM_SMOLLM2_GGUF")
-def test_seed_example_runs_as_written():
+def test_the_mili_example_runs_as_written():
     tokenizer = QwenTokenizer()  # the default model's tokenizer
     tokens = tokenizer.encode("Hello, world!")
     text = tokenizer.decode(tokens)

@@ -1,4 +1,4 @@
-"""``WeightLoader`` (seed 003): a checkpoint's tensors through the core's readers."""
+"""MILI's ``WeightLoader``: a checkpoint's tensors through the core's readers."""
 
 import numpy as np
 import pytest
@@ -11,7 +11,7 @@ def loader_for(name: str, **kwargs) -> WeightLoader:
     return WeightLoader(MODELS / name, Qwen3Config.from_pretrained(MODELS / name), **kwargs)
 
 
-def test_seed_example_runs_as_written():
+def test_the_mili_example_runs_as_written():
     config = Qwen3Config.from_pretrained(MODELS / "qwen3_f32")
     loader = WeightLoader(MODELS / "qwen3_f32", config)
     with pytest.raises(FileNotFoundError, match="Hub ids cannot be downloaded"):

@@ -1,4 +1,4 @@
-"""ModelArgs: seed defaults, config.json parsing, round trips, validation."""
+"""ModelArgs: the Llama API's defaults, config.json parsing, round trips, validation."""
 
 import json
 
@@ -8,7 +8,7 @@ from conftest import MODELS
 from ferrolm import ModelArgs, create_transformer_from_config
 
 
-def test_seed_defaults():
+def test_llama_api_defaults():
     a = ModelArgs()
     assert (a.hidden_size, a.vocab_size, a.num_hidden_layers, a.num_attention_heads) == (
         4096, 32000, 32, 32,

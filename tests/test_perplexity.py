@@ -1,7 +1,7 @@
 """Perplexity (``ferrolm.perplexity``, ``ferrolm perplexity``) and ``ferrolm bench``.
 
-The SmolLM2 checks (issue 7's accuracy bound: the default CPU path within 1%
-of the dequantized float32 path on the committed sample text) run when
+The SmolLM2 checks (the accuracy bound of the quantized CPU path: the default
+CPU path within 1% of the dequantized float32 path on the committed sample text) run when
 ``FERROLM_SMOLLM2_GGUF`` names the GGUF, as ``scripts/test`` sets it; they
 score the first 1,024 tokens of the text to stay quick on two cores.
 """

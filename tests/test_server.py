@@ -296,7 +296,7 @@ def test_penalties_and_extra_sampling_fields_are_honoured(server):
     assert sampled.choices[0].text == base
 
 
-# -- the seed's endpoints --------------------------------------------------------------
+# -- MILI's endpoints, and /status ---------------------------------------------------
 
 
 def test_generate_status_and_unknown_ids(server):

@@ -1,4 +1,4 @@
-"""InferenceSession, SamplingConfig and generate_text (the seed's session API)."""
+"""InferenceSession, SamplingConfig and generate_text: the session API."""
 
 import pytest
 
@@ -7,7 +7,7 @@ from ferrolm import InferenceSession, QwenInferenceSession, SamplingConfig, gene
 GREEDY = SamplingConfig(temperature=0, max_tokens=24, repetition_penalty=1.0)
 
 
-def test_sampling_config_defaults_are_the_seeds():
+def test_sampling_config_defaults_are_the_session_api_defaults():
     c = SamplingConfig()
     assert (c.temperature, c.top_k, c.top_p, c.min_p, c.repetition_penalty) == (0.6, 20, 0.95, 0.05, 1.1)
     assert (c.frequency_penalty, c.presence_penalty, c.penalty_window, c.max_tokens) == (0.0, 0.0, 64, 512)

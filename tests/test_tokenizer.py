@@ -82,7 +82,7 @@ def test_special_tokens(smollm2):
     assert sp.encode("hi")[0] == 1 and sp.encode("hi", add_special_tokens=False)[0] != 1
 
 
-def test_seed_compatible_signatures(smollm2):
+def test_mili_tokenizer_signatures(smollm2):
     texts = ["Hello, world!", "日本語 🦀"]
     assert smollm2.encode(texts) == [smollm2.encode(t) for t in texts]
     ids = smollm2.encode(texts[1])
@@ -90,7 +90,7 @@ def test_seed_compatible_signatures(smollm2):
     assert smollm2.decode(np.array(ids, dtype=np.int32), skip_special_tokens=False) == texts[1]
     assert smollm2.batch_decode([ids, ids]) == [texts[1]] * 2
     assert smollm2.batch_decode(np.array([ids, ids])) == [texts[1]] * 2
-    # The seed's positional order: texts, max_length, padding, return_tensors.
+    # MILI's positional order (QwenTokenizer.batch_encode): texts, max_length, padding, return_tensors.
     batch = smollm2.batch_encode(texts, 3, True, True)
     assert batch["input_ids"].shape == (2, 3) and batch["input_ids"].dtype == np.int64
 

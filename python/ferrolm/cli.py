@@ -105,7 +105,7 @@ def _serve_args(sub) -> None:
                         "(default: $FERROLM_API_KEY; unset = no key)")
     s.add_argument("--served-model-name", help="the model id clients use (default: MODEL's basename without .gguf)")
     s.add_argument("--config", metavar="FILE",
-                   help="the seed's inference config (JSON: inference.device/dtype/max_batch_size, "
+                   help="an inference config file (JSON: inference.device/dtype/max_batch_size, "
                         "kv_cache.page_size/num_pages, sampling defaults); an option also set there is an error")
     s.add_argument("--device", help="cpu (default), cuda[:N] or a GPU index")
     s.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from ferrolm import _core, hub
-from ferrolm.model import _device
+from ferrolm._device import core_device
+from ferrolm._validate import integers, non_negative, of_type, positive
 from ferrolm.sampling import SamplingConfig
 from ferrolm.tokenizer import Tokenizer
 
@@ -121,10 +122,10 @@ class AsyncEngine:
         for name, value in (("page_size", page_size), ("kv_cache_bytes", kv_cache_bytes),
                             ("max_num_seqs", max_num_seqs), ("max_batch_tokens", max_batch_tokens),
                             ("num_pages", num_pages), ("max_seq_len", max_seq_len)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if value is not None:
+                positive(value, name)
         self.model_path = str(path)
-        self._core = _core.Engine.load(self.model_path, _device(device), max_seq_len, page_size, num_pages,
+        self._core = _core.Engine.load(self.model_path, core_device(device), max_seq_len, page_size, num_pages,
                                        kv_cache_bytes, max_num_seqs, max_batch_tokens, bool(prefix_caching), dtype,
                                        quantize, kv_dtype)
         # None for a model directory without tokenizer files (token ids only).
@@ -153,11 +154,9 @@ class AsyncEngine:
         outputs carry ``index == i``. Returns the request ids in sample order."""
         if self._closed:
             raise RuntimeError("the engine is closed; create a new one")
-        if not isinstance(sampling, SamplingConfig):
-            raise ValueError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
-        ids = [_token(t) for t in prompt]
+        of_type(sampling, "sampling", SamplingConfig, "a SamplingConfig")
+        n = positive(n, "n")
+        ids = integers(prompt, "prompt")
         # Registered under the lock the pump dispatches under, so no output
         # can arrive before its listener.
         with self._lock:
@@ -232,9 +231,7 @@ class AsyncEngine:
         """On a held engine: runs exactly ``steps`` steps (one scheduled batch
         each), then holds it again; returns once it is held. A no-op on a
         running engine."""
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
-        self._core.step(steps)
+        self._core.step(non_negative(steps, "steps"))
 
     def resume(self) -> None:
         """Lets a held engine run on (a no-op on a running one)."""
@@ -299,9 +296,3 @@ def _tokenizer_or_none(path: os.PathLike[str]) -> Tokenizer | None:
         return Tokenizer.from_pretrained(path)
     except FileNotFoundError:
         return None
-
-
-def _token(t: Any) -> int:
-    if isinstance(t, bool) or not isinstance(t, int):
-        raise ValueError(f"token ids must be integers, got {t!r}")
-    return t

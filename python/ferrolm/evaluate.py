@@ -16,12 +16,13 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Union
 
 import numpy as np
 from tqdm import tqdm
 
 from ferrolm import _core, hub
+from ferrolm._validate import integer, positive
 from ferrolm.model import Transformer
 from ferrolm.tokenizer import Tokenizer
 
@@ -109,9 +110,9 @@ def perplexity(
         ValueError: no or several inputs, an empty text, fewer than 2 tokens,
             a bad ``context``; FileNotFoundError: a missing file or model.
     """
-    context = _int(context, "context", 2)
+    context = integer(context, "context", minimum=2)
     if max_tokens is not None:
-        max_tokens = _int(max_tokens, "max_tokens", 2)
+        max_tokens = integer(max_tokens, "max_tokens", minimum=2)
     if sum(x is not None for x in (text, file, tokens)) != 1:
         raise ValueError("pass exactly one of text, file= or tokens=")
     if file is not None:
@@ -164,9 +165,9 @@ def bench(
             ``prompt_tokens + gen_tokens``).
         device, dtype, quantize: as in :meth:`Transformer.from_pretrained` (paths only).
     """
-    prompt_len = _int(prompt_tokens, "prompt_tokens", 1)
-    gen = _int(gen_tokens, "gen_tokens", 1)
-    runs = _int(runs, "runs", 1)
+    prompt_len = positive(prompt_tokens, "prompt_tokens")
+    gen = positive(gen_tokens, "gen_tokens")
+    runs = positive(runs, "runs")
     core, _ = _load(model, device, dtype, quantize, max_seq_len=prompt_len + gen + 8)
     vocab = _vocab_size(core)
     prompt = [((i * 7919) % 20000 + 100) % vocab for i in range(prompt_len)]  # cpu_bench.py's prompt
@@ -224,9 +225,3 @@ def _read(file: str | os.PathLike[str]) -> str:
 
 def _vocab_size(core: _core.Model) -> int:
     return int(json.loads(core.config)["vocab_size"])
-
-
-def _int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)

@@ -1,4 +1,5 @@
-"""The seed's inference config file, checked whole by the Rust core.
+"""The inference config file (MILI's JSON of engine, KV cache and sampling settings),
+checked whole by the Rust core.
 
 ```json
 {"inference": {"device": "cuda", "dtype": "float16", "max_batch_size": 64},
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from ferrolm import _core
+from ferrolm._validate import config_error
 from ferrolm.sampling import SamplingConfig
 
 ConfigSource = Union[str, "os.PathLike[str]", Mapping[str, Any]]
@@ -68,8 +70,7 @@ class InferenceConfig:
             try:
                 raw = json.loads(text)
             except json.JSONDecodeError as e:
-                raise ValueError(f"invalid config field `inference config`: {os.fspath(source)} is not "
-                                 f"valid JSON: {e}") from None
+                raise config_error("inference config", f"{os.fspath(source)} is not valid JSON: {e}") from None
         else:
             raise ValueError(f"config must be a path to a JSON file or a dict, got {type(source).__name__}")
         checked = json.loads(_core.inference_config(text))

@@ -23,7 +23,7 @@ import numpy as np
 
 from ferrolm import _core
 from ferrolm._core import KVCacheFullError
-from ferrolm.model import _device
+from ferrolm._device import core_device
 
 __all__ = ["KVCacheFullError", "PagedKVCache"]
 
@@ -77,7 +77,7 @@ class PagedKVCache:
                  device: str | int = "cpu", *, num_layers: int | None = None):
         layers, kv_heads, head_dim = (None, None, None) if config is None else kv_geometry(config, num_layers)
         self._core = _core.PagedKVCache(num_pages, page_size, layers, kv_heads, head_dim,
-                                        dtype=dtype_name(dtype), device=_device(device))
+                                        dtype=dtype_name(dtype), device=core_device(device))
         self.config = config
 
     @property

@@ -17,6 +17,7 @@ from typing import Any, Union
 from tqdm import tqdm
 
 from ferrolm import hub, inference_config
+from ferrolm._validate import of_type
 from ferrolm.engine import AsyncEngine, RequestOutput
 from ferrolm.sampling import SamplingConfig
 
@@ -30,7 +31,7 @@ class LLM:
 
     Args:
         model: a model directory, a ``.gguf`` file or a short name (``"smollm2"``).
-        config: the seed's inference config (a JSON file path or a dict, see
+        config: an inference config file (a JSON file path or a dict, see
             ``ferrolm.inference_config``): engine settings, and the sampling
             defaults of ``generate``/``chat`` calls that pass none.
         **engine_args: ``AsyncEngine`` settings (``device``, ``max_seq_len``,
@@ -110,9 +111,7 @@ class LLM:
     def _encode(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):
             return self._tokenizer().encode(prompt)
-        if isinstance(prompt, Sequence):
-            return list(prompt)
-        raise ValueError(f"a prompt must be a string or a list of token ids, got {type(prompt).__name__}")
+        return list(of_type(prompt, "a prompt", Sequence, "a string or a list of token ids"))
 
     def _tokenizer(self):
         if self.tokenizer is None:
@@ -127,9 +126,7 @@ class LLM:
         configs = list(sampling)
         if len(configs) != n:
             raise ValueError(f"got {len(configs)} sampling configs for {n} prompts; pass one, or one per prompt")
-        if not all(isinstance(c, SamplingConfig) for c in configs):
-            raise ValueError("sampling must be a SamplingConfig or a list of them")
-        return configs
+        return [of_type(c, "sampling", SamplingConfig, "a SamplingConfig or a list of them") for c in configs]
 
     def stats(self) -> dict[str, int]:
         return self.engine.stats()

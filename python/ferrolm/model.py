@@ -16,6 +16,8 @@ from typing import Any, Union
 import numpy as np
 
 from ferrolm import _core, hub
+from ferrolm._device import core_device
+from ferrolm._validate import integers, non_negative, positive
 
 Tokens = Union[list[list[int]], np.ndarray]
 
@@ -24,8 +26,8 @@ Tokens = Union[list[list[int]], np.ndarray]
 class ModelArgs:
     """Hyper-parameters of a decoder-only transformer (``Config`` in the Rust core).
 
-    Field names follow HF ``config.json``; defaults are Meta's Llama-7B-like
-    ones from the seed API. ``num_key_value_heads=None`` means equal to
+    Field names follow HF ``config.json``; defaults are the Llama-7B-like ones
+    of the Llama API's ``ModelArgs``. ``num_key_value_heads=None`` means equal to
     ``num_attention_heads`` (multi-head attention) and ``head_dim=None`` means
     ``hidden_size // num_attention_heads``. Invalid values raise ``ValueError``
     naming the field.
@@ -64,7 +66,7 @@ class ModelArgs:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        _positive(self.max_batch_size, "max_batch_size")
+        positive(self.max_batch_size, "max_batch_size")
         self._config_json()  # validated by the core; raises ValueError naming the field
 
     def _config_json(self) -> str:
@@ -150,8 +152,8 @@ class Transformer:
                 for quantized models, f32 otherwise).
         """
         model = _core.Model.from_pretrained(
-            str(hub.resolve(path)), _device(device), max_seq_len, _positive(max_batch_size, "max_batch_size"), dtype,
-            quantize, kv_dtype,
+            str(hub.resolve(path)), core_device(device), max_seq_len, positive(max_batch_size, "max_batch_size"),
+            dtype, quantize, kv_dtype,
         )
         self = cls(ModelArgs(**json.loads(model.config), max_batch_size=max_batch_size))
         self._model = model
@@ -187,8 +189,8 @@ class Transformer:
                 (``[batch, N, vocab]``; the head runs on those rows only);
                 0 (default) keeps all.
         """
-        return self._core_model().forward(_token_lists(tokens), _index(start_pos, "start_pos"),
-                                          _index(logits_to_keep, "logits_to_keep"))
+        return self._core_model().forward(_token_lists(tokens), non_negative(start_pos, "start_pos"),
+                                          non_negative(logits_to_keep, "logits_to_keep"))
 
     __call__ = forward
 
@@ -213,8 +215,8 @@ class Transformer:
                   ) -> list[tuple[list[int], list[float], list[float] | None]]:
         """Per prompt: new tokens, their log-probabilities, and the prompt's if asked."""
         return self._core_model().generate(
-            _token_lists(prompt_tokens), _index(max_gen_len, "max_gen_len"), float(temperature),
-            float(top_p), None if seed is None else _index(seed, "seed"), prompt_logprobs,
+            _token_lists(prompt_tokens), non_negative(max_gen_len, "max_gen_len"), float(temperature),
+            float(top_p), None if seed is None else non_negative(seed, "seed"), prompt_logprobs,
         )
 
     def _core_model(self) -> _core.Model:
@@ -240,31 +242,6 @@ def create_transformer_from_config(
     return Transformer(args)
 
 
-def _index(value: Any, name: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _device(device: str | int) -> str:
-    """``0`` means the first GPU, as in the seed API; strings pass through.
-    For a GPU, NVIDIA's pip-installed libraries are made findable first."""
-    if isinstance(device, (int, np.integer)) and not isinstance(device, bool):
-        device = f"cuda:{int(device)}"
-    device = str(device)
-    if device.strip().isdigit():  # "0" from a command line
-        device = f"cuda:{int(device)}"
-    if device.strip().lower().startswith(("cuda", "gpu")):
-        from ferrolm import _cuda
-
-        _cuda.preload()
-    return device
-
-
-def _positive(value: Any, name: str) -> int:
-    return _index(value, name, minimum=1)
-
-
 def _token_lists(tokens: Tokens) -> list[list[int]]:
     """Normalises token input to a list of int lists (the core checks ids and lengths)."""
     if isinstance(tokens, np.ndarray):
@@ -273,9 +250,4 @@ def _token_lists(tokens: Tokens) -> list[list[int]]:
         return tokens.tolist()
     if not isinstance(tokens, (list, tuple)) or not all(isinstance(s, (list, tuple)) for s in tokens):
         raise ValueError("tokens must be a list of token lists, e.g. [[1, 2, 3]]")
-    out = []
-    for i, seq in enumerate(tokens):
-        if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in seq):
-            raise ValueError(f"sequence {i} must contain only integer token ids")
-        out.append([int(t) for t in seq])
-    return out
+    return [integers(seq, f"tokens[{i}]") for i, seq in enumerate(tokens)]

@@ -1,4 +1,4 @@
-"""``SamplingConfig``: the seed's sampling knobs, checked by the Rust core."""
+"""``SamplingConfig``: the session API's sampling knobs, checked by the Rust core."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ferrolm import _core
+from ferrolm._validate import config_error, config_number
 
 _FLOATS = ("temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty")
 _INTS = ("top_k", "penalty_window", "max_tokens", "reasoning_mode")
@@ -15,7 +16,7 @@ _INTS = ("top_k", "penalty_window", "max_tokens", "reasoning_mode")
 
 @dataclass
 class SamplingConfig:
-    """How to pick tokens and when to stop (defaults as in the seed API).
+    """How to pick tokens and when to stop (defaults as in the session API).
 
     Args:
         temperature: softmax temperature; 0.0 is greedy.
@@ -56,22 +57,22 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         for name in _FLOATS:
-            setattr(self, name, _number(getattr(self, name), name, float))
+            setattr(self, name, config_number(getattr(self, name), name, float))
         for name in _INTS:
-            setattr(self, name, _number(getattr(self, name), name, int, minimum=0))
+            setattr(self, name, config_number(getattr(self, name), name, int, minimum=0))
         for name in ("seed", "logprobs"):
             if getattr(self, name) is not None:
-                setattr(self, name, _number(getattr(self, name), name, int, minimum=0))
+                setattr(self, name, config_number(getattr(self, name), name, int, minimum=0))
         if self.seed is not None and self.seed >= 2**64:
-            raise ValueError(f"invalid config field `seed`: must be < 2**64, got {self.seed}")
+            raise config_error("seed", f"must be < 2**64, got {self.seed}")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if not all(isinstance(s, str) for s in self.stop):
-            raise ValueError("invalid config field `stop`: expected a string or a list of strings")
+            raise config_error("stop", "expected a string or a list of strings")
         self.stop = list(self.stop)
-        self.stop_token_ids = [_number(t, "stop_token_ids", int, minimum=0) for t in self.stop_token_ids]
+        self.stop_token_ids = [config_number(t, "stop_token_ids", int, minimum=0) for t in self.stop_token_ids]
         if not isinstance(self.ignore_eos, bool):
-            raise ValueError(f"invalid config field `ignore_eos`: expected True or False, got {self.ignore_eos!r}")
+            raise config_error("ignore_eos", f"expected True or False, got {self.ignore_eos!r}")
         _core.validate_sampling(self.to_json())
 
     def to_dict(self) -> dict[str, Any]:
@@ -79,13 +80,3 @@ class SamplingConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
-
-
-def _number(value: Any, name: str, kind: type, minimum: int | None = None) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            (kind is int and isinstance(value, float) and not value.is_integer()):
-        raise ValueError(f"invalid config field `{name}`: expected a number, got {value!r}")
-    value = kind(value)
-    if minimum is not None and value < minimum:
-        raise ValueError(f"invalid config field `{name}`: must be >= {minimum}, got {value!r}")
-    return value

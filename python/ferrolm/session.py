@@ -1,4 +1,4 @@
-"""``InferenceSession``: the seed's session API (``QwenInferenceSession``).
+"""``InferenceSession``: the session API's ``QwenInferenceSession``, under both names.
 
 A session holds one model and one conversation. Each ``generate`` call is a
 chat turn: the conversation is rendered with the model's chat template and
@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from ferrolm import _core, hub, inference_config
-from ferrolm.model import _device
+from ferrolm._device import core_device
+from ferrolm._validate import of_type
 from ferrolm.sampling import SamplingConfig
 
 
@@ -31,7 +32,7 @@ class InferenceSession:
             ``"fp8"``: the linear layers as FP8 E4M3 (CPU and GPU).
         kv_dtype: CPU KV cache precision, ``"f16"`` or ``"f32"`` (default: f16 for
             quantized models, f32 otherwise).
-        config: the seed's inference config (a JSON file path or a dict, see
+        config: an inference config file (a JSON file path or a dict, see
             ``ferrolm.inference_config``): device, dtype, KV pages, and the
             sampling defaults of turns that pass no ``config``. A setting given
             both here and as an argument raises ``ValueError``.
@@ -56,7 +57,7 @@ class InferenceSession:
         self.default_sampling = settings.sampling if settings is not None else SamplingConfig()
         path = hub.resolve(model_path)
         self._core = _core.Session.load(
-            str(path), _device(args.pop("device", "cpu")), args.pop("max_seq_len", None), args.pop("dtype", None),
+            str(path), core_device(args.pop("device", "cpu")), args.pop("max_seq_len", None), args.pop("dtype", None),
             args.pop("quantize", None), args.pop("kv_dtype", None), **args,
         )
         self.model_path = str(path)
@@ -72,8 +73,7 @@ class InferenceSession:
             system_prompt: a system prompt for this turn only (see ``set_system_prompt``).
             stream: return an iterator of text pieces as they are produced.
         """
-        if not isinstance(prompt, str):
-            raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+        of_type(prompt, "prompt", str, "a string")
         core = self._session()
         core.start_turn(prompt, self._sampling(config).to_json(), system_prompt)
         return _pieces(core) if stream else core.finish_turn()
@@ -81,8 +81,7 @@ class InferenceSession:
     def complete(self, text: str, config: SamplingConfig | None = None,
                  stream: bool = False) -> str | Iterator[str]:
         """Continues ``text`` as is (no chat template, not part of the conversation)."""
-        if not isinstance(text, str):
-            raise ValueError(f"text must be a string, got {type(text).__name__}")
+        of_type(text, "text", str, "a string")
         core = self._session()
         core.start_completion(text, self._sampling(config).to_json())
         return _pieces(core) if stream else core.finish_turn()
@@ -163,9 +162,7 @@ def generate_text(model_path: str | os.PathLike[str], prompt: str,
 def _config(config: SamplingConfig | None, default: SamplingConfig) -> SamplingConfig:
     if config is None:
         return default
-    if not isinstance(config, SamplingConfig):
-        raise ValueError(f"config must be a SamplingConfig, got {type(config).__name__}")
-    return config
+    return of_type(config, "config", SamplingConfig, "a SamplingConfig")
 
 
 def _pieces(core: _core.Session) -> Iterator[str]:

@@ -21,6 +21,7 @@ from typing import Any, Union
 import numpy as np
 
 from ferrolm import _core, hub
+from ferrolm._validate import at_least, integer, integers, of_type
 
 TokenIds = Union[Sequence[int], np.ndarray]
 PathLike = Union[str, "os.PathLike[str]"]
@@ -42,7 +43,7 @@ class StreamDecoder:
 
     def push(self, token_id: int) -> str:
         """Adds a token; returns the text it completes (possibly ``""``)."""
-        return self._core.push(_index(token_id))
+        return self._core.push(integer(token_id, "token id"))
 
     def flush(self) -> str:
         """Returns the text still held back (an incomplete character as U+FFFD) and starts over."""
@@ -145,9 +146,7 @@ class Tokenizer:
         if mode is None:
             raise ValueError(f"padding must be True, False, 'longest' or 'max_length', not {padding!r}")
         if max_length is not None:
-            max_length = _index(max_length, "max_length")
-            if max_length < 1:
-                raise ValueError(f"max_length must be at least 1, got {max_length}")
+            max_length = at_least(integer(max_length, "max_length"), "max_length", 1)
         if truncation is None:
             truncate = max_length is not None
         elif truncation in (True, "longest_first", "only_first"):
@@ -280,39 +279,24 @@ class Tokenizer:
         return self._core.token_to_id(token)
 
     def id_to_token(self, token_id: int) -> str | None:
-        return self._core.id_to_token(_index(token_id))
+        return self._core.id_to_token(integer(token_id, "token id"))
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, bos={self.bos_token_id}, eos={self.eos_token_ids})"
 
 
-def _index(value: Any, what: str = "token id") -> int:
-    if isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{what} must be an integer, got {value!r}")
-    try:
-        return int(np.asarray(value).item()) if isinstance(value, np.generic) else int(value.__index__())
-    except (AttributeError, TypeError, ValueError):
-        raise ValueError(f"{what} must be an integer, got {value!r}") from None
-
-
 def _id_list(tokens: TokenIds) -> list[int]:
-    if isinstance(tokens, (str, bytes)):
-        raise ValueError("token ids must be a sequence of integers, not a string")
     if isinstance(tokens, np.ndarray):
         if tokens.ndim != 1:
             raise ValueError(f"token ids must be 1-D, got an array of shape {tokens.shape}")
         if tokens.size and not np.issubdtype(tokens.dtype, np.integer):
             raise ValueError(f"token ids must be integers, got dtype {tokens.dtype}")
         return tokens.astype(np.int64).tolist()
-    return [_index(t) for t in tokens]
+    return integers(tokens, "tokens")
 
 
 def _texts(texts: Iterable[str]) -> list[str]:
-    out = list(texts)
-    for t in out:
-        if not isinstance(t, str):
-            raise ValueError(f"texts must be strings, got {type(t).__name__}")
-    return out
+    return [of_type(t, "texts", str, "strings") for t in texts]
 
 
 def _to_json(value: Any, what: str) -> str:

@@ -46,8 +46,8 @@ def test_the_openai_server_serves_from_cuda(chat_model):
     assert reply.usage.completion_tokens == 12 or reply.choices[0].finish_reason == "stop"
 
 
-def test_the_seeds_cuda_float16_config_runs(chat_model, tmp_path):
-    """The seed's inference config asks for float16 on cuda: it loads and generates."""
+def test_a_cuda_float16_inference_config_runs(chat_model, tmp_path):
+    """MILI's example inference config asks for float16 on cuda: it loads and generates."""
     config = tmp_path / "inference.json"
     config.write_text(json.dumps({"inference": {"device": DEVICE, "dtype": "float16", "max_seq_len": 256}}))
     with InferenceSession(chat_model, config=config) as s:

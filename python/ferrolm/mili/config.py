@@ -17,19 +17,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from ferrolm import _core, hub
+from ferrolm._validate import config_error, of_type
 from ferrolm.model import ModelArgs
 
 # MILI-only fields: the core does not need them, so they are checked here.
 _MILI_FIELDS = ("hidden_act", "attention_dropout", "quantization_config")
 # Fields whose HF key is their own name: a dict that leaves them out gets
-# MILI's default (as the seed's ``from_dict``), not the core's Llama one.
+# MILI's default (as MILI's ``from_dict``), not the core's Llama one.
 _PLAIN_DEFAULTS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                    "num_key_value_heads", "vocab_size", "max_position_embeddings", "rms_norm_eps")
 
 
 @dataclass
 class Qwen3Config(ModelArgs):
-    """Configuration of a Qwen3 model (seed 003), validated by the Rust core.
+    """Configuration of a Qwen3 model (MILI's ``Qwen3Config``), validated by the Rust core.
 
     Every ``ModelArgs`` field is available too (``architecture``,
     ``max_seq_len``, ``tie_word_embeddings``, ...). ``head_dim`` is
@@ -60,8 +61,7 @@ class Qwen3Config(ModelArgs):
             self.max_seq_len = self.max_position_embeddings
         if isinstance(self.attention_dropout, bool) or not isinstance(self.attention_dropout, (int, float)) \
                 or not 0.0 <= self.attention_dropout < 1.0:
-            raise ValueError(f"invalid config field `attention_dropout`: must be in [0, 1), "
-                             f"got {self.attention_dropout!r}")
+            raise config_error("attention_dropout", f"must be in [0, 1), got {self.attention_dropout!r}")
         self.quantize  # noqa: B018 - validates quantization_config
         super().__post_init__()
         # The derived head_dim, as the core computed it.
@@ -75,8 +75,7 @@ class Qwen3Config(ModelArgs):
             return None
         method = q.get("quant_method") if isinstance(q, dict) else None
         if method != "fp8":
-            raise ValueError(f"invalid config field `quantization_config`: only "
-                             f"{{'quant_method': 'fp8'}} is supported, got {q!r}")
+            raise config_error("quantization_config", f"only {{'quant_method': 'fp8'}} is supported, got {q!r}")
         return "fp8"
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,9 +86,7 @@ class Qwen3Config(ModelArgs):
     def from_dict(cls, config_dict: dict[str, Any]) -> Qwen3Config:
         """From a dict of fields or an HF ``config.json`` dict; missing keys keep
         MILI's defaults and keys ferrolm does not use are ignored."""
-        if not isinstance(config_dict, dict):
-            raise ValueError(f"config_dict must be a dict, got {type(config_dict).__name__}")
-        d = dict(config_dict)
+        d = dict(of_type(config_dict, "config_dict", dict, "a dict"))
         defaults = {f.name: f.default for f in dataclasses.fields(cls)}
         for key in _PLAIN_DEFAULTS:
             d.setdefault(key, defaults[key])

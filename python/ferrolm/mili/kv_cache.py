@@ -1,4 +1,4 @@
-"""MILI's ``KVCacheAllocator``: the seed's page-at-a-time allocator, a view
+"""``KVCacheAllocator``: MILI's page-at-a-time allocator, a view
 of the same Rust cache as ``ferrolm.PagedKVCache`` (page pool, reference
 counts, page storage); nothing is stored on the Python side.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ferrolm._validate import at_least
 from ferrolm.kv import PagedKVCache
 
 __all__ = ["KVCacheAllocator"]
@@ -52,8 +53,7 @@ class KVCacheAllocator(PagedKVCache):
     def __init__(self, config: Any, max_batch_size: int = 64, max_seq_length: int = 32768,
                  dtype: Any = "float16", device: str | int = "cpu", *, page_size: int = 16,
                  num_pages: int | None = None, num_layers: int | None = None):
-        if page_size < 1:
-            raise ValueError(f"page_size must be at least 1, got {page_size}")
+        at_least(page_size, "page_size", 1)
         if num_pages is None:
             num_pages = max_seq_length // page_size + 1
         super().__init__(num_pages, page_size, config, dtype, device, num_layers=num_layers)

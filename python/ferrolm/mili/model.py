@@ -19,17 +19,18 @@ from typing import Any
 import numpy as np
 
 from ferrolm import _core, hub
+from ferrolm._device import core_device
+from ferrolm._validate import of_type, positive
 from ferrolm.mili.config import Qwen3Config
 from ferrolm.mili.tokenizer import QwenTokenizer
 from ferrolm.mili.weights import WeightLoader, check_config
-from ferrolm.model import _device, _positive
 from ferrolm.sampling import SamplingConfig
 
 _cache_ids = itertools.count()
 
 
 class Qwen3Model:
-    """A language model for inference (seed 003's ``Qwen3Model``).
+    """A language model for inference (MILI's ``Qwen3Model``).
 
     Args:
         config: the model's ``Qwen3Config`` (must match the checkpoint).
@@ -44,20 +45,20 @@ class Qwen3Model:
 
     def __init__(self, config: Qwen3Config, weight_loader: WeightLoader, device: str | int | None = None,
                  *, max_batch_size: int = 4, kv_dtype: str | None = None) -> None:
-        if not isinstance(weight_loader, WeightLoader):
-            raise ValueError(f"weight_loader must be a WeightLoader, got {type(weight_loader).__name__}")
+        of_type(weight_loader, "weight_loader", WeightLoader, "a WeightLoader")
         self.config = config
         self.weight_loader = weight_loader
-        self.device = weight_loader.device if device is None else _device(device)
+        self.device = weight_loader.device if device is None else core_device(device)
         path = hub.resolve(weight_loader.model_path)
         check_config(config, path)
         dtype = weight_loader.dtype
         quantize = weight_loader.quantize or config.quantize
         if self.device == "cpu" and (dtype != "float32" or quantize):
             # The CPU's default path: weights as stored (or as quantized at
-            # load), which FP8 weights ask for even under the seed's float32.
+            # load), which FP8 weights ask for even under WeightLoader's
+            # default dtype, float32 (MILI's default).
             dtype = None
-        self.max_batch_size = _positive(max_batch_size, "max_batch_size")
+        self.max_batch_size = positive(max_batch_size, "max_batch_size")
         self._core = _core.Model.from_pretrained(str(path), self.device, config.max_seq_len, self.max_batch_size,
                                                  dtype, quantize, kv_dtype)
         # A model directory without tokenizer files still runs forward on token ids.
@@ -105,8 +106,7 @@ class Qwen3Model:
                  top_k: int = 50, *, seed: int | None = None) -> str:
         """Continues ``prompt`` (plain text, no chat template) with the core's
         sampler; returns the new text. Stops at an end-of-sequence token."""
-        if not isinstance(prompt, str):
-            raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+        of_type(prompt, "prompt", str, "a string")
         if self.tokenizer is None:
             raise RuntimeError(f"{self.weight_loader.model_path} has no tokenizer files "
                                "(tokenizer.json): generate needs one; forward takes token ids")

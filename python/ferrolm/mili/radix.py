@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ferrolm._validate import at_least, of_type
 from ferrolm.kv import PagedKVCache
 from ferrolm.mili.kv_cache import KVCacheAllocator
 
@@ -48,12 +49,11 @@ class RadixAttentionCache:
                 allocator = KVCacheAllocator(config, max_seq_length=max_seq_length, dtype=dtype, device=device,
                                              page_size=page_size, num_pages=num_pages)
             else:
-                if page_size < 1:
-                    raise ValueError(f"page_size must be at least 1, got {page_size}")
+                at_least(page_size, "page_size", 1)
                 default = max_seq_length // page_size + 1
                 allocator = PagedKVCache(default if num_pages is None else num_pages, page_size)
-        elif not isinstance(allocator, PagedKVCache):
-            raise ValueError(f"allocator must be a KVCacheAllocator or PagedKVCache, got {type(allocator).__name__}")
+        else:
+            of_type(allocator, "allocator", PagedKVCache, "a KVCacheAllocator or PagedKVCache")
         self.allocator = allocator
         self.config = config if config is not None else allocator.config
         self._core = allocator._core

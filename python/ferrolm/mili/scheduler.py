@@ -34,10 +34,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from ferrolm import _core
+from ferrolm._validate import TOKEN_ID_MAX, integer, integers, non_negative, positive
 
 __all__ = ["ContinuousBatchScheduler", "RequestMetadata", "RequestPhase"]
-
-_TOKEN_MAX = 2**32 - 1
 
 
 class RequestPhase(Enum):
@@ -51,7 +50,7 @@ class RequestPhase(Enum):
 class RequestMetadata:
     """One request's share of a batch (a snapshot; the scheduler owns the state).
 
-    The seed's fields, plus what the caller needs to run the step:
+    The fields of MILI's ``RequestMetadata``, plus what the caller needs to run the step:
     ``input_tokens`` (the tokens to run now), ``start_pos`` (the position of
     the first; earlier positions are cached in ``kv_cache_pages``, the
     block table: page ``i`` holds positions ``i * page_size`` onwards) and
@@ -94,20 +93,6 @@ class _Request:
 _SAMPLING_KWARGS = ("temperature", "top_p", "top_k", "stop_token_ids")
 
 
-def _positive(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
-
-
-def _token_ids(name: str, tokens: Iterable[int]) -> list[int]:
-    tokens = list(tokens)
-    for i, t in enumerate(tokens):
-        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t <= _TOKEN_MAX:
-            raise ValueError(f"{name}[{i}] = {t!r} is not a token id (an int in 0..2**32)")
-    return tokens
-
-
 class ContinuousBatchScheduler:
     """Scheduler with continuous batching: the engine's, stepped by hand.
 
@@ -136,24 +121,24 @@ class ContinuousBatchScheduler:
         max_batch_tokens: int = 2048,
         eos_token_ids: Iterable[int] = (),
     ):
-        self.max_batch_size = _positive("max_batch_size", max_batch_size)
-        self.prefill_batch_size = _positive("prefill_batch_size", prefill_batch_size)
-        self.decode_batch_size = _positive("decode_batch_size", decode_batch_size)
-        self.max_seq_length = _positive("max_seq_length", max_seq_length)
-        self.page_size = _positive("page_size", page_size)
-        self.max_batch_tokens = _positive("max_batch_tokens", max_batch_tokens)
-        running = min(max_batch_size, decode_batch_size)
+        self.max_batch_size = positive(max_batch_size, "max_batch_size")
+        self.prefill_batch_size = positive(prefill_batch_size, "prefill_batch_size")
+        self.decode_batch_size = positive(decode_batch_size, "decode_batch_size")
+        self.max_seq_length = positive(max_seq_length, "max_seq_length")
+        self.page_size = positive(page_size, "page_size")
+        self.max_batch_tokens = positive(max_batch_tokens, "max_batch_tokens")
+        running = min(self.max_batch_size, self.decode_batch_size)
         if num_pages is None:
-            num_pages = running * -(-max_seq_length // page_size)
-        self.num_pages = _positive("num_pages", num_pages)
-        self.eos_token_ids = _token_ids("eos_token_ids", eos_token_ids)
+            num_pages = running * -(-self.max_seq_length // self.page_size)
+        self.num_pages = positive(num_pages, "num_pages")
+        self.eos_token_ids = integers(eos_token_ids, "eos_token_ids", minimum=0, maximum=TOKEN_ID_MAX)
         self._core = _core.SteppedScheduler(
             running,
-            max_batch_tokens,
-            min(prefill_batch_size, max_batch_size),
-            page_size,
-            num_pages,
-            max_seq_length,
+            self.max_batch_tokens,
+            min(self.prefill_batch_size, self.max_batch_size),
+            self.page_size,
+            self.num_pages,
+            self.max_seq_length,
             self.eos_token_ids,
         )
         self._requests: dict[str, _Request] = {}
@@ -178,14 +163,12 @@ class ContinuousBatchScheduler:
                 f"add_request() got unexpected keyword argument(s) {', '.join(unknown)}; "
                 f"accepted: {', '.join(_SAMPLING_KWARGS)}"
             )
-        prompt = _token_ids("prompt_tokens", prompt_tokens)
-        max_tokens = _positive("max_tokens", max_tokens)
+        prompt = integers(prompt_tokens, "prompt_tokens", minimum=0, maximum=TOKEN_ID_MAX)
+        max_tokens = positive(max_tokens, "max_tokens")
         temperature = float(kwargs.get("temperature", 1.0))
         top_p = float(kwargs.get("top_p", 0.95))
-        top_k = kwargs.get("top_k", 50)
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-            raise ValueError(f"top_k must be an int >= 0 (0 disables it), got {top_k!r}")
-        stop = _token_ids("stop_token_ids", kwargs.get("stop_token_ids", ()))
+        top_k = non_negative(kwargs.get("top_k", 50), "top_k")  # 0 disables it
+        stop = integers(kwargs.get("stop_token_ids", ()), "stop_token_ids", minimum=0, maximum=TOKEN_ID_MAX)
         core_id = self._core.add_request(prompt, max_tokens, temperature, top_p, top_k, stop)
         request_id = str(uuid.uuid4())
         self._requests[request_id] = _Request(core_id, prompt, max_tokens, temperature, top_p, top_k, time.time())
@@ -234,7 +217,7 @@ class ContinuousBatchScheduler:
 
         The token is appended, or ends the request: ``max_tokens`` reached,
         or an end-of-sequence or stop token id (not kept in its output).
-        Unlike the seed, which ignores unknown ids, an unknown id raises.
+        Unlike MILI's scheduler, which ignores unknown ids, an unknown id raises.
 
         Args:
             request_id: an id from ``add_request``.
@@ -249,7 +232,7 @@ class ContinuousBatchScheduler:
                 token (finished, or its last item ran only part of its prompt).
         """
         core_id = self._core_id(request_id)
-        (token,) = _token_ids("new_token", [new_token])
+        token = integer(new_token, "new_token", minimum=0, maximum=TOKEN_ID_MAX)
         if kv_cache_page is not None and kv_cache_page not in (self._core.pages(core_id) or []):
             raise ValueError(
                 f"kv_cache_page={kv_cache_page!r} is not a page of request {request_id}; "

@@ -18,7 +18,7 @@ from ferrolm.tokenizer import Tokenizer
 
 
 class QwenTokenizer(Tokenizer):
-    """The tokenizer of a model (seed 003's ``QwenTokenizer``).
+    """The tokenizer of a model (MILI's ``QwenTokenizer``).
 
     Args:
         model_name: a model directory, ``tokenizer.json``, ``.gguf`` file or
@@ -26,7 +26,7 @@ class QwenTokenizer(Tokenizer):
             model hub here, so hub ids raise ``FileNotFoundError``.
 
     ``encode``, ``decode`` and everything else are ``Tokenizer``'s;
-    ``batch_encode`` keeps the seed's defaults.
+    ``batch_encode`` keeps MILI's defaults.
     """
 
     def __init__(self, model_name: str | os.PathLike[str] = hub.DEFAULT_MODEL) -> None:
@@ -36,7 +36,7 @@ class QwenTokenizer(Tokenizer):
     def batch_encode(self, texts: Sequence[str], max_length: int | None = 2048,  # type: ignore[override]
                      padding: bool | str = True, return_tensors: bool | str | None = False,
                      **kwargs: Any) -> dict[str, Any]:
-        """``{"input_ids", "attention_mask"}`` of several texts, as the seed:
+        """``{"input_ids", "attention_mask"}`` of several texts, as MILI's:
         truncated to ``max_length`` and, with ``padding=True``, right-padded
         to ``max_length`` (``padding="longest"``: to the longest text).
         ``return_tensors=True`` gives int64 numpy arrays. Other keywords are

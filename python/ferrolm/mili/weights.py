@@ -23,9 +23,10 @@ from typing import Any, Union
 import numpy as np
 
 from ferrolm import _core, hub
+from ferrolm._device import core_device
+from ferrolm._validate import of_type
 from ferrolm.kv import dtype_name
 from ferrolm.mili.config import Qwen3Config
-from ferrolm.model import _device
 
 # Config fields that decide tensor shapes: a loader's config must agree with
 # the checkpoint's on each of them.
@@ -60,7 +61,7 @@ Weight = Union[np.ndarray, Fp8Weight]
 
 
 class WeightLoader:
-    """Loads and hands out a model's weights (seed 003's ``WeightLoader``).
+    """Loads and hands out a model's weights (MILI's ``WeightLoader``).
 
     Args:
         model_path: a model directory (``config.json`` + safetensors), a
@@ -69,18 +70,17 @@ class WeightLoader:
             checkpoint's own config on every shape (``ValueError`` otherwise).
         device: where ``Qwen3Model`` runs these weights: ``"cpu"``,
             ``"cuda"``, ``"cuda:N"`` or a GPU index.
-        dtype: ``"float32"`` (default, as the seed) runs the exact path;
+        dtype: ``"float32"`` (default, as MILI's) runs the exact path;
             ``None`` keeps weights as stored (quantized or half) on the CPU;
             ``"bfloat16"`` on a GPU.
     """
 
     def __init__(self, model_path: str | os.PathLike[str], config: Qwen3Config, device: str | int = "cpu",
                  dtype: Any = "float32") -> None:
-        if not isinstance(config, Qwen3Config):
-            raise ValueError(f"config must be a Qwen3Config, got {type(config).__name__}")
+        of_type(config, "config", Qwen3Config, "a Qwen3Config")
         self.model_path = Path(os.fspath(model_path))
         self.config = config
-        self.device = _device(device)
+        self.device = core_device(device)
         self.dtype = _dtype_name(dtype)
         self.quantize: str | None = config.quantize
         self.weights: dict[str, Weight] = {}

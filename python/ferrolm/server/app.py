@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 
 from ferrolm.engine import AsyncEngine
-from ferrolm.server import chat, completions, errors, seed_api
+from ferrolm.server import chat, completions, errors, mili_api
 from ferrolm.server.auth import require_key
 from ferrolm.server.metrics import CONTENT_TYPE
 from ferrolm.server.protocol import ModelCard, ModelList
@@ -41,7 +41,7 @@ def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
     keyed = [Depends(require_key)]
     app.include_router(completions.router, dependencies=keyed)
     app.include_router(chat.router, dependencies=keyed)
-    app.include_router(seed_api.router)
+    app.include_router(mili_api.router)
 
     @app.get("/v1/models", dependencies=keyed)
     async def list_models(request: Request) -> ModelList:

@@ -1,6 +1,6 @@
 """Request fields -> ``SamplingConfig``, with OpenAI's defaults.
 
-``SamplingConfig``'s own defaults are the seed's (temperature 0.6, top_k 20,
+``SamplingConfig``'s own defaults are the session API's (temperature 0.6, top_k 20,
 repetition penalty 1.1, ...). An OpenAI client that sends only a prompt
 expects plain sampling at temperature 1, so every field is set here
 explicitly and none falls through to those defaults. A server started with
@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ferrolm._validate import config_error_field
 from ferrolm.sampling import SamplingConfig
 from ferrolm.server.errors import APIError
 from ferrolm.server.protocol import SamplingFields
@@ -56,7 +57,7 @@ def sampling_config(req: SamplingFields, max_tokens: int, logprobs: int | None,
             logprobs=logprobs,
         )
     except ValueError as e:
-        raise APIError(str(e), param=_field_of(str(e))) from None
+        raise APIError(str(e), param=config_error_field(str(e))) from None
 
 
 def check_logprobs(value: int | None, name: str) -> None:
@@ -72,11 +73,3 @@ def _seed(seed: int | None) -> int | None:
 
 def _or(value, default):
     return default if value is None else value
-
-
-def _field_of(message: str) -> str | None:
-    # SamplingConfig's messages name the field as "invalid config field `name`: ...".
-    prefix = "invalid config field `"
-    if message.startswith(prefix):
-        return message[len(prefix):].split("`")[0]
-    return None

@@ -1,4 +1,4 @@
-"""Request and response bodies, mirroring OpenAI's shapes (and the seed's ``/generate``).
+"""Request and response bodies, mirroring OpenAI's shapes (and MILI's ``/generate``).
 
 ``typing.Optional``/``Union`` rather than ``X | None``: FastAPI and pydantic
 evaluate these annotations at run time, and the package supports Python 3.9.
@@ -66,8 +66,8 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class GenerateRequest(BaseModel):
-    """The seed's ``POST /generate``: fields left out take the server's
-    inference-config sampling defaults, else the seed's (max_tokens 50,
+    """MILI's ``POST /generate``: fields left out take the server's
+    inference-config sampling defaults, else MILI's (max_tokens 50,
     temperature 1.0, top_p 0.95, top_k 50)."""
 
     prompt: str

@@ -1,6 +1,8 @@
-"""The seed's own endpoints: ``POST /generate``, ``GET /status/{id}``, ``GET /health``, ``GET /``.
+"""The endpoints of MILI's server, ``POST /generate``, ``GET /health`` and ``GET /``,
+and ``GET /status/{id}``, which reports a request in the shape of MILI's
+``ContinuousBatchScheduler.get_request_status``.
 
-``/generate`` continues the raw prompt (no chat template) with the seed's
+``/generate`` continues the raw prompt (no chat template) with MILI's
 sampling defaults (temperature 1.0, top_p 0.95, top_k 50) and plain
 sampling otherwise: no min_p, no repetition penalty.
 """
@@ -21,8 +23,8 @@ from ferrolm.server.sse import DONE, EventStream, event
 from ferrolm.server.state import get_state, now
 
 router = APIRouter()
-# The seed's /generate defaults.
-SEED_DEFAULTS = {"max_tokens": 50, "temperature": 1.0, "top_p": 0.95, "top_k": 50}
+# MILI's /generate defaults.
+GENERATE_DEFAULTS = {"max_tokens": 50, "temperature": 1.0, "top_p": 0.95, "top_k": 50}
 
 
 @router.post("/generate", response_model=None, dependencies=[Depends(require_key)])
@@ -30,8 +32,9 @@ async def generate(req: GenerateRequest, request: Request):
     state = get_state(request)
     started = now()
     state.metrics.request("generate")
-    given = {k: v for k, v in req.model_dump(include=set(SEED_DEFAULTS)).items() if v is not None}
-    knobs = {**SEED_DEFAULTS, **{k: v for k, v in state.sampling_defaults.items() if k in SEED_DEFAULTS}, **given}
+    given = {k: v for k, v in req.model_dump(include=set(GENERATE_DEFAULTS)).items() if v is not None}
+    knobs = {**GENERATE_DEFAULTS, **{k: v for k, v in state.sampling_defaults.items() if k in GENERATE_DEFAULTS},
+             **given}
     if knobs["max_tokens"] < 0:
         raise APIError(f"max_tokens must be >= 0, got {knobs['max_tokens']}", param="max_tokens")
     try:
@@ -80,7 +83,7 @@ async def health(request: Request):
     # Open without an API key, so load balancers and orchestrators can probe it.
     info = dict(state.engine.model_info)
     body = {
-        **info,  # first, so the seed's keys below win over any of the same name
+        **info,  # first, so MILI's keys below win over any of the same name
         "status": "healthy" if state.engine.is_running else "unhealthy",
         "model_loaded": True,
         "scheduler_ready": state.engine.is_running,
