@@ -28,12 +28,12 @@ SRC = Path(__file__).resolve().parent.parent / "crates" / "ferrolm-core" / "src"
 LAYERS = [
     ["error"],
     ["formats"],  # tensor formats: ggml blocks, FP8, StoredTensor
-    ["weights"],  # checkpoint readers and tensor names
-    ["config"],  # typed Config from config.json or GGUF metadata
+    ["config"],  # typed Config from config.json; the family registry
+    ["weights"],  # checkpoint readers (safetensors, GGUF) and tensor names
+    ["tokenizer", "stop"],  # HF and GGUF vocabularies, chat templates, stop strings
     ["backend"],  # trait Backend, cpu, cuda
     ["kv"],  # pages, block tables, prefix cache
-    ["model"],  # the decoder over a backend and a KV cache; loading
-    ["tokenizer", "stop"],
+    ["model"],  # the decoder over a backend and a KV cache; loading a checkpoint
     ["sampling"],
     ["engine"],
     ["generate", "session", "eval", "inference_config"],
@@ -112,6 +112,24 @@ def drop_test_modules(code: str) -> tuple[str, set[str]]:
         code = code[: m.start()] + "\n" * code.count("\n", m.start(), j) + code[j:]
 
 
+def inline_supers(code: str) -> str:
+    """Inside an inline `mod x { ... }` block, `super` is the file's own
+    module: rewritten to `self` so that paths resolve from the file."""
+    out, pos = [], 0
+    for m in re.finditer(r"\bmod\s+\$?\w+\s*\{", code):
+        if m.start() < pos:
+            continue
+        depth, j = 1, m.end()
+        while depth and j < len(code):
+            depth += {"{": 1, "}": -1}.get(code[j], 0)
+            j += 1
+        out.append(code[pos : m.end()])
+        out.append(re.sub(r"\bsuper::", "self::", code[m.end() : j]))
+        pos = j
+    out.append(code[pos:])
+    return "".join(out)
+
+
 def load_tree() -> dict[tuple[str, ...], Module]:
     modules: dict[tuple[str, ...], Module] = {}
     for file in sorted(SRC.rglob("*.rs")):
@@ -125,7 +143,7 @@ def load_tree() -> dict[tuple[str, ...], Module]:
             modules[path[:-1]].children[path[-1]] = mod
     for mod in modules.values():
         text, test_children = drop_test_modules(strip(mod.file.read_text()))
-        mod.text = text
+        mod.text = inline_supers(text)
         for child in test_children:
             if child in mod.children:
                 mark_test(mod.children[child])
@@ -216,7 +234,7 @@ def resolve(mod: Module, path: tuple[str, ...], modules, seen=None) -> Module | 
         for glob in here.glob_reexports:
             base = resolve(here, glob, modules, seen)
             if base is not None and base is not here and (name in base.children or defines(base, name)):
-                return resolve(base, ("self",) + rest, modules, seen)
+                return resolve(base, ("self", *rest), modules, seen)
         return here
     return here
 
@@ -231,14 +249,19 @@ def imports(mod: Module, modules) -> set[Module]:
     for is_pub, tree in use_trees(mod.text):
         for path in expand(tree):
             path = tuple(p for p in path if p != "*")
-            if not path or (is_pub and path[0] in mod.children):
+            own = path[1:] if path[:1] == ("self",) else path
+            if not path or (is_pub and own and own[0] in mod.children):
                 continue  # a facade re-exporting its own child
             if path[-1] == "self":
                 path = path[:-1]
-            target = resolve(mod, path, modules)
+            target = resolve(mod, path, modules) if path else None
             if target is not None:
                 targets.add(target)
-    for m in re.finditer(r"\b(?:crate|super|self)(?:::\w+)+", mod.text):
+    code = re.sub(r"\buse\s+[^;]+;", "", mod.text)  # inline paths only: uses were read above
+    heads = "|".join(["crate", "super", "self", *map(re.escape, mod.children)])
+    for m in re.finditer(rf"(?<!::)\b(?:{heads})(?:::\w+)+", code):
+        if code[m.end() : m.end() + 1] == "!":
+            continue  # an exported macro: named at the crate root, defined elsewhere
         target = resolve(mod, tuple(m.group(0).split("::")), modules)
         if target is not None:
             targets.add(target)
@@ -299,7 +322,12 @@ def main() -> int:
             problems.append(f"{mod.name}: top-level module not in LAYERS (scripts/check_layers.py)")
     for component in cycles(graph):
         names = {m.name for m in component}
-        edges = [f"{a.name} -> {b.name}" for a in component for b in sorted(graph[a], key=lambda m: m.name) if b.name in names]
+        edges = [
+            f"{a.name} -> {b.name}"
+            for a in component
+            for b in sorted(graph[a], key=lambda m: m.name)
+            if b.name in names
+        ]
         problems.append(f"import cycle among {len(component)} files:\n    " + "\n    ".join(edges))
     for mod, targets in graph.items():
         for t in targets:

@@ -16,9 +16,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::backend::cpu::KvDtype;
 use crate::backend::Device;
 use crate::error::{Error, Result};
+use crate::formats::DType;
 use crate::formats::Quantize;
 use crate::sampling::SamplingConfig;
 
@@ -138,7 +138,7 @@ impl InferenceConfig {
             Quantize::parse(q).map_err(|e| Error::config("inference.quantize", e.to_string()))?;
         }
         if let Some(d) = &kv.dtype {
-            KvDtype::parse(d).map_err(|e| Error::config("kv_cache.dtype", e.to_string()))?;
+            DType::parse(d).map_err(|e| Error::config("kv_cache.dtype", e.to_string()))?;
         }
         self.sampling.validate().map_err(|e| match e {
             Error::InvalidConfig { field, reason } => Error::config(format!("sampling.{field}"), reason),

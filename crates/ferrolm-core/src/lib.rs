@@ -37,14 +37,15 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use backend::Device;
-pub use config::{Config, DType, Family, RopeScaling};
+pub use config::{Config, Family, RopeScaling};
 pub use engine::{Engine, EngineClient, EngineConfig, FinishReason, GenerationRequest};
 pub use error::{Error, Result};
 pub use eval::{perplexity, Perplexity};
+pub use formats::DType;
 pub use generate::{generate, Generation};
 pub use inference_config::InferenceConfig;
 pub use kv::{KvCache, KvLayout, SeqId};
-pub use model::{Logits, SeqInput, Transformer};
+pub use model::{LoadOptions, Logits, SeqInput, Transformer};
 pub use sampling::{Sampled, Sampler, SamplingConfig};
 pub use session::{Session, TurnSummary};
 pub use tokenizer::Tokenizer;

@@ -22,7 +22,7 @@ use common::{agreement_with_reference, max_rel_error, Reference};
 
 use ferrolm_core::backend::cpu::Cpu;
 use ferrolm_core::formats::GgmlType;
-use ferrolm_core::weights::gguf::{config_from_gguf, GgufFile, GgufValue};
+use ferrolm_core::weights::gguf::{config_from_gguf, GgufFile, GgufSource, GgufValue};
 use ferrolm_core::weights::TensorSource;
 use ferrolm_core::{
     generate, Config, Error, Family, Logits, RopeScaling, SamplingConfig, SeqInput, Transformer,
@@ -64,7 +64,8 @@ fn check_logits(model: &Transformer<Cpu>, tokens: &[u32], expected: &[f32], what
 
 #[test]
 fn dequantization_matches_gguf_py() {
-    let file = GgufFile::open(&fixtures().join("quants.gguf")).unwrap();
+    let source = GgufSource::open(&fixtures().join("quants.gguf")).unwrap();
+    let file = source.file();
     let reference = Reference::open(&fixtures().join("quants_reference.safetensors"));
     let names = reference.names();
     let mut types = Vec::new();
@@ -72,9 +73,9 @@ fn dequantization_matches_gguf_py() {
         let (shape, expected) = reference.floats(name);
         types.push(file.tensor_info(name).unwrap().ggml_type);
         // Through the TensorSource (HF shape order) ...
-        let got = file.read(name).unwrap();
+        let got = source.read(name).unwrap();
         assert_eq!(got.shape, shape, "{name}");
-        assert_eq!(file.shape(name).unwrap(), shape, "{name}");
+        assert_eq!(source.shape(name).unwrap(), shape, "{name}");
         // ... bit for bit: the same f32 operations as ggml and gguf-py.
         let mismatches = got.data.iter().zip(&expected).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
         assert_eq!(mismatches, 0, "{name}: {mismatches} values differ from gguf-py");
@@ -173,7 +174,7 @@ fn config_matches_the_source_model() {
             original_max_position_embeddings: 64
         })
     );
-    assert!(!file.names().iter().any(|n| n.contains("rope_freqs")));
+    assert!(!GgufSource::new(file).unwrap().names().iter().any(|n| n.contains("rope_freqs")));
 }
 
 #[test]
@@ -193,13 +194,14 @@ fn metadata_api() {
     assert!(file.metadata().contains_key("general.name"));
     assert_eq!(file.get("no.such.key"), None);
 
-    let mut names = file.names();
+    assert_eq!(file.tensor_info("blk.0.ffn_down.weight").unwrap().dims, vec![128, 64]);
+    let source = GgufSource::new(file).unwrap();
+    let mut names = source.names();
     names.sort();
     assert!(names.contains(&"model.layers.1.self_attn.k_proj.bias".to_string()), "{names:?}");
     assert!(!names.contains(&"lm_head.weight".to_string()), "tied: no output.weight");
-    assert_eq!(file.shape("model.layers.0.mlp.down_proj.weight").unwrap(), vec![64, 128]);
-    assert_eq!(file.tensor_info("blk.0.ffn_down.weight").unwrap().dims, vec![128, 64]);
-    assert!(matches!(file.read("model.layers.9.mlp.up_proj.weight"), Err(Error::MissingTensor(_))));
+    assert_eq!(source.shape("model.layers.0.mlp.down_proj.weight").unwrap(), vec![64, 128]);
+    assert!(matches!(source.read("model.layers.9.mlp.up_proj.weight"), Err(Error::MissingTensor(_))));
 }
 
 #[test]
@@ -239,11 +241,11 @@ impl Drop for Scratch {
 
 /// Opens, builds the config and loads the model; any error is fine, a panic is not.
 fn try_everything(path: &Path) -> Result<(), Error> {
-    let file = GgufFile::open(path)?;
-    match config_from_gguf(&file) {
+    let file = GgufSource::open(path)?;
+    match config_from_gguf(file.file()) {
         Ok(mut config) => {
             config.max_seq_len = 8;
-            Transformer::from_source(config, Cpu::default(), &file).map(|_| ())
+            Transformer::from_source(config, Cpu::default(), &file, &Default::default()).map(|_| ())
         }
         Err(e) => {
             for name in file.names() {
@@ -518,10 +520,10 @@ fn unsupported_tensor_types_are_named() {
             w.tensors[4].3 = vec![0; 176];
         }
         let path = s.write(&w.bytes());
-        let file = GgufFile::open(&path).unwrap();
+        let source = GgufSource::open(&path).unwrap();
         for result in [
-            file.check_supported_types().map(|_| ()),
-            file.read("model.layers.0.self_attn.q_proj.weight").map(|_| ()),
+            source.file().check_supported_types().map(|_| ()),
+            source.read("model.layers.0.self_attn.q_proj.weight").map(|_| ()),
             Transformer::<Cpu>::from_pretrained(&path, None).map(|_| ()),
         ] {
             match result {

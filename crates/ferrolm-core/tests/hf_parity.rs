@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 
 use common::{agreement_with_reference, max_rel_error, Reference};
 
-use ferrolm_core::backend::cpu::{Cpu, CpuOptions, KvDtype};
+use ferrolm_core::backend::cpu::Cpu;
+use ferrolm_core::model::Checkpoint;
 use ferrolm_core::{generate, Logits, SamplingConfig, SeqInput, Transformer};
+use ferrolm_core::{DType, LoadOptions};
 
 /// Bound on max |ours - HF| / max |HF| per position (f32 end to end).
 const TOLERANCE: f32 = 1e-3;
@@ -27,16 +29,21 @@ fn fixtures() -> Vec<PathBuf> {
     dirs
 }
 
+fn load(dir: &Path, backend: Cpu, options: &LoadOptions) -> Transformer<Cpu> {
+    Transformer::load(&Checkpoint::resolve(dir).unwrap(), backend, options).unwrap()
+}
+
 /// Both the exact path and the default one with an f32 KV cache (f16/bf16
 /// weights stay half: their products are f32 FMAs, as HF's upcast ones) give
 /// HF's logits. The default f16 KV cache is covered by the perplexity test.
 #[test]
 fn logits_match_hf_in_one_pass_and_token_by_token() {
-    let backends = || {
-        [Cpu::exact(), Cpu::new(CpuOptions { kv_dtype: Some(KvDtype::F32), ..Default::default() }).unwrap()]
-    };
-    for (dir, backend) in fixtures().into_iter().flat_map(|d| backends().map(move |b| (d.clone(), b))) {
-        let model = Transformer::from_pretrained_on(&dir, None, backend).unwrap();
+    let f32_kv = LoadOptions { kv_dtype: Some(DType::F32), ..Default::default() };
+    let backends = || [(Cpu::exact(), LoadOptions::default()), (Cpu::default(), f32_kv.clone())];
+    for (dir, (backend, options)) in
+        fixtures().into_iter().flat_map(|d| backends().map(move |b| (d.clone(), b)))
+    {
+        let model = load(&dir, backend, &options);
         let vocab = model.config.vocab_size;
         let reference = Reference::open(&dir.join("reference.safetensors"));
         for k in 0.. {
@@ -91,8 +98,8 @@ fn quantize_at_load_packs_matrices_and_keeps_hf_tokens() {
     use ferrolm_core::formats::GgmlType;
     for ty in [GgmlType::Q8_0, GgmlType::Q4_K] {
         for dir in fixtures() {
-            let cpu = Cpu::new(CpuOptions { quantize: Some(ty.into()), ..Default::default() }).unwrap();
-            let model = Transformer::from_pretrained_on(&dir, None, cpu).unwrap();
+            let model =
+                load(&dir, Cpu::default(), &LoadOptions { quantize: Some(ty.into()), ..Default::default() });
             let w = &model.weights.layers[0].gate_proj.weight;
             let (stored, cols) = match w {
                 CpuWeight::Packed(p) => (p.ty, p.cols()),
@@ -128,13 +135,9 @@ fn fp8_at_load_converts_the_linear_layers_and_computes_the_fp8_model() {
     use ferrolm_core::formats::Quantize;
     use ferrolm_core::weights::{names, SafetensorsDir, TensorSource};
     for dir in fixtures() {
-        let cpu = Cpu::new(CpuOptions {
-            quantize: Some(Quantize::Fp8),
-            kv_dtype: Some(KvDtype::F32),
-            ..Default::default()
-        })
-        .unwrap();
-        let model = Transformer::from_pretrained_on(&dir, None, cpu).unwrap();
+        let options =
+            LoadOptions { quantize: Some(Quantize::Fp8), kv_dtype: Some(DType::F32), ..Default::default() };
+        let model = load(&dir, Cpu::default(), &options);
         for layer in &model.weights.layers {
             for w in [&layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.o_proj]
                 .map(|l| &l.weight)

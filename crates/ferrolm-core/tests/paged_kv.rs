@@ -116,7 +116,7 @@ fn rewriting_a_sequence_from_the_start_reuses_its_own_pages() {
 
 #[test]
 fn picking_tokens_where_the_logits_are_matches_the_host_reference() {
-    use ferrolm_core::sampling::device::{sample_row, RowSampling};
+    use ferrolm_core::backend::sample::{sample_row, RowSampling};
 
     let model = model();
     let tokens: Vec<u32> = (1..=9).collect();

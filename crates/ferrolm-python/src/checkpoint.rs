@@ -6,9 +6,7 @@
 use std::path::PathBuf;
 
 use ferrolm_core::formats::Bytes;
-use ferrolm_core::weights::gguf::GgufFile;
-use ferrolm_core::weights::{SafetensorsDir, TensorSource};
-use ferrolm_core::Error;
+use ferrolm_core::model::{Checkpoint as CoreCheckpoint, Tensors};
 use half::f16;
 use numpy::ndarray::{ArrayViewD, IxDyn};
 use numpy::{Element, PyArray1, PyArrayDyn, PyArrayMethods};
@@ -16,23 +14,9 @@ use pyo3::prelude::*;
 
 use crate::errors::{run, to_py};
 
-enum Source {
-    Safetensors(SafetensorsDir),
-    Gguf(GgufFile),
-}
-
-impl Source {
-    fn tensors(&self) -> &dyn TensorSource {
-        match self {
-            Source::Safetensors(s) => s,
-            Source::Gguf(g) => g,
-        }
-    }
-}
-
 #[pyclass(module = "ferrolm._core", frozen)]
 pub struct Checkpoint {
-    source: Source,
+    source: Tensors,
 }
 
 /// Keeps the memory map a zero-copy array views alive (its numpy base).
@@ -46,47 +30,32 @@ impl Checkpoint {
     /// Opens a model directory (safetensors, sharded or not) or a `.gguf` file.
     #[staticmethod]
     fn open(py: Python<'_>, path: PathBuf) -> PyResult<Checkpoint> {
-        run(py, || {
-            let source = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) && path.is_file()
-            {
-                Source::Gguf(GgufFile::open(&path)?)
-            } else if path.is_dir() {
-                Source::Safetensors(SafetensorsDir::open(&path)?)
-            } else if path.exists() {
-                return Err(Error::InvalidInput(format!(
-                    "{} is neither a model directory nor a .gguf file",
-                    path.display()
-                )));
-            } else {
-                return Err(Error::NotFound { what: "model directory or .gguf file", path });
-            };
-            Ok(Checkpoint { source })
-        })
+        run(py, || Ok(Checkpoint { source: CoreCheckpoint::resolve(&path)?.tensors()? }))
     }
 
     /// Tensor names, sorted.
     fn names(&self) -> Vec<String> {
-        let mut names = self.source.tensors().names();
+        let mut names = self.source.source().names();
         names.sort();
         names
     }
 
     fn shape(&self, name: &str) -> PyResult<Vec<usize>> {
-        self.source.tensors().shape(name).map_err(to_py)
+        self.source.source().shape(name).map_err(to_py)
     }
 
     #[getter]
     fn format(&self) -> &'static str {
         match self.source {
-            Source::Safetensors(_) => "safetensors",
-            Source::Gguf(_) => "gguf",
+            Tensors::Safetensors(_) => "safetensors",
+            Tensors::Gguf(_) => "gguf",
         }
     }
 
     /// Tensor `name` as a numpy array: a read-only view of the file when
     /// numpy has its stored dtype (float32, float16), else a float32 copy.
     fn tensor<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
-        if let Source::Safetensors(dir) = &self.source {
+        if let Tensors::Safetensors(dir) = &self.source {
             let raw = dir.raw(name).map_err(to_py)?;
             let view = match raw.dtype.as_str() {
                 "float32" => borrow::<f32>(py, raw.bytes, &raw.shape)?,
@@ -97,7 +66,7 @@ impl Checkpoint {
                 return Ok(view);
             }
         }
-        let tensor = run(py, || self.source.tensors().read(name))?;
+        let tensor = run(py, || self.source.source().read(name))?;
         Ok(PyArray1::from_vec(py, tensor.data).reshape(tensor.shape)?.into_any())
     }
 }

@@ -10,13 +10,15 @@ use std::time::Duration;
 use ferrolm_core::engine::{
     Engine as CoreEngine, EngineClient, EngineConfig, GenerationRequest, Output, OutputKind,
 };
-use ferrolm_core::{Error, Tokenizer, Transformer};
+use ferrolm_core::model::load_with_tokenizer;
+use ferrolm_core::on_device;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::device::{self, Target};
+use crate::device;
 use crate::errors::{run, to_py};
 use crate::sampling;
+use crate::tokens::token_ids;
 
 /// One engine output for Python:
 /// `(request_id, kind, token, text, logprob, top_logprobs, finish_reason, usage, prompt_logprobs, error, index)`
@@ -105,24 +107,12 @@ impl Engine {
             prefix_caching,
         };
         run(py, || {
-            // A model directory without tokenizer files still serves token ids.
-            let tokenizer = match Tokenizer::from_pretrained(&path) {
-                Ok(t) => Some(t),
-                Err(Error::NotFound { .. }) => None,
-                Err(e) => return Err(e),
-            };
-            let (info, (client, thread)) = match device::open(device, dtype, quantize, kv_dtype)? {
-                Target::Cpu(cpu) => {
-                    let model = Arc::new(Transformer::from_pretrained_on(&path, max_seq_len, cpu)?);
-                    let engine = CoreEngine::new(model, tokenizer, config)?;
-                    (engine.model_info().to_string(), engine.spawn())
-                }
-                Target::Cuda(gpu) => {
-                    let model = Arc::new(Transformer::from_pretrained_on(&path, max_seq_len, gpu)?);
-                    let engine = CoreEngine::new(model, tokenizer, config)?;
-                    (engine.model_info().to_string(), engine.spawn())
-                }
-            };
+            let options = device::load_options(device, dtype, quantize, kv_dtype, max_seq_len)?;
+            let (model, tokenizer) = load_with_tokenizer(&path, &options)?;
+            let (info, (client, thread)) = on_device!(model, |m| {
+                let engine = CoreEngine::new(Arc::new(m), tokenizer, config)?;
+                (engine.model_info().to_string(), engine.spawn())
+            });
             let (sink, outputs) = channel();
             Ok(Engine { client, thread: Mutex::new(Some(thread)), sink, outputs: Mutex::new(outputs), info })
         })
@@ -141,14 +131,7 @@ impl Engine {
         prompt_logprobs: bool,
     ) -> PyResult<Vec<u64>> {
         let sampling = sampling::parse(sampling)?;
-        let prompt = prompt
-            .into_iter()
-            .map(|t| {
-                u32::try_from(t)
-                    .map_err(|_| Error::InvalidInput(format!("token id {t} is outside the vocabulary")))
-            })
-            .collect::<Result<Vec<u32>, Error>>()
-            .map_err(to_py)?;
+        let prompt = token_ids(prompt).map_err(to_py)?;
         let request = GenerationRequest { prompt, sampling, stream, prompt_logprobs };
         self.client.add_request_group(request, n, self.sink.clone()).map_err(to_py)
     }

@@ -1,11 +1,11 @@
 //! `_core.perplexity`: the core's perplexity over a loaded `_core.Model`.
 
-use ferrolm_core::Error;
+use ferrolm_core::on_device;
 use pyo3::prelude::*;
 
-use crate::device::on_backend;
 use crate::errors::run;
 use crate::model::Model;
+use crate::tokens::token_ids;
 
 /// Perplexity of `model` on `tokens` in windows of `context` tokens:
 /// `(perplexity, mean_nll, tokens_scored, windows)`. `progress(done, total)`
@@ -22,19 +22,13 @@ pub fn perplexity(
 ) -> PyResult<(f64, f64, usize, usize)> {
     let mut failed: Option<PyErr> = None;
     let result = run(py, || {
-        let tokens = tokens
-            .into_iter()
-            .map(|t| {
-                u32::try_from(t)
-                    .map_err(|_| Error::InvalidInput(format!("token id {t} is outside the vocabulary")))
-            })
-            .collect::<ferrolm_core::Result<Vec<u32>>>()?;
+        let tokens = token_ids(tokens)?;
         let report = |done: usize, total: usize| {
             if let (Some(callback), None) = (&progress, &failed) {
                 failed = Python::attach(|py| callback.call1(py, (done, total)).err());
             }
         };
-        on_backend!(&model.inner, |m| ferrolm_core::perplexity(&m.model, &tokens, context, report))
+        on_device!(&model.inner, |m| ferrolm_core::perplexity(&m.model, &tokens, context, report))
     })?;
     match failed {
         Some(err) => Err(err),

@@ -7,19 +7,20 @@
 
 use std::sync::Mutex;
 
-use ferrolm_core::backend::cpu::{Cpu, CpuOptions, KvDtype};
-use ferrolm_core::backend::cuda::{Cuda, GpuDtype};
-use ferrolm_core::backend::{KvKind, KvPart};
-use ferrolm_core::{Device, Error, KvCache, KvLayout, Result};
+use ferrolm_core::backend::cpu::Cpu;
+use ferrolm_core::backend::cuda::Cuda;
+use ferrolm_core::backend::{AnyBackend, KvKind, KvPart, OnDevice};
+use ferrolm_core::kv::KvShape;
+use ferrolm_core::{on_device, DType, Device, Error, KvCache, KvLayout, Result};
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::device::{on_backend, Either, OnCpu, OnCuda};
 use crate::errors::{run, to_py};
+use crate::tokens::token_ids;
 
 /// The cache with the backend that owns its storage.
-type Pages = Either<(Cpu, KvCache<Cpu>), (Cuda, KvCache<Cuda>)>;
+type Pages = OnDevice<(Cpu, KvCache<Cpu>), (Cuda, KvCache<Cuda>)>;
 
 /// What each page stores per position when the cache holds data.
 #[derive(Clone, Copy)]
@@ -52,26 +53,21 @@ fn seq_id(s: i64) -> Result<usize> {
     usize::try_from(s).map_err(|_| Error::InvalidInput(format!("no live sequence {s} in this KV cache")))
 }
 
-/// Opens the backend that stores the pages: the CPU (one thread: it only
-/// copies) in f16 or f32, or a GPU, whose KV pool is f32.
-fn open(device: &str, dtype: KvDtype, geo: Geometry, layout: KvLayout) -> Result<Pages> {
-    let (layers, kv_dim, max_len) =
-        (geo.layers, geo.kv_heads * geo.head_dim, layout.num_pages * layout.page_size);
-    match Device::parse(device)? {
-        Device::Cpu => {
-            let cpu = Cpu::new(CpuOptions { threads: Some(1), kv_dtype: Some(dtype), ..Default::default() })?;
-            let cache = KvCache::new(&cpu, layers, kv_dim, layout, max_len, true)?;
-            Ok(OnCpu((cpu, cache)))
+/// Opens the backend that stores the pages (on the CPU one thread: it only
+/// copies; no weights are loaded) and the cache of `dtype` values.
+fn open(device: &str, dtype: DType, geo: Geometry, layout: KvLayout) -> Result<Pages> {
+    let shape = KvShape { layers: geo.layers, kv_dim: geo.kv_heads * geo.head_dim, dtype };
+    let max_len = layout.num_pages * layout.page_size;
+    Ok(match AnyBackend::open(Device::parse(device)?, Some(DType::F32), Some(1))? {
+        OnDevice::Cpu(cpu) => {
+            let cache = KvCache::new(&cpu, shape, layout, max_len, true)?;
+            OnDevice::Cpu((cpu, cache))
         }
-        Device::Cuda(_) if dtype == KvDtype::F16 => Err(Error::Unsupported(
-            "the GPU KV cache stores float32; pass dtype=\"float32\" with device=\"cuda\"".into(),
-        )),
-        Device::Cuda(ordinal) => {
-            let cuda = Cuda::new(ordinal, GpuDtype::F32)?;
-            let cache = KvCache::new(&cuda, layers, kv_dim, layout, max_len, true)?;
-            Ok(OnCuda((cuda, cache)))
+        OnDevice::Cuda(gpu) => {
+            let cache = KvCache::new(&gpu, shape, layout, max_len, true)?;
+            OnDevice::Cuda((gpu, cache))
         }
-    }
+    })
 }
 
 impl PagedKVCache {
@@ -123,11 +119,7 @@ impl PagedKVCache {
         device: &str,
     ) -> PyResult<Self> {
         let layout = KvLayout { page_size, num_pages };
-        let kv_dtype = KvDtype::parse(dtype).map_err(|_| {
-            to_py(Error::InvalidInput(format!(
-                "dtype `{dtype}` is not known; use \"float16\" or \"float32\""
-            )))
-        })?;
+        let kv_dtype = DType::parse(dtype).map_err(to_py)?;
         let geometry = match (num_layers, num_kv_heads, head_dim) {
             (Some(layers), Some(kv_heads), Some(head_dim)) => Some(Geometry { layers, kv_heads, head_dim }),
             (None, None, None) => None,
@@ -148,35 +140,35 @@ impl PagedKVCache {
         // Bookkeeping only: a pool whose pages store nothing (zero layers).
         let storage = geometry.unwrap_or(Geometry { layers: 0, kv_heads: 0, head_dim: 1 });
         let pages = open(device, kv_dtype, storage, layout).map_err(to_py)?;
-        let dtype = if kv_dtype == KvDtype::F16 { "float16" } else { "float32" };
+        let dtype = kv_dtype.name();
         let device = Device::parse(device).map_err(to_py)?.to_string();
         Ok(PagedKVCache { pages: Mutex::new(pages), page_size, num_pages, geometry, dtype, device })
     }
 
     /// Takes `num_pages` pages (each with one reference), or None if the pool has fewer free.
     fn allocate_pages(&self, py: Python<'_>, num_pages: usize) -> PyResult<Option<Vec<u32>>> {
-        self.with(py, |p| Ok(on_backend!(p, |(_, c)| c.allocate_pages(num_pages))))
+        self.with(py, |p| Ok(on_device!(p, |(_, c)| c.allocate_pages(num_pages))))
     }
 
     /// Takes one page (one reference); KVCacheFullError when none is free.
     fn allocate_page(&self, py: Python<'_>) -> PyResult<u32> {
-        self.with(py, |p| on_backend!(p, |(_, c)| c.allocate_page()))
+        self.with(py, |p| on_device!(p, |(_, c)| c.allocate_page()))
     }
 
     /// Adds a reference to each page (sharing it).
     fn add_reference(&self, py: Python<'_>, page_ids: Vec<i64>) -> PyResult<()> {
-        self.with(py, |p| on_backend!(p, |(_, c)| c.add_page_refs(&self::page_ids(page_ids)?)))
+        self.with(py, |p| on_device!(p, |(_, c)| c.add_page_refs(&self::page_ids(page_ids)?)))
     }
 
     /// Drops one reference from each page; pages left unreferenced are free again.
     fn free_pages(&self, py: Python<'_>, page_ids: Vec<i64>) -> PyResult<()> {
-        self.with(py, |p| on_backend!(p, |(_, c)| c.release_pages(&self::page_ids(page_ids)?)))
+        self.with(py, |p| on_device!(p, |(_, c)| c.release_pages(&self::page_ids(page_ids)?)))
     }
 
     fn ref_count(&self, py: Python<'_>, page_id: i64) -> PyResult<u32> {
         self.with(py, |p| {
             let page = self::page_id(page_id)?;
-            let pool = on_backend!(p, |(_, c)| c.pool());
+            let pool = on_device!(p, |(_, c)| c.pool());
             if page as usize >= pool.total() {
                 return Err(Error::InvalidInput(format!("page {page_id} does not exist")));
             }
@@ -212,7 +204,7 @@ impl PagedKVCache {
 
     /// `{"total_pages", "used_pages", "free_pages", "cached_pages", "page_size"}`.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.with(py, |p| Ok(on_backend!(p, |(_, c)| c.stats())))?;
+        let s = self.with(py, |p| Ok(on_device!(p, |(_, c)| c.stats())))?;
         let d = PyDict::new(py);
         d.set_item("total_pages", s.total_pages)?;
         d.set_item("used_pages", s.used_pages)?;
@@ -224,7 +216,7 @@ impl PagedKVCache {
 
     /// `(prefix_queries, prefix_hits)`: prefix-cache lookups and how many found a page.
     fn prefix_stats(&self, py: Python<'_>) -> PyResult<(u64, u64)> {
-        let s = self.with(py, |p| Ok(on_backend!(p, |(_, c)| c.stats())))?;
+        let s = self.with(py, |p| Ok(on_device!(p, |(_, c)| c.stats())))?;
         Ok((s.prefix_queries, s.prefix_hits))
     }
 
@@ -239,7 +231,7 @@ impl PagedKVCache {
     ) -> PyResult<Bound<'py, PyAny>> {
         let part = self.part(cache_type, layer).map_err(to_py)?;
         let data =
-            self.with(py, |p| on_backend!(p, |(b, c)| c.read_page(b, self::page_id(page_id)?, part)))?;
+            self.with(py, |p| on_device!(p, |(b, c)| c.read_page(b, self::page_id(page_id)?, part)))?;
         Self::array(py, data, part)
     }
 
@@ -255,7 +247,7 @@ impl PagedKVCache {
     ) -> PyResult<Bound<'py, PyAny>> {
         let part = self.part(cache_type, layer).map_err(to_py)?;
         let data = self
-            .with(py, |p| on_backend!(p, |(b, c)| c.gather(b, &self::page_ids(page_ids)?, seq_len, part)))?;
+            .with(py, |p| on_device!(p, |(b, c)| c.gather(b, &self::page_ids(page_ids)?, seq_len, part)))?;
         Self::array(py, data, part)
     }
 
@@ -287,33 +279,27 @@ impl PagedKVCache {
                 &copied
             }
         };
-        self.with(py, |p| on_backend!(p, |(b, c)| c.write(b, &self::page_ids(page_ids)?, part, data)))
+        self.with(py, |p| on_device!(p, |(b, c)| c.write(b, &self::page_ids(page_ids)?, part, data)))
     }
 
     /// Starts a sequence holding `tokens`, sharing the prefix cache's pages:
     /// `(seq_id, shared_pages, allocated_pages, cached_tokens)`.
     fn add_sequence(&self, py: Python<'_>, tokens: Vec<i64>) -> PyResult<(usize, Vec<u32>, Vec<u32>, usize)> {
-        let tokens = tokens
-            .into_iter()
-            .map(|t| {
-                u32::try_from(t).map_err(|_| Error::InvalidInput(format!("token id {t} is not a valid id")))
-            })
-            .collect::<Result<Vec<u32>>>()
-            .map_err(to_py)?;
-        let p = self.with(py, |p| on_backend!(p, |(b, c)| c.add_prompt(b, &tokens)))?;
+        let tokens = token_ids(tokens).map_err(to_py)?;
+        let p = self.with(py, |p| on_device!(p, |(b, c)| c.add_prompt(b, &tokens)))?;
         Ok((p.seq, p.shared, p.allocated, p.cached_tokens))
     }
 
     /// Ends a sequence; its full pages stay cached for later prompts.
     fn remove_sequence(&self, py: Python<'_>, seq_id: i64) -> PyResult<()> {
-        self.with(py, |p| on_backend!(p, |(_, c)| c.remove_sequence(self::seq_id(seq_id)?)))
+        self.with(py, |p| on_device!(p, |(_, c)| c.remove_sequence(self::seq_id(seq_id)?)))
     }
 
     /// The block table of a live sequence.
     fn sequence_pages(&self, py: Python<'_>, seq_id: i64) -> PyResult<Vec<u32>> {
         self.with(py, |p| {
             let id = self::seq_id(seq_id)?;
-            on_backend!(p, |(_, c)| c.contains(id).then(|| c.pages(id).to_vec()))
+            on_device!(p, |(_, c)| c.contains(id).then(|| c.pages(id).to_vec()))
                 .ok_or_else(|| Error::InvalidInput(format!("no live sequence {seq_id} in this KV cache")))
         })
     }
@@ -322,7 +308,7 @@ impl PagedKVCache {
     fn sequence_len(&self, py: Python<'_>, seq_id: i64) -> PyResult<usize> {
         self.with(py, |p| {
             let id = self::seq_id(seq_id)?;
-            on_backend!(p, |(_, c)| c.contains(id).then(|| c.len(id)))
+            on_device!(p, |(_, c)| c.contains(id).then(|| c.len(id)))
                 .ok_or_else(|| Error::InvalidInput(format!("no live sequence {seq_id} in this KV cache")))
         })
     }
@@ -338,7 +324,7 @@ impl PagedKVCache {
     ) -> PyResult<Bound<'py, PyAny>> {
         let part = self.part(cache_type, layer).map_err(to_py)?;
         let data =
-            self.with(py, |p| on_backend!(p, |(b, c)| c.read_sequence(b, self::seq_id(seq_id)?, part)))?;
+            self.with(py, |p| on_device!(p, |(b, c)| c.read_sequence(b, self::seq_id(seq_id)?, part)))?;
         Self::array(py, data, part)
     }
 }

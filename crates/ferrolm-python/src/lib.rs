@@ -17,6 +17,7 @@ mod sampling;
 mod scheduler;
 mod session;
 mod tokenizer;
+mod tokens;
 
 use pyo3::prelude::*;
 

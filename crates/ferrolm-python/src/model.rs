@@ -7,15 +7,17 @@ use std::sync::Arc;
 use ferrolm_core::backend::cpu::Cpu;
 use ferrolm_core::backend::cuda::Cuda;
 use ferrolm_core::backend::Backend;
+use ferrolm_core::backend::OnDevice;
 use ferrolm_core::formats::HostTensor;
-use ferrolm_core::model::{Logits, SeqInput};
-use ferrolm_core::{generate, Error, KvCache, SamplingConfig, Transformer};
+use ferrolm_core::model::{load, Logits, SeqInput};
+use ferrolm_core::{generate, on_device, Error, KvCache, SamplingConfig, Transformer};
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
 use crate::config::parse;
-use crate::device::{self, on_backend, Either, OnCpu, OnCuda, Target};
+use crate::device;
 use crate::errors::{run, to_py};
+use crate::tokens::token_rows;
 
 /// A model and the KV cache `forward` continues from.
 pub(crate) struct Loaded<B: Backend> {
@@ -33,17 +35,17 @@ impl<B: Backend> Loaded<B> {
 
 #[pyclass(module = "ferrolm._core")]
 pub struct Model {
-    pub(crate) inner: Either<Loaded<Cpu>, Loaded<Cuda>>,
+    pub(crate) inner: OnDevice<Loaded<Cpu>, Loaded<Cuda>>,
     max_batch_size: usize,
 }
 
 impl Model {
     fn config_value(&self) -> &ferrolm_core::Config {
-        on_backend!(&self.inner, |m| &m.model.config)
+        on_device!(&self.inner, |m| &m.model.config)
     }
 
     fn new(model: Transformer<Cpu>, max_batch_size: usize) -> ferrolm_core::Result<Model> {
-        Ok(Model { inner: OnCpu(Loaded::new(model, max_batch_size)?), max_batch_size })
+        Ok(Model { inner: OnDevice::Cpu(Loaded::new(model, max_batch_size)?), max_batch_size })
     }
 }
 
@@ -57,20 +59,6 @@ fn host_tensors(
             let shape = array.shape().to_vec();
             let data = array.as_array().iter().copied().collect();
             Ok((name, HostTensor::new(shape, data).map_err(to_py)?))
-        })
-        .collect()
-}
-
-fn token_ids(sequences: Vec<Vec<i64>>) -> ferrolm_core::Result<Vec<Vec<u32>>> {
-    sequences
-        .into_iter()
-        .map(|s| {
-            s.into_iter()
-                .map(|t| {
-                    u32::try_from(t)
-                        .map_err(|_| Error::InvalidInput(format!("token id {t} is outside the vocabulary")))
-                })
-                .collect()
         })
         .collect()
 }
@@ -92,15 +80,10 @@ impl Model {
         kv_dtype: Option<&str>,
     ) -> PyResult<Model> {
         run(py, || {
-            let inner = match device::open(device, dtype, quantize, kv_dtype)? {
-                Target::Cpu(cpu) => OnCpu(Loaded::new(
-                    Transformer::from_pretrained_on(&path, max_seq_len, cpu)?,
-                    max_batch_size,
-                )?),
-                Target::Cuda(gpu) => {
-                    let model = Transformer::from_pretrained_on(&path, max_seq_len, gpu)?;
-                    OnCuda(Loaded::new(model, max_batch_size)?)
-                }
+            let options = device::load_options(device, dtype, quantize, kv_dtype, max_seq_len)?;
+            let inner = match load(&path, &options)? {
+                OnDevice::Cpu(m) => OnDevice::Cpu(Loaded::new(m, max_batch_size)?),
+                OnDevice::Cuda(m) => OnDevice::Cuda(Loaded::new(m, max_batch_size)?),
             };
             Ok(Model { inner, max_batch_size })
         })
@@ -123,7 +106,12 @@ impl Model {
     ) -> PyResult<Model> {
         let config = parse(config)?;
         let tensors = host_tensors(state)?;
-        run(py, || Model::new(Transformer::from_source(config, Cpu::default(), &tensors)?, max_batch_size))
+        run(py, || {
+            Model::new(
+                Transformer::from_source(config, Cpu::default(), &tensors, &Default::default())?,
+                max_batch_size,
+            )
+        })
     }
 
     /// Replaces the parameters in `state`; with `strict`, all must be present.
@@ -135,7 +123,7 @@ impl Model {
     ) -> PyResult<()> {
         let tensors = host_tensors(state)?;
         run(py, || {
-            on_backend!(&mut self.inner, |m| Arc::get_mut(&mut m.model)
+            on_device!(&mut self.inner, |m| Arc::get_mut(&mut m.model)
                 .ok_or_else(|| Error::InvalidInput("the model is in use by a running generation".into()))?
                 .load_state(&tensors, strict))
         })
@@ -155,11 +143,11 @@ impl Model {
         let rows = if keep == 0 { len } else { keep.min(len) };
         let vocab = self.config_value().vocab_size;
         let logits = run(py, || {
-            let sequences = token_ids(sequences)?;
+            let sequences = token_rows(sequences)?;
             if sequences.is_empty() {
                 return Err(Error::InvalidInput("empty batch: pass at least one sequence".into()));
             }
-            on_backend!(&mut self.inner, |m| m.model.forward_rectangular(
+            on_device!(&mut self.inner, |m| m.model.forward_rectangular(
                 &mut m.cache,
                 &sequences,
                 start_pos,
@@ -182,13 +170,13 @@ impl Model {
         let logits = run(py, || {
             let (slots, tokens): (Vec<(usize, usize)>, Vec<Vec<i64>>) =
                 items.into_iter().map(|(slot, start, t)| ((slot, start), t)).unzip();
-            let tokens = token_ids(tokens)?;
+            let tokens = token_rows(tokens)?;
             let batch: Vec<SeqInput> = slots
                 .iter()
                 .zip(&tokens)
                 .map(|(&(seq, start_pos), tokens)| SeqInput { seq, start_pos, tokens })
                 .collect();
-            on_backend!(&mut self.inner, |m| m.model.forward(&mut m.cache, &batch, Logits::All))
+            on_device!(&mut self.inner, |m| m.model.forward(&mut m.cache, &batch, Logits::All))
         })?;
         Ok(PyArray1::from_vec(py, logits).reshape([total, vocab])?.into_any())
     }
@@ -203,8 +191,8 @@ impl Model {
     ) -> PyResult<Vec<Vec<u32>>> {
         let config = crate::sampling::parse(sampling)?;
         let out = run(py, || {
-            let prompts = token_ids(prompts)?;
-            on_backend!(&self.inner, |m| generate(&m.model, &prompts, &config, false))
+            let prompts = token_rows(prompts)?;
+            on_device!(&self.inner, |m| generate(&m.model, &prompts, &config, false))
         })?;
         Ok(out.into_iter().map(|g| g.tokens).collect())
     }
@@ -225,7 +213,7 @@ impl Model {
     ) -> PyResult<Vec<(Vec<u32>, Vec<f32>, Option<Vec<f32>>)>> {
         let config = SamplingConfig::temperature_top_p(temperature, top_p, max_new_tokens, seed);
         let out = run(py, || {
-            let prompts = token_ids(prompts)?;
+            let prompts = token_rows(prompts)?;
             if prompts.len() > self.max_batch_size {
                 return Err(Error::InvalidInput(format!(
                     "{} prompts but max_batch_size is {}",
@@ -233,7 +221,7 @@ impl Model {
                     self.max_batch_size
                 )));
             }
-            on_backend!(&self.inner, |m| generate(&m.model, &prompts, &config, prompt_logprobs))
+            on_device!(&self.inner, |m| generate(&m.model, &prompts, &config, prompt_logprobs))
         })?;
         Ok(out.into_iter().map(|g| (g.tokens, g.logprobs, g.prompt_logprobs)).collect())
     }
@@ -251,6 +239,6 @@ impl Model {
 
     #[getter]
     fn device(&self) -> String {
-        on_backend!(&self.inner, |m| m.model.device()).to_string()
+        on_device!(&self.inner, |m| m.model.device()).to_string()
     }
 }

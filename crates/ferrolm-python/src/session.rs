@@ -7,14 +7,16 @@ use std::sync::Arc;
 
 use ferrolm_core::backend::cpu::Cpu;
 use ferrolm_core::backend::cuda::Cuda;
-use ferrolm_core::{EngineConfig, Session as CoreSession, Tokenizer, Transformer};
+use ferrolm_core::backend::OnDevice;
+use ferrolm_core::model::{load, Checkpoint};
+use ferrolm_core::{on_device, EngineConfig, Session as CoreSession};
 use pyo3::prelude::*;
 
-use crate::device::{self, on_backend, Either, OnCpu, OnCuda, Target};
+use crate::device;
 use crate::errors::run;
 use crate::sampling;
 
-type AnySession = Either<CoreSession<Cpu>, CoreSession<Cuda>>;
+type AnySession = OnDevice<CoreSession<Cpu>, CoreSession<Cuda>>;
 
 /// A token's id and log-probability with its top alternatives.
 type TokenLogprobs = (u32, f32, Vec<(u32, f32)>);
@@ -66,15 +68,13 @@ impl Session {
         };
         run(py, || {
             config.validate()?;
-            let tokenizer = Tokenizer::from_pretrained(&path)?;
-            let session = match device::open(device, dtype, quantize, kv_dtype)? {
-                Target::Cpu(cpu) => {
-                    let model = Transformer::from_pretrained_on(&path, max_seq_len, cpu)?;
-                    OnCpu(CoreSession::with_config(Arc::new(model), tokenizer, config)?)
-                }
-                Target::Cuda(gpu) => {
-                    let model = Transformer::from_pretrained_on(&path, max_seq_len, gpu)?;
-                    OnCuda(CoreSession::with_config(Arc::new(model), tokenizer, config)?)
+            let options = device::load_options(device, dtype, quantize, kv_dtype, max_seq_len)?;
+            let checkpoint = Checkpoint::resolve(&path)?;
+            let tokenizer = checkpoint.tokenizer()?;
+            let session = match load(&path, &options)? {
+                OnDevice::Cpu(m) => OnDevice::Cpu(CoreSession::with_config(Arc::new(m), tokenizer, config)?),
+                OnDevice::Cuda(m) => {
+                    OnDevice::Cuda(CoreSession::with_config(Arc::new(m), tokenizer, config)?)
                 }
             };
             Ok(Session { inner: Mutex::new(session) })
@@ -90,50 +90,50 @@ impl Session {
         system_prompt: Option<&str>,
     ) -> PyResult<()> {
         let config = sampling::parse(config)?;
-        run(py, || on_backend!(self.get_mut(), |s| s.start_turn(prompt, config, system_prompt)))
+        run(py, || on_device!(self.get_mut(), |s| s.start_turn(prompt, config, system_prompt)))
     }
 
     fn start_completion(&mut self, py: Python<'_>, text: &str, config: &str) -> PyResult<()> {
         let config = sampling::parse(config)?;
-        run(py, || on_backend!(self.get_mut(), |s| s.start_completion(text, config)))
+        run(py, || on_device!(self.get_mut(), |s| s.start_completion(text, config)))
     }
 
     /// The next piece of text of the current turn, or None when it has ended.
     fn next_piece(&mut self, py: Python<'_>) -> PyResult<Option<String>> {
-        run(py, || on_backend!(self.get_mut(), |s| s.next_piece()))
+        run(py, || on_device!(self.get_mut(), |s| s.next_piece()))
     }
 
     /// Runs the current turn to its end; returns its whole text.
     fn finish_turn(&mut self, py: Python<'_>) -> PyResult<String> {
-        run(py, || on_backend!(self.get_mut(), |s| s.finish_turn()))
+        run(py, || on_device!(self.get_mut(), |s| s.finish_turn()))
     }
 
     /// `(text, finish_reason, prompt_tokens, cached_tokens, completion_tokens)` of the last turn.
     fn last_turn(&self) -> Option<(String, &'static str, usize, usize, usize)> {
-        on_backend!(&*self.get(), |s| s.last_turn().cloned()).map(|t| {
+        on_device!(&*self.get(), |s| s.last_turn().cloned()).map(|t| {
             (t.text.clone(), t.finish.as_str(), t.prompt_tokens, t.cached_tokens, t.completion_tokens)
         })
     }
 
     /// Per output token of the last turn: `(id, logprob, [(alternative id, logprob), ...])`.
     fn last_logprobs(&self) -> Vec<TokenLogprobs> {
-        on_backend!(&*self.get(), |s| s.last_turn().cloned()).map_or_else(Vec::new, |t| {
+        on_device!(&*self.get(), |s| s.last_turn().cloned()).map_or_else(Vec::new, |t| {
             t.logprobs.iter().map(|s| (s.token, s.logprob, s.top_logprobs.clone())).collect()
         })
     }
 
     #[pyo3(signature = (prompt=None))]
     fn set_system_prompt(&mut self, prompt: Option<String>) {
-        on_backend!(&mut *self.get(), |s| s.set_system_prompt(prompt));
+        on_device!(&mut *self.get(), |s| s.set_system_prompt(prompt));
     }
 
     fn reset(&mut self) {
-        on_backend!(&mut *self.get(), |s| s.reset());
+        on_device!(&mut *self.get(), |s| s.reset());
     }
 
     /// `(role, content)` of each message so far.
     fn history(&self) -> Vec<(String, String)> {
-        on_backend!(&*self.get(), |s| s.history().to_vec())
+        on_device!(&*self.get(), |s| s.history().to_vec())
             .iter()
             .map(|m| (m.role.clone(), m.content.clone()))
             .collect()
@@ -141,6 +141,6 @@ impl Session {
 
     /// The model description as JSON text.
     fn model_info(&self) -> String {
-        on_backend!(&*self.get(), |s| s.model_info()).to_string()
+        on_device!(&*self.get(), |s| s.model_info()).to_string()
     }
 }

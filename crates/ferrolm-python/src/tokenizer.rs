@@ -9,6 +9,7 @@ use ferrolm_core::Error;
 use pyo3::prelude::*;
 
 use crate::errors::{run, to_py};
+use crate::tokens::token_ids;
 
 /// Registers the classes of this module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -23,14 +24,6 @@ type IdRows = Vec<Vec<u32>>;
 #[pyclass(module = "ferrolm._core")]
 pub struct Tokenizer {
     inner: CoreTokenizer,
-}
-
-fn token_id(id: i64) -> ferrolm_core::Result<u32> {
-    u32::try_from(id).map_err(|_| Error::InvalidInput(format!("token id {id} is outside the vocabulary")))
-}
-
-fn token_ids(ids: Vec<i64>) -> ferrolm_core::Result<Vec<u32>> {
-    ids.into_iter().map(token_id).collect()
 }
 
 #[pymethods]
@@ -187,7 +180,7 @@ pub struct StreamDecoder {
 impl StreamDecoder {
     /// Adds a token; returns the text it completes (possibly "").
     fn push(&mut self, py: Python<'_>, token_id: i64) -> PyResult<String> {
-        run(py, || self.inner.push(self::token_id(token_id)?))
+        run(py, || self.inner.push(crate::tokens::token_id(token_id)?))
     }
 
     /// Returns what is still held back and starts over.

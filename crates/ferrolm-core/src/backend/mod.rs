@@ -5,57 +5,20 @@
 //! reference, always built and tested. A CUDA backend slots in beside it
 //! and is selected through [`Device`].
 
+mod any;
 pub mod cpu;
 pub mod cuda;
+mod device;
 mod kv_page;
+pub mod sample;
 
+pub use any::{AnyBackend, OnDevice};
+pub use device::Device;
 pub use kv_page::{check_page_access, rows_of, KvGeometry, KvKind, KvPart};
+pub use sample::RowSampling;
 
-use crate::error::{Error, Result};
-use crate::formats::StoredTensor;
-use crate::sampling::device::RowSampling;
-
-/// Where a model runs. Parsed from strings such as `"cpu"`, `"cuda"`, `"cuda:1"`,
-/// or a bare GPU index (`"0"`, as the seed API's `device=0`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Device {
-    Cpu,
-    Cuda(usize),
-}
-
-impl Device {
-    pub fn parse(s: &str) -> Result<Device> {
-        let s = s.trim().to_ascii_lowercase();
-        match s.as_str() {
-            "cpu" => Ok(Device::Cpu),
-            "cuda" | "gpu" => Ok(Device::Cuda(0)),
-            _ => s.strip_prefix("cuda:").unwrap_or(&s).parse().ok().map(Device::Cuda).ok_or_else(|| {
-                Error::InvalidInput(format!(
-                    "unknown device `{s}`; use \"cpu\", \"cuda\", \"cuda:N\" or a GPU index N"
-                ))
-            }),
-        }
-    }
-}
-
-impl Device {
-    /// Fails with a clear message for devices this build cannot drive.
-    pub fn ensure_available(self) -> Result<()> {
-        match self {
-            Device::Cpu => Ok(()),
-            Device::Cuda(ordinal) => cuda::probe(ordinal),
-        }
-    }
-}
-
-impl std::fmt::Display for Device {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Device::Cpu => write!(f, "cpu"),
-            Device::Cuda(i) => write!(f, "cuda:{i}"),
-        }
-    }
-}
+use crate::error::Result;
+use crate::formats::{DType, Quantize, StoredTensor};
 
 /// Static shape of the attention computation for one model.
 #[derive(Debug, Clone, Copy)]
@@ -100,17 +63,15 @@ pub trait Backend: Send + Sync {
         f()
     }
 
-    /// Takes a parameter as the checkpoint stores it; the backend decides
-    /// its resident format (packed, half, f32).
-    fn upload(&self, tensor: StoredTensor) -> Result<Self::Weight>;
-    /// [`Backend::upload`] of the parameter called `name` (an HF name, see
-    /// [`crate::weights::names`]): backends that treat some parameters
-    /// differently (`quantize="fp8"` converts only the layers' linear
-    /// projections) look at the name; loaders always call this.
-    fn upload_param(&self, name: &str, tensor: StoredTensor) -> Result<Self::Weight> {
-        let _ = name;
-        self.upload(tensor)
-    }
+    /// Takes a parameter as the checkpoint stores it, converted to
+    /// `quantize` when the loader asks (it decides which parameters are);
+    /// otherwise the backend keeps the format it computes with best
+    /// (packed blocks, halves or f32). A backend that cannot hold a format
+    /// refuses it.
+    fn upload(&self, tensor: StoredTensor, quantize: Option<Quantize>) -> Result<Self::Weight>;
+    /// The precision weights take here when it is fixed (the GPU's dtype,
+    /// the CPU's exact f32 path); `None` when they stay as stored.
+    fn weight_dtype(&self) -> Option<DType>;
     fn zeros(&self, len: usize) -> Result<Self::Buf>;
     fn to_host(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
 
@@ -224,7 +185,7 @@ pub trait Backend: Send + Sync {
     /// overrides it (see [`Backend::samples_on_device`]).
     fn sample_rows(&self, logits: &Self::Buf, vocab: usize, rows: &[RowSampling]) -> Result<Vec<(u32, f32)>> {
         let host = self.to_host(logits)?;
-        Ok(host.chunks(vocab).zip(rows).map(|(row, p)| crate::sampling::device::sample_row(row, p)).collect())
+        Ok(host.chunks(vocab).zip(rows).map(|(row, p)| sample::sample_row(row, p)).collect())
     }
 
     /// Whether [`Backend::sample_rows`] runs where the logits are, so that
@@ -236,8 +197,15 @@ pub trait Backend: Send + Sync {
     /// Number of f32 values in a buffer.
     fn len(&self, buf: &Self::Buf) -> usize;
 
-    /// Allocates storage for `pages` pages.
-    fn new_kv(&self, pages: usize, page_size: usize, layers: usize, kv_dim: usize) -> Result<Self::Kv>;
+    /// Allocates storage for `pages` pages holding `dtype` values.
+    fn new_kv(
+        &self,
+        pages: usize,
+        page_size: usize,
+        layers: usize,
+        kv_dim: usize,
+        dtype: DType,
+    ) -> Result<Self::Kv>;
     /// Copies every layer of page `src` into page `dst` (copy-on-write).
     fn copy_page(&self, kv: &mut Self::Kv, src: u32, dst: u32) -> Result<()>;
     /// Reads `part` of page `page` as f32 `[page_size, kv_heads, head_dim]`

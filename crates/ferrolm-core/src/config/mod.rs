@@ -13,6 +13,7 @@ use std::path::Path;
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
+pub use crate::formats::DType;
 
 /// The model families ferrolm implements, keyed by HF architecture name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,40 +60,6 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position_embeddings: usize,
     },
-}
-
-/// Storage dtype of a checkpoint's floating-point tensors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DType {
-    F32,
-    F16,
-    BF16,
-}
-
-impl DType {
-    pub fn parse(s: &str) -> Option<DType> {
-        match s {
-            "float32" | "f32" | "F32" => Some(DType::F32),
-            "float16" | "f16" | "F16" | "half" => Some(DType::F16),
-            "bfloat16" | "bf16" | "BF16" => Some(DType::BF16),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            DType::F32 => "float32",
-            DType::F16 => "float16",
-            DType::BF16 => "bfloat16",
-        }
-    }
-
-    pub fn size_in_bytes(self) -> usize {
-        match self {
-            DType::F32 => 4,
-            DType::F16 | DType::BF16 => 2,
-        }
-    }
 }
 
 /// Everything the decoder needs to know about a model.
@@ -210,7 +177,7 @@ impl Config {
             Some(Value::String(s)) => s.clone(),
             Some(_) => return Err(Error::config("dtype", "expected a string such as \"bfloat16\"")),
         };
-        let dtype = DType::parse(&dtype_name).ok_or_else(|| {
+        let dtype = DType::parse(&dtype_name).map_err(|_| {
             Error::config("dtype", format!("unknown dtype `{dtype_name}`; use float32, float16 or bfloat16"))
         })?;
 

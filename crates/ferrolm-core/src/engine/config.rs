@@ -1,7 +1,7 @@
 //! [`EngineConfig`]: the knobs of the scheduler and the size of the page pool.
 
 use crate::error::{Error, Result};
-use crate::kv::KvLayout;
+use crate::kv::{KvLayout, KvShape};
 
 /// How an [`super::Engine`] schedules work and sizes its KV pool.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,10 +50,11 @@ impl EngineConfig {
         }
     }
 
-    /// The pool geometry for a model with `layers` layers, `kv_dim` key
-    /// features per position and sequences of up to `max_seq_len` positions.
-    pub fn layout(&self, layers: usize, kv_dim: usize, max_seq_len: usize) -> KvLayout {
-        let page_bytes = KvLayout::page_bytes(self.page_size, layers, kv_dim);
+    /// The pool geometry for a model keeping `shape` per position, with
+    /// sequences of up to `max_seq_len` positions: `kv_cache_bytes` counts
+    /// the bytes of the pool's own dtype.
+    pub fn layout(&self, shape: KvShape, max_seq_len: usize) -> KvLayout {
+        let page_bytes = shape.page_bytes(self.page_size);
         let most_useful = self.max_num_seqs.saturating_mul(max_seq_len.div_ceil(self.page_size));
         let num_pages =
             self.num_pages.unwrap_or_else(|| (self.kv_cache_bytes / page_bytes).clamp(1, most_useful));

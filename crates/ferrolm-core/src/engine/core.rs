@@ -15,10 +15,10 @@ use super::request::{FinishReason, GenerationRequest, RequestHandle, RequestId};
 use super::scheduler::Scheduler;
 use super::sequence::{token_logprobs, Drawn, Sequence};
 use crate::backend::Backend;
+use crate::backend::RowSampling;
 use crate::error::{Error, Result};
 use crate::kv::KvCache;
 use crate::model::{Logits, SeqInput, Transformer};
-use crate::sampling::device::RowSampling;
 use crate::sampling::Sampled;
 use crate::tokenizer::Tokenizer;
 
@@ -58,7 +58,7 @@ impl<B: Backend + 'static> Engine<B> {
     ) -> Result<Self> {
         config.validate()?;
         let c = &model.config;
-        let layout = config.layout(c.num_hidden_layers, c.kv_dim(), c.max_seq_len);
+        let layout = config.layout(model.kv_shape(), c.max_seq_len);
         let cache = model.new_paged_cache(layout, config.prefix_caching)?;
         let mut eos: Vec<u32> = Vec::new();
         for &id in tokenizer.iter().flat_map(|t| t.eos_ids()).chain(&c.eos_token_ids) {

@@ -4,6 +4,7 @@
 //! - [`tensor`]: [`HostTensor`] (dense f32), [`PackedTensor`] (f16/bf16
 //!   halves or ggml blocks, still in their stored bytes, possibly borrowing a
 //!   memory map) and [`StoredTensor`] (either, as a checkpoint stores it).
+//! - [`DType`]: f32/f16/bf16, with the one parser of their names.
 //! - [`ggml`]: ggml's tensor type ids and block layouts ([`GgmlType`]).
 //! - [`dequantize`] and [`quantize`]: ggml's block dequantizers and
 //!   reference quantizers, bit for bit.
@@ -13,12 +14,14 @@
 //! Nothing here knows about models or files; everything above uses it.
 
 pub mod dequantize;
+mod dtype;
 pub mod fp8;
 mod ggml;
 pub mod quantize;
 mod target;
 mod tensor;
 
+pub use self::dtype::DType;
 pub use self::ggml::GgmlType;
 pub use self::target::Quantize;
 pub(crate) use self::tensor::release_pages;

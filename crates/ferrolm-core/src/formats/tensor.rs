@@ -162,6 +162,11 @@ impl StoredTensor {
         }
     }
 
+    /// Whether the data are ggml blocks (Q8_0, Q4_K, ...) rather than floats.
+    pub fn is_block_quantized(&self) -> bool {
+        matches!(self, StoredTensor::Packed(p) if p.ty.block_layout().is_some_and(|(block, _)| block > 1))
+    }
+
     /// The tensor as f32 (dequantizing packed data).
     pub fn into_host(self) -> Result<HostTensor> {
         match self {

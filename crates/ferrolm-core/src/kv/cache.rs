@@ -5,28 +5,11 @@
 
 use std::ops::{Deref, DerefMut};
 
+use super::layout::{KvLayout, KvShape};
 use super::tables::BlockTables;
 pub use super::tables::SeqId;
 use crate::backend::Backend;
 use crate::error::Result;
-
-/// Geometry of a page pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KvLayout {
-    /// Token positions per page.
-    pub page_size: usize,
-    pub num_pages: usize,
-}
-
-impl KvLayout {
-    pub const DEFAULT_PAGE_SIZE: usize = 16;
-
-    /// Bytes one page takes in f32 storage for a model with `layers` layers
-    /// and `kv_dim` key (and value) features per position.
-    pub fn page_bytes(page_size: usize, layers: usize, kv_dim: usize) -> usize {
-        2 * layers * page_size * kv_dim * std::mem::size_of::<f32>()
-    }
-}
 
 /// Storage plus bookkeeping. Every [`BlockTables`] method is available on
 /// the cache itself (through `Deref`), so callers read block tables and
@@ -37,20 +20,21 @@ pub struct KvCache<B: Backend> {
 }
 
 impl<B: Backend> KvCache<B> {
-    /// An empty pool of `layout.num_pages` pages for a model with `layers`
-    /// layers and `kv_dim` key features per position; no sequence may grow
-    /// past `max_seq_len` positions. With `prefix_caching`, full pages are
-    /// registered as they fill so later sequences can share them.
+    /// An empty pool of `layout.num_pages` pages of `dtype` values for a
+    /// model with `layers` layers and `kv_dim` key features per position; no
+    /// sequence may grow past `max_seq_len` positions. With `prefix_caching`,
+    /// full pages are registered as they fill so later sequences can share them.
     pub fn new(
         backend: &B,
-        layers: usize,
-        kv_dim: usize,
+        shape: KvShape,
         layout: KvLayout,
         max_seq_len: usize,
         prefix_caching: bool,
     ) -> Result<Self> {
         let tables = BlockTables::new(layout, max_seq_len, prefix_caching)?;
-        Ok(KvCache { store: backend.new_kv(layout.num_pages, layout.page_size, layers, kv_dim)?, tables })
+        let store =
+            backend.new_kv(layout.num_pages, layout.page_size, shape.layers, shape.kv_dim, shape.dtype)?;
+        Ok(KvCache { store, tables })
     }
 
     /// Makes positions `start_pos..end` of sequence `id` writable (see

@@ -8,12 +8,14 @@
 //! without copies; a shared page is copied only when one owner writes to it.
 
 mod cache;
+mod layout;
 mod pages_io;
 mod pool;
 mod radix;
 mod tables;
 
-pub use cache::{KvCache, KvLayout};
+pub use cache::KvCache;
+pub use layout::{KvLayout, KvShape};
 pub use pool::{page_hash, PageId, PagePool, PoolStats, PrefixHash};
 pub use radix::PromptPages;
 pub use tables::{BlockTables, SeqId};

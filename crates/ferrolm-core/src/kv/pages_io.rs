@@ -82,18 +82,25 @@ impl<B: Backend> KvCache<B> {
 
 #[cfg(test)]
 mod tests {
-    use crate::backend::cpu::{Cpu, CpuOptions, KvDtype};
+    use crate::backend::cpu::{Cpu, CpuOptions};
     use crate::backend::KvKind;
-    use crate::kv::{KvCache, KvLayout};
+    use crate::formats::DType;
+    use crate::kv::{KvCache, KvLayout, KvShape};
 
     use super::*;
 
     const PART: KvPart = KvPart { layer: 1, kind: KvKind::Value, kv_heads: 2, head_dim: 3 };
 
-    fn cache(dtype: KvDtype) -> (Cpu, KvCache<Cpu>) {
-        let cpu =
-            Cpu::new(CpuOptions { threads: Some(1), kv_dtype: Some(dtype), ..Default::default() }).unwrap();
-        let cache = KvCache::new(&cpu, 2, 6, KvLayout { page_size: 4, num_pages: 5 }, 20, true).unwrap();
+    fn cache(dtype: DType) -> (Cpu, KvCache<Cpu>) {
+        let cpu = Cpu::new(CpuOptions { threads: Some(1), ..Default::default() }).unwrap();
+        let cache = KvCache::new(
+            &cpu,
+            KvShape { layers: 2, kv_dim: 6, dtype },
+            KvLayout { page_size: 4, num_pages: 5 },
+            20,
+            true,
+        )
+        .unwrap();
         (cpu, cache)
     }
 
@@ -103,7 +110,7 @@ mod tests {
 
     #[test]
     fn writes_gather_back_in_block_table_order() {
-        let (cpu, mut cache) = cache(KvDtype::F32);
+        let (cpu, mut cache) = cache(DType::F32);
         let pages = cache.allocate_pages(3).unwrap();
         let table = [pages[2], pages[0], pages[1]];
         let data = ramp(10);
@@ -120,7 +127,7 @@ mod tests {
 
     #[test]
     fn an_f16_pool_stores_values_rounded_to_f16() {
-        let (cpu, mut cache) = cache(KvDtype::F16);
+        let (cpu, mut cache) = cache(DType::F16);
         let pages = cache.allocate_pages(1).unwrap();
         let data = ramp(4);
         cache.write(&cpu, &pages, PART, &data).unwrap();
@@ -131,7 +138,7 @@ mod tests {
 
     #[test]
     fn bad_pages_and_shapes_are_errors_that_write_nothing() {
-        let (cpu, mut cache) = cache(KvDtype::F32);
+        let (cpu, mut cache) = cache(DType::F32);
         let pages = cache.allocate_pages(2).unwrap();
         let err = |r: Result<()>| r.unwrap_err().to_string();
         assert!(err(cache.write(&cpu, &pages, PART, &ramp(9))).contains("hold 8"));
@@ -147,7 +154,7 @@ mod tests {
 
     #[test]
     fn hand_held_pages_count_owners_and_run_out_without_leaking() {
-        let (_, mut cache) = cache(KvDtype::F32);
+        let (_, mut cache) = cache(DType::F32);
         let pages = cache.allocate_pages(4).unwrap();
         assert!(cache.allocate_pages(2).is_none(), "all or nothing");
         assert_eq!(cache.available_pages(), 1);

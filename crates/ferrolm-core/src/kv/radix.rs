@@ -57,17 +57,28 @@ impl<B: Backend> KvCache<B> {
 
 #[cfg(test)]
 mod tests {
-    use crate::backend::cpu::{Cpu, CpuOptions, KvDtype};
+    use crate::backend::cpu::{Cpu, CpuOptions};
     use crate::backend::KvKind;
-    use crate::kv::KvLayout;
+    use crate::formats::DType;
+    use crate::kv::{KvLayout, KvShape};
 
     use super::*;
 
     fn cache(num_pages: usize) -> (Cpu, KvCache<Cpu>) {
-        let options = CpuOptions { threads: Some(1), kv_dtype: Some(KvDtype::F32), ..Default::default() };
+        let options = CpuOptions { threads: Some(1), ..Default::default() };
         let cpu = Cpu::new(options).unwrap();
         let layout = KvLayout { page_size: 4, num_pages };
-        (cpu.clone(), KvCache::new(&cpu, 1, 2, layout, 4 * num_pages, true).unwrap())
+        (
+            cpu.clone(),
+            KvCache::new(
+                &cpu,
+                KvShape { layers: 1, kv_dim: 2, dtype: DType::F32 },
+                layout,
+                4 * num_pages,
+                true,
+            )
+            .unwrap(),
+        )
     }
 
     #[test]

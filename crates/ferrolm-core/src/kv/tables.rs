@@ -4,7 +4,7 @@
 //! scheduler needs only this; [`super::KvCache`] adds the backend storage
 //! the page ids index.
 
-use super::cache::KvLayout;
+use super::layout::KvLayout;
 use super::pool::{page_hash, PageId, PagePool, PoolStats, PrefixHash};
 use crate::error::{Error, Result};
 

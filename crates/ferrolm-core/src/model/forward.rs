@@ -3,11 +3,12 @@
 //! their keys and values go). Matches HF's `LlamaForCausalLM`
 //! (Qwen2/Qwen3/Mistral differences enabled by config flags).
 
+use super::scratch::Scratch;
 use super::{Layer, Transformer};
+use crate::backend::RowSampling;
 use crate::backend::{AttentionShape, Backend, SeqSpan};
 use crate::error::{Error, Result};
 use crate::kv::{KvCache, SeqId};
-use crate::sampling::device::RowSampling;
 
 /// The new tokens of one sequence: `tokens` go at positions
 /// `start_pos..start_pos + tokens.len()` of cache sequence `seq` (whatever it
@@ -215,11 +216,11 @@ impl<B: Backend> Transformer<B> {
 
         let mut x = b.zeros(rows * c.hidden_size)?;
         b.embedding(&self.weights.embed_tokens, &ids, &mut x)?;
-        let mut scratch = self.take_scratch(rows)?;
+        let mut scratch = self.scratch.take(b, c, rows)?;
         for (i, layer) in self.weights.layers.iter().enumerate() {
             self.block(cache, i, layer, spans, &positions, &mut x, &mut scratch)?;
         }
-        self.keep_scratch(scratch);
+        self.scratch.keep(scratch);
 
         // Only the rows whose logits are wanted go through the (large) head.
         let wanted: Vec<usize> = match which {
@@ -282,48 +283,5 @@ impl<B: Backend> Transformer<B> {
         b.swiglu(&s.normed, &layer.gate_proj.weight, &layer.up_proj.weight, &mut s.act)?;
         b.linear(&s.act, &layer.down_proj.weight, layer.down_proj.bias.as_ref(), &mut s.hidden)?;
         b.add(x, &s.hidden)
-    }
-
-    /// Buffers for a batch of `rows`: last pass's when it had as many rows
-    /// (decode steps of one batch size allocate nothing), else new ones.
-    fn take_scratch(&self, rows: usize) -> Result<Scratch<B>> {
-        let kept = self.scratch.lock().unwrap_or_else(|e| e.into_inner()).take();
-        match kept {
-            Some(s) if s.rows == rows => Ok(s),
-            _ => Scratch::new(&self.backend, &self.config, rows),
-        }
-    }
-
-    fn keep_scratch(&self, s: Scratch<B>) {
-        *self.scratch.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
-    }
-}
-
-/// The activations of one decoder block for a batch of `rows`, written by
-/// every layer in turn (each op overwrites its output whole).
-pub(super) struct Scratch<B: Backend> {
-    rows: usize,
-    q: B::Buf,
-    k: B::Buf,
-    v: B::Buf,
-    attn: B::Buf,
-    /// o_proj's and then down_proj's output (`[rows, hidden]`).
-    hidden: B::Buf,
-    normed: B::Buf,
-    act: B::Buf,
-}
-
-impl<B: Backend> Scratch<B> {
-    fn new(b: &B, c: &crate::config::Config, rows: usize) -> Result<Self> {
-        Ok(Scratch {
-            rows,
-            q: b.zeros(rows * c.q_dim())?,
-            k: b.zeros(rows * c.kv_dim())?,
-            v: b.zeros(rows * c.kv_dim())?,
-            attn: b.zeros(rows * c.q_dim())?,
-            hidden: b.zeros(rows * c.hidden_size)?,
-            normed: b.zeros(rows * c.hidden_size)?,
-            act: b.zeros(rows * c.intermediate_size)?,
-        })
     }
 }

@@ -12,12 +12,95 @@
 use std::path::{Path, PathBuf};
 
 use super::Transformer;
-use crate::backend::Backend;
+use crate::backend::cpu::Cpu;
+use crate::backend::cuda::Cuda;
+use crate::backend::{AnyBackend, Backend, Device, OnDevice};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::formats::{DType, Quantize};
 use crate::tokenizer::Tokenizer;
-use crate::weights::gguf::{config_from_gguf, GgufFile};
+use crate::weights::gguf::{config_from_gguf, GgufFile, GgufSource};
 use crate::weights::{SafetensorsDir, TensorSource};
+
+/// How to load a model: where it runs, in which precisions, for how long
+/// a context. The loader applies every choice here, for every backend.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadOptions {
+    /// Where the model runs (default: the CPU).
+    pub device: Device,
+    /// The weights' precision on the device (see [`AnyBackend::open`]): on
+    /// the CPU unset (as stored) or f32 (exact); on a GPU bf16 (default),
+    /// f16 or f32.
+    pub dtype: Option<DType>,
+    /// Convert matrices at load: ggml blocks (Q8_0 / Q4_K, the CPU's integer
+    /// kernels) for every matrix, or FP8 for the layers' linear projections.
+    pub quantize: Option<Quantize>,
+    /// The KV cache's precision. Default: the weights' fixed precision (a
+    /// GPU's dtype, the CPU's exact f32), else f16 for models with quantized
+    /// weights (they already trade exactness for speed), else f32.
+    pub kv_dtype: Option<DType>,
+    /// Cache capacity per sequence (default: the config's `max_position_embeddings`).
+    pub max_seq_len: Option<usize>,
+    /// CPU worker threads (default: `FERROLM_NUM_THREADS`, else the physical cores).
+    pub threads: Option<usize>,
+}
+
+impl LoadOptions {
+    /// Refuses conversions the target cannot do, before anything is read.
+    pub fn check(&self, device: Device, weight_dtype: Option<DType>) -> Result<()> {
+        let Some(quantize) = self.quantize else { return Ok(()) };
+        quantize.check()?;
+        match (quantize, device) {
+            (Quantize::Ggml(_), Device::Cuda(_)) => Err(Error::Unsupported(
+                "quantize=\"q8_0\"/\"q4_k\" apply to the CPU only; on a GPU use dtype=\"bfloat16\", \
+                 \"float16\" or \"float32\", or quantize=\"fp8\""
+                    .into(),
+            )),
+            (_, Device::Cpu) if weight_dtype == Some(DType::F32) => Err(Error::InvalidInput(
+                "quantize and the exact float32 path exclude each other; pick one".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The backend these options ask for.
+    pub fn open_backend(&self) -> Result<AnyBackend> {
+        let backend = AnyBackend::open(self.device, self.dtype, self.threads)?;
+        let weight_dtype = crate::on_device!(&backend, |b| b.weight_dtype());
+        self.check(self.device, weight_dtype)?;
+        Ok(backend)
+    }
+}
+
+/// A model on whichever backend its [`LoadOptions`] picked.
+pub type AnyModel = OnDevice<Transformer<Cpu>, Transformer<Cuda>>;
+
+/// Loads the checkpoint at `path` (see [`Checkpoint::resolve`]) as `options` say.
+pub fn load(path: impl AsRef<Path>, options: &LoadOptions) -> Result<AnyModel> {
+    load_checkpoint(&Checkpoint::resolve(path)?, options)
+}
+
+/// [`load`], with the checkpoint's tokenizer: `None` for a model directory
+/// without tokenizer files (such a model still serves token ids).
+pub fn load_with_tokenizer(
+    path: impl AsRef<Path>,
+    options: &LoadOptions,
+) -> Result<(AnyModel, Option<Tokenizer>)> {
+    let checkpoint = Checkpoint::resolve(path)?;
+    let tokenizer = match checkpoint.tokenizer() {
+        Ok(t) => Some(t),
+        Err(Error::NotFound { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    Ok((load_checkpoint(&checkpoint, options)?, tokenizer))
+}
+
+fn load_checkpoint(checkpoint: &Checkpoint, options: &LoadOptions) -> Result<AnyModel> {
+    Ok(match options.open_backend()? {
+        OnDevice::Cpu(cpu) => OnDevice::Cpu(Transformer::load(checkpoint, cpu, options)?),
+        OnDevice::Cuda(gpu) => OnDevice::Cuda(Transformer::load(checkpoint, gpu, options)?),
+    })
+}
 
 /// A resolved checkpoint path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +114,7 @@ pub enum Checkpoint {
 /// A checkpoint's tensors, opened.
 pub enum Tensors {
     Safetensors(SafetensorsDir),
-    Gguf(GgufFile),
+    Gguf(GgufSource),
 }
 
 impl Tensors {
@@ -98,23 +181,23 @@ impl Checkpoint {
         }
     }
 
-    /// Opens the weights (memory-mapped; nothing is read yet). A GGUF file
-    /// is checked to hold only tensor types ferrolm reads.
+    /// Opens the weights (memory-mapped; nothing is read yet).
     pub fn tensors(&self) -> Result<Tensors> {
         match self {
             Checkpoint::HfDir(dir) => SafetensorsDir::open(dir).map(Tensors::Safetensors),
-            Checkpoint::Gguf(file) => {
-                let gguf = GgufFile::open(file)?;
-                gguf.check_supported_types()?;
-                Ok(Tensors::Gguf(gguf))
-            }
+            Checkpoint::Gguf(file) => GgufSource::open(file).map(Tensors::Gguf),
         }
     }
 
-    /// The config and the opened weights, reading a GGUF file's header once.
+    /// The config and the opened weights of a model about to be loaded
+    /// (a GGUF file's header is read once, and its tensor types are checked
+    /// before any tensor is).
     pub fn open(&self) -> Result<(Config, Tensors)> {
         match self.tensors()? {
-            Tensors::Gguf(gguf) => Ok((config_from_gguf(&gguf)?, Tensors::Gguf(gguf))),
+            Tensors::Gguf(gguf) => {
+                gguf.file().check_supported_types()?;
+                Ok((config_from_gguf(gguf.file())?, Tensors::Gguf(gguf)))
+            }
             tensors => Ok((self.config()?, tensors)),
         }
     }
@@ -173,11 +256,17 @@ impl<B: Backend> Transformer<B> {
         max_seq_len: Option<usize>,
         backend: B,
     ) -> Result<Self> {
-        let (mut config, tensors) = Checkpoint::resolve(path)?.open()?;
-        if let Some(n) = max_seq_len {
+        Self::load(&Checkpoint::resolve(path)?, backend, &LoadOptions { max_seq_len, ..Default::default() })
+    }
+
+    /// Loads `checkpoint` onto `backend` as `options` say (their device,
+    /// dtype and threads are the backend's already).
+    pub fn load(checkpoint: &Checkpoint, backend: B, options: &LoadOptions) -> Result<Self> {
+        let (mut config, tensors) = checkpoint.open()?;
+        if let Some(n) = options.max_seq_len {
             config.max_seq_len = n;
         }
-        Self::from_source(config, backend, tensors.source())
+        Self::from_source(config, backend, tensors.source(), options)
     }
 }
 

@@ -8,6 +8,7 @@
 mod forward;
 mod load;
 mod params;
+mod scratch;
 
 use std::collections::HashMap;
 
@@ -15,13 +16,13 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 
 pub use self::forward::{Logits, SeqInput};
-pub use self::load::{Checkpoint, Tensors};
+pub use self::load::{load, load_with_tokenizer, AnyModel, Checkpoint, LoadOptions, Tensors};
 pub use self::params::{parameter_count, parameter_shapes, Layer, Linear, Params, Spec};
 use crate::backend::{Backend, Device};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::formats::HostTensor;
-use crate::kv::{KvCache, KvLayout};
+use crate::formats::{DType, HostTensor, Quantize, StoredTensor};
+use crate::kv::{KvCache, KvLayout, KvShape};
 use crate::weights::{names, TensorSource};
 
 /// A causal language model on one backend.
@@ -29,29 +30,64 @@ pub struct Transformer<B: Backend> {
     pub config: Config,
     pub backend: B,
     pub weights: Params<B::Weight>,
+    /// What matrices were converted to at load (and `load_state` converts to).
+    quantize: Option<Quantize>,
+    /// The precision of this model's KV caches.
+    kv_dtype: DType,
     /// RoPE frequencies with the config's scaling applied, `[head_dim / 2]`.
     inv_freq: Vec<f32>,
-    /// Activation buffers kept from the last forward pass (see `forward.rs`).
-    scratch: std::sync::Mutex<Option<forward::Scratch<B>>>,
+    /// Activation buffers kept from the last forward pass.
+    scratch: scratch::ScratchSlot<B>,
 }
 
 impl<B: Backend> Transformer<B> {
-    /// Builds the model by asking `make` for each parameter by name and shape.
+    /// Builds the model by asking `make` for each parameter (by name and
+    /// shape) as stored, then uploading it converted as `options` say.
     fn build(
         config: Config,
         backend: B,
-        mut make: impl FnMut(&B, &str, &[usize]) -> Result<B::Weight>,
+        options: &LoadOptions,
+        mut make: impl FnMut(&str, &[usize]) -> Result<StoredTensor>,
     ) -> Result<Self> {
         config.validate()?;
-        let weights = Params::spec(&config).try_map(|s| make(&backend, &s.name, &s.shape))?;
+        options.check(backend.device(), backend.weight_dtype())?;
+        let mut quantized = false;
+        let weights = Params::spec(&config).try_map(|s| {
+            let tensor = make(&s.name, &s.shape)?;
+            let quantize = quantize_for(options.quantize, &s.name, &s.shape);
+            quantized |= quantize.is_some() || tensor.is_block_quantized();
+            backend.upload(tensor, quantize).map_err(|e| match e {
+                Error::InvalidWeights(m) => Error::InvalidWeights(format!("`{}`: {m}", s.name)),
+                e => e,
+            })
+        })?;
+        let kv_dtype = options.kv_dtype.unwrap_or(match backend.weight_dtype() {
+            Some(dtype) => dtype,
+            // Quantized weights already trade exactness for speed: halve the cache too.
+            None if quantized => DType::F16,
+            None => DType::F32,
+        });
         let inv_freq = crate::config::rope::inv_freq(&config);
-        Ok(Transformer { config, backend, weights, inv_freq, scratch: Default::default() })
+        Ok(Transformer {
+            config,
+            backend,
+            weights,
+            quantize: options.quantize,
+            kv_dtype,
+            inv_freq,
+            scratch: Default::default(),
+        })
     }
 
     /// Loads every parameter from `source`, checking names and shapes first.
-    pub fn from_source(config: Config, backend: B, source: &dyn TensorSource) -> Result<Self> {
+    pub fn from_source(
+        config: Config,
+        backend: B,
+        source: &dyn TensorSource,
+        options: &LoadOptions,
+    ) -> Result<Self> {
         check_source(&config, source, true)?;
-        Self::build(config, backend, |b, name, _| b.upload_param(name, source.read_stored(name)?))
+        Self::build(config, backend, options, |name, _| source.read_stored(name))
     }
 
     /// A model with freshly initialised weights (norms 1, everything else
@@ -59,7 +95,7 @@ impl<B: Backend> Transformer<B> {
     pub fn random(config: Config, backend: B, seed: u64) -> Result<Self> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let normal = Normal::new(0.0f32, 0.02).expect("valid std");
-        Self::build(config, backend, |b, name, shape| {
+        Self::build(config, backend, &LoadOptions::default(), |name, shape| {
             let len: usize = shape.iter().product();
             let mut data = crate::error::try_zeroed(len, name)?;
             if name.ends_with("norm.weight") {
@@ -67,7 +103,7 @@ impl<B: Backend> Transformer<B> {
             } else if !name.ends_with(".bias") {
                 data.iter_mut().for_each(|v| *v = normal.sample(&mut rng));
             }
-            b.upload_param(name, HostTensor::new(shape.to_vec(), data)?.into())
+            Ok(HostTensor::new(shape.to_vec(), data)?.into())
         })
     }
 
@@ -81,7 +117,10 @@ impl<B: Backend> Transformer<B> {
         let mut uploads = Vec::new();
         for spec in Params::spec(&self.config).into_vec() {
             let upload = match present.contains(&spec.name) {
-                true => Some(self.backend.upload_param(&spec.name, source.read_stored(&spec.name)?)?),
+                true => {
+                    let quantize = quantize_for(self.quantize, &spec.name, &spec.shape);
+                    Some(self.backend.upload(source.read_stored(&spec.name)?, quantize)?)
+                }
                 false => None,
             };
             uploads.push(upload);
@@ -114,12 +153,28 @@ impl<B: Backend> Transformer<B> {
 
     /// An empty page pool for this model (sequences are added by the caller).
     pub fn new_paged_cache(&self, layout: KvLayout, prefix_caching: bool) -> Result<KvCache<B>> {
-        let c = &self.config;
-        KvCache::new(&self.backend, c.num_hidden_layers, c.kv_dim(), layout, c.max_seq_len, prefix_caching)
+        KvCache::new(&self.backend, self.kv_shape(), layout, self.config.max_seq_len, prefix_caching)
+    }
+
+    /// What this model's KV caches keep per position.
+    pub fn kv_shape(&self) -> KvShape {
+        KvShape { layers: self.config.num_hidden_layers, kv_dim: self.config.kv_dim(), dtype: self.kv_dtype }
     }
 
     pub fn device(&self) -> Device {
         self.backend.device()
+    }
+}
+
+/// The loader's rule for which parameters `quantize` converts: FP8 only the
+/// layers' linear projections (as HF's FP8 checkpoints: the embedding table
+/// is read a row per token, and the head's error goes straight into the
+/// logits); ggml blocks every matrix, embedding table included, so HF
+/// checkpoints run on the integer kernels too.
+fn quantize_for(quantize: Option<Quantize>, name: &str, shape: &[usize]) -> Option<Quantize> {
+    match quantize? {
+        Quantize::Fp8 => names::is_layer_linear(name).then_some(Quantize::Fp8),
+        ggml @ Quantize::Ggml(_) => (shape.len() == 2).then_some(ggml),
     }
 }
 
@@ -183,16 +238,18 @@ mod tests {
 
     #[test]
     fn loads_a_complete_state_and_names_what_is_wrong() {
-        assert!(Transformer::from_source(config(), Cpu::default(), &state()).is_ok());
+        assert!(Transformer::from_source(config(), Cpu::default(), &state(), &LoadOptions::default()).is_ok());
 
         let mut s = state();
         s.remove("model.layers.0.self_attn.k_proj.bias");
-        let err = Transformer::from_source(config(), Cpu::default(), &s).err().unwrap();
+        let err =
+            Transformer::from_source(config(), Cpu::default(), &s, &LoadOptions::default()).err().unwrap();
         assert!(matches!(err, Error::MissingTensor(ref n) if n == "model.layers.0.self_attn.k_proj.bias"));
 
         let mut s = state();
         s.insert("model.norm.weight".into(), HostTensor::new(vec![3], vec![1.0; 3]).unwrap());
-        let err = Transformer::from_source(config(), Cpu::default(), &s).err().unwrap();
+        let err =
+            Transformer::from_source(config(), Cpu::default(), &s, &LoadOptions::default()).err().unwrap();
         assert!(matches!(err, Error::ShapeMismatch { ref name, .. } if name == "model.norm.weight"));
 
         let mut s = state();
@@ -200,7 +257,8 @@ mod tests {
             "model.layers.0.self_attn.o_proj.bias".into(),
             HostTensor::new(vec![8], vec![0.0; 8]).unwrap(),
         );
-        let err = Transformer::from_source(config(), Cpu::default(), &s).err().unwrap();
+        let err =
+            Transformer::from_source(config(), Cpu::default(), &s, &LoadOptions::default()).err().unwrap();
         assert!(matches!(err, Error::UnexpectedTensor(_)), "Qwen2 has no o_proj bias: {err}");
     }
 

@@ -1,9 +1,8 @@
-//! Choosing the next token: the seed's `SamplingConfig` (temperature, top-k,
+//! Choosing the next token: `SamplingConfig` (temperature, top-k,
 //! top-p, min-p, repetition/frequency/presence penalties over a window,
 //! seeds) applied to one row of logits by a per-sequence [`Sampler`].
 
 mod config;
-pub mod device;
 mod sampler;
 
 pub use self::config::SamplingConfig;

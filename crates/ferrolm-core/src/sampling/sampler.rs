@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha12Rng;
 
-use super::device::RowSampling;
 use super::SamplingConfig;
+use crate::backend::RowSampling;
 use crate::error::Result;
 
 /// A chosen token with its log-probability under the model (temperature 1,
@@ -47,7 +47,7 @@ impl Sampler {
     }
 
     /// Whether this sampler's picks can be made on a device by
-    /// [`crate::sampling::device`]: no penalties (they need the history) and
+    /// [`crate::backend::sample`]: no penalties (they need the history) and
     /// no top-N log-probabilities.
     pub fn fits_device(&self) -> bool {
         !self.config.has_penalties() && self.config.logprobs.is_none_or(|n| n == 0)

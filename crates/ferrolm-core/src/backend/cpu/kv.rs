@@ -1,7 +1,7 @@
 //! Paged key/value storage for the CPU backend.
 //!
 //! Each page holds `page_size` positions of every layer, laid out
-//! `[layer][key | value][kv head][offset][head_dim]`, in f32 or f16 ([`KvDtype`]; f16
+//! `[layer][key | value][kv head][offset][head_dim]`, in f32 or f16 ([`DType`]; f16
 //! halves the memory and the bytes attention reads). A page's memory is
 //! allocated the first time it is written, so a large pool costs only what
 //! is used.
@@ -11,24 +11,14 @@ use half::slice::HalfFloatSliceExt;
 
 use crate::backend::{check_page_access, rows_of, KvGeometry, KvPart, SeqSpan};
 use crate::error::{Error, Result};
+use crate::formats::DType;
 
-/// Precision of cached keys and values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KvDtype {
-    F32,
-    F16,
-}
-
-impl KvDtype {
-    pub fn parse(s: &str) -> Result<KvDtype> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "f32" | "float32" | "fp32" => Ok(KvDtype::F32),
-            "f16" | "float16" | "fp16" | "half" => Ok(KvDtype::F16),
-            other => {
-                Err(Error::InvalidInput(format!("kv_dtype `{other}` is not known; use \"f16\" or \"f32\"")))
-            }
-        }
-    }
+/// The CPU keeps keys and values in f16 or f32 only.
+pub(super) fn unsupported_kv_dtype(dtype: DType) -> Error {
+    Error::Unsupported(format!(
+        "the CPU's KV cache holds float16 or float32 values, not {}; use kv_dtype=\"f16\" or \"f32\"",
+        dtype.name()
+    ))
 }
 
 /// Page storage in one of the two precisions.
@@ -46,18 +36,25 @@ pub struct CpuKv {
 }
 
 impl CpuKv {
-    pub(super) fn new(pages: usize, page_size: usize, layers: usize, kv_dim: usize, dtype: KvDtype) -> CpuKv {
+    pub(super) fn new(
+        pages: usize,
+        page_size: usize,
+        layers: usize,
+        kv_dim: usize,
+        dtype: DType,
+    ) -> Result<CpuKv> {
         let pages = match dtype {
-            KvDtype::F32 => Pages::F32(vec![Vec::new(); pages]),
-            KvDtype::F16 => Pages::F16(vec![Vec::new(); pages]),
+            DType::F32 => Pages::F32(vec![Vec::new(); pages]),
+            DType::F16 => Pages::F16(vec![Vec::new(); pages]),
+            DType::BF16 => return Err(unsupported_kv_dtype(dtype)),
         };
-        CpuKv { page_size, layers, kv_dim, pages }
+        Ok(CpuKv { page_size, layers, kv_dim, pages })
     }
 
-    pub fn dtype(&self) -> KvDtype {
+    pub fn dtype(&self) -> DType {
         match self.pages {
-            Pages::F32(_) => KvDtype::F32,
-            Pages::F16(_) => KvDtype::F16,
+            Pages::F32(_) => DType::F32,
+            Pages::F16(_) => DType::F16,
         }
     }
 

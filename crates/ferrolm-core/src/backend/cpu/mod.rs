@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-pub use self::kv::{CpuKv, KvDtype};
+pub use self::kv::CpuKv;
 pub use self::matmul::CpuWeight;
 use self::matmul::{rms_norm_row, with_spare, Matrix, OutPtr, Prepared};
 use self::quant::interleave::Interleaved;
@@ -29,10 +29,7 @@ use self::quant::Isa;
 use super::{AttentionShape, Backend, Device, KvPart, SeqSpan};
 use crate::error::{try_zeroed, Error, Result};
 use crate::formats::fp8::{Fp8Tensor, MODEL_LAYOUT};
-use crate::formats::GgmlType;
-use crate::formats::Quantize;
-use crate::formats::{Bytes, HostTensor, PackedTensor, StoredTensor};
-use crate::weights::names;
+use crate::formats::{Bytes, DType, GgmlType, HostTensor, PackedTensor, Quantize, StoredTensor};
 
 /// How the CPU backend runs.
 #[derive(Debug, Clone, Default)]
@@ -43,19 +40,8 @@ pub struct CpuOptions {
     /// Widen every weight to f32 at load and keep the KV cache in f32: the
     /// dequantized reference path (slower, more memory).
     pub exact: bool,
-    /// KV cache precision; `None`: f16 for quantized models (they already
-    /// trade exactness for speed), f32 otherwise (f32 and f16/bf16 weights
-    /// then compute as HF does).
-    pub kv_dtype: Option<KvDtype>,
     /// Kernel instruction set; `None`: the best this CPU runs (tests pin it).
     pub isa: Option<Isa>,
-    /// Quantize matrices at load.
-    /// - `Q8_0` or `Q4_K` (rows whose length is not a multiple of 256 fall
-    ///   back from Q4_K to Q8_0): every f32/f16/bf16 matrix, embedding
-    ///   table included, so that HF checkpoints also run on the integer
-    ///   kernels. Already quantized (GGUF) weights are kept as they are.
-    /// - `Fp8`: see [`Cpu::upload_param`].
-    pub quantize: Option<Quantize>,
 }
 
 /// The CPU backend.
@@ -65,10 +51,6 @@ pub struct Cpu {
     threads: usize,
     isa: Isa,
     exact: bool,
-    kv_dtype: Option<KvDtype>,
-    quantize: Option<Quantize>,
-    /// Set when a quantized weight is uploaded: picks the f16 KV default.
-    saw_quantized: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for Cpu {
@@ -95,14 +77,6 @@ impl Cpu {
             None => default_threads()?,
         };
         let isa = options.isa.unwrap_or_else(Isa::detect);
-        if let Some(q) = options.quantize {
-            q.check()?;
-            if options.exact {
-                return Err(Error::InvalidInput(
-                    "quantize and the exact float32 path exclude each other; pick one".into(),
-                ));
-            }
-        }
         if !Isa::available().contains(&isa) {
             return Err(Error::Unsupported(format!("this CPU cannot run the {isa:?} kernels")));
         }
@@ -111,15 +85,7 @@ impl Cpu {
             .thread_name(|i| format!("ferrolm-cpu-{i}"))
             .build()
             .map_err(|e| Error::Internal(format!("cannot start {threads} CPU threads: {e}")))?;
-        Ok(Cpu {
-            pool: Arc::new(pool),
-            threads,
-            isa,
-            exact: options.exact,
-            kv_dtype: options.kv_dtype,
-            quantize: options.quantize,
-            saw_quantized: Default::default(),
-        })
+        Ok(Cpu { pool: Arc::new(pool), threads, isa, exact: options.exact })
     }
 
     /// The dequantized f32 reference path (see [`CpuOptions::exact`]).
@@ -137,16 +103,6 @@ impl Cpu {
 
     pub fn is_exact(&self) -> bool {
         self.exact
-    }
-
-    fn kv_dtype(&self) -> KvDtype {
-        match self.kv_dtype {
-            Some(d) => d,
-            None if self.exact || !self.saw_quantized.load(std::sync::atomic::Ordering::Relaxed) => {
-                KvDtype::F32
-            }
-            None => KvDtype::F16,
-        }
     }
 
     /// `out = x @ w^T` with an f32 weight, through the `gemm` crate.
@@ -262,9 +218,13 @@ impl Backend for Cpu {
     }
 
     /// Matrices the kernels multiply stay packed (unless exact); everything
-    /// else becomes f32.
-    fn upload(&self, tensor: StoredTensor) -> Result<CpuWeight> {
-        let tensor = match self.quantize {
+    /// else becomes f32. `quantize`: FP8 E4M3 with one scale per 32 weights
+    /// of a row, or ggml blocks (Q8_0 / Q4_K, see [`quantize_matrix`]).
+    fn upload(&self, tensor: StoredTensor, quantize: Option<Quantize>) -> Result<CpuWeight> {
+        let tensor = match quantize {
+            Some(Quantize::Fp8) => {
+                return Ok(CpuWeight::Fp8(Fp8Tensor::quantize(&tensor.into_host()?, MODEL_LAYOUT)?));
+            }
             Some(Quantize::Ggml(ty)) if tensor.shape().len() == 2 => quantize_matrix(tensor, ty)?,
             _ => tensor,
         };
@@ -275,30 +235,14 @@ impl Backend for Cpu {
                 if quant::uses_q8(p.ty) && (k % quant::QK != 0 || k % block != 0) {
                     return Ok(CpuWeight::F32(p.dequantize()?));
                 }
-                if quant::uses_q8(p.ty) {
-                    self.saw_quantized.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
                 Ok(resident(self.isa, p))
             }
             other => Ok(CpuWeight::F32(other.into_host()?)),
         }
     }
 
-    /// With `quantize=fp8`, the layers' linear projections (q/k/v/o,
-    /// gate/up/down: [`names::is_layer_linear`]) become FP8 E4M3 with one
-    /// scale per 32 weights of a row, whatever their stored format (GGUF blocks are
-    /// dequantized first). Unlike Q8_0/Q4_K, which quantize every matrix,
-    /// the embedding table and the LM head stay as stored, as in HF's FP8
-    /// checkpoints: the table is read a row per token, not multiplied, and
-    /// (tied or not) the head's error goes straight into the logits.
-    fn upload_param(&self, name: &str, tensor: StoredTensor) -> Result<CpuWeight> {
-        if self.quantize == Some(Quantize::Fp8) && names::is_layer_linear(name) {
-            let w = Fp8Tensor::quantize(&tensor.into_host()?, MODEL_LAYOUT)
-                .map_err(|e| Error::InvalidWeights(format!("`{name}`: {e}")))?;
-            self.saw_quantized.store(true, std::sync::atomic::Ordering::Relaxed);
-            return Ok(CpuWeight::Fp8(w));
-        }
-        self.upload(tensor)
+    fn weight_dtype(&self) -> Option<DType> {
+        self.exact.then_some(DType::F32)
     }
 
     fn zeros(&self, len: usize) -> Result<Vec<f32>> {
@@ -487,8 +431,15 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn new_kv(&self, pages: usize, page_size: usize, layers: usize, kv_dim: usize) -> Result<CpuKv> {
-        Ok(CpuKv::new(pages, page_size, layers, kv_dim, self.kv_dtype()))
+    fn new_kv(
+        &self,
+        pages: usize,
+        page_size: usize,
+        layers: usize,
+        kv_dim: usize,
+        dtype: DType,
+    ) -> Result<CpuKv> {
+        CpuKv::new(pages, page_size, layers, kv_dim, dtype)
     }
 
     fn copy_page(&self, kv: &mut CpuKv, src: u32, dst: u32) -> Result<()> {

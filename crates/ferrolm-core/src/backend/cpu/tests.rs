@@ -1,7 +1,8 @@
 //! The CPU ops on cases small enough to check by hand.
 
-use super::{Cpu, CpuOptions, CpuWeight, KvDtype};
+use super::{Cpu, CpuOptions, CpuWeight};
 use crate::backend::{AttentionShape, Backend, KvKind, KvPart, SeqSpan};
+use crate::formats::DType;
 use crate::formats::HostTensor;
 
 fn t(shape: &[usize], data: &[f32]) -> CpuWeight {
@@ -58,7 +59,7 @@ fn silu_mul_and_add() {
 /// per page, with the block table out of order.
 fn attend(window: Option<usize>, q: &[f32]) -> Vec<f32> {
     let cpu = Cpu::default();
-    let mut kv = cpu.new_kv(4, 1, 1, 2).unwrap();
+    let mut kv = cpu.new_kv(4, 1, 1, 2, DType::F32).unwrap();
     let shape = AttentionShape { num_heads: 2, num_kv_heads: 1, head_dim: 2, sliding_window: window };
     let k = vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
     let v = vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
@@ -76,16 +77,15 @@ fn split_decode_attention_equals_the_prompt_pass() {
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
     let (heads, kv_heads, head_dim, len) = (4, 2, 8, 77);
-    for (window, dtype) in [(None, KvDtype::F32), (Some(20), KvDtype::F32), (None, KvDtype::F16)] {
-        let cpu =
-            Cpu::new(CpuOptions { threads: Some(4), kv_dtype: Some(dtype), ..Default::default() }).unwrap();
+    for (window, dtype) in [(None, DType::F32), (Some(20), DType::F32), (None, DType::F16)] {
+        let cpu = Cpu::new(CpuOptions { threads: Some(4), ..Default::default() }).unwrap();
         let shape =
             AttentionShape { num_heads: heads, num_kv_heads: kv_heads, head_dim, sliding_window: window };
         let mut rand = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
         let (q, k, v) =
             (rand(len * heads * head_dim), rand(len * kv_heads * head_dim), rand(len * kv_heads * head_dim));
         let pages: Vec<u32> = (0..len.div_ceil(4) as u32).rev().collect();
-        let mut kv = cpu.new_kv(pages.len(), 4, 1, kv_heads * head_dim).unwrap();
+        let mut kv = cpu.new_kv(pages.len(), 4, 1, kv_heads * head_dim, dtype).unwrap();
         let mut full = vec![0.0; len * heads * head_dim];
         let span = SeqSpan { pages: &pages, start_pos: 0, row: 0, len };
         cpu.attention(&mut kv, 0, &[span], shape, &q, &k, &v, &mut full).unwrap();
@@ -129,7 +129,7 @@ fn sliding_window_drops_old_positions() {
 #[test]
 fn copied_pages_hold_the_same_keys_and_values() {
     let cpu = Cpu::default();
-    let mut kv = cpu.new_kv(2, 2, 1, 1).unwrap();
+    let mut kv = cpu.new_kv(2, 2, 1, 1, DType::F32).unwrap();
     let shape = AttentionShape { num_heads: 1, num_kv_heads: 1, head_dim: 1, sliding_window: None };
     let mut out = vec![0.0; 2];
     let span = SeqSpan { pages: &[0], start_pos: 0, row: 0, len: 2 };
@@ -152,15 +152,12 @@ fn page_views_match_what_attention_writes_and_reads() {
     let shape =
         AttentionShape { num_heads: kv_heads, num_kv_heads: kv_heads, head_dim, sliding_window: None };
     let part = |kind| KvPart { layer: 1, kind, kv_heads, head_dim };
-    for dtype in [KvDtype::F32, KvDtype::F16] {
-        let cpu =
-            Cpu::new(CpuOptions { threads: Some(1), kv_dtype: Some(dtype), ..Default::default() }).unwrap();
+    for dtype in [DType::F32, DType::F16] {
+        let cpu = Cpu::new(CpuOptions { threads: Some(1), ..Default::default() }).unwrap();
         let stored = |x: &[f32]| -> Vec<f32> {
-            x.iter()
-                .map(|&v| if dtype == KvDtype::F16 { half::f16::from_f32(v).to_f32() } else { v })
-                .collect()
+            x.iter().map(|&v| if dtype == DType::F16 { half::f16::from_f32(v).to_f32() } else { v }).collect()
         };
-        let mut kv = cpu.new_kv(4, ps, 2, w).unwrap();
+        let mut kv = cpu.new_kv(4, ps, 2, w, dtype).unwrap();
         let k: Vec<f32> = (0..6 * w).map(|i| i as f32 * 0.1 + 0.01).collect();
         let v: Vec<f32> = (0..6 * w).map(|i| -(i as f32) * 0.3).collect();
         let span = SeqSpan { pages: &[3, 1], start_pos: 0, row: 0, len: 6 };

@@ -100,7 +100,7 @@ fn build() -> Result<PathBuf> {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     std::hash::Hash::hash(&(FILES, LIBRARIES, &cxx), &mut hasher);
     let hash = std::hash::Hasher::finish(&hasher);
-    let root = super::kernels::cache_root().ok_or_else(|| {
+    let root = super::cache::cache_root().ok_or_else(|| {
         Error::Gpu("no cache folder for the CUDA emulator: set FERROLM_KERNEL_CACHE".into())
     })?;
     let dir = root.join("cuda-emulator").join(format!("{hash:016x}"));

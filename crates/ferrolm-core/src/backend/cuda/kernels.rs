@@ -110,22 +110,11 @@ pub fn cached_ptx(name: &str, source: &str, arch: &str) -> Result<String> {
     Ok(ptx)
 }
 
-/// `$FERROLM_KERNEL_CACHE`, else `$XDG_CACHE_HOME/ferrolm`, else `~/.cache/ferrolm`.
-pub(super) fn cache_root() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("FERROLM_KERNEL_CACHE") {
-        return Some(dir.into());
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("ferrolm"))
-}
-
 /// Compiled kernels: `kernels/` in the cache root; under the emulator, in
 /// its own build's folder (its "PTX" names shared libraries built with it).
 fn cache_dir() -> Option<PathBuf> {
     match super::emulator::directory() {
         Some(dir) => Some(dir.join("kernels")),
-        None => cache_root().map(|root| root.join("kernels")),
+        None => super::cache::cache_root().map(|root| root.join("kernels")),
     }
 }

@@ -5,13 +5,13 @@
 
 use cudarc::driver::CudaSlice;
 
-use super::GpuDtype;
 use crate::backend::{KvGeometry, KvPart, SeqSpan};
+use crate::formats::DType;
 
 /// The pool's values: f32, or 16-bit bf16/f16 bits.
 pub(super) enum KvPool {
     F32(CudaSlice<f32>),
-    Half { bits: CudaSlice<u16>, dtype: GpuDtype },
+    Half { bits: CudaSlice<u16>, dtype: DType },
 }
 
 impl KvPool {
@@ -22,9 +22,9 @@ impl KvPool {
         }
     }
 
-    pub(super) fn dtype(&self) -> GpuDtype {
+    pub(super) fn dtype(&self) -> DType {
         match self {
-            KvPool::F32(_) => GpuDtype::F32,
+            KvPool::F32(_) => DType::F32,
             KvPool::Half { dtype, .. } => *dtype,
         }
     }

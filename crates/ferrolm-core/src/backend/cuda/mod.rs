@@ -3,8 +3,8 @@
 //!
 //! Activations are f32 everywhere; weights are stored in bf16 (the default,
 //! GEMMs on tensor cores with f32 accumulation: activations are cast to bf16
-//! just before each GEMM), in f16 (`GpuDtype::F16`, the same with IEEE half:
-//! GPUs without bf16 such as T4 and V100) or in f32 (`GpuDtype::F32`, the
+//! just before each GEMM), in f16 (`DType::F16`, the same with IEEE half:
+//! GPUs without bf16 such as T4 and V100) or in f32 (`DType::F32`, the
 //! exact mode for parity). Norm weights and biases always stay f32. The KV
 //! pool is in the weights' precision unless [`Cuda::with_kv_dtype`] says
 //! otherwise (`kv_dtype=`); attention reads it as f32. With
@@ -13,6 +13,7 @@
 //! model computes the same values on any GPU (FP8 GEMMs are not used yet). Every launch is
 //! asynchronous on one stream; `to_host` synchronises.
 
+mod cache;
 pub mod emulator;
 pub mod kernels;
 mod kv;
@@ -28,37 +29,7 @@ use cudarc::nvrtc::Ptx;
 pub use self::kv::CudaKv;
 use super::Device;
 use crate::error::{Error, Result};
-
-/// How the GPU stores 2-D weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GpuDtype {
-    Bf16,
-    F16,
-    F32,
-}
-
-impl GpuDtype {
-    pub fn parse(s: &str) -> Result<GpuDtype> {
-        match s.to_ascii_lowercase().as_str() {
-            "bfloat16" | "bf16" => Ok(GpuDtype::Bf16),
-            "float16" | "f16" | "fp16" | "half" => Ok(GpuDtype::F16),
-            "float32" | "f32" | "fp32" => Ok(GpuDtype::F32),
-            _ => Err(Error::InvalidInput(format!(
-                "unknown dtype `{s}` for the GPU; use \"bfloat16\" (default), \"float16\" (GPUs without bf16) \
-                 or \"float32\" (exact)"
-            ))),
-        }
-    }
-
-    /// The suffix of this dtype's kernels (`embedding_f16`, `cast_f32_bf16`).
-    pub(crate) fn suffix(self) -> &'static str {
-        match self {
-            GpuDtype::Bf16 => "bf16",
-            GpuDtype::F16 => "f16",
-            GpuDtype::F32 => "f32",
-        }
-    }
-}
+use crate::formats::DType;
 
 /// A parameter in device memory.
 pub struct GpuTensor {
@@ -71,17 +42,13 @@ pub enum GpuData {
     /// Raw 16-bit values: bf16 or IEEE f16 bits, as `dtype` says.
     Half {
         bits: CudaSlice<u16>,
-        dtype: GpuDtype,
+        dtype: DType,
     },
 }
 
 pub struct Cuda {
     ordinal: usize,
-    dtype: GpuDtype,
-    /// Round the layers' linear weights to FP8 at load (see [`Cuda::with_fp8_weights`]).
-    fp8_weights: bool,
-    /// The KV pool's precision (see [`Cuda::with_kv_dtype`]).
-    kv_dtype: GpuDtype,
+    dtype: DType,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
     functions: HashMap<&'static str, CudaFunction>,
@@ -101,7 +68,7 @@ fn gpu_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
 
 impl Cuda {
     /// Opens GPU `ordinal`, compiling (or loading cached) kernels for it.
-    pub fn new(ordinal: usize, dtype: GpuDtype) -> Result<Cuda> {
+    pub fn new(ordinal: usize, dtype: DType) -> Result<Cuda> {
         probe(ordinal)?;
         let ctx = CudaContext::new(ordinal).map_err(gpu_err("opening the GPU"))?;
         let (major, minor) = ctx.compute_capability().map_err(gpu_err("reading the compute capability"))?;
@@ -119,28 +86,11 @@ impl Cuda {
                 functions.insert(*entry, module.load_function(entry).map_err(gpu_err("loading a kernel"))?);
             }
         }
-        Ok(Cuda { ordinal, dtype, fp8_weights: false, kv_dtype: dtype, stream, blas, functions, sms })
+        Ok(Cuda { ordinal, dtype, stream, blas, functions, sms })
     }
 
-    pub fn dtype(&self) -> GpuDtype {
+    pub fn dtype(&self) -> DType {
         self.dtype
-    }
-
-    /// `quantize="fp8"`: the layers' linear projections are quantized to
-    /// FP8 E4M3 (a scale per 32 weights of a row, as on the CPU) as they are uploaded and
-    /// dequantized to the GPU dtype, so the model runs with FP8's values on
-    /// any GPU.
-    pub fn with_fp8_weights(mut self) -> Cuda {
-        self.fp8_weights = true;
-        self
-    }
-
-    /// The KV pool's precision; by default the weights' (bf16 weights, bf16
-    /// KV: attention reads half the bytes of f32). f32 KV with half weights
-    /// keeps the cache exact.
-    pub fn with_kv_dtype(mut self, kv_dtype: GpuDtype) -> Cuda {
-        self.kv_dtype = kv_dtype;
-        self
     }
 
     fn function(&self, name: &str) -> &CudaFunction {

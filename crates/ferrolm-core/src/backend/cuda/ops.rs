@@ -8,13 +8,12 @@ use super::kv::{CudaKv, KvPool, RowHost, RowMeta, PREFILL_ROWS};
 
 /// Keys per prefill tile (`PREFILL_KEYS` in attention.cu).
 const PREFILL_KEYS: usize = 16;
-use super::{gpu_err, Cuda, GpuData, GpuDtype, GpuTensor};
-use crate::backend::{check_page_access, rows_of, AttentionShape, Backend, Device, KvPart, SeqSpan};
+use super::{gpu_err, Cuda, GpuData, GpuTensor};
+use crate::backend::{
+    check_page_access, rows_of, AttentionShape, Backend, Device, KvPart, RowSampling, SeqSpan,
+};
 use crate::error::{Error, Result};
-use crate::formats::fp8;
-use crate::formats::StoredTensor;
-use crate::sampling::device::RowSampling;
-use crate::weights::names;
+use crate::formats::{fp8, DType, Quantize, StoredTensor};
 
 const THREADS: u32 = 256;
 
@@ -40,16 +39,16 @@ fn pool_arg<'a>(b: &mut cudarc::driver::LaunchArgs<'a>, pool: &'a KvPool) {
     };
 }
 
-fn half_to_f32(bits: u16, dtype: GpuDtype) -> f32 {
+fn half_to_f32(bits: u16, dtype: DType) -> f32 {
     match dtype {
-        GpuDtype::F16 => half::f16::from_bits(bits).to_f32(),
+        DType::F16 => half::f16::from_bits(bits).to_f32(),
         _ => half::bf16::from_bits(bits).to_f32(),
     }
 }
 
-fn f32_to_half(v: f32, dtype: GpuDtype) -> u16 {
+fn f32_to_half(v: f32, dtype: DType) -> u16 {
     match dtype {
-        GpuDtype::F16 => half::f16::from_f32(v).to_bits(),
+        DType::F16 => half::f16::from_f32(v).to_bits(),
         _ => half::bf16::from_f32(v).to_bits(),
     }
 }
@@ -110,11 +109,23 @@ impl Backend for Cuda {
         Cuda::device(self)
     }
 
-    fn upload(&self, tensor: StoredTensor) -> Result<GpuTensor> {
-        let tensor = tensor.into_host()?;
-        let data = if self.dtype != GpuDtype::F32 && tensor.shape.len() == 2 {
+    /// Every parameter is widened to f32 on the host, then 2-D ones become
+    /// the GPU dtype. `quantize="fp8"` rounds a matrix to FP8 E4M3's values
+    /// (a scale per 32 weights of a row, as on the CPU) before that, so the
+    /// model runs with FP8's values on any GPU; ggml blocks are the CPU's.
+    fn upload(&self, tensor: StoredTensor, quantize: Option<Quantize>) -> Result<GpuTensor> {
+        let tensor = match quantize {
+            None => tensor.into_host()?,
+            Some(Quantize::Fp8) => fp8::round_trip(&tensor.into_host()?)?,
+            Some(Quantize::Ggml(ty)) => {
+                return Err(Error::Unsupported(format!(
+                    "quantize={ty} applies to the CPU only; on a GPU use dtype=\"bfloat16\", \"float16\" or \"float32\", or quantize=\"fp8\""
+                )))
+            }
+        };
+        let data = if self.dtype != DType::F32 && tensor.shape.len() == 2 {
             let bits: Vec<u16> = match self.dtype {
-                GpuDtype::F16 => tensor.data.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect(),
+                DType::F16 => tensor.data.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect(),
                 _ => tensor.data.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect(),
             };
             let bits = self.stream.clone_htod(&bits).map_err(gpu_err("uploading weights"))?;
@@ -125,11 +136,8 @@ impl Backend for Cuda {
         Ok(GpuTensor { shape: tensor.shape, data })
     }
 
-    fn upload_param(&self, name: &str, tensor: StoredTensor) -> Result<GpuTensor> {
-        if self.fp8_weights && names::is_layer_linear(name) {
-            return self.upload(fp8::round_trip(&tensor.into_host()?)?.into());
-        }
-        self.upload(tensor)
+    fn weight_dtype(&self) -> Option<DType> {
+        Some(self.dtype)
     }
 
     fn zeros(&self, len: usize) -> Result<CudaSlice<f32>> {
@@ -300,7 +308,7 @@ impl Backend for Cuda {
                 let (bp, _rb) = xb.device_ptr(&self.stream);
                 let (c, _rc) = out.device_ptr_mut(&self.stream);
                 use blas_sys::cudaDataType_t::{CUDA_R_16BF, CUDA_R_16F, CUDA_R_32F};
-                let half = if *dtype == GpuDtype::F16 { CUDA_R_16F } else { CUDA_R_16BF };
+                let half = if *dtype == DType::F16 { CUDA_R_16F } else { CUDA_R_16BF };
                 // SAFETY: as above; A and B are 16-bit, C is f32, accumulation in f32.
                 unsafe {
                     blas::gemm_ex(
@@ -398,17 +406,24 @@ impl Backend for Cuda {
         self.binary("add_f32", x, y)
     }
 
-    fn new_kv(&self, pages: usize, page_size: usize, layers: usize, kv_dim: usize) -> Result<CudaKv> {
+    fn new_kv(
+        &self,
+        pages: usize,
+        page_size: usize,
+        layers: usize,
+        kv_dim: usize,
+        dtype: DType,
+    ) -> Result<CudaKv> {
         let len = (pages * 2 * layers * page_size * kv_dim).max(1);
-        let bytes = len * if self.kv_dtype == GpuDtype::F32 { 4 } else { 2 };
+        let bytes = len * dtype.size_in_bytes();
         let oom = |e: cudarc::driver::DriverError| Error::OutOfMemory {
             what: format!(
                 "the GPU KV cache, {pages} pages ({e}); lower num_pages / kv_cache_bytes / max_seq_len"
             ),
             bytes,
         };
-        let pool = match self.kv_dtype {
-            GpuDtype::F32 => KvPool::F32(self.stream.alloc_zeros::<f32>(len).map_err(oom)?),
+        let pool = match dtype {
+            DType::F32 => KvPool::F32(self.stream.alloc_zeros::<f32>(len).map_err(oom)?),
             dtype => KvPool::Half { bits: self.stream.alloc_zeros::<u16>(len).map_err(oom)?, dtype },
         };
         Ok(CudaKv { pool, page_size, layers, kv_dim, meta: None })

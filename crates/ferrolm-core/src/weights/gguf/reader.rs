@@ -24,11 +24,9 @@ use std::sync::Arc;
 
 use memmap2::Mmap;
 
-use super::names;
 use crate::error::{Error, Result};
+use crate::formats::HostTensor;
 use crate::formats::{dequantize, GgmlType};
-use crate::formats::{Bytes, HostTensor, PackedTensor, StoredTensor};
-use crate::weights::TensorSource;
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
@@ -174,8 +172,6 @@ pub struct GgufFile {
     tensors: Vec<GgufTensorInfo>,
     /// GGUF tensor name -> index into `tensors`.
     by_name: HashMap<String, usize>,
-    /// HF tensor name -> index into `tensors` (see [`names::hf_name`]).
-    by_hf_name: BTreeMap<String, usize>,
     alignment: u64,
     data_start: u64,
 }
@@ -210,21 +206,6 @@ impl GgufFile {
             Error::Unsupported(why) => Error::Unsupported(format!("{}: {why}", path.display())),
             other => other,
         })?;
-        let mut by_hf_name = BTreeMap::new();
-        for (i, t) in parsed.tensors.iter().enumerate() {
-            if names::is_consumed_by_config(&t.name) {
-                continue;
-            }
-            let hf = names::hf_name(&t.name).unwrap_or_else(|| t.name.clone());
-            if let Some(j) = by_hf_name.insert(hf.clone(), i) {
-                return Err(Error::InvalidWeights(format!(
-                    "{}: tensors `{}` and `{}` both map to `{hf}`",
-                    path.display(),
-                    parsed.tensors[j].name,
-                    t.name
-                )));
-            }
-        }
         Ok(GgufFile {
             path: path.to_path_buf(),
             mmap: Arc::new(mmap),
@@ -232,7 +213,6 @@ impl GgufFile {
             metadata: parsed.metadata,
             by_name: parsed.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect(),
             tensors: parsed.tensors,
-            by_hf_name,
             alignment: parsed.alignment,
             data_start: parsed.data_start,
         })
@@ -267,6 +247,11 @@ impl GgufFile {
     }
 
     /// Absolute byte offset of the tensor data section (tensor offsets are relative to it).
+    /// The whole file's memory map (tensors handed over packed borrow it).
+    pub(super) fn mmap(&self) -> &Arc<Mmap> {
+        &self.mmap
+    }
+
     pub fn data_start(&self) -> u64 {
         self.data_start
     }
@@ -287,7 +272,7 @@ impl GgufFile {
         self.data_of(info)
     }
 
-    fn data_of(&self, info: &GgufTensorInfo) -> Result<&[u8]> {
+    pub(super) fn data_of(&self, info: &GgufTensorInfo) -> Result<&[u8]> {
         let n_bytes = info.n_bytes.ok_or_else(|| unsupported_type(info))?;
         // Checked at open: the range lies inside the file.
         let start = (self.data_start + info.offset) as usize;
@@ -301,7 +286,7 @@ impl GgufFile {
         self.dequantize(info)
     }
 
-    fn dequantize(&self, info: &GgufTensorInfo) -> Result<HostTensor> {
+    pub(super) fn dequantize(&self, info: &GgufTensorInfo) -> Result<HostTensor> {
         if !info.ggml_type.is_supported() {
             return Err(unsupported_type(info));
         }
@@ -326,25 +311,6 @@ impl GgufFile {
             None => Ok(()),
         }
     }
-
-    fn head_counts(&self, arch: &str) -> Result<(usize, usize)> {
-        let count = |key: String| -> Result<Option<usize>> {
-            match self.get(&key) {
-                None => Ok(None),
-                Some(v) => names::uniform_count(v)
-                    .map(Some)
-                    .ok_or_else(|| Error::config(key, format!("expected a positive integer, got {v:?}"))),
-            }
-        };
-        let heads = count(format!("{arch}.attention.head_count"))?.ok_or_else(|| {
-            Error::InvalidWeights(format!(
-                "{}: `{arch}.attention.head_count` is missing; it is needed to undo llama.cpp's q/k permutation",
-                self.path.display()
-            ))
-        })?;
-        let kv_heads = count(format!("{arch}.attention.head_count_kv"))?.unwrap_or(heads);
-        Ok((heads, kv_heads))
-    }
 }
 
 fn unsupported_type(info: &GgufTensorInfo) -> Error {
@@ -359,85 +325,6 @@ fn unsupported_type(info: &GgufTensorInfo) -> Error {
         info.name,
         supported.join(", ")
     ))
-}
-
-impl TensorSource for GgufFile {
-    /// HF names of every tensor (unknown GGUF names are passed through as
-    /// they are, so a loader reports them as unexpected). `rope_freqs.weight`
-    /// is not listed: [`config_from_gguf`](super::config_from_gguf) reads it
-    /// into the config's RoPE scaling.
-    fn names(&self) -> Vec<String> {
-        self.by_hf_name.keys().cloned().collect()
-    }
-
-    fn shape(&self, name: &str) -> Result<Vec<usize>> {
-        self.by_hf_name
-            .get(name)
-            .map(|&i| self.tensors[i].hf_shape())
-            .ok_or_else(|| Error::MissingTensor(name.to_string()))
-    }
-
-    /// Dequantizes to f32; for the `llama` architecture, q/k projection rows
-    /// are put back in HF's order (see [`names::unpermute_rows`]).
-    fn read(&self, name: &str) -> Result<HostTensor> {
-        let info = self.info_by_hf_name(name)?;
-        let mut tensor = self.dequantize(info)?;
-        let cols = tensor.shape[1..].iter().product();
-        tensor.data = self.unpermuted(info, tensor.data, cols)?;
-        Ok(tensor)
-    }
-
-    /// Matrices of half or quantized types stay packed, borrowing the memory
-    /// map (q/k rows of `llama` files are reordered into an owned copy);
-    /// everything else is read as f32.
-    fn read_stored(&self, name: &str) -> Result<StoredTensor> {
-        let info = self.info_by_hf_name(name)?;
-        if info.dims.len() != 2 || info.ggml_type == GgmlType::F32 || !info.ggml_type.is_supported() {
-            return self.read(name).map(StoredTensor::F32);
-        }
-        let start = (self.data_start + info.offset) as usize;
-        let bytes = self.data_of(info)?;
-        let shape = info.hf_shape();
-        let row_bytes = bytes.len() / shape[0];
-        let data = if names::permuted_projection(self.architecture().unwrap_or(""), &info.name).is_some() {
-            let owned = self.unpermuted(info, bytes.to_vec(), row_bytes)?;
-            crate::formats::release_pages(&self.mmap, 0..start + bytes.len());
-            Bytes::Owned(owned)
-        } else {
-            Bytes::Mapped { map: Arc::clone(&self.mmap), range: start..start + bytes.len() }
-        };
-        PackedTensor::new(shape, info.ggml_type, data).map(StoredTensor::Packed)
-    }
-}
-
-impl GgufFile {
-    fn info_by_hf_name(&self, name: &str) -> Result<&GgufTensorInfo> {
-        let &i = self.by_hf_name.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
-        Ok(&self.tensors[i])
-    }
-
-    /// `data` (rows of `row_len` elements) with llama's q/k row permutation
-    /// undone when the tensor has one.
-    fn unpermuted<T: Copy + Default>(
-        &self,
-        info: &GgufTensorInfo,
-        data: Vec<T>,
-        row_len: usize,
-    ) -> Result<Vec<T>> {
-        let arch = self.architecture().unwrap_or("");
-        let Some(which) = names::permuted_projection(arch, &info.name) else {
-            return Ok(data);
-        };
-        let (heads, kv_heads) = self.head_counts(arch)?;
-        let heads = match which {
-            names::Projection::Q => heads,
-            names::Projection::K => kv_heads,
-        };
-        let rows = data.len() / row_len.max(1);
-        names::unpermute_rows(&data, &[rows, row_len], heads).map_err(|why| {
-            Error::InvalidWeights(format!("{}: tensor `{}`: {why}", self.path.display(), info.name))
-        })
-    }
 }
 
 // ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@
 //! weight row and up to four activation rows. FP8 E4M3 rows (`dot_fp8`,
 //! `widen_fp8`) multiply f32 activations, like halves.
 
+mod block;
 pub mod interleave;
 #[cfg(target_arch = "aarch64")]
 mod neon;
@@ -22,21 +23,8 @@ pub(super) mod tests;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+pub use self::block::{Q8Block, QK};
 use crate::formats::GgmlType;
-
-/// Values per activation block (and per Q4_0/Q4_1/Q8_0 weight block; the
-/// K-quants' 256-value super-blocks span eight).
-pub const QK: usize = 32;
-
-/// 32 activations quantized to i8: `x ≈ d * qs`, with `sum = Σ qs` kept for
-/// the weight formats that add an offset (Q4_0's -8, Q4_1's and Q4_K's mins).
-#[derive(Debug, Clone, Copy, Default)]
-#[repr(C)]
-pub struct Q8Block {
-    pub d: f32,
-    pub sum: i32,
-    pub qs: [i8; QK],
-}
 
 /// An instruction set with its own kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

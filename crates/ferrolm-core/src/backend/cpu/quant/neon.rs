@@ -9,8 +9,8 @@
 
 use std::arch::aarch64::*;
 
+use super::block::Q8Block;
 use super::portable::{f16_at, q6_value};
-use super::Q8Block;
 use crate::formats::dequantize::scale_min_k4;
 use crate::formats::GgmlType;
 

@@ -4,7 +4,7 @@
 
 use half::{bf16, f16};
 
-use super::{Q8Block, QK};
+use super::block::{Q8Block, QK};
 use crate::formats::dequantize::scale_min_k4;
 use crate::formats::fp8::e4m3;
 

@@ -14,7 +14,7 @@
 
 use std::arch::x86_64::*;
 
-use super::Q8Block;
+use super::block::Q8Block;
 use crate::formats::dequantize::scale_min_k4;
 
 #[inline(always)]

@@ -1,4 +1,4 @@
-//! Sampling where the logits are (a GPU): the per-row parameters a kernel
+//! Sampling where the logits are (the `sample_rows` op): the per-row parameters a kernel
 //! needs, and the host reference of the kernel's algorithm.
 //!
 //! The algorithm avoids sorting the vocabulary: top-k keeps the logits at
@@ -7,7 +7,7 @@
 //! leaves `top_p` of the mass (bisection on the weight), min-p keeps weights
 //! at or above `min_p` times the best; then the token is found by walking
 //! the kept weights in index order until `uniform` of their mass is passed.
-//! It draws from the same distribution as [`super::Sampler`] (which sorts),
+//! It draws from the same distribution as [`crate::sampling::Sampler`] (which sorts),
 //! though not the same token for the same random number. Penalties and
 //! top-N log-probabilities stay on the host.
 
