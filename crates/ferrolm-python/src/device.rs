@@ -18,7 +18,7 @@ pub fn load_options(
         device: Device::parse(device)?,
         dtype: dtype.map(DType::parse).transpose()?,
         quantize: quantize.map(Quantize::parse).transpose()?,
-        kv_dtype: kv_dtype.map(DType::parse).transpose()?,
+        kv_dtype: kv_dtype.map(|s| DType::parse_arg("kv_dtype", s)).transpose()?,
         max_seq_len,
         threads: None,
     })

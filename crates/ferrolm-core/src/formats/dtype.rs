@@ -15,13 +15,18 @@ pub enum DType {
 impl DType {
     /// Any case; an optional `torch.` prefix (as numpy/torch dtypes print).
     pub fn parse(s: &str) -> Result<DType> {
+        DType::parse_arg("dtype", s)
+    }
+
+    /// [`DType::parse`] of the argument called `name` (named in the error).
+    pub fn parse_arg(name: &str, s: &str) -> Result<DType> {
         let lower = s.trim().to_ascii_lowercase();
         match lower.strip_prefix("torch.").unwrap_or(&lower) {
             "float32" | "f32" | "fp32" | "float" => Ok(DType::F32),
             "float16" | "f16" | "fp16" | "half" => Ok(DType::F16),
             "bfloat16" | "bf16" => Ok(DType::BF16),
             _ => Err(Error::InvalidInput(format!(
-                "dtype `{s}` is not known; use \"float32\", \"float16\" or \"bfloat16\""
+                "{name} `{s}` is not known; use \"float32\" (\"f32\"), \"float16\" (\"f16\") or \"bfloat16\" (\"bf16\")"
             ))),
         }
     }
