@@ -102,3 +102,42 @@ impl StepPlan {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(id: RequestId, start: usize, len: usize, draws: bool, prompt_logprobs: bool) -> Planned {
+        let tokens = (0..len as u32).collect();
+        Planned { id, seq: id as SeqId, start, tokens, draws, prompt_logprobs }
+    }
+
+    #[test]
+    fn logits_rows_map_to_the_requests_that_want_them() {
+        let plan = StepPlan {
+            seqs: vec![
+                planned(7, 12, 1, true, false), // a decode token: its one row
+                planned(3, 0, 4, false, false), // a prompt chunk short of the end: no row
+                planned(9, 0, 3, true, true),   // a whole prompt with log-probabilities: every row
+                planned(5, 16, 2, true, false), // the last chunk of a prompt: its last row
+                planned(4, 2, 2, false, true),  // a middle chunk with log-probabilities: every row
+            ],
+            out_of_room: Vec::new(),
+        };
+        // Token rows: 7 -> 0; 3 -> 1..5; 9 -> 5..8; 5 -> 8..10; 4 -> 10..12.
+        assert_eq!(plan.token_rows(), vec![0, 5, 6, 7, 9, 10, 11]);
+        let rows: Vec<(RequestId, Range<usize>)> = plan.output_rows().map(|(p, r)| (p.id, r)).collect();
+        assert_eq!(rows, vec![(7, 0..1), (3, 1..1), (9, 1..4), (5, 4..5), (4, 5..7)]);
+        let draw_rows: Vec<(RequestId, usize)> =
+            plan.output_rows().filter(|(p, _)| p.draws).map(|(p, r)| (p.id, r.end - 1)).collect();
+        assert_eq!(draw_rows, vec![(7, 0), (9, 3), (5, 4)]);
+    }
+
+    #[test]
+    fn an_empty_plan_wants_no_rows() {
+        let plan = StepPlan { seqs: Vec::new(), out_of_room: vec![2] };
+        assert!(plan.is_empty());
+        assert!(plan.token_rows().is_empty());
+        assert_eq!(plan.output_rows().count(), 0);
+    }
+}

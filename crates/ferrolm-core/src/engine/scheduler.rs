@@ -290,3 +290,125 @@ fn claim_pages(s: &mut Sequence, cache: &mut BlockTables) -> SeqId {
     s.cached_tokens.get_or_insert(cached);
     seq
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ops::Range;
+
+    use super::*;
+    use crate::engine::GenerationRequest;
+    use crate::kv::KvLayout;
+    use crate::sampling::SamplingConfig;
+
+    /// The token every request draws in these tests.
+    const DRAWN: u32 = 7;
+
+    fn request(id: RequestId, prompt_len: u32, prompt_logprobs: bool) -> Sequence {
+        let mut r = GenerationRequest::new((1..=prompt_len).collect(), SamplingConfig::greedy(8));
+        r.prompt_logprobs = prompt_logprobs;
+        Sequence::new(id, r, None, None).unwrap()
+    }
+
+    /// A pool of `pages` pages of 4 positions, without prefix caching.
+    fn tables(pages: usize) -> BlockTables {
+        BlockTables::new(KvLayout { page_size: 4, num_pages: pages }, 64, false).unwrap()
+    }
+
+    /// What the engine does with a plan, minus the model: the positions are
+    /// written, and each request due a token draws [`DRAWN`].
+    fn run(scheduler: &mut Scheduler, tables: &mut BlockTables, plan: &StepPlan) {
+        let mut running = scheduler.running_by_id();
+        for p in &plan.seqs {
+            tables.make_writable(p.seq, p.start, p.end(), |_, _| Ok(())).unwrap();
+            tables.commit(p.seq, &p.tokens);
+            let s = running.get_mut(&p.id).unwrap();
+            s.computed = p.end();
+            if p.draws {
+                s.tokens.push(DRAWN);
+            }
+        }
+    }
+
+    /// Each planned request as (id, start, number of tokens, draws).
+    fn shape(plan: &StepPlan) -> Vec<(RequestId, usize, usize, bool)> {
+        plan.seqs.iter().map(|p| (p.id, p.start, p.tokens.len(), p.draws)).collect()
+    }
+
+    #[test]
+    fn a_plan_runs_decodes_first_then_prompt_chunks_under_the_budget() {
+        let mut scheduler = Scheduler::new(8, 8);
+        let mut tables = tables(16);
+        for (id, len) in [(10, 3), (11, 10), (12, 2)] {
+            scheduler.add(request(id, len, false));
+        }
+        let plan = scheduler.schedule(&mut tables).unwrap();
+        // 3 + 5 tokens fill the budget: request 12 is not admitted yet.
+        assert_eq!(shape(&plan), vec![(10, 0, 3, true), (11, 0, 5, false)]);
+        assert_eq!(plan.seqs[1].tokens, vec![1, 2, 3, 4, 5]);
+        assert_eq!((scheduler.num_running(), scheduler.num_waiting()), (2, 1));
+        run(&mut scheduler, &mut tables, &plan);
+
+        let plan = scheduler.schedule(&mut tables).unwrap();
+        assert_eq!(shape(&plan), vec![(10, 3, 1, true), (11, 5, 5, true), (12, 0, 2, true)]);
+        assert_eq!(plan.seqs[0].tokens, vec![DRAWN]);
+        assert_eq!(plan.seqs[1].tokens, vec![6, 7, 8, 9, 10]);
+        assert!(plan.out_of_room.is_empty());
+    }
+
+    #[test]
+    fn after_an_abort_the_plan_names_the_requests_left_and_their_rows() {
+        let mut scheduler = Scheduler::new(8, 64);
+        let mut tables = tables(16);
+        for id in [20, 21, 22] {
+            scheduler.add(request(id, 4, false));
+        }
+        let plan = scheduler.schedule(&mut tables).unwrap();
+        run(&mut scheduler, &mut tables, &plan);
+        // The middle request goes: the ones after it move up in the
+        // running list, and the plan still names each by its id.
+        let aborted = scheduler.take(21).unwrap();
+        tables.remove_sequence(aborted.seq.unwrap()).unwrap();
+        scheduler.add(request(23, 2, true));
+
+        let plan = scheduler.schedule(&mut tables).unwrap();
+        assert_eq!(shape(&plan), vec![(20, 4, 1, true), (22, 4, 1, true), (23, 0, 2, true)]);
+        let seqs: Vec<SeqId> = plan.seqs.iter().map(|p| p.seq).collect();
+        let held: Vec<SeqId> =
+            [20, 22, 23].iter().map(|&id| scheduler.find(id).unwrap().0.seq.unwrap()).collect();
+        assert_eq!(seqs, held);
+        // One row each for the decodes; both prompt rows for the request
+        // that wants its prompt's log-probabilities.
+        assert_eq!(plan.token_rows(), vec![0, 1, 2, 3]);
+        let rows: Vec<(RequestId, Range<usize>)> = plan.output_rows().map(|(p, r)| (p.id, r)).collect();
+        assert_eq!(rows, vec![(20, 0..1), (22, 1..2), (23, 2..4)]);
+    }
+
+    #[test]
+    fn a_short_pool_preempts_the_newest_request_out_of_the_plan() {
+        let mut scheduler = Scheduler::new(8, 64);
+        let mut tables = tables(3);
+        scheduler.add(request(30, 4, false));
+        scheduler.add(request(31, 4, false));
+        let plan = scheduler.schedule(&mut tables).unwrap();
+        run(&mut scheduler, &mut tables, &plan);
+        // Both decodes need a new page; one is left.
+        let plan = scheduler.schedule(&mut tables).unwrap();
+        assert_eq!(shape(&plan), vec![(30, 4, 1, true)]);
+        assert_eq!(scheduler.preemptions(), 1);
+        let (preempted, waiting) = scheduler.find(31).unwrap();
+        assert!(waiting);
+        assert_eq!((preempted.seq, preempted.computed, preempted.tokens.len()), (None, 0, 5));
+    }
+
+    #[test]
+    fn a_request_alone_in_a_full_pool_is_out_of_room() {
+        let mut scheduler = Scheduler::new(8, 64);
+        let mut tables = tables(1);
+        scheduler.add(request(40, 4, false));
+        let plan = scheduler.schedule(&mut tables).unwrap();
+        run(&mut scheduler, &mut tables, &plan);
+        let plan = scheduler.schedule(&mut tables).unwrap();
+        assert!(plan.is_empty());
+        assert_eq!(plan.out_of_room, vec![40]);
+    }
+}

@@ -109,3 +109,81 @@ fn draw(
     let generated = drawn.iter().filter(|d| d.2).count() as u64;
     Applied { generated, drawn: drawn.into_iter().map(|(id, result, _)| (id, result)).collect() }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::sequence::Sequence;
+    use crate::engine::GenerationRequest;
+    use crate::kv::KvLayout;
+    use crate::sampling::SamplingConfig;
+
+    const VOCAB: usize = 16;
+
+    fn request(id: RequestId, prompt: Vec<u32>, prompt_logprobs: bool) -> Sequence {
+        let mut r = GenerationRequest::new(prompt, SamplingConfig::greedy(8));
+        r.prompt_logprobs = prompt_logprobs;
+        Sequence::new(id, r, None, None).unwrap()
+    }
+
+    /// Logits rows whose argmax is `peaks[r]` in row `r`.
+    fn logits(peaks: &[u32]) -> StepOutput {
+        let mut logits = vec![0.0; peaks.len() * VOCAB];
+        for (r, &peak) in peaks.iter().enumerate() {
+            logits[r * VOCAB + peak as usize] = 5.0;
+        }
+        StepOutput::Logits { logits, vocab: VOCAB }
+    }
+
+    fn tokens(scheduler: &Scheduler, id: RequestId) -> &[u32] {
+        &scheduler.find(id).unwrap().0.tokens
+    }
+
+    #[test]
+    fn each_request_reads_its_own_rows() {
+        let mut scheduler = Scheduler::new(8, 64);
+        let mut cache = BlockTables::new(KvLayout { page_size: 4, num_pages: 16 }, 64, false).unwrap();
+        scheduler.add(request(50, vec![1, 2, 3], false));
+        scheduler.add(request(51, vec![4, 5], true));
+        let plan = scheduler.schedule(&mut cache).unwrap();
+        // Rows: 50's last position, then both of 51's (prompt log-probabilities).
+        let output = logits(&[10, 11, 12]);
+        let applied = apply(&mut scheduler, &mut cache, &plan, &output, &[]).unwrap();
+
+        assert_eq!(applied.generated, 2);
+        let ids: Vec<RequestId> = applied.drawn.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, vec![50, 51]);
+        assert_eq!(tokens(&scheduler, 50), [1, 2, 3, 10]);
+        // 51 draws from its last row, not from the first one it was given.
+        assert_eq!(tokens(&scheduler, 51), [4, 5, 12]);
+        let s = scheduler.find(51).unwrap().0;
+        assert_eq!(s.computed, 2);
+        // Its first row predicts prompt token 5.
+        let Row::Logits(row) = output.row(1) else { unreachable!() };
+        assert_eq!(s.prompt_logprobs.as_deref(), Some(&[0.0, log_softmax(row)[5]][..]));
+    }
+
+    #[test]
+    fn tokens_picked_on_the_device_go_to_the_requests_that_drew_them() {
+        let mut scheduler = Scheduler::new(8, 64);
+        let mut cache = BlockTables::new(KvLayout { page_size: 4, num_pages: 16 }, 64, false).unwrap();
+        scheduler.add(request(60, vec![1], false));
+        scheduler.add(request(61, vec![2, 3, 4, 5, 6], false));
+        scheduler.add(request(62, vec![7, 8], false));
+        let plan = scheduler.schedule(&mut cache).unwrap();
+        let output = StepOutput::Tokens(vec![(9, -0.5), (13, -0.25), (14, -1.0)]);
+        let applied = apply(&mut scheduler, &mut cache, &plan, &output, &[13]).unwrap();
+        // 61 picked an end-of-sequence token: it finishes without keeping it.
+        let finished: Vec<RequestId> = applied
+            .drawn
+            .iter()
+            .filter(|(_, d)| matches!(d, Ok(Drawn::Finished(_))))
+            .map(|(id, _)| *id)
+            .collect();
+        assert_eq!(finished, vec![61]);
+        assert_eq!(applied.generated, 2);
+        assert_eq!(tokens(&scheduler, 60), [1, 9]);
+        assert_eq!(tokens(&scheduler, 61), [2, 3, 4, 5, 6]);
+        assert_eq!(tokens(&scheduler, 62), [7, 8, 14]);
+    }
+}
