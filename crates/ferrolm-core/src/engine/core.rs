@@ -1,33 +1,27 @@
-//! [`Engine`]: the step loop. Each step takes new commands, asks the
-//! scheduler for a batch, runs one forward pass, draws tokens, and streams
-//! outputs; finished and cancelled requests give their pages back at once.
+//! [`Engine`]: the step loop. Each step takes new commands, then runs one
+//! batch in three parts: the scheduler's [`StepPlan`], the executor's
+//! forward pass over it, and the update that applies its output to the
+//! requests (log-probabilities, drawn tokens, stop conditions). Finished,
+//! failed and cancelled requests end here and give their pages back at once.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use rayon::prelude::*;
-
 use super::client::{Command, EngineClient, EngineStats, Limits, Shared};
 use super::config::EngineConfig;
+use super::execute::{execute, SampleSite};
+use super::plan::StepPlan;
 use super::request::{FinishReason, GenerationRequest, RequestHandle, RequestId};
 use super::scheduler::Scheduler;
-use super::sequence::{token_logprobs, Drawn, Sequence};
+use super::sequence::{Drawn, Sequence};
+use super::update;
 use crate::backend::Backend;
-use crate::backend::RowSampling;
 use crate::error::{Error, Result};
 use crate::kv::KvCache;
-use crate::model::{Logits, SeqInput, Transformer};
-use crate::sampling::Sampled;
+use crate::model::Transformer;
 use crate::tokenizer::Tokenizer;
-
-/// What a forward pass handed back: logits rows to sample from on the host,
-/// or each row's token, picked where the logits are, and its log-probability.
-enum Picked {
-    Logits(Vec<f32>),
-    Tokens(Vec<(u32, f32)>),
-}
 
 pub struct Engine<B: Backend> {
     model: Arc<Transformer<B>>,
@@ -105,7 +99,7 @@ impl<B: Backend + 'static> Engine<B> {
 
     /// Whether any request is waiting or running.
     pub fn has_work(&self) -> bool {
-        !self.scheduler.waiting.is_empty() || !self.scheduler.running.is_empty()
+        self.scheduler.has_work()
     }
 
     pub fn stats(&self) -> EngineStats {
@@ -239,9 +233,7 @@ impl<B: Backend + 'static> Engine<B> {
     /// pages go back to the pool; after a panic nothing but their channels
     /// is touched.
     fn fail_all(&mut self, reason: &str, release: bool) {
-        let sched = &mut self.scheduler;
-        let all: Vec<Sequence> = sched.running.drain(..).chain(sched.waiting.drain(..)).collect();
-        for s in all {
+        for s in self.scheduler.drain() {
             if let Some(seq) = s.seq.filter(|_| release) {
                 let _ = self.cache.remove_sequence(seq);
             }
@@ -252,7 +244,7 @@ impl<B: Backend + 'static> Engine<B> {
 
     fn apply(&mut self, command: Command) -> Result<()> {
         match command {
-            Command::Add(seq) => self.scheduler.waiting.push_back(*seq),
+            Command::Add(seq) => self.scheduler.add(*seq),
             Command::Abort(id) => self.end(id, FinishReason::Abort)?,
             Command::Pause(ack) => {
                 self.paused = true;
@@ -280,145 +272,42 @@ impl<B: Backend + 'static> Engine<B> {
         Ok(())
     }
 
+    /// One step over the scheduled batch: plan it, run it, apply its output.
     fn run_batch(&mut self) -> Result<()> {
         let plan = self.scheduler.schedule(&mut self.cache)?;
-        let out_of_room: Vec<RequestId> =
-            plan.out_of_room.iter().map(|&i| self.scheduler.running[i].id).collect();
-        for id in out_of_room {
+        for &id in &plan.out_of_room {
             self.end(id, FinishReason::Length)?;
         }
-        if plan.work.is_empty() {
+        if plan.is_empty() {
             return Ok(());
         }
-        let vocab = self.model.config.vocab_size;
-        let running = &self.scheduler.running;
+        let site = SampleSite::choose(&plan, &mut self.scheduler, self.model.samples_on_device());
+        let output = match execute(&self.model, &mut self.cache, &plan, &site) {
+            Ok(output) => output,
+            Err(e) => return self.fail_planned(&plan, &e),
+        };
+        let applied = update::apply(&mut self.scheduler, &mut self.cache, &plan, &output, &self.eos)?;
+        self.shared.count_generated(applied.generated);
+        self.finish_drawn(applied.drawn)
+    }
 
-        // Logits rows: the last row of each request that draws this step,
-        // and every row of a prompt whose log-probabilities were asked for.
-        // `taken[i]` = how many of the returned rows belong to work item i.
-        let mut rows = Vec::new();
-        let mut taken = Vec::with_capacity(plan.work.len());
-        let mut row = 0;
-        for w in &plan.work {
-            let s = &running[w.index];
-            let before = rows.len();
-            if s.wants_prompt_logprobs(w.start) {
-                rows.extend(row..row + w.len);
-            } else if w.start + w.len == s.tokens.len() {
-                rows.push(row + w.len - 1);
+    /// The batch failed as a whole (e.g. out of memory): its requests end
+    /// with the error; everyone else carries on.
+    fn fail_planned(&mut self, plan: &StepPlan, error: &Error) -> Result<()> {
+        for p in &plan.seqs {
+            if let Some(s) = self.remove(p.id)? {
+                s.fail(Error::Internal(format!("the engine could not run this request: {error}")));
             }
-            taken.push(rows.len() - before);
-            row += w.len;
         }
-        // Where tokens are picked: batches whose drawing requests are all
-        // plain greedy, or (on a backend that samples on the device) all
-        // free of penalties and top-N log-probabilities, pick them where the
-        // logits are (a GPU copies back only ids); anything else samples on
-        // the host from the logits rows. A sampled leader whose siblings
-        // fork this step keeps its row of logits: each sibling draws its own
-        // first token from it.
-        let device_ok = self.model.samples_on_device();
-        let waiting = &self.scheduler.waiting;
-        let has_siblings = |id| waiting.iter().any(|x| x.fork_from == Some(id));
-        let on_device = plan.work.iter().zip(&taken).all(|(w, &n)| {
-            let s = &running[w.index];
-            let samples_there = device_ok && s.sampler.fits_device() && !has_siblings(s.id);
-            !s.wants_prompt_logprobs(w.start) && (n == 0 || s.sampler.is_plain_greedy() || samples_there)
-        });
-        let params: Vec<RowSampling> = if on_device {
-            let running = &mut self.scheduler.running;
-            plan.work
-                .iter()
-                .zip(&taken)
-                .filter(|(_, &n)| n > 0)
-                .map(|(w, _)| running[w.index].sampler.device_params())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let running = &self.scheduler.running;
-        let inputs: Vec<SeqInput> = plan
-            .work
-            .iter()
-            .map(|w| {
-                let s = &running[w.index];
-                SeqInput {
-                    seq: s.seq.expect("scheduled requests hold pages"),
-                    start_pos: w.start,
-                    tokens: &s.tokens[w.start..w.start + w.len],
-                }
-            })
-            .collect();
-        let picked = if on_device {
-            self.model
-                .forward_sampled(&mut self.cache, &inputs, Logits::Rows(rows), &params)
-                .map(Picked::Tokens)
-        } else {
-            self.model.forward(&mut self.cache, &inputs, Logits::Rows(rows)).map(Picked::Logits)
-        };
-        let picked = match picked {
-            Ok(p) => p,
-            Err(e) => {
-                // The batch failed as a whole (e.g. out of memory): its
-                // requests end with the error; everyone else carries on.
-                let message = e.to_string();
-                let ids: Vec<RequestId> = plan.work.iter().map(|w| running[w.index].id).collect();
-                for id in ids {
-                    if let Some(s) = self.remove(id)? {
-                        s.fail(Error::Internal(format!("the engine could not run this request: {message}")));
-                    }
-                }
-                return Ok(());
-            }
-        };
+        Ok(())
+    }
 
-        // Bookkeeping in order; then the draws, which are independent per
-        // request (and cost a vocabulary sort each), in parallel.
-        let mut draw_row: Vec<Option<usize>> = vec![None; self.scheduler.running.len()];
-        let mut offset = 0;
-        for (w, &n) in plan.work.iter().zip(&taken) {
-            let s = &mut self.scheduler.running[w.index];
-            s.computed += w.len;
-            let wants = s.wants_prompt_logprobs(w.start);
-            if let (Some(lp), Picked::Logits(logits)) =
-                (s.prompt_logprobs.as_mut().filter(|_| wants), &picked)
-            {
-                let next = &s.tokens[w.start + 1..(w.start + w.len + 1).min(s.prompt_len)];
-                lp.extend(token_logprobs(&logits[offset * vocab..(offset + n) * vocab], vocab, next));
-            }
-            if s.computed == s.tokens.len() {
-                draw_row[w.index] = Some(offset + n - 1);
-            }
-            offset += n;
-        }
-        self.fork_siblings(&mut draw_row)?;
-        let (eos, max_seq_len) = (&self.eos, self.cache.max_seq_len());
-        let drawn: Vec<(RequestId, Result<Drawn>, bool)> = self
-            .scheduler
-            .running
-            .par_iter_mut()
-            .zip(draw_row)
-            .filter_map(|(s, row)| {
-                let row = row?;
-                let before = s.generated();
-                let drawn = match &picked {
-                    Picked::Logits(logits) => {
-                        s.draw(&logits[row * vocab..(row + 1) * vocab], eos, max_seq_len)
-                    }
-                    Picked::Tokens(best) => match s.out_of_room(max_seq_len) {
-                        Some(full) => Ok(full),
-                        None => {
-                            let (token, logprob) = best[row];
-                            s.accept(Sampled { token, logprob, top_logprobs: Vec::new() }, eos, max_seq_len)
-                        }
-                    },
-                };
-                Some((s.id, drawn, s.generated() > before))
-            })
-            .collect();
-        self.shared.count_generated(drawn.iter().filter(|d| d.2).count() as u64);
+    /// Ends the requests whose draw finished them or found their caller
+    /// gone. A failed draw (a broken invariant) fails the step before any
+    /// request is ended.
+    fn finish_drawn(&mut self, drawn: Vec<(RequestId, Result<Drawn>)>) -> Result<()> {
         let mut ended = Vec::new();
-        for (id, result, _) in drawn {
+        for (id, result) in drawn {
             match result? {
                 Drawn::Continue => {}
                 Drawn::Finished(reason) => ended.push((id, Some(reason))),
@@ -430,37 +319,6 @@ impl<B: Backend + 'static> Engine<B> {
                 Some(reason) => self.end(id, reason)?,
                 None => drop(self.remove(id)?),
             }
-        }
-        Ok(())
-    }
-
-    /// Siblings whose leader just computed its prompt join the running list
-    /// on a fork of its pages (the partly filled last page is copied when
-    /// first written) and draw from the leader's logits row.
-    fn fork_siblings(&mut self, draw_row: &mut Vec<Option<usize>>) -> Result<()> {
-        let sched = &mut self.scheduler;
-        let leaders: Vec<(usize, usize)> = (0..sched.running.len())
-            .filter_map(|i| draw_row[i].filter(|_| sched.running[i].generated() == 0).map(|row| (i, row)))
-            .collect();
-        for (leader, row) in leaders {
-            let id = sched.running[leader].id;
-            while sched.running.len() < sched.max_num_seqs {
-                let Some(at) = sched.waiting.iter().position(|s| s.fork_from == Some(id)) else { break };
-                let mut sibling = sched.waiting.remove(at).expect("index from position");
-                let parent = &sched.running[leader];
-                sibling.seq = Some(self.cache.fork(parent.seq.expect("running requests hold pages"))?);
-                sibling.computed = parent.computed;
-                sibling.cached_tokens = parent.cached_tokens;
-                if sibling.prompt_logprobs.is_some() {
-                    sibling.prompt_logprobs = parent.prompt_logprobs.clone();
-                }
-                sibling.fork_from = None;
-                sibling.forked = true;
-                sched.running.push(sibling);
-                draw_row.push(Some(row));
-            }
-            // No room left: the rest compute their prompt themselves.
-            sched.orphan_siblings(id);
         }
         Ok(())
     }
@@ -488,15 +346,13 @@ impl<B: Backend + 'static> Engine<B> {
     }
 
     fn abort_all(&mut self) {
-        let ids: Vec<RequestId> =
-            self.scheduler.running.iter().chain(&self.scheduler.waiting).map(|s| s.id).collect();
-        for id in ids {
+        for id in self.scheduler.ids() {
             let _ = self.end(id, FinishReason::Abort);
         }
     }
 
     fn publish_stats(&self) {
         let s = &self.scheduler;
-        self.shared.publish(s.running.len(), s.waiting.len(), s.preemptions, self.cache.stats());
+        self.shared.publish(s.num_running(), s.num_waiting(), s.preemptions(), self.cache.stats());
     }
 }

@@ -1,7 +1,7 @@
 //! The serving engine: requests in, streamed tokens out, many at once.
 //!
 //! An [`Engine`] owns a model's paged KV cache and a continuous-batching
-//! [`scheduler`]: every [`Engine::step`] admits waiting requests, runs one
+//! scheduler: every [`Engine::step`] admits waiting requests, runs one
 //! forward pass over a ragged batch that mixes decode tokens and chunks of
 //! prompts under a token budget, samples, and streams each request's
 //! [`Output`]s to its [`RequestHandle`]. When pages run out, the newest
@@ -31,10 +31,13 @@
 mod client;
 mod config;
 mod core;
+mod execute;
+mod plan;
 mod request;
-pub mod scheduler;
+mod scheduler;
 mod sequence;
 mod stepped;
+mod update;
 
 pub use self::client::{EngineClient, EngineStats};
 pub use self::config::EngineConfig;

@@ -104,8 +104,23 @@ impl Sequence {
             .then_some(Drawn::Finished(FinishReason::Length))
     }
 
-    /// Takes a drawn token (sampled here, or picked on the device for plain
-    /// greedy requests), streams it, and says whether the request is over.
+    /// Takes a token picked elsewhere (on the device, or by the caller of a
+    /// [`super::SteppedScheduler`]), unless no further token may be drawn.
+    pub fn accept_picked(
+        &mut self,
+        token: u32,
+        logprob: f32,
+        eos: &[u32],
+        max_seq_len: usize,
+    ) -> Result<Drawn> {
+        if let Some(full) = self.out_of_room(max_seq_len) {
+            return Ok(full);
+        }
+        self.accept(Sampled { token, logprob, top_logprobs: Vec::new() }, eos, max_seq_len)
+    }
+
+    /// Takes a drawn token (sampled here, or picked elsewhere), streams it,
+    /// and says whether the request is over.
     pub fn accept(&mut self, sampled: Sampled, eos: &[u32], max_seq_len: usize) -> Result<Drawn> {
         let config = self.sampler.config();
         if (!config.ignore_eos && eos.contains(&sampled.token))
@@ -167,11 +182,6 @@ impl Sequence {
         let output = || Output { request: self.id, index: self.index, kind };
         self.sink.as_ref().is_none_or(|sink| sink.send(output()).is_ok())
     }
-}
-
-/// The log-probability of each token of `next` under the matching logits row.
-pub(crate) fn token_logprobs(rows: &[f32], vocab: usize, next: &[u32]) -> Vec<f32> {
-    rows.chunks(vocab).zip(next).map(|(row, &t)| crate::sampling::log_softmax(row)[t as usize]).collect()
 }
 
 impl std::fmt::Debug for Sequence {

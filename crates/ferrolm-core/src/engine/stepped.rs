@@ -30,7 +30,7 @@ use super::scheduler::Scheduler;
 use super::sequence::{Drawn, Sequence};
 use crate::error::{Error, Result};
 use crate::kv::{BlockTables, KvLayout, PageId};
-use crate::sampling::{Sampled, SamplingConfig};
+use crate::sampling::SamplingConfig;
 
 /// How a [`SteppedScheduler`] batches and sizes its page pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,8 +136,8 @@ pub struct SteppedScheduler {
 impl SteppedScheduler {
     pub fn new(config: SteppedConfig) -> Result<Self> {
         config.validate()?;
-        let mut scheduler = Scheduler::new(config.max_num_seqs, config.max_batch_tokens);
-        scheduler.max_admissions = config.max_admissions;
+        let scheduler = Scheduler::new(config.max_num_seqs, config.max_batch_tokens)
+            .with_max_admissions(config.max_admissions);
         Ok(SteppedScheduler {
             tables: BlockTables::new(config.layout, config.max_seq_len, true)?,
             scheduler,
@@ -176,7 +176,7 @@ impl SteppedScheduler {
         let id = self.next_id;
         let seq = Sequence::new(id, GenerationRequest::new(prompt, sampling), None, None)?;
         self.next_id += 1;
-        self.scheduler.waiting.push_back(seq);
+        self.scheduler.add(seq);
         self.added_at.insert(id, Instant::now());
         Ok(id)
     }
@@ -192,40 +192,37 @@ impl SteppedScheduler {
             )));
         }
         let plan = self.scheduler.schedule(&mut self.tables)?;
-        let out_of_room: Vec<RequestId> =
-            plan.out_of_room.iter().map(|&i| self.scheduler.running[i].id).collect();
-        for id in out_of_room {
+        for &id in &plan.out_of_room {
             self.end(id, FinishReason::Length)?;
         }
-        let mut batch = Vec::with_capacity(plan.work.len());
-        for w in plan.work {
-            let s = &mut self.scheduler.running[w.index];
-            let seq = s.seq.expect("scheduled requests hold pages");
-            let end = w.start + w.len;
+        let mut running = self.scheduler.running_by_id();
+        let mut batch = Vec::with_capacity(plan.seqs.len());
+        for p in plan.seqs {
+            let s = running.get_mut(&p.id).expect("planned requests are running");
+            let end = p.end();
             // Sequences here start on a page boundary (prefix pages are
             // whole) and are never forked or rewound, so no shared page is
             // ever written to: there is nothing to copy.
-            self.tables.make_writable(seq, w.start, end, |from, to| {
+            self.tables.make_writable(p.seq, p.start, end, |from, to| {
                 Err(Error::Internal(format!("the stepped scheduler cannot copy page {from} to {to}")))
             })?;
-            self.tables.commit(seq, &s.tokens[w.start..end]);
+            self.tables.commit(p.seq, &p.tokens);
             s.computed = end;
-            let wants_token = end == s.tokens.len();
-            let phase = if wants_token && w.len == 1 && w.start >= s.prompt_len {
+            let phase = if p.draws && p.tokens.len() == 1 && p.start >= s.prompt_len {
                 Phase::Decode
             } else {
                 Phase::Prefill
             };
-            if wants_token {
-                self.owed.insert(s.id, phase);
+            if p.draws {
+                self.owed.insert(p.id, phase);
             }
             batch.push(Work {
-                request: s.id,
-                start_pos: w.start,
-                tokens: s.tokens[w.start..end].to_vec(),
-                pages: self.tables.pages(seq).to_vec(),
+                request: p.id,
+                start_pos: p.start,
+                pages: self.tables.pages(p.seq).to_vec(),
+                tokens: p.tokens,
                 phase,
-                wants_token,
+                wants_token: p.draws,
             });
         }
         Ok(batch)
@@ -241,17 +238,11 @@ impl SteppedScheduler {
         let max_seq_len = self.tables.max_seq_len();
         let s = self
             .scheduler
-            .running
+            .running_mut()
             .iter_mut()
             .find(|s| s.id == id)
             .ok_or_else(|| Error::Internal(format!("request {id} owes a token but is not running")))?;
-        let drawn = match s.out_of_room(max_seq_len) {
-            Some(full) => full,
-            None => {
-                s.accept(Sampled { token, logprob: 0.0, top_logprobs: Vec::new() }, &self.eos, max_seq_len)?
-            }
-        };
-        match drawn {
+        match s.accept_picked(token, 0.0, &self.eos, max_seq_len)? {
             Drawn::Continue => Ok(()),
             Drawn::Finished(reason) => self.end(id, reason),
             Drawn::Disconnected => Err(Error::Internal("a stepped request has no output channel".into())),
@@ -314,17 +305,17 @@ impl SteppedScheduler {
 
     /// Requests waiting for admission.
     pub fn num_waiting(&self) -> usize {
-        self.scheduler.waiting.len()
+        self.scheduler.num_waiting()
     }
 
     /// Requests holding pages.
     pub fn num_running(&self) -> usize {
-        self.scheduler.running.len()
+        self.scheduler.num_running()
     }
 
     /// Requests preempted so far (each recomputed later).
     pub fn preemptions(&self) -> u64 {
-        self.scheduler.preemptions
+        self.scheduler.preemptions()
     }
 
     /// The page bookkeeping (pool counters, block tables).
@@ -334,13 +325,7 @@ impl SteppedScheduler {
 
     /// The request and whether it is waiting (else running).
     fn find(&self, id: RequestId) -> Option<(&Sequence, bool)> {
-        let sched = &self.scheduler;
-        sched
-            .running
-            .iter()
-            .find(|s| s.id == id)
-            .map(|s| (s, false))
-            .or_else(|| sched.waiting.iter().find(|s| s.id == id).map(|s| (s, true)))
+        self.scheduler.find(id)
     }
 
     /// Takes request `id` out of the queues, frees its pages, keeps its result.
