@@ -2,6 +2,7 @@
 
     python scripts/check_layers.py            # exit 1 on a cycle or an upward import
     python scripts/check_layers.py --graph    # also print each file's imports
+    python scripts/check_layers.py --src DIR  # another crate's src (tests use this)
 
 Reads `crates/ferrolm-core/src` as text: every `use` tree and every inline
 `crate::`/`super::`/`self::` path outside comments, strings and test code
@@ -130,10 +131,10 @@ def inline_supers(code: str) -> str:
     return "".join(out)
 
 
-def load_tree() -> dict[tuple[str, ...], Module]:
+def load_tree(src: Path) -> dict[tuple[str, ...], Module]:
     modules: dict[tuple[str, ...], Module] = {}
-    for file in sorted(SRC.rglob("*.rs")):
-        rel = file.relative_to(SRC).with_suffix("")
+    for file in sorted(src.rglob("*.rs")):
+        rel = file.relative_to(src).with_suffix("")
         parts = tuple(rel.parts)
         if parts[-1] in ("mod", "lib"):
             parts = parts[:-1]
@@ -312,8 +313,9 @@ def layer(mod: Module) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--graph", action="store_true", help="print each file's imports")
+    parser.add_argument("--src", type=Path, default=SRC, help="the crate's src folder (default: ferrolm-core's)")
     args = parser.parse_args()
-    modules = load_tree()
+    modules = load_tree(args.src)
     register_reexports(modules)
     graph = {m: imports(m, modules) for m in modules.values() if not m.is_test}
     problems = []
