@@ -78,7 +78,7 @@ def parameter_shapes(config: dict) -> list[tuple[str, list[int]]]:
     try:
         from ferrolm import _core
 
-        return [(n, list(s)) for n, s in _core.parameter_shapes(json.dumps(config))]
+        return [(n, list(s)) for n, s in _core.parameter_shapes(config)]
     except ImportError:
         pass
     h, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]

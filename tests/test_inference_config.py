@@ -25,7 +25,7 @@ def test_the_mili_example_file(tmp_path):
     path = tmp_path / "inference.json"
     path.write_text(json.dumps(MILI_EXAMPLE))
     config = InferenceConfig.load(path)
-    assert config.engine_args == {"device": "cuda", "dtype": "float16", "max_num_seqs": 64,
+    assert config.engine_args == {"device": "cuda:0", "dtype": "float16", "max_num_seqs": 64,
                                   "page_size": 16, "num_pages": 1024}
     assert config.sampling == SamplingConfig(temperature=1.0, top_p=0.95, top_k=50)
     assert config.sampling_keys == {"temperature", "top_p", "top_k"}
@@ -33,7 +33,8 @@ def test_the_mili_example_file(tmp_path):
 
 
 def test_integer_devices_mean_gpus():
-    assert InferenceConfig.load({"inference": {"device": 0}}).engine_args["device"] == 0
+    assert InferenceConfig.load({"inference": {"device": 0}}).engine_args["device"] == "cuda:0"
+    assert InferenceConfig.load({"inference": {"device": 1}}).engine_args["device"] == "cuda:1"
     assert core_device(0) == "cuda:0" and core_device(1) == "cuda:1" and core_device("cpu") == "cpu"
 
 

@@ -15,13 +15,12 @@ benchmarks all use this one class.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from ferrolm import _core, hub
 from ferrolm._device import core_device
@@ -29,28 +28,17 @@ from ferrolm._validate import integers, non_negative, of_type, positive
 from ferrolm.sampling import SamplingConfig
 from ferrolm.tokenizer import Tokenizer
 
-
-class Output(NamedTuple):
-    """One message from the engine about one request.
-
-    ``kind`` is ``"token"`` (one generated token and the text it completes,
-    possibly empty while a stop string or a multi-byte character is pending),
-    ``"finished"`` (the end: ``finish_reason`` is ``"stop"``, ``"length"`` or
-    ``"abort"``, ``text`` holds any held-back text) or ``"failed"`` (``error``
-    is the exception to raise).
-    """
-
-    request_id: int
-    kind: str
-    token: int | None
-    text: str
-    logprob: float | None
-    top_logprobs: list[tuple[int, float]]
-    finish_reason: str | None
-    usage: tuple[int, int, int] | None  # (prompt_tokens, cached_tokens, completion_tokens)
-    prompt_logprobs: list[float] | None
-    error: BaseException | None
-    index: int = 0  # which sample of an ``n > 1`` group
+#: One message from the engine about one request (built by the core).
+#: ``kind`` is ``"token"`` (one generated token and the text it completes,
+#: possibly empty while a stop string or a multi-byte character is pending),
+#: ``"finished"`` (the end: ``finish_reason`` is ``"stop"``, ``"length"`` or
+#: ``"abort"``, ``text`` holds any held-back text, ``usage`` is
+#: ``(prompt_tokens, cached_tokens, completion_tokens)``) or ``"failed"``
+#: (``error`` is the exception to raise); ``index`` is the sample of an
+#: ``n > 1`` group. Attributes: ``request_id``, ``index``, ``kind``, ``token``,
+#: ``text``, ``logprob``, ``top_logprobs``, ``finish_reason``, ``usage``,
+#: ``prompt_logprobs``, ``error``.
+Output = _core.EngineOutput
 
 
 @dataclass
@@ -130,7 +118,7 @@ class AsyncEngine:
                                        quantize, kv_dtype)
         # None for a model directory without tokenizer files (token ids only).
         self.tokenizer: Tokenizer | None = _tokenizer_or_none(path)
-        self.model_info: dict[str, Any] = json.loads(self._core.model_info())
+        self.model_info: dict[str, Any] = self._core.model_info()
         self.max_seq_len: int = self._core.max_seq_len
         self._listeners: dict[int, Callable[[Output], None]] = {}
         self._lock = threading.Lock()
@@ -160,7 +148,7 @@ class AsyncEngine:
         # Registered under the lock the pump dispatches under, so no output
         # can arrive before its listener.
         with self._lock:
-            request_ids = self._core.add_request(ids, sampling.to_json(), n, stream, prompt_logprobs)
+            request_ids = self._core.add_request(ids, sampling, n, stream, prompt_logprobs)
             for request_id in request_ids:
                 self._listeners[request_id] = listener
         return request_ids
@@ -275,8 +263,7 @@ class AsyncEngine:
             if not batch and self._closed:
                 break
             with self._lock:
-                for raw in batch:
-                    out = Output(*raw)
+                for out in batch:
                     listener = self._listeners.get(out.request_id)
                     if out.kind != "token":
                         self._listeners.pop(out.request_id, None)

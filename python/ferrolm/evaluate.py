@@ -10,7 +10,6 @@ this module loads the model and tokenizer, shows a progress bar and times it.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
@@ -224,4 +223,4 @@ def _read(file: str | os.PathLike[str]) -> str:
 
 
 def _vocab_size(core: _core.Model) -> int:
-    return int(json.loads(core.config)["vocab_size"])
+    return int(core.config["vocab_size"])

@@ -30,21 +30,6 @@ from ferrolm.sampling import SamplingConfig
 
 ConfigSource = Union[str, "os.PathLike[str]", Mapping[str, Any]]
 
-# Config path -> the engine argument it sets.
-_ENGINE_ARGS = {
-    ("inference", "device"): "device",
-    ("inference", "dtype"): "dtype",
-    ("inference", "max_batch_size"): "max_num_seqs",
-    ("inference", "max_seq_len"): "max_seq_len",
-    ("inference", "max_batch_tokens"): "max_batch_tokens",
-    ("inference", "quantize"): "quantize",
-    ("kv_cache", "page_size"): "page_size",
-    ("kv_cache", "num_pages"): "num_pages",
-    ("kv_cache", "prefix_caching"): "prefix_caching",
-    ("kv_cache", "dtype"): "kv_dtype",
-}
-
-
 @dataclass(frozen=True)
 class InferenceConfig:
     """A checked inference config: ``engine_args`` for ``AsyncEngine``/``LLM``,
@@ -73,11 +58,10 @@ class InferenceConfig:
                 raise config_error("inference config", f"{os.fspath(source)} is not valid JSON: {e}") from None
         else:
             raise ValueError(f"config must be a path to a JSON file or a dict, got {type(source).__name__}")
-        checked = json.loads(_core.inference_config(text))
-        engine_args = {arg: checked[section][key] for (section, key), arg in _ENGINE_ARGS.items()
-                       if checked[section][key] is not None}
+        # The core checks the file and names each setting after the argument it sets.
+        checked = _core.inference_config(text)
         given = raw.get("sampling") or {}
-        return cls(engine_args, SamplingConfig(**checked["sampling"]), frozenset(given))
+        return cls(checked["settings"], SamplingConfig(**checked["sampling"]), frozenset(given))
 
     def merged_args(self, explicit: Mapping[str, Any]) -> dict[str, Any]:
         """``engine_args`` plus ``explicit`` arguments; a setting given both

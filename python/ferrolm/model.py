@@ -8,7 +8,6 @@ the core, so ``ModelArgs`` and the engine can never disagree about a model.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -67,15 +66,11 @@ class ModelArgs:
 
     def __post_init__(self) -> None:
         positive(self.max_batch_size, "max_batch_size")
-        self._config_json()  # validated by the core; raises ValueError naming the field
+        self._canonical()  # validated by the core; raises ValueError naming the field
 
-    def _config_json(self) -> str:
-        """The config as the core's canonical JSON (validated)."""
-        try:
-            text = json.dumps(self.to_dict())
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"invalid config value: {e}") from None
-        return _core.config_from_json(text)
+    def _canonical(self) -> dict[str, Any]:
+        """The config in the core's canonical form (validated)."""
+        return _core.canonical_config(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a plain dict (JSON-serialisable)."""
@@ -88,7 +83,7 @@ class ModelArgs:
         HF-only keys (``architectures``, ``rope_parameters``, ``torch_dtype``, ...)
         are understood; keys ferrolm does not use are ignored.
         """
-        canonical = json.loads(_core.config_from_json(json.dumps(d)))
+        canonical = _core.canonical_config(d)
         if "max_seq_len" not in d:
             canonical["max_seq_len"] = canonical["max_position_embeddings"]
         if "max_batch_size" in d:
@@ -98,7 +93,7 @@ class ModelArgs:
     @classmethod
     def from_config_file(cls, path: str | os.PathLike[str]) -> ModelArgs:
         """Reads an HF ``config.json`` (``FileNotFoundError`` if it does not exist)."""
-        return cls(**json.loads(_core.config_from_file(os.fspath(path))))
+        return cls(**_core.config_from_file(os.fspath(path)))
 
 
 class Transformer:
@@ -155,7 +150,7 @@ class Transformer:
             str(hub.resolve(path)), core_device(device), max_seq_len, positive(max_batch_size, "max_batch_size"),
             dtype, quantize, kv_dtype,
         )
-        self = cls(ModelArgs(**json.loads(model.config), max_batch_size=max_batch_size))
+        self = cls(ModelArgs(**model.config, max_batch_size=max_batch_size))
         self._model = model
         return self
 
@@ -173,7 +168,7 @@ class Transformer:
         state = {str(k): np.ascontiguousarray(v, dtype=np.float32) for k, v in state_dict.items()}
         if self._model is None and strict:
             self._model = _core.Model.from_state_dict(
-                self.params._config_json(), state, self.params.max_batch_size
+                self.params.to_dict(), state, self.params.max_batch_size
             )
         else:
             self._core_model().load_state_dict(state, strict)
@@ -222,7 +217,7 @@ class Transformer:
     def _core_model(self) -> _core.Model:
         if self._model is None:
             self._model = _core.Model.random(
-                self.params._config_json(), self._seed, self.params.max_batch_size
+                self.params.to_dict(), self._seed, self.params.max_batch_size
             )
         return self._model
 

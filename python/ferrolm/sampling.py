@@ -73,7 +73,7 @@ class SamplingConfig:
         self.stop_token_ids = [config_number(t, "stop_token_ids", int, minimum=0) for t in self.stop_token_ids]
         if not isinstance(self.ignore_eos, bool):
             raise config_error("ignore_eos", f"expected True or False, got {self.ignore_eos!r}")
-        _core.validate_sampling(self.to_json())
+        _core.validate_sampling(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -7,7 +7,6 @@ only the new part is computed (the KV cache of earlier turns is kept).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -75,7 +74,7 @@ class InferenceSession:
         """
         of_type(prompt, "prompt", str, "a string")
         core = self._session()
-        core.start_turn(prompt, self._sampling(config).to_json(), system_prompt)
+        core.start_turn(prompt, self._sampling(config), system_prompt)
         return _pieces(core) if stream else core.finish_turn()
 
     def complete(self, text: str, config: SamplingConfig | None = None,
@@ -83,7 +82,7 @@ class InferenceSession:
         """Continues ``text`` as is (no chat template, not part of the conversation)."""
         of_type(text, "text", str, "a string")
         core = self._session()
-        core.start_completion(text, self._sampling(config).to_json())
+        core.start_completion(text, self._sampling(config))
         return _pieces(core) if stream else core.finish_turn()
 
     def set_system_prompt(self, system_prompt: str | None) -> None:
@@ -122,7 +121,7 @@ class InferenceSession:
 
     def get_model_info(self) -> dict[str, Any]:
         """Context length, vocabulary size, architecture, dtype, parameter count, ..."""
-        info = json.loads(self._session().model_info())
+        info = self._session().model_info()
         info["model_path"] = self.model_path
         return info
 

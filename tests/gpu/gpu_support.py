@@ -82,7 +82,7 @@ def random_model(model_dir: Path, config: dict, seed: int = 0) -> Path:
     (model_dir / "config.json").write_text(json.dumps(config))
     rng = np.random.default_rng(seed)
     tensors = {}
-    for name, shape in _core.parameter_shapes(json.dumps(config)):
+    for name, shape in _core.parameter_shapes(config):
         if name.endswith("norm.weight"):
             tensors[name] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
         elif name.endswith("embed_tokens.weight"):

@@ -1,4 +1,5 @@
-//! The seed's inference config file (JSON), read once and checked whole:
+//! The inference config file (JSON: engine, KV cache and sampling
+//! settings, as MILI's design defines it), read once and checked whole:
 //!
 //! ```json
 //! {"inference": {"device": "cuda", "dtype": "float16", "max_batch_size": 64},
@@ -9,17 +10,19 @@
 //! Every section and key is optional; an unknown key or a value of the wrong
 //! type or range is an [`Error::InvalidConfig`] naming its path
 //! (`kv_cache.page_size`). `sampling` holds any [`SamplingConfig`] field and
-//! becomes the default for requests that bring no sampling settings.
+//! becomes the default for requests that bring no sampling settings. The
+//! file maps itself to [`LoadOptions`] and [`EngineConfig`].
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::backend::Device;
+use crate::engine::EngineConfig;
 use crate::error::{Error, Result};
-use crate::formats::DType;
-use crate::formats::Quantize;
+use crate::formats::{DType, Quantize};
+use crate::model::LoadOptions;
 use crate::sampling::SamplingConfig;
 
 /// The whole file.
@@ -28,7 +31,7 @@ use crate::sampling::SamplingConfig;
 pub struct InferenceConfig {
     pub inference: InferenceSection,
     pub kv_cache: KvCacheSection,
-    /// Sampling defaults (seed defaults for the fields left out).
+    /// Sampling defaults (`SamplingConfig`'s defaults for the fields left out).
     pub sampling: SamplingConfig,
 }
 
@@ -36,7 +39,7 @@ pub struct InferenceConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InferenceSection {
-    /// "cpu", "cuda", "cuda:N", or a GPU index as a number (the seed's `device=0`).
+    /// "cpu", "cuda", "cuda:N", or a GPU index as a number (`device=0`).
     pub device: Option<DeviceName>,
     /// Compute dtype ("float32", "bfloat16", "float16"); which ones a
     /// device accepts is checked when it is opened.
@@ -109,21 +112,74 @@ impl InferenceConfig {
         Ok(config)
     }
 
+    /// `inference.dtype`; `"auto"` (or nothing) is the device's default.
+    fn weight_dtype(&self) -> Result<Option<DType>> {
+        match self.inference.dtype.as_deref() {
+            None => Ok(None),
+            Some(d) if d.eq_ignore_ascii_case("auto") => Ok(None),
+            Some(d) => DType::parse(d).map(Some).map_err(|e| Error::config("inference.dtype", e.to_string())),
+        }
+    }
+
+    /// How the model is loaded: device, weight and KV precisions,
+    /// quantization and context length, as the file sets them.
+    pub fn load_options(&self) -> Result<LoadOptions> {
+        let (inf, kv) = (&self.inference, &self.kv_cache);
+        Ok(LoadOptions {
+            device: inf.device.as_ref().map(DeviceName::device).transpose()?.unwrap_or_default(),
+            dtype: self.weight_dtype()?,
+            quantize: inf.quantize.as_deref().map(Quantize::parse).transpose()?,
+            kv_dtype: kv.dtype.as_deref().map(|d| DType::parse_arg("kv_cache.dtype", d)).transpose()?,
+            max_seq_len: inf.max_seq_len,
+            threads: None,
+        })
+    }
+
+    /// `base` with the scheduler and page pool settings the file sets.
+    pub fn engine_config(&self, base: EngineConfig) -> EngineConfig {
+        let (inf, kv) = (&self.inference, &self.kv_cache);
+        EngineConfig {
+            page_size: kv.page_size.unwrap_or(base.page_size),
+            num_pages: kv.num_pages.or(base.num_pages),
+            max_num_seqs: inf.max_batch_size.unwrap_or(base.max_num_seqs),
+            max_batch_tokens: inf.max_batch_tokens.unwrap_or(base.max_batch_tokens),
+            prefix_caching: kv.prefix_caching.unwrap_or(base.prefix_caching),
+            ..base
+        }
+    }
+
+    /// Only the settings the file gives, each under the name of the
+    /// [`LoadOptions`] or [`EngineConfig`] field it sets (`max_batch_size`
+    /// is `max_num_seqs`, `kv_cache.dtype` is `kv_dtype`): the keyword
+    /// arguments of the Python API's `LLM`, `AsyncEngine` and `InferenceSession`.
+    pub fn settings(&self) -> Result<Map<String, Value>> {
+        let (inf, kv) = (&self.inference, &self.kv_cache);
+        let options = self.load_options()?;
+        let mut out = Map::new();
+        let mut set = |name: &str, value: Option<Value>| {
+            if let Some(v) = value {
+                out.insert(name.to_string(), v);
+            }
+        };
+        set("device", inf.device.as_ref().map(|_| options.device.to_string().into()));
+        set("dtype", options.dtype.map(|d| d.name().into()));
+        set("quantize", inf.quantize.clone().map(Value::from));
+        set("kv_dtype", options.kv_dtype.map(|d| d.name().into()));
+        set("max_seq_len", inf.max_seq_len.map(Value::from));
+        set("max_num_seqs", inf.max_batch_size.map(Value::from));
+        set("max_batch_tokens", inf.max_batch_tokens.map(Value::from));
+        set("page_size", kv.page_size.map(Value::from));
+        set("num_pages", kv.num_pages.map(Value::from));
+        set("prefix_caching", kv.prefix_caching.map(Value::from));
+        Ok(out)
+    }
+
     fn validate(&self) -> Result<()> {
         let (inf, kv) = (&self.inference, &self.kv_cache);
         if let Some(d) = &inf.device {
             d.device().map_err(|e| Error::config("inference.device", e.to_string()))?;
         }
-        if let Some(dtype) = &inf.dtype {
-            if !["float32", "bfloat16", "float16", "f32", "bf16", "f16", "fp32", "auto"]
-                .contains(&dtype.to_ascii_lowercase().as_str())
-            {
-                return Err(Error::config(
-                    "inference.dtype",
-                    format!("unknown dtype `{dtype}`; use \"float32\", \"bfloat16\" or \"float16\""),
-                ));
-            }
-        }
+        self.weight_dtype()?;
         let positive = [
             ("inference.max_batch_size", inf.max_batch_size),
             ("inference.max_seq_len", inf.max_seq_len),
@@ -138,7 +194,8 @@ impl InferenceConfig {
             Quantize::parse(q).map_err(|e| Error::config("inference.quantize", e.to_string()))?;
         }
         if let Some(d) = &kv.dtype {
-            DType::parse(d).map_err(|e| Error::config("kv_cache.dtype", e.to_string()))?;
+            DType::parse_arg("kv_cache.dtype", d)
+                .map_err(|e| Error::config("kv_cache.dtype", e.to_string()))?;
         }
         self.sampling.validate().map_err(|e| match e {
             Error::InvalidConfig { field, reason } => Error::config(format!("sampling.{field}"), reason),
@@ -152,20 +209,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_seed_example_parses() {
+    fn the_documented_example_parses_and_maps_to_the_engine() {
         let c = InferenceConfig::from_json(
             r#"{"inference": {"device": "cuda", "dtype": "float16", "max_batch_size": 64},
                 "kv_cache": {"page_size": 16, "num_pages": 1024},
                 "sampling": {"temperature": 1.0, "top_p": 0.95, "top_k": 50}}"#,
         )
         .unwrap();
-        assert_eq!(c.inference.device.unwrap().device().unwrap(), Device::Cuda(0));
+        assert_eq!(c.inference.device.as_ref().unwrap().device().unwrap(), Device::Cuda(0));
         assert_eq!(
             (c.inference.max_batch_size, c.kv_cache.page_size, c.kv_cache.num_pages),
             (Some(64), Some(16), Some(1024))
         );
         assert_eq!((c.sampling.temperature, c.sampling.top_k, c.sampling.top_p), (1.0, 50, 0.95));
         assert_eq!(c.sampling.min_p, SamplingConfig::default().min_p, "fields left out keep their defaults");
+
+        let options = c.load_options().unwrap();
+        assert_eq!(
+            (options.device, options.dtype, options.kv_dtype),
+            (Device::Cuda(0), Some(DType::F16), None)
+        );
+        let engine = c.engine_config(EngineConfig::default());
+        assert_eq!((engine.max_num_seqs, engine.page_size, engine.num_pages), (64, 16, Some(1024)));
+        assert_eq!(engine.max_batch_tokens, EngineConfig::default().max_batch_tokens);
+        let settings = c.settings().unwrap();
+        let keys: Vec<&str> = settings.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["device", "dtype", "max_num_seqs", "num_pages", "page_size"]);
+        assert_eq!(
+            (settings["device"].as_str(), settings["dtype"].as_str()),
+            (Some("cuda:0"), Some("float16"))
+        );
     }
 
     #[test]

@@ -17,53 +17,72 @@ use pyo3::types::PyDict;
 
 use crate::device;
 use crate::errors::{run, to_py};
-use crate::sampling;
+use crate::sampling::Sampling;
 use crate::tokens::token_ids;
+use crate::values;
 
-/// One engine output for Python:
-/// `(request_id, kind, token, text, logprob, top_logprobs, finish_reason, usage, prompt_logprobs, error, index)`
-/// with `kind` one of "token", "finished", "failed".
-type PyOutput = (
-    u64,
-    &'static str,
-    Option<u32>,
-    String,
-    Option<f32>,
-    Vec<(u32, f32)>,
-    Option<&'static str>,
-    Option<(usize, usize, usize)>,
-    Option<Vec<f32>>,
-    Option<PyErr>,
-    usize,
-);
+/// One message from the engine about one request: `kind` is "token" (one
+/// generated token and the text it completes), "finished" (`finish_reason`,
+/// `usage`, any held-back `text`) or "failed" (`error` is the exception).
+#[pyclass(module = "ferrolm._core", name = "EngineOutput", frozen, get_all)]
+pub struct PyOutput {
+    request_id: u64,
+    /// Which sample of an `n > 1` group.
+    index: usize,
+    kind: &'static str,
+    token: Option<u32>,
+    text: String,
+    logprob: Option<f32>,
+    top_logprobs: Vec<(u32, f32)>,
+    finish_reason: Option<&'static str>,
+    /// `(prompt_tokens, cached_tokens, completion_tokens)`.
+    usage: Option<(usize, usize, usize)>,
+    prompt_logprobs: Option<Vec<f32>>,
+    error: Option<Py<PyAny>>,
+}
 
-fn convert(output: Output) -> PyOutput {
-    let (id, i) = (output.request, output.index);
+#[pymethods]
+impl PyOutput {
+    fn __repr__(&self) -> String {
+        format!(
+            "EngineOutput(request_id={}, index={}, kind={:?}, token={:?}, text={:?}, finish_reason={:?})",
+            self.request_id, self.index, self.kind, self.token, self.text, self.finish_reason
+        )
+    }
+}
+
+fn convert(py: Python<'_>, output: Output) -> PyOutput {
+    let mut out = PyOutput {
+        request_id: output.request,
+        index: output.index,
+        kind: "token",
+        token: None,
+        text: String::new(),
+        logprob: None,
+        top_logprobs: Vec::new(),
+        finish_reason: None,
+        usage: None,
+        prompt_logprobs: None,
+        error: None,
+    };
     match output.kind {
         OutputKind::Token { sampled, text } => {
-            let (token, logprob) = (Some(sampled.token), Some(sampled.logprob));
-            (id, "token", token, text, logprob, sampled.top_logprobs, None, None, None, None, i)
+            (out.token, out.logprob, out.top_logprobs, out.text) =
+                (Some(sampled.token), Some(sampled.logprob), sampled.top_logprobs, text);
         }
         OutputKind::Finished { reason, text, usage, prompt_logprobs } => {
-            let usage = Some((usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens));
-            (
-                id,
-                "finished",
-                None,
-                text,
-                None,
-                Vec::new(),
-                Some(reason.as_str()),
-                usage,
-                prompt_logprobs,
-                None,
-                i,
-            )
+            out.kind = "finished";
+            out.text = text;
+            out.finish_reason = Some(reason.as_str());
+            out.usage = Some((usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens));
+            out.prompt_logprobs = prompt_logprobs;
         }
         OutputKind::Failed(e) => {
-            (id, "failed", None, String::new(), None, Vec::new(), None, None, None, Some(to_py(e)), i)
+            out.kind = "failed";
+            out.error = Some(to_py(e).into_value(py).into_any());
         }
     }
+    out
 }
 
 #[pyclass(module = "ferrolm._core")]
@@ -73,7 +92,7 @@ pub struct Engine {
     /// Every request's outputs arrive here, in order.
     sink: Sender<Output>,
     outputs: Mutex<Receiver<Output>>,
-    info: String,
+    info: serde_json::Value,
 }
 
 #[pymethods]
@@ -111,7 +130,7 @@ impl Engine {
             let (model, tokenizer) = load_with_tokenizer(&path, &options)?;
             let (info, (client, thread)) = on_device!(model, |m| {
                 let engine = CoreEngine::new(Arc::new(m), tokenizer, config)?;
-                (engine.model_info().to_string(), engine.spawn())
+                (engine.model_info(), engine.spawn())
             });
             let (sink, outputs) = channel();
             Ok(Engine { client, thread: Mutex::new(Some(thread)), sink, outputs: Mutex::new(outputs), info })
@@ -125,14 +144,13 @@ impl Engine {
     fn add_request(
         &self,
         prompt: Vec<i64>,
-        sampling: &str,
+        sampling: Sampling,
         n: usize,
         stream: u64,
         prompt_logprobs: bool,
     ) -> PyResult<Vec<u64>> {
-        let sampling = sampling::parse(sampling)?;
         let prompt = token_ids(prompt).map_err(to_py)?;
-        let request = GenerationRequest { prompt, sampling, stream, prompt_logprobs };
+        let request = GenerationRequest { prompt, sampling: sampling.0, stream, prompt_logprobs };
         self.client.add_request_group(request, n, self.sink.clone()).map_err(to_py)
     }
 
@@ -176,7 +194,7 @@ impl Engine {
             }
             got
         });
-        Ok(outputs.into_iter().map(convert).collect())
+        Ok(outputs.into_iter().map(|o| convert(py, o)).collect())
     }
 
     /// The engine's counters as a dict.
@@ -202,8 +220,8 @@ impl Engine {
     }
 
     /// The model description as JSON text.
-    fn model_info(&self) -> String {
-        self.info.clone()
+    fn model_info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        values::to_py(py, &self.info)
     }
 
     #[getter]

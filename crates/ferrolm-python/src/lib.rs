@@ -18,6 +18,7 @@ mod scheduler;
 mod session;
 mod tokenizer;
 mod tokens;
+mod values;
 
 use pyo3::prelude::*;
 
@@ -27,7 +28,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FP8_GROUP_SIZE", fp8::model_group_size())?;
     m.add("KVCacheFullError", errors::kv_cache_full_type(m.py())?)?;
     m.add_function(wrap_pyfunction!(config::config_from_file, m)?)?;
-    m.add_function(wrap_pyfunction!(config::config_from_json, m)?)?;
+    m.add_function(wrap_pyfunction!(config::canonical_config, m)?)?;
     m.add_function(wrap_pyfunction!(config::config_from_pretrained, m)?)?;
     m.add_function(wrap_pyfunction!(config::inference_config, m)?)?;
     m.add_function(wrap_pyfunction!(config::parameter_shapes, m)?)?;
@@ -44,6 +45,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<checkpoint::Checkpoint>()?;
     m.add_class::<model::Model>()?;
     m.add_class::<engine::Engine>()?;
+    m.add_class::<engine::PyOutput>()?;
     m.add_class::<kv::PagedKVCache>()?;
     m.add_class::<session::Session>()?;
     m.add_class::<scheduler::SteppedScheduler>()?;

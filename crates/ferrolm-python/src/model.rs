@@ -17,7 +17,9 @@ use pyo3::prelude::*;
 use crate::config::parse;
 use crate::device;
 use crate::errors::{run, to_py};
+use crate::sampling::Sampling;
 use crate::tokens::token_rows;
+use crate::values;
 
 /// A model and the KV cache `forward` continues from.
 pub(crate) struct Loaded<B: Backend> {
@@ -91,7 +93,12 @@ impl Model {
 
     /// A model with random weights (HF's initialisation), reproducible from `seed`.
     #[staticmethod]
-    fn random(py: Python<'_>, config: &str, seed: u64, max_batch_size: usize) -> PyResult<Model> {
+    fn random(
+        py: Python<'_>,
+        config: &Bound<'_, PyAny>,
+        seed: u64,
+        max_batch_size: usize,
+    ) -> PyResult<Model> {
         let config = parse(config)?;
         run(py, || Model::new(Transformer::random(config, Cpu::default(), seed)?, max_batch_size))
     }
@@ -100,7 +107,7 @@ impl Model {
     #[staticmethod]
     fn from_state_dict(
         py: Python<'_>,
-        config: &str,
+        config: &Bound<'_, PyAny>,
         state: HashMap<String, PyReadonlyArrayDyn<'_, f32>>,
         max_batch_size: usize,
     ) -> PyResult<Model> {
@@ -187,9 +194,9 @@ impl Model {
         &self,
         py: Python<'_>,
         prompts: Vec<Vec<i64>>,
-        sampling: &str,
+        sampling: Sampling,
     ) -> PyResult<Vec<Vec<u32>>> {
-        let config = crate::sampling::parse(sampling)?;
+        let config = sampling.0;
         let out = run(py, || {
             let prompts = token_rows(prompts)?;
             on_device!(&self.inner, |m| generate(&m.model, &prompts, &config, false))
@@ -226,10 +233,10 @@ impl Model {
         Ok(out.into_iter().map(|g| (g.tokens, g.logprobs, g.prompt_logprobs)).collect())
     }
 
-    /// The canonical config as JSON text.
+    /// The canonical config, as a dict.
     #[getter]
-    fn config(&self) -> String {
-        self.config_value().to_json().to_string()
+    fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        values::to_py(py, &self.config_value().to_json())
     }
 
     #[getter]

@@ -14,7 +14,8 @@ use pyo3::prelude::*;
 
 use crate::device;
 use crate::errors::run;
-use crate::sampling;
+use crate::sampling::Sampling;
+use crate::values;
 
 type AnySession = OnDevice<CoreSession<Cpu>, CoreSession<Cuda>>;
 
@@ -86,15 +87,15 @@ impl Session {
         &mut self,
         py: Python<'_>,
         prompt: &str,
-        config: &str,
+        config: Sampling,
         system_prompt: Option<&str>,
     ) -> PyResult<()> {
-        let config = sampling::parse(config)?;
+        let config = config.0;
         run(py, || on_device!(self.get_mut(), |s| s.start_turn(prompt, config, system_prompt)))
     }
 
-    fn start_completion(&mut self, py: Python<'_>, text: &str, config: &str) -> PyResult<()> {
-        let config = sampling::parse(config)?;
+    fn start_completion(&mut self, py: Python<'_>, text: &str, config: Sampling) -> PyResult<()> {
+        let config = config.0;
         run(py, || on_device!(self.get_mut(), |s| s.start_completion(text, config)))
     }
 
@@ -140,7 +141,7 @@ impl Session {
     }
 
     /// The model description as JSON text.
-    fn model_info(&self) -> String {
-        on_device!(&*self.get(), |s| s.model_info()).to_string()
+    fn model_info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        values::to_py(py, &on_device!(&*self.get(), |s| s.model_info()))
     }
 }

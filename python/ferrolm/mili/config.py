@@ -65,7 +65,7 @@ class Qwen3Config(ModelArgs):
         self.quantize  # noqa: B018 - validates quantization_config
         super().__post_init__()
         # The derived head_dim, as the core computed it.
-        self.head_dim = json.loads(self._config_json())["head_dim"]
+        self.head_dim = self._canonical()["head_dim"]
 
     @property
     def quantize(self) -> str | None:
@@ -92,7 +92,7 @@ class Qwen3Config(ModelArgs):
             d.setdefault(key, defaults[key])
         if "architecture" not in d and "architectures" not in d:
             d["architecture"] = defaults["architecture"]
-        canonical = json.loads(_core.config_from_json(json.dumps(d)))
+        canonical = _core.canonical_config(d)
         if "max_seq_len" not in d:
             canonical["max_seq_len"] = canonical["max_position_embeddings"]
         if not canonical["eos_token_id"]:  # the core's "none" is []; keep the caller's spelling
@@ -106,7 +106,7 @@ class Qwen3Config(ModelArgs):
         (``"smollm2"``). There is no model hub here: hub ids such as
         ``"Qwen/Qwen3-0.6B"`` raise ``FileNotFoundError`` saying so."""
         path = hub.resolve(model_name)
-        config = cls(**json.loads(_core.config_from_pretrained(str(path))))
+        config = cls(**_core.config_from_pretrained(str(path)))
         quant = _quantization_config(path)
         return dataclasses.replace(config, quantization_config=quant) if quant else config
 

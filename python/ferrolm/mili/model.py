@@ -113,7 +113,7 @@ class Qwen3Model:
         tokens = self.tokenizer.encode(prompt)
         sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, min_p=0.0,
                                   repetition_penalty=1.0, max_tokens=max_tokens, seed=seed)
-        [new] = self._core.generate_with([tokens], sampling.to_json())
+        [new] = self._core.generate_with([tokens], sampling)
         return self.tokenizer.decode(new)
 
     def _lengths(self, kv_cache: dict | None, batch: int) -> list[int]:

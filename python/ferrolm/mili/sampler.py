@@ -49,5 +49,5 @@ def _sample(logits: Any, **knobs: Any) -> np.ndarray:
                          f"{array.dtype} {array.shape}")
     rows = np.ascontiguousarray(array.reshape(-1, array.shape[-1]), dtype=np.float32)
     config = SamplingConfig(min_p=0.0, repetition_penalty=1.0, **knobs)
-    ids = _core.sample_rows(rows, config.to_json())
+    ids = _core.sample_rows(rows, config)
     return np.asarray(ids, dtype=np.int64).reshape(array.shape[:-1])

@@ -14,7 +14,6 @@ one ``Qwen3Model`` then loads the weights with.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,7 +140,7 @@ class WeightLoader:
 def check_config(config: Qwen3Config, path: os.PathLike[str]) -> None:
     """Raises ValueError naming the first shape field where ``config`` and the
     checkpoint at ``path`` disagree."""
-    stored = json.loads(_core.config_from_pretrained(os.fspath(path)))
+    stored = _core.config_from_pretrained(os.fspath(path))
     for field in _SHAPE_FIELDS:
         if getattr(config, field) != stored[field]:
             raise ValueError(f"config field `{field}` is {getattr(config, field)} but the checkpoint at "
