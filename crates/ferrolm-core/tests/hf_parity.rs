@@ -23,7 +23,7 @@ fn fixtures() -> Vec<PathBuf> {
         .filter(|p| p.join("reference.safetensors").is_file())
         .collect();
     dirs.sort();
-    assert!(dirs.len() >= 8, "expected the committed fixtures in {}", root.display());
+    assert!(dirs.len() >= 9, "expected the committed fixtures in {}", root.display());
     dirs
 }
 
