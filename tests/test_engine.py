@@ -229,7 +229,7 @@ def test_paged_kv_cache_counts_references():
     assert cache.ref_count(pages[0]) == 2
     cache.free_pages(pages)
     assert cache.stats() == {"total_pages": 4, "used_pages": 1, "free_pages": 3, "cached_pages": 0,
-                             "page_size": 16}
+                             "available_pages": 3, "page_size": 16}
     cache.free_pages(pages[:1])
     assert cache.stats()["used_pages"] == 0
     with pytest.raises(ValueError, match="not allocated"):

@@ -243,8 +243,10 @@ class AsyncEngine:
     # -- state -----------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        """Counters: running, waiting, pages (total/used/cached/free), prefix
-        hits, prompt/cached/generation tokens, preemptions."""
+        """Counters: running, waiting, pages (``total_pages``, ``used_pages``,
+        ``cached_pages``, ``free_pages``, ``available_pages``, as
+        ``PagedKVCache.stats`` defines them), prefix hits, prompt/cached/generation
+        tokens, preemptions."""
         return self._core.stats()
 
     @property

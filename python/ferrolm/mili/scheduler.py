@@ -303,7 +303,8 @@ class ContinuousBatchScheduler:
         return self._core.abort(self._core_id(request_id))
 
     def stats(self) -> dict:
-        """``{"waiting", "running", "preemptions", "total_pages", "used_pages", "cached_pages", "free_pages"}``."""
+        """``{"waiting", "running", "preemptions", "total_pages", "used_pages", "cached_pages",
+        "free_pages", "available_pages"}``: the page counts as ``PagedKVCache.stats`` defines them."""
         return self._core.stats()
 
     def _completed(self, request_id: str, take: bool) -> dict | None:
