@@ -10,6 +10,7 @@ import threading
 import numpy as np
 import pytest
 
+from conftest import MODELS
 from ferrolm import LLM, AsyncEngine, PagedKVCache, SamplingConfig, Transformer
 
 
@@ -290,3 +291,15 @@ def test_a_model_without_tokenizer_files_serves_token_ids():
             bare.generate("text needs a tokenizer", greedy(1))
     with pytest.raises(ValueError, match="ignore_eos"):
         SamplingConfig(ignore_eos="yes")
+
+
+@pytest.mark.parametrize("options, pages", [
+    (dict(quantize="q8_0"), 10),  # a quantized model keeps an f16 cache: 2 bytes a value
+    (dict(quantize="q8_0", kv_dtype="f32"), 5),
+    ({}, 5),  # f32 weights, f32 cache: 4 bytes a value
+])
+def test_kv_cache_bytes_buys_pages_in_the_pools_precision(options, pages):
+    # llama_f32: 2 layers x (K, V) x 16 positions x 2 KV heads x head_dim 16 = 2,048 values a page.
+    budget = 10 * 2048 * 2
+    with AsyncEngine(MODELS / "llama_f32", max_seq_len=256, kv_cache_bytes=budget, **options) as engine:
+        assert engine.stats()["total_pages"] == pages

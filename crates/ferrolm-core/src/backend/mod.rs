@@ -240,6 +240,10 @@ pub trait Backend: Send + Sync {
     /// Number of f32 values in a buffer.
     fn len(&self, buf: &Self::Buf) -> usize;
 
+    /// Bytes one key or value takes in the storage [`Backend::new_kv`]
+    /// allocates (4 in an f32 pool, 2 in an f16/bf16 one): what a pool
+    /// sized in bytes is divided by.
+    fn kv_element_bytes(&self) -> usize;
     /// Allocates storage for `pages` pages.
     fn new_kv(&self, pages: usize, page_size: usize, layers: usize, kv_dim: usize) -> Result<Self::Kv>;
     /// Copies every layer of page `src` into page `dst` (copy-on-write).

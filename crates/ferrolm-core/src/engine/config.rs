@@ -10,8 +10,10 @@ pub struct EngineConfig {
     pub page_size: usize,
     /// Pool size in pages; when `None`, taken from `kv_cache_bytes`.
     pub num_pages: Option<usize>,
-    /// Pool size in bytes (used when `num_pages` is `None`). The pool never
-    /// gets more pages than `max_num_seqs` full-length sequences could use.
+    /// Pool size in bytes (used when `num_pages` is `None`), counted in the
+    /// pool's own precision (2 bytes a value in an f16/bf16 pool, 4 in an
+    /// f32 one). The pool never gets more pages than `max_num_seqs`
+    /// full-length sequences could use.
     pub kv_cache_bytes: usize,
     /// Most requests running (holding pages) at once.
     pub max_num_seqs: usize,
@@ -51,9 +53,10 @@ impl EngineConfig {
     }
 
     /// The pool geometry for a model with `layers` layers, `kv_dim` key
-    /// features per position and sequences of up to `max_seq_len` positions.
-    pub fn layout(&self, layers: usize, kv_dim: usize, max_seq_len: usize) -> KvLayout {
-        let page_bytes = KvLayout::page_bytes(self.page_size, layers, kv_dim);
+    /// features per position and sequences of up to `max_seq_len` positions,
+    /// in storage of `element_bytes` per value ([`crate::backend::Backend::kv_element_bytes`]).
+    pub fn layout(&self, layers: usize, kv_dim: usize, max_seq_len: usize, element_bytes: usize) -> KvLayout {
+        let page_bytes = KvLayout::page_bytes(self.page_size, layers, kv_dim, element_bytes);
         let most_useful = self.max_num_seqs.saturating_mul(max_seq_len.div_ceil(self.page_size));
         let num_pages =
             self.num_pages.unwrap_or_else(|| (self.kv_cache_bytes / page_bytes).clamp(1, most_useful));

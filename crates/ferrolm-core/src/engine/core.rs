@@ -58,7 +58,8 @@ impl<B: Backend + 'static> Engine<B> {
     ) -> Result<Self> {
         config.validate()?;
         let c = &model.config;
-        let layout = config.layout(c.num_hidden_layers, c.kv_dim(), c.max_seq_len);
+        let layout =
+            config.layout(c.num_hidden_layers, c.kv_dim(), c.max_seq_len, model.backend.kv_element_bytes());
         let cache = model.new_paged_cache(layout, config.prefix_caching)?;
         let mut eos: Vec<u32> = Vec::new();
         for &id in tokenizer.iter().flat_map(|t| t.eos_ids()).chain(&c.eos_token_ids) {

@@ -21,10 +21,11 @@ pub struct KvLayout {
 impl KvLayout {
     pub const DEFAULT_PAGE_SIZE: usize = 16;
 
-    /// Bytes one page takes in f32 storage for a model with `layers` layers
-    /// and `kv_dim` key (and value) features per position.
-    pub fn page_bytes(page_size: usize, layers: usize, kv_dim: usize) -> usize {
-        2 * layers * page_size * kv_dim * std::mem::size_of::<f32>()
+    /// Bytes one page takes for a model with `layers` layers and `kv_dim`
+    /// key (and value) features per position, in storage of
+    /// `element_bytes` per value ([`Backend::kv_element_bytes`]).
+    pub fn page_bytes(page_size: usize, layers: usize, kv_dim: usize, element_bytes: usize) -> usize {
+        2 * layers * page_size * kv_dim * element_bytes
     }
 }
 

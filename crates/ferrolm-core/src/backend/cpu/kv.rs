@@ -29,6 +29,14 @@ impl KvDtype {
             }
         }
     }
+
+    /// Bytes one stored value takes.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 => 2,
+        }
+    }
 }
 
 /// Page storage in one of the two precisions.

@@ -496,6 +496,10 @@ impl Backend for Cpu {
         Ok(())
     }
 
+    fn kv_element_bytes(&self) -> usize {
+        self.kv_dtype().bytes()
+    }
+
     fn new_kv(&self, pages: usize, page_size: usize, layers: usize, kv_dim: usize) -> Result<CpuKv> {
         Ok(CpuKv::new(pages, page_size, layers, kv_dim, self.kv_dtype()))
     }

@@ -58,6 +58,14 @@ impl GpuDtype {
             GpuDtype::F32 => "f32",
         }
     }
+
+    /// Bytes one value of this dtype takes.
+    pub fn bytes(self) -> usize {
+        match self {
+            GpuDtype::Bf16 | GpuDtype::F16 => 2,
+            GpuDtype::F32 => 4,
+        }
+    }
 }
 
 /// A parameter in device memory.

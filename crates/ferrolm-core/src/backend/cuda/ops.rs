@@ -396,9 +396,13 @@ impl Backend for Cuda {
         self.binary("add_f32", x, y)
     }
 
+    fn kv_element_bytes(&self) -> usize {
+        self.kv_dtype.bytes()
+    }
+
     fn new_kv(&self, pages: usize, page_size: usize, layers: usize, kv_dim: usize) -> Result<CudaKv> {
         let len = (pages * 2 * layers * page_size * kv_dim).max(1);
-        let bytes = len * if self.kv_dtype == GpuDtype::F32 { 4 } else { 2 };
+        let bytes = len * self.kv_dtype.bytes();
         let oom = |e: cudarc::driver::DriverError| Error::OutOfMemory {
             what: format!(
                 "the GPU KV cache, {pages} pages ({e}); lower num_pages / kv_cache_bytes / max_seq_len"
