@@ -73,6 +73,15 @@ class RequestMetadata:
     start_pos: int = 0
     wants_token: bool = False
 
+    def is_complete(self) -> bool:
+        """Whether ``max_tokens`` tokens are generated, as MILI defines it.
+
+        Items from ``get_next_batch`` are still due a token, so this is False
+        for them; a request that ended on an end-of-sequence or stop token is
+        ``"completed"`` in ``get_request_status`` without reaching ``max_tokens``.
+        """
+        return len(self.generated_tokens) >= self.max_tokens
+
     def tokens_remaining(self) -> int:
         """Tokens the request may still generate."""
         return self.max_tokens - len(self.generated_tokens)
