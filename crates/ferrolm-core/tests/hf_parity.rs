@@ -7,13 +7,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{agreement_with_reference, max_rel_error, Reference};
+use common::{agreement_with_reference, max_rel_error, Reference, HF_TOLERANCE as TOLERANCE};
 
 use ferrolm_core::backend::cpu::{Cpu, CpuOptions, KvDtype};
 use ferrolm_core::{generate, Logits, SamplingConfig, SeqInput, Transformer};
-
-/// Bound on max |ours - HF| / max |HF| per position (f32 end to end).
-const TOLERANCE: f32 = 1e-3;
 
 fn fixtures() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models");
