@@ -18,6 +18,13 @@ def test_help_lists_the_commands():
     assert "--max-tokens" in ferrolm("generate", "--help").stdout
 
 
+def test_dtype_help_says_the_cpu_keeps_weights_as_stored():
+    for command in ("generate", "chat", "serve", "perplexity", "bench"):
+        text = " ".join(ferrolm(command, "--help").stdout.split())
+        assert "the CPU uses float32" not in text, command
+        assert "keeps the weights as stored" in text, f"{command} --help: {text}"
+
+
 def test_generate_prints_only_the_text_when_not_a_terminal(chat_model):
     out = ferrolm("generate", "Hello!", "--model", chat_model, "--max-tokens", "8", "--temperature", "0")
     assert out.returncode == 0, out.stderr

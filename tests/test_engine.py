@@ -10,6 +10,7 @@ import threading
 import numpy as np
 import pytest
 
+from conftest import MODELS
 from ferrolm import LLM, AsyncEngine, PagedKVCache, SamplingConfig, Transformer
 
 
@@ -37,11 +38,12 @@ def reference_greedy(model_dir, prompt: list[int], n: int) -> list[int]:
 
 def test_llm_greedy_equals_the_plain_forward_pass(llm, chat_model):
     prompts = ["Hello there", "The weather today is", "1 2 3"]
-    outs = llm.generate(prompts, greedy(6, stop_token_ids=[]))
+    # ignore_eos: no request ends early, so every one is compared token for token.
+    outs = llm.generate(prompts, greedy(6, ignore_eos=True))
     assert [o.prompt for o in outs] == prompts
     for o in outs:
-        if o.finish_reason == "length":
-            assert o.token_ids == reference_greedy(chat_model, o.prompt_token_ids, 6)
+        assert o.finish_reason == "length" and len(o.token_ids) == 6
+        assert o.token_ids == reference_greedy(chat_model, o.prompt_token_ids, 6)
         assert o.completion_tokens == len(o.token_ids) and o.prompt_tokens == len(o.prompt_token_ids)
         assert o.text == llm.tokenizer.decode(o.token_ids)
     assert llm.stats()["used_pages"] == 0
@@ -229,7 +231,7 @@ def test_paged_kv_cache_counts_references():
     assert cache.ref_count(pages[0]) == 2
     cache.free_pages(pages)
     assert cache.stats() == {"total_pages": 4, "used_pages": 1, "free_pages": 3, "cached_pages": 0,
-                             "page_size": 16}
+                             "available_pages": 3, "page_size": 16}
     cache.free_pages(pages[:1])
     assert cache.stats()["used_pages"] == 0
     with pytest.raises(ValueError, match="not allocated"):
@@ -290,3 +292,15 @@ def test_a_model_without_tokenizer_files_serves_token_ids():
             bare.generate("text needs a tokenizer", greedy(1))
     with pytest.raises(ValueError, match="ignore_eos"):
         SamplingConfig(ignore_eos="yes")
+
+
+@pytest.mark.parametrize("options, pages", [
+    (dict(quantize="q8_0"), 10),  # a quantized model keeps an f16 cache: 2 bytes a value
+    (dict(quantize="q8_0", kv_dtype="f32"), 5),
+    ({}, 5),  # f32 weights, f32 cache: 4 bytes a value
+])
+def test_kv_cache_bytes_buys_pages_in_the_pools_precision(options, pages):
+    # llama_f32: 2 layers x (K, V) x 16 positions x 2 KV heads x head_dim 16 = 2,048 values a page.
+    budget = 10 * 2048 * 2
+    with AsyncEngine(MODELS / "llama_f32", max_seq_len=256, kv_cache_bytes=budget, **options) as engine:
+        assert engine.stats()["total_pages"] == pages

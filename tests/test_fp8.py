@@ -6,7 +6,8 @@ torch (``make_fp8_fixture.py``): a matrix quantized per row and per
 128x128 block, and the value of every code. The SmolLM2 check (the FP8
 model's perplexity within 1% of the float32 path's) runs when
 ``FERROLM_SMOLLM2_GGUF`` names the GGUF, on the first 1,024 tokens of the
-sample text, as ``test_perplexity.py`` does.
+sample text, as ``test_perplexity.py`` does: measured +0.90% there; over the
+whole sample (5,097 tokens, not gated) it is +1.32% (benchmarks/RESULTS.md).
 """
 
 import os
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from conftest import HF_TOLERANCE as TOLERANCE
 from conftest import load_state, max_rel_error
 from ferrolm import Tokenizer, Transformer, _core, perplexity
 
@@ -23,7 +25,6 @@ FIXTURES = Path(__file__).parent / "fixtures"
 TORCH = load_file(str(FIXTURES / "quantize" / "fp8_e4m3.safetensors"))
 SAMPLE = FIXTURES / "text" / "sample.txt"
 SMOLLM2 = os.environ.get("FERROLM_SMOLLM2_GGUF")
-TOLERANCE = 1e-3  # as test_parity.py: f32 end to end
 
 
 @pytest.mark.parametrize("block_size, codes, scales", [
@@ -118,7 +119,7 @@ def test_fp8_and_exact_exclude_each_other():
 
 @pytest.mark.skipif(not SMOLLM2 or not Path(SMOLLM2).is_file(),
                     reason="set FERROLM_SMOLLM2_GGUF to the SmolLM2 GGUF")
-def test_smollm2_fp8_perplexity_within_one_percent_of_float32():
+def test_smollm2_fp8_perplexity_on_1024_tokens_within_one_percent_of_float32():
     args = dict(file=SAMPLE, context=512, max_tokens=1024, tokenizer=Tokenizer.from_pretrained(SMOLLM2))
     fp8 = perplexity(Transformer.from_pretrained(SMOLLM2, max_seq_len=512, quantize="fp8"), **args)
     f32 = perplexity(Transformer.from_pretrained(SMOLLM2, max_seq_len=512, dtype="float32"), **args)

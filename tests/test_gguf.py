@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from conftest import HF_TOLERANCE as TOLERANCE
 from conftest import max_rel_error
 from ferrolm import Transformer
 
 GGUF = Path(__file__).parent / "fixtures" / "gguf"
 MODELS = sorted(p.name[: -len(".reference.safetensors")] for p in GGUF.glob("*.reference.safetensors"))
-TOLERANCE = 1e-3
 
 
 @pytest.mark.parametrize("stem", MODELS)

@@ -107,6 +107,29 @@ def drive(scheduler, model, limits):
         batches.append(batch)
 
 
+def test_request_metadata_is_complete_as_mili_defines_it():
+    # MILI: complete once max_tokens tokens are generated.
+    meta = RequestMetadata(request_id="r", prompt_tokens=[1, 2], max_tokens=2)
+    assert not meta.is_complete()
+    meta.generated_tokens.append(5)
+    assert not meta.is_complete() and meta.tokens_remaining() == 1
+    meta.generated_tokens.append(6)
+    assert meta.is_complete() and meta.tokens_remaining() == 0
+
+    # MILI's loop keeps the batch items that are not complete: here every one,
+    # since the scheduler hands out only requests still due tokens.
+    scheduler = ContinuousBatchScheduler(max_batch_size=4)
+    req_id = scheduler.add_request([1, 2, 3], max_tokens=2)
+    while True:
+        batch, _ = scheduler.get_next_batch()
+        if not batch:
+            break
+        for item in batch:
+            assert not item.is_complete()
+            scheduler.update_request(item.request_id, 5)
+    assert scheduler.get_completed_result(req_id)["generated_tokens"] == [5, 5]
+
+
 @pytest.mark.parametrize(
     "limits",
     [

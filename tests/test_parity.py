@@ -2,10 +2,9 @@
 
 import numpy as np
 
+from conftest import HF_TOLERANCE as TOLERANCE
 from conftest import load_state, max_rel_error
 from ferrolm import ModelArgs, Transformer
-
-TOLERANCE = 1e-3  # max relative error per position (f32 end to end; measured ~1e-5)
 
 
 def test_full_pass_matches_hf(reference):

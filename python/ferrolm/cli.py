@@ -22,8 +22,8 @@ _EPILOG = """examples:
 """
 
 
-GPU_DTYPE_HELP = ("GPU weights: bfloat16 (default on a GPU), float16 (GPUs without bf16) or float32 (exact); "
-                  "the CPU uses float32")
+DTYPE_HELP = ("on a GPU: bfloat16 (default), float16 (GPUs without bf16) or float32 (exact); on the CPU: "
+              "unset keeps the weights as stored (quantized blocks or halves), float32 is the exact path")
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
@@ -44,7 +44,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help=f"directory, .gguf file or short name (default: {hub.DEFAULT_MODEL})")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda[:N] or a GPU index")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
-                   help=GPU_DTYPE_HELP)
+                   help=DTYPE_HELP)
     p.add_argument("--system", help="system prompt")
 
 
@@ -109,7 +109,7 @@ def _serve_args(sub) -> None:
                         "kv_cache.page_size/num_pages, sampling defaults); an option also set there is an error")
     s.add_argument("--device", help="cpu (default), cuda[:N] or a GPU index")
     s.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
-                   help=GPU_DTYPE_HELP)
+                   help=DTYPE_HELP)
     e = s.add_argument_group("engine")
     e.add_argument("--max-seq-len", type=int, help="longest sequence, prompt + output (default: the model's context)")
     e.add_argument("--max-num-seqs", type=int, help="most requests decoding at once (default: 64)")
@@ -151,8 +151,7 @@ def _eval_args(sub) -> None:
     p.add_argument("--max-tokens", type=int, help="score only the first N tokens of the text (default: all)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda[:N] or a GPU index")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
-                   help="bfloat16 (GPU default) or float32 (exact GPU weights; on the CPU the dequantized "
-                        "float32 reference path)")
+                   help=DTYPE_HELP)
     p.add_argument("--quantize", choices=["q8_0", "q4_k", "fp8"],
                    help="quantize the weights at load (q8_0, q4_k: CPU; fp8: FP8 E4M3 linear layers)")
 
@@ -166,8 +165,7 @@ def _eval_args(sub) -> None:
     b.add_argument("--runs", type=int, default=3, help="runs; medians are printed (default: 3)")
     b.add_argument("--device", default="cpu", help="cpu (default), cuda[:N] or a GPU index")
     b.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
-                   help="bfloat16 (GPU default) or float32 (exact GPU weights; on the CPU the dequantized "
-                        "float32 reference path)")
+                   help=DTYPE_HELP)
     b.add_argument("--quantize", choices=["q8_0", "q4_k", "fp8"],
                    help="quantize the weights at load (q8_0, q4_k: CPU; fp8: FP8 E4M3 linear layers)")
 

@@ -90,12 +90,14 @@ class AsyncEngine:
             CPU unset (weights as stored) or ``"float32"`` (exact).
         quantize: ``"q8_0"`` or ``"q4_k"``: quantize an HF checkpoint at load (CPU);
             ``"fp8"``: the linear layers as FP8 E4M3 (CPU and GPU).
-        kv_dtype: CPU KV cache precision, ``"f16"`` or ``"f32"`` (default: f16 for
-            quantized models, f32 otherwise).
+        kv_dtype: KV cache precision: on the CPU ``"f16"`` or ``"f32"`` (default: f16
+            for quantized models, f32 otherwise); on a GPU ``"bf16"``, ``"f16"`` or
+            ``"f32"`` (default: the weights' dtype).
         max_seq_len: longest sequence, prompt plus output (default: the model's context).
         page_size: tokens per KV page.
         num_pages: KV pool size in pages (default: from ``kv_cache_bytes``).
-        kv_cache_bytes: KV pool size in bytes when ``num_pages`` is not given.
+        kv_cache_bytes: KV pool size in bytes when ``num_pages`` is not given,
+            counted in the pool's precision (2 bytes a value for f16/bf16, 4 for f32).
         max_num_seqs: most requests running at once.
         max_batch_tokens: most tokens per forward pass (long prompts are chunked).
         prefix_caching: share KV pages of common prompt prefixes between requests.
@@ -228,8 +230,10 @@ class AsyncEngine:
     # -- state -----------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        """Counters: running, waiting, pages (total/used/cached/free), prefix
-        hits, prompt/cached/generation tokens, preemptions."""
+        """Counters: running, waiting, pages (``total_pages``, ``used_pages``,
+        ``cached_pages``, ``free_pages``, ``available_pages``, as
+        ``PagedKVCache.stats`` defines them), prefix hits, prompt/cached/generation
+        tokens, preemptions."""
         return self._core.stats()
 
     @property

@@ -113,7 +113,14 @@ class PagedKVCache:
         return self._core.ref_count(page_id)
 
     def stats(self) -> dict:
-        """``{"total_pages", "used_pages", "free_pages", "cached_pages", "page_size"}``."""
+        """``{"total_pages", "used_pages", "cached_pages", "free_pages", "available_pages", "page_size"}``.
+
+        Every page is in one of three states: ``used_pages`` are held by
+        requests or references; ``cached_pages`` are held only by the prefix
+        cache (reclaimable: taken, oldest first, when the free list runs out);
+        ``free_pages`` are on the free list, holding nothing. ``available_pages``
+        (free + cached) is what new pages can come from.
+        """
         return self._core.stats()
 
     def get_page(self, page_id: int, cache_type: str = "k", *, layer: int = 0) -> np.ndarray:

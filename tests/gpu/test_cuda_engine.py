@@ -100,3 +100,17 @@ def test_prefix_cache_hits_give_the_same_tokens(model_dir):
                 assert llm.stats()["prefix_hits"] > 0
             assert llm.stats()["used_pages"] == 0
     assert outs[True] == outs[False]
+
+
+@pytest.mark.parametrize("dtype, kv_dtype, pages", [
+    ("bfloat16", None, 10),  # the pool in the weights' precision: 2 bytes a value
+    ("float16", None, 10),
+    ("bfloat16", "f32", 5),
+    ("float32", None, 5),
+])
+def test_kv_cache_bytes_buys_pages_in_the_pools_precision(model_dir, dtype, kv_dtype, pages):
+    # qwen3_f32: 2 layers x (K, V) x 16 positions x 2 KV heads x head_dim 32 = 4,096 values a page.
+    budget = 10 * 4096 * 2
+    with LLM(model_dir, device=DEVICE, dtype=dtype, kv_dtype=kv_dtype, max_seq_len=256,
+             kv_cache_bytes=budget) as llm:
+        assert llm.stats()["total_pages"] == pages

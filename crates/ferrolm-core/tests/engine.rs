@@ -319,3 +319,28 @@ fn ignore_eos_keeps_generating_past_end_of_sequence_tokens() {
     assert_eq!((goes_on.tokens.len(), goes_on.finish), (5, Some(FinishReason::Length)));
     assert_eq!(goes_on.tokens[0], first);
 }
+
+/// `kv_cache_bytes` buys as many pages as fit in the pool's own precision:
+/// a quantized model's f16 cache gets twice the pages of an f32 one.
+#[test]
+fn kv_cache_bytes_buys_pages_in_the_pools_precision() {
+    use ferrolm_core::formats::GgmlType;
+    use ferrolm_core::model::Checkpoint;
+    use ferrolm_core::{DType, LoadOptions};
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/llama_f32");
+    // 2 layers x (K, V) x 16 positions x 2 KV heads x head_dim 16.
+    let values_per_page = 2 * 2 * 16 * 2 * 16;
+    let config = EngineConfig { kv_cache_bytes: 10 * values_per_page * 2, ..EngineConfig::default() };
+    let q8 = Some(GgmlType::Q8_0.into());
+    let max_seq_len = Some(160);
+    for (options, pages) in [
+        (LoadOptions { quantize: q8, max_seq_len, ..Default::default() }, 10),
+        (LoadOptions { quantize: q8, kv_dtype: Some(DType::F32), max_seq_len, ..Default::default() }, 5),
+        (LoadOptions { max_seq_len, ..Default::default() }, 5),
+    ] {
+        let checkpoint = Checkpoint::resolve(&dir).unwrap();
+        let model = Arc::new(Transformer::load(&checkpoint, Cpu::default(), &options).unwrap());
+        let engine = Engine::new(model, None, config.clone()).unwrap();
+        assert_eq!(engine.stats().pool.total_pages, pages, "{options:?}");
+    }
+}

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use common::{agreement_with_reference, max_rel_error, Reference};
+use common::{agreement_with_reference, max_rel_error, Reference, HF_TOLERANCE as TOLERANCE};
 
 use ferrolm_core::backend::cpu::Cpu;
 use ferrolm_core::formats::GgmlType;
@@ -27,9 +27,6 @@ use ferrolm_core::weights::TensorSource;
 use ferrolm_core::{
     generate, Config, Error, Family, Logits, RopeScaling, SamplingConfig, SeqInput, Transformer,
 };
-
-/// Bound on max |ours - HF| / max |HF| per position (f32 end to end).
-const TOLERANCE: f32 = 1e-3;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf")

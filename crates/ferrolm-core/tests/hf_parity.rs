@@ -7,15 +7,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{agreement_with_reference, max_rel_error, Reference};
+use common::{agreement_with_reference, max_rel_error, Reference, HF_TOLERANCE as TOLERANCE};
 
 use ferrolm_core::backend::cpu::Cpu;
 use ferrolm_core::model::Checkpoint;
 use ferrolm_core::{generate, Logits, SamplingConfig, SeqInput, Transformer};
 use ferrolm_core::{DType, LoadOptions};
-
-/// Bound on max |ours - HF| / max |HF| per position (f32 end to end).
-const TOLERANCE: f32 = 1e-3;
 
 fn fixtures() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models");
@@ -25,7 +22,7 @@ fn fixtures() -> Vec<PathBuf> {
         .filter(|p| p.join("reference.safetensors").is_file())
         .collect();
     dirs.sort();
-    assert!(dirs.len() >= 8, "expected the committed fixtures in {}", root.display());
+    assert!(dirs.len() >= 9, "expected the committed fixtures in {}", root.display());
     dirs
 }
 

@@ -202,14 +202,16 @@ impl PagedKVCache {
         &self.device
     }
 
-    /// `{"total_pages", "used_pages", "free_pages", "cached_pages", "page_size"}`.
+    /// `{"total_pages", "used_pages", "cached_pages", "free_pages", "available_pages", "page_size"}`
+    /// (the core's `PoolStats`: free = on the free list, available = free + cached).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.with(py, |p| Ok(on_device!(p, |(_, c)| c.stats())))?;
         let d = PyDict::new(py);
         d.set_item("total_pages", s.total_pages)?;
         d.set_item("used_pages", s.used_pages)?;
-        d.set_item("free_pages", s.free_pages + s.cached_pages)?;
         d.set_item("cached_pages", s.cached_pages)?;
+        d.set_item("free_pages", s.free_pages)?;
+        d.set_item("available_pages", s.available_pages)?;
         d.set_item("page_size", self.page_size)?;
         Ok(d)
     }

@@ -152,7 +152,8 @@ impl SteppedScheduler {
         Ok(Some(d))
     }
 
-    /// `{"waiting", "running", "preemptions", "total_pages", "used_pages", "cached_pages", "free_pages"}`.
+    /// `{"waiting", "running", "preemptions", "total_pages", "used_pages", "cached_pages", "free_pages",
+    /// "available_pages"}` (the pool's counts as the core's `PoolStats` defines them).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let (waiting, running, preemptions, pool) =
             self.with(py, |s| Ok((s.num_waiting(), s.num_running(), s.preemptions(), s.tables().stats())))?;
@@ -164,6 +165,7 @@ impl SteppedScheduler {
         d.set_item("used_pages", pool.used_pages)?;
         d.set_item("cached_pages", pool.cached_pages)?;
         d.set_item("free_pages", pool.free_pages)?;
+        d.set_item("available_pages", pool.available_pages)?;
         Ok(d)
     }
 }

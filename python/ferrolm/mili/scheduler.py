@@ -72,6 +72,15 @@ class RequestMetadata:
     start_pos: int = 0
     wants_token: bool = False
 
+    def is_complete(self) -> bool:
+        """Whether ``max_tokens`` tokens are generated, as MILI defines it.
+
+        Items from ``get_next_batch`` are still due a token, so this is False
+        for them; a request that ended on an end-of-sequence or stop token is
+        ``"completed"`` in ``get_request_status`` without reaching ``max_tokens``.
+        """
+        return len(self.generated_tokens) >= self.max_tokens
+
     def tokens_remaining(self) -> int:
         """Tokens the request may still generate."""
         return self.max_tokens - len(self.generated_tokens)
@@ -286,7 +295,8 @@ class ContinuousBatchScheduler:
         return self._core.abort(self._core_id(request_id))
 
     def stats(self) -> dict:
-        """``{"waiting", "running", "preemptions", "total_pages", "used_pages", "cached_pages", "free_pages"}``."""
+        """``{"waiting", "running", "preemptions", "total_pages", "used_pages", "cached_pages",
+        "free_pages", "available_pages"}``: the page counts as ``PagedKVCache.stats`` defines them."""
         return self._core.stats()
 
     def _completed(self, request_id: str, take: bool) -> dict | None:

@@ -49,9 +49,11 @@ class _EngineCollector(Collector):
         yield gauge("ferrolm_requests_waiting", "Requests queued for a slot or KV pages.", s["waiting"])
         yield gauge("ferrolm_kv_pages_total", "KV cache pages in the pool.", s["total_pages"])
         yield gauge("ferrolm_kv_pages_used", "KV cache pages held by live requests.", s["used_pages"])
-        yield gauge("ferrolm_kv_pages_free", "KV cache pages free for new requests.", s["free_pages"])
-        yield gauge("ferrolm_kv_pages_cached", "Free KV pages still holding reusable prefixes.",
+        yield gauge("ferrolm_kv_pages_cached", "KV cache pages held only by the prefix cache (reclaimable).",
                     s["cached_pages"])
+        yield gauge("ferrolm_kv_pages_free", "KV cache pages on the free list, holding nothing.", s["free_pages"])
+        yield gauge("ferrolm_kv_pages_available", "KV cache pages new requests can take (free + cached).",
+                    s["available_pages"])
         yield gauge("ferrolm_kv_page_size_tokens", "Tokens per KV page.", s["page_size"])
         queries = s["prefix_queries"]
         yield gauge("ferrolm_prefix_cache_hit_rate", "Prefix-cache page lookups that hit (hits / queries).",

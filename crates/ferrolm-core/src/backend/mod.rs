@@ -150,16 +150,18 @@ pub trait Backend: Send + Sync {
         self.linears(&h, projs, outs)
     }
 
-    /// The gated MLP's first half: `out = silu(x @ gate^T) * (x @ up^T)`.
+    /// The gated MLP's first half:
+    /// `out = silu(x @ gate^T + gate_bias) * (x @ up^T + up_bias)`, each
+    /// projection given as `(weight, bias)` (biases with `mlp_bias`).
     fn swiglu(
         &self,
         x: &Self::Buf,
-        gate: &Self::Weight,
-        up: &Self::Weight,
+        gate: (&Self::Weight, Option<&Self::Weight>),
+        up: (&Self::Weight, Option<&Self::Weight>),
         out: &mut Self::Buf,
     ) -> Result<()> {
         let mut up_out = self.zeros(self.len(out))?;
-        self.linears(x, &[(gate, None), (up, None)], &mut [&mut *out, &mut up_out])?;
+        self.linears(x, &[gate, up], &mut [&mut *out, &mut up_out])?;
         self.silu_mul(out, &up_out)
     }
 

@@ -10,8 +10,10 @@ pub struct EngineConfig {
     pub page_size: usize,
     /// Pool size in pages; when `None`, taken from `kv_cache_bytes`.
     pub num_pages: Option<usize>,
-    /// Pool size in bytes (used when `num_pages` is `None`). The pool never
-    /// gets more pages than `max_num_seqs` full-length sequences could use.
+    /// Pool size in bytes (used when `num_pages` is `None`), counted in the
+    /// pool's own precision (2 bytes a value in an f16/bf16 pool, 4 in an
+    /// f32 one). The pool never gets more pages than `max_num_seqs`
+    /// full-length sequences could use.
     pub kv_cache_bytes: usize,
     /// Most requests running (holding pages) at once.
     pub max_num_seqs: usize,

@@ -35,16 +35,20 @@ pub fn page_hash(parent: Option<PrefixHash>, tokens: &[u32]) -> PrefixHash {
     (half(0x9e37_79b9) << 64) | half(0x85eb_ca6b)
 }
 
-/// Counts describing the pool, for metrics and tests.
+/// Counts describing the pool, for metrics and tests: every page is used,
+/// cached or free (`total_pages = used_pages + cached_pages + free_pages`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PoolStats {
     pub total_pages: usize,
     /// Pages with at least one owner.
     pub used_pages: usize,
-    /// Unowned pages kept for prefix reuse (reclaimable).
+    /// Unowned pages kept for prefix reuse (reclaimable: taken, oldest
+    /// first, when the free list runs out).
     pub cached_pages: usize,
-    /// Pages holding nothing.
+    /// Pages on the free list, holding nothing.
     pub free_pages: usize,
+    /// Pages new positions can take: `free_pages + cached_pages`.
+    pub available_pages: usize,
     /// Prefix-cache lookups and how many of them found a page.
     pub prefix_queries: u64,
     pub prefix_hits: u64,
@@ -199,6 +203,7 @@ impl PagePool {
             used_pages: self.total() - self.available(),
             cached_pages: self.lru.len(),
             free_pages: self.free.len(),
+            available_pages: self.available(),
             prefix_queries: self.queries,
             prefix_hits: self.hits,
         }
@@ -242,7 +247,10 @@ mod tests {
         pool.release(&a).unwrap();
         assert_eq!(pool.stats().used_pages, 1, "the shared page keeps its second owner");
         pool.release(&a[..1]).unwrap();
-        assert_eq!(pool.stats(), PoolStats { total_pages: 4, free_pages: 4, ..Default::default() });
+        assert_eq!(
+            pool.stats(),
+            PoolStats { total_pages: 4, free_pages: 4, available_pages: 4, ..Default::default() }
+        );
     }
 
     #[test]
@@ -267,7 +275,7 @@ mod tests {
         pool.release(&[pages[0]]).unwrap();
         pool.release(&[pages[2]]).unwrap();
         let s = pool.stats();
-        assert_eq!((s.cached_pages, s.free_pages, s.used_pages), (2, 1, 0));
+        assert_eq!((s.cached_pages, s.free_pages, s.used_pages, s.available_pages), (2, 1, 0, 3));
 
         // A hit takes the page back out of the cache.
         assert_eq!(pool.lookup(h0), Some(pages[0]));

@@ -191,7 +191,8 @@ impl BlockTables {
         self.pages_for(end).saturating_sub(kept) + cow
     }
 
-    /// Free (or reclaimable) pages in the pool.
+    /// Pages new positions can take: free, or cached and reclaimable
+    /// ([`PoolStats::available_pages`]).
     pub fn available_pages(&self) -> usize {
         self.pool.available()
     }

@@ -280,7 +280,7 @@ impl<B: Backend> Transformer<B> {
 
         // Gated MLP, its norm fused with the attention residual.
         b.add_rms_norm(x, &s.hidden, &layer.post_attention_layernorm, eps, c.hidden_size, &mut s.normed)?;
-        b.swiglu(&s.normed, &layer.gate_proj.weight, &layer.up_proj.weight, &mut s.act)?;
+        b.swiglu(&s.normed, layer.gate_proj.parts(), layer.up_proj.parts(), &mut s.act)?;
         b.linear(&s.act, &layer.down_proj.weight, layer.down_proj.bias.as_ref(), &mut s.hidden)?;
         b.add(x, &s.hidden)
     }

@@ -358,12 +358,21 @@ impl Backend for Cpu {
         self.linears(&h, projs, outs)
     }
 
-    fn swiglu(&self, x: &Vec<f32>, gate: &CpuWeight, up: &CpuWeight, out: &mut Vec<f32>) -> Result<()> {
+    fn swiglu(
+        &self,
+        x: &Vec<f32>,
+        (gate, gate_bias): (&CpuWeight, Option<&CpuWeight>),
+        (up, up_bias): (&CpuWeight, Option<&CpuWeight>),
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
         let (Some(g), Some(u)) = (gate.matrix(), up.matrix()) else {
             let mut up_out = self.zeros(out.len())?;
-            self.linears(x, &[(gate, None), (up, None)], &mut [&mut *out, &mut up_out])?;
+            self.linears(x, &[(gate, gate_bias), (up, up_bias)], &mut [&mut *out, &mut up_out])?;
             return self.silu_mul(out, &up_out);
         };
+        let (gate_bias, up_bias) = (gate_bias.map(CpuWeight::f32_data), up_bias.map(CpuWeight::f32_data));
+        // Row `r`'s bias, added to the product as `linear` adds it.
+        let bias = |b: Option<&[f32]>, r: usize| b.map_or(0.0, |b| b[r]);
         let n = g.rows();
         self.pool.install(|| {
             let p = Prepared::new(x, g.cols(), None, &[g, u]);
@@ -374,11 +383,13 @@ impl Backend for Cpu {
                 let rows = r0..(r0 + step).min(n);
                 let width = rows.len();
                 with_spare(p.rows * width, |gate_out| {
-                    g.compute(self.isa, &p, rows.clone(), |t, r, v| gate_out[t * width + r - r0] = v);
+                    g.compute(self.isa, &p, rows.clone(), |t, r, v| {
+                        gate_out[t * width + r - r0] = v + bias(gate_bias, r)
+                    });
                     // SAFETY: `out` holds p.rows * n values (asserted above);
                     // this task writes only columns `rows`.
                     u.compute(self.isa, &p, rows, |t, r, v| unsafe {
-                        ptr.write(t * n + r, silu(gate_out[t * width + r - r0]) * v)
+                        ptr.write(t * n + r, silu(gate_out[t * width + r - r0]) * (v + bias(up_bias, r)))
                     });
                 });
             });

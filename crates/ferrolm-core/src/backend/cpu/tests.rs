@@ -294,9 +294,11 @@ mod packed {
             assert!((f - u).abs() <= 1e-3 * (1.0 + u.abs()), "{f} vs {u}");
         }
 
+        // With biases (`mlp_bias`), each added to its projection before the gate.
+        let up_bias = super::t(&[inter], &(0..inter).map(|i| i as f32 * 0.01 - 0.3).collect::<Vec<_>>());
         let mut swi = vec![0.0; tokens * inter];
-        cpu.swiglu(&h, &a, &b, &mut swi).unwrap();
-        cpu.linear(&h, &a, None, &mut ua).unwrap();
+        cpu.swiglu(&h, (&a, Some(&bias)), (&b, Some(&up_bias)), &mut swi).unwrap();
+        cpu.linear(&h, &b, Some(&up_bias), &mut ub).unwrap();
         for ((s, g), u) in swi.iter().zip(&ua).zip(&ub) {
             let want = g / (1.0 + (-g).exp()) * u;
             assert!((s - want).abs() <= 1e-6 * (1.0 + want.abs()), "{s} vs {want}");
@@ -408,9 +410,17 @@ mod fp8 {
         }
 
         let mut swi = vec![0.0; tokens * inter];
-        cpu.swiglu(&h, &a, &up, &mut swi).unwrap();
+        cpu.swiglu(&h, (&a, None), (&up, None), &mut swi).unwrap();
         cpu.linear(&h, &a, None, &mut ua).unwrap();
         cpu.linear(&h, &up, None, &mut ub).unwrap();
+        for ((s, g), u) in swi.iter().zip(&ua).zip(&ub) {
+            assert_eq!(*s, g / (1.0 + (-g).exp()) * u);
+        }
+        // Biases are added to each product as `linear` adds them.
+        let up_bias = super::t(&[inter], &(0..inter).map(|i| i as f32 * 0.01 - 0.3).collect::<Vec<_>>());
+        cpu.swiglu(&h, (&a, Some(&bias)), (&up, Some(&up_bias)), &mut swi).unwrap();
+        cpu.linear(&h, &a, Some(&bias), &mut ua).unwrap();
+        cpu.linear(&h, &up, Some(&up_bias), &mut ub).unwrap();
         for ((s, g), u) in swi.iter().zip(&ua).zip(&ub) {
             assert_eq!(*s, g / (1.0 + (-g).exp()) * u);
         }
