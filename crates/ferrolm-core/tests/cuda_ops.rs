@@ -659,6 +659,42 @@ fn paged_attention_with_a_sliding_window() {
     }
 }
 
+/// Prompt chunks continuing deep in a sequence (chunked prefill): the
+/// prefill kernel walks a long cache in key tiles, here beside a decode row
+/// of a longer sequence and, under a window, from inside a page. Few heads
+/// and a small head_dim keep the emulator fast.
+#[test]
+fn prefill_chunks_deep_in_long_contexts() {
+    if setup().is_none() {
+        return;
+    }
+    for (window, kv) in [(None, GpuDtype::F32), (Some(300), GpuDtype::F16)] {
+        let g = Geometry { window, kv, ..Geometry::new(2, 1, 32, 16) };
+        let mut pools = Pools::new(g, &[1030, 1502], 7);
+        pools.fill(&[1003, 1500]);
+        pools.step(&format!("prefill at position 1003, window {window:?}"), &[(1, 1), (0, 20)]);
+        pools.check_pages(&format!("prefill at position 1003, window {window:?}"));
+    }
+}
+
+/// A decode step of many sequences: enough (row, head) pairs to fill the
+/// GPU without splitting, and a block table per row.
+#[test]
+fn decode_steps_of_many_sequences() {
+    if setup().is_none() {
+        return;
+    }
+    let g = Geometry::new(8, 2, 64, 16);
+    let history: Vec<usize> = (0..40).map(|i| (i * 37) % 101).collect();
+    let capacity: Vec<usize> = history.iter().map(|h| h + 2).collect();
+    let mut pools = Pools::new(g, &capacity, 40);
+    pools.fill(&history);
+    let decode: Vec<(usize, usize)> = (0..history.len()).map(|s| (s, 1)).collect();
+    pools.step("decode of 40 sequences", &decode);
+    pools.step("decode of 40 sequences", &decode);
+    pools.check_pages("decode of 40 sequences");
+}
+
 /// Decode over long contexts, split along the sequence into partial
 /// softmaxes that are merged after. Few heads and a small head_dim keep the
 /// emulator fast. The split counts in the comments are those of a GPU of 132
