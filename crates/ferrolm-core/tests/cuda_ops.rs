@@ -462,6 +462,8 @@ struct Pools {
     gpu: &'static Cuda,
     cpu_kv: CpuKv,
     gpu_kv: CudaKv,
+    /// Pages in each pool.
+    pages: usize,
     /// Each sequence's block table and its length so far.
     tables: Vec<Vec<u32>>,
     lens: Vec<usize>,
@@ -489,7 +491,7 @@ impl Pools {
         let gpu = gpu(GpuDtype::F32, g.kv);
         let cpu_kv = cpu().new_kv(total, g.page_size, LAYERS, g.kv_dim()).unwrap();
         let gpu_kv = gpu.new_kv(total, g.page_size, LAYERS, g.kv_dim()).unwrap();
-        Pools { g, gpu, cpu_kv, gpu_kv, tables, lens: vec![0; capacity.len()], rng }
+        Pools { g, gpu, cpu_kv, gpu_kv, pages: total, tables, lens: vec![0; capacity.len()], rng }
     }
 
     /// Writes `len` positions of history (random keys and values, every
@@ -566,6 +568,14 @@ impl Pools {
         for &(s, len) in spans {
             self.lens[s] += len;
         }
+    }
+
+    /// Copies page `src` over `dst` in both pools; the results of both.
+    fn copy_page(&mut self, src: u32, dst: u32) -> [Result<(), String>; 2] {
+        [
+            self.gpu.copy_page(&mut self.gpu_kv, src, dst).map_err(|e| e.to_string()),
+            cpu().copy_page(&mut self.cpu_kv, src, dst).map_err(|e| e.to_string()),
+        ]
     }
 
     /// Every page of every sequence (all layers, keys and values) holds the
@@ -743,12 +753,48 @@ fn copied_pages_carry_every_layer_and_diverge_after() {
         let (src, dst) = (pools.tables[0][1], pools.tables[1][1]);
         pools.tables[1][0] = pools.tables[0][0];
         pools.lens[1] = 20;
-        pools.gpu.copy_page(&mut pools.gpu_kv, src, dst).unwrap();
-        cpu().copy_page(&mut pools.cpu_kv, src, dst).unwrap();
+        assert_eq!(pools.copy_page(src, dst), [Ok(()), Ok(())]);
         pools.check_pages(&format!("{kv:?} KV, after the copy"));
         pools.step(&format!("{kv:?} KV, after the fork"), &[(1, 3), (0, 1)]);
         pools.step(&format!("{kv:?} KV, after the fork"), &[(0, 1), (1, 1)]);
         pools.check_pages(&format!("{kv:?} KV, after the fork"));
+    }
+}
+
+/// A page copied from one never written reads as zeros, as its source does;
+/// a page outside the pool is an error on both backends (on the GPU, never a
+/// copy beyond the pool's memory).
+#[test]
+fn copies_of_unwritten_and_missing_pages() {
+    if setup().is_none() {
+        return;
+    }
+    for kv in [GpuDtype::F32, GpuDtype::Bf16] {
+        let g = Geometry { kv, ..Geometry::new(2, 1, 64, 16) };
+        let mut pools = Pools::new(g, &[32, 16], 5);
+        pools.fill(&[32, 0]);
+        let (written, unwritten) = (pools.tables[0][1], pools.tables[1][0]);
+        assert_eq!(pools.copy_page(unwritten, written), [Ok(()), Ok(())]);
+        pools.check_pages(&format!("{kv:?} KV, a copy of an unwritten page"));
+        for layer in 0..LAYERS {
+            let part = KvPart { layer, kind: KvKind::Value, kv_heads: 1, head_dim: 64 };
+            let page = cpu().read_kv_page(&pools.cpu_kv, written, part).unwrap();
+            assert!(
+                page.iter().all(|&v| v == 0.0),
+                "{kv:?} KV: the copy of an unwritten page reads as zeros"
+            );
+        }
+        let pages = pools.pages as u32;
+        for (src, dst) in [(pages, 0), (0, pages), (u32::MAX, u32::MAX)] {
+            for (backend, r) in ["GPU", "CPU"].iter().zip(pools.copy_page(src, dst)) {
+                let e =
+                    r.expect_err(&format!("{backend}: copy_page({src}, {dst}) of a pool of {pages} pages"));
+                assert!(e.contains("does not exist"), "{backend}: {e}");
+            }
+        }
+        // The pools are still whole (on the GPU, no fault made the context unusable).
+        pools.step(&format!("{kv:?} KV, after refused copies"), &[(1, 1)]);
+        pools.check_pages(&format!("{kv:?} KV, after refused copies"));
     }
 }
 

@@ -10,7 +10,7 @@ pub mod cuda;
 mod kv_page;
 mod quantize;
 
-pub use kv_page::{check_page_access, rows_of, KvGeometry, KvKind, KvPart};
+pub use kv_page::{check_page, check_page_access, rows_of, KvGeometry, KvKind, KvPart};
 
 pub use self::quantize::Quantize;
 use crate::error::{Error, Result};
@@ -240,7 +240,9 @@ pub trait Backend: Send + Sync {
 
     /// Allocates storage for `pages` pages.
     fn new_kv(&self, pages: usize, page_size: usize, layers: usize, kv_dim: usize) -> Result<Self::Kv>;
-    /// Copies every layer of page `src` into page `dst` (copy-on-write).
+    /// Copies every layer of page `src` into page `dst` (copy-on-write); a
+    /// page that was never written copies as zeros. A page outside the pool
+    /// is an error.
     fn copy_page(&self, kv: &mut Self::Kv, src: u32, dst: u32) -> Result<()>;
     /// Reads `part` of page `page` as f32 `[page_size, kv_heads, head_dim]`
     /// (positions never written read as zeros).
