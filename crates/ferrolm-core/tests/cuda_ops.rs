@@ -927,7 +927,7 @@ fn chi_square_critical(df: usize) -> f64 {
 }
 
 /// Pearson's chi-square of `counts` against `probs`, over the tokens
-/// expected at least 5 times, the others pooled (also when fewer than 5).
+/// expected at least 5 times, the others pooled.
 /// Tokens of probability 0 must never come up.
 fn check_distribution(what: &str, counts: &[usize], probs: &[f64]) {
     let n: usize = counts.iter().sum();
@@ -941,8 +941,14 @@ fn check_distribution(what: &str, counts: &[usize], probs: &[f64]) {
             pooled = (pooled.0 + c as f64, pooled.1 + expected);
         }
     }
-    if pooled.1 > 0.0 {
-        cells.push(pooled);
+    // The pool is a cell of its own when it expects 5 draws too, else part
+    // of the least likely cell (a stray draw in a cell expecting 0.01 would
+    // weigh 100 alone: chi-square needs cells of a few expected draws).
+    let smallest = (0..cells.len()).min_by(|&a, &b| cells[a].1.total_cmp(&cells[b].1));
+    match smallest {
+        Some(i) if pooled.1 < 5.0 => cells[i] = (cells[i].0 + pooled.0, cells[i].1 + pooled.1),
+        _ if pooled.1 > 0.0 => cells.push(pooled),
+        _ => {}
     }
     if cells.len() < 2 {
         return; // one outcome: the check above says it all
@@ -951,6 +957,9 @@ fn check_distribution(what: &str, counts: &[usize], probs: &[f64]) {
     let critical = chi_square_critical(cells.len() - 1);
     assert!(stat <= critical, "{what}: chi-square {stat:.1} > {critical:.1} over {} cells", cells.len());
 }
+
+/// Draws of a case checked one by one against the host reference.
+const HOST_CHECKED_DRAWS: usize = 2000;
 
 #[test]
 fn sampled_tokens_follow_the_host_reference_and_the_filtered_distribution() {
@@ -984,8 +993,9 @@ fn sampled_tokens_follow_the_host_reference_and_the_filtered_distribution() {
         // Draw by draw, the kernel picks what its host reference picks, but
         // for a random number within rounding of the boundary between two
         // tokens (the two sum the same weights in different orders).
+        // The host reference is a debug build's serial loop: a few thousand draws are enough.
         let mut near_boundary = 0;
-        for (&t, q) in got.iter().zip(&params) {
+        for (&t, q) in got.iter().zip(&params).take(HOST_CHECKED_DRAWS) {
             if t == sample_row(logits, q).0 {
                 continue;
             }
@@ -1000,8 +1010,8 @@ fn sampled_tokens_follow_the_host_reference_and_the_filtered_distribution() {
             near_boundary += 1;
         }
         assert!(
-            near_boundary * 100 <= draws,
-            "{what}: {near_boundary} of {draws} draws differ from the host's"
+            near_boundary * 100 <= draws.min(HOST_CHECKED_DRAWS),
+            "{what}: {near_boundary} draws differ from the host's"
         );
         let mut counts = vec![0; logits.len()];
         got.iter().for_each(|&t| counts[t as usize] += 1);
