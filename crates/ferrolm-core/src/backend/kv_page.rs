@@ -1,8 +1,9 @@
 //! Reading and writing one page of one layer's keys or values as plain f32,
 //! in MILI's order `[position][kv head][head_dim]` (each backend stores its
 //! pages its own way; these are the views the Python `KVCacheAllocator`
-//! reads and writes through). [`check_page_access`] is the one bounds check
-//! both backends run, so a bad page, layer or shape is an error, never a panic.
+//! reads and writes through). [`check_page_access`] (and [`check_page`] for
+//! page copies) are the bounds checks both backends run, so a bad page, layer
+//! or shape is an error, never a panic (nor, on a GPU, an access outside the pool).
 
 use crate::error::{Error, Result};
 
@@ -56,15 +57,21 @@ pub struct KvGeometry {
     pub kv_dim: usize,
 }
 
-/// Checks that `part` fits `geo` and that `rows` positions starting at
-/// `offset` lie inside page `page`.
-pub fn check_page_access(geo: KvGeometry, page: u32, part: KvPart, offset: usize, rows: usize) -> Result<()> {
+/// Checks that page `page` is one of the pool's.
+pub fn check_page(geo: KvGeometry, page: u32) -> Result<()> {
     if page as usize >= geo.pages {
         return Err(Error::InvalidInput(format!(
             "page {page} does not exist (the pool has {} pages)",
             geo.pages
         )));
     }
+    Ok(())
+}
+
+/// Checks that `part` fits `geo` and that `rows` positions starting at
+/// `offset` lie inside page `page`.
+pub fn check_page_access(geo: KvGeometry, page: u32, part: KvPart, offset: usize, rows: usize) -> Result<()> {
+    check_page(geo, page)?;
     if part.layer >= geo.layers {
         return Err(Error::InvalidInput(format!(
             "layer {} is out of range; the KV cache holds layers 0..{}",

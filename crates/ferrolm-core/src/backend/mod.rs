@@ -14,7 +14,7 @@ pub mod sample;
 
 pub use any::{AnyBackend, OnDevice};
 pub use device::Device;
-pub use kv_page::{check_page_access, rows_of, KvGeometry, KvKind, KvPart};
+pub use kv_page::{check_page, check_page_access, rows_of, KvGeometry, KvKind, KvPart};
 pub use sample::RowSampling;
 
 use crate::error::Result;
@@ -208,7 +208,9 @@ pub trait Backend: Send + Sync {
         kv_dim: usize,
         dtype: DType,
     ) -> Result<Self::Kv>;
-    /// Copies every layer of page `src` into page `dst` (copy-on-write).
+    /// Copies every layer of page `src` into page `dst` (copy-on-write); a
+    /// page that was never written copies as zeros. A page outside the pool
+    /// is an error.
     fn copy_page(&self, kv: &mut Self::Kv, src: u32, dst: u32) -> Result<()>;
     /// Reads `part` of page `page` as f32 `[page_size, kv_heads, head_dim]`
     /// (positions never written read as zeros).

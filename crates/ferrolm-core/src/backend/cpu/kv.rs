@@ -9,7 +9,7 @@
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-use crate::backend::{check_page_access, rows_of, KvGeometry, KvPart, SeqSpan};
+use crate::backend::{check_page, check_page_access, rows_of, KvGeometry, KvPart, SeqSpan};
 use crate::error::{Error, Result};
 use crate::formats::DType;
 
@@ -191,6 +191,8 @@ impl CpuKv {
     }
 
     pub(super) fn copy_page(&mut self, src: u32, dst: u32) -> Result<()> {
+        check_page(self.geometry(), src)?;
+        check_page(self.geometry(), dst)?;
         self.materialize(dst as usize)?;
         match &mut self.pages {
             Pages::F32(p) => copy_within(p, src as usize, dst as usize),
@@ -218,9 +220,14 @@ fn zeroed<T: Clone + Default>(len: usize) -> Option<Vec<T>> {
     Some(v)
 }
 
-/// Copies page `src` over page `dst` (an unwritten source leaves `dst` as is).
-fn copy_within<T: Copy>(pages: &mut [Vec<T>], src: usize, dst: usize) {
-    if pages[src].is_empty() || src == dst {
+/// Copies page `src` over page `dst` (materialized): an unwritten source
+/// reads as zeros, so `dst` becomes zeros too, as on the GPU.
+fn copy_within<T: Copy + Default>(pages: &mut [Vec<T>], src: usize, dst: usize) {
+    if src == dst {
+        return;
+    }
+    if pages[src].is_empty() {
+        pages[dst].fill(T::default());
         return;
     }
     let (a, b) = if src < dst {

@@ -143,6 +143,22 @@ fn copied_pages_hold_the_same_keys_and_values() {
     close(&out, &[4.0]);
 }
 
+/// A copy reads as its source does, zeros for a page never written (not
+/// what `dst` held before); pages outside the pool are errors, not panics.
+#[test]
+fn copies_of_unwritten_pages_are_zeros_and_missing_pages_are_errors() {
+    let cpu = Cpu::default();
+    let mut kv = cpu.new_kv(3, 2, 1, 1, DType::F32).unwrap();
+    let part = |kind| KvPart { layer: 0, kind, kv_heads: 1, head_dim: 1 };
+    cpu.write_kv_page(&mut kv, 1, part(KvKind::Key), 0, &[1.0, 2.0]).unwrap();
+    cpu.copy_page(&mut kv, 2, 1).unwrap();
+    assert_eq!(cpu.read_kv_page(&kv, 1, part(KvKind::Key)).unwrap(), vec![0.0, 0.0]);
+    for (src, dst) in [(3, 0), (0, 3)] {
+        let e = cpu.copy_page(&mut kv, src, dst).unwrap_err().to_string();
+        assert!(e.contains("page 3 does not exist"), "{e}");
+    }
+}
+
 /// The page views see what attention stores, in MILI's `[offset][head][head_dim]`
 /// order, and attention reads what the views write (f32 and f16 pages).
 #[test]

@@ -10,7 +10,7 @@ use super::kv::{CudaKv, KvPool, RowHost, RowMeta, PREFILL_ROWS};
 const PREFILL_KEYS: usize = 16;
 use super::{gpu_err, Cuda, GpuData, GpuTensor};
 use crate::backend::{
-    check_page_access, rows_of, AttentionShape, Backend, Device, KvPart, RowSampling, SeqSpan,
+    check_page, check_page_access, rows_of, AttentionShape, Backend, Device, KvPart, RowSampling, SeqSpan,
 };
 use crate::error::{Error, Result};
 use crate::formats::{fp8, DType, Quantize, StoredTensor};
@@ -430,6 +430,9 @@ impl Backend for Cuda {
     }
 
     fn copy_page(&self, kv: &mut CudaKv, src: u32, dst: u32) -> Result<()> {
+        // The kernel would copy from or to memory past the pool.
+        check_page(kv.geometry(), src)?;
+        check_page(kv.geometry(), dst)?;
         let page_len = kv.page_len() as i64;
         let name = format!("copy_page_{}", kv.pool.dtype().suffix());
         let mut b = self.stream.launch_builder(self.function(&name));
