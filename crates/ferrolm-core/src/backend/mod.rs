@@ -252,7 +252,7 @@ mod tests {
         assert_eq!(Device::parse(" CPU ").unwrap(), Device::Cpu);
         assert_eq!(Device::parse("cuda").unwrap(), Device::Cuda(0));
         assert_eq!(Device::parse("cuda:2").unwrap(), Device::Cuda(2));
-        assert_eq!(Device::parse("1").unwrap(), Device::Cuda(1), "the seed's device=1");
+        assert_eq!(Device::parse("1").unwrap(), Device::Cuda(1), "the session API's device=1");
         for bad in ["tpu", "cuda:x", "-1", ""] {
             let e = Device::parse(bad).unwrap_err().to_string();
             assert!(e.contains("a GPU index"), "{bad}: {e}");

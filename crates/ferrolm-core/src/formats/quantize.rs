@@ -3,7 +3,7 @@
 //! `quantize_row_q4_0_ref`, `quantize_row_q4_1_ref`, and
 //! `quantize_row_q4_K_ref` with its helpers `make_qkx2_quants` and
 //! `nearest_int`), for quantizing an f32/f16/bf16 checkpoint in place as it
-//! is loaded (issue 7: `quantize="q8_0"` / `"q4_k"`).
+//! is loaded (`quantize="q8_0"` / `"q4_k"`).
 //!
 //! The ports keep ggml's f32 arithmetic operation for operation (the same
 //! order of additions, `roundf` where ggml rounds half away from zero, the

@@ -1,11 +1,12 @@
-//! `SamplingConfig`: every knob of the seed API with its defaults, plus stop
+//! `SamplingConfig`: every knob of the session API's `SamplingConfig` with its
+//! defaults, plus stop
 //! conditions and log-probabilities. Validation names the offending field.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// How to pick tokens and when to stop. Defaults are the seed's. Reads and
+/// How to pick tokens and when to stop. Defaults are the session API's. Reads and
 /// writes as JSON with these field names (unknown fields are refused).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
