@@ -8,9 +8,9 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use ferrolm_core::backend::cpu::Cpu;
 use ferrolm_core::engine::{Engine, EngineConfig, OutputKind};
-use ferrolm_core::{SamplingConfig, Tokenizer, Transformer};
+use ferrolm_core::model::load_with_tokenizer;
+use ferrolm_core::{on_device, LoadOptions, SamplingConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -23,9 +23,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prompts = vec!["The capital of France is".into(), "Once upon a time".into()];
     }
 
-    let model = Arc::new(Transformer::<Cpu>::from_pretrained(&path, Some(1024))?);
-    let tokenizer = Tokenizer::from_pretrained(&path)?;
-    let (client, engine_thread) = Engine::new(model, Some(tokenizer), EngineConfig::default())?.spawn();
+    // `device: Device::Cuda(0)` would load it onto a GPU; the rest is the same.
+    let options = LoadOptions { max_seq_len: Some(1024), ..Default::default() };
+    let (model, tokenizer) = load_with_tokenizer(&path, &options)?;
+    let (client, engine_thread) =
+        on_device!(model, |m| Engine::new(Arc::new(m), tokenizer, EngineConfig::default())?.spawn());
 
     // One thread per prompt, all served together by the engine thread.
     let workers: Vec<_> = prompts
