@@ -34,7 +34,7 @@ from safetensors.numpy import load_file
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import FIXTURES, Reference, load_state, max_rel_error  # noqa: E402
+from conftest import FIXTURES, Reference, chunked_logits, chunked_then_decoded, load_state, max_rel_error  # noqa: E402
 from ferrolm import Transformer, _core, hub  # noqa: E402
 
 GGUF = ROOT / "tests" / "fixtures" / "gguf"
@@ -54,13 +54,7 @@ def hf_checks(ref: Reference, **load) -> dict[str, float]:
         for t, e in seqs
     )
     tokens, expected = seqs[-1]
-    chunks, pos = [], 0
-    for size in (1, 30, 64, len(tokens)):
-        chunk = tokens[pos : pos + size]
-        if chunk:
-            chunks.append(model.forward([chunk], start_pos=pos)[0])
-            pos += len(chunk)
-    out["chunked prefill"] = max_rel_error(np.concatenate(chunks), expected)
+    out["chunked prefill"] = max_rel_error(chunked_logits(model, tokens), expected)
     pair = Transformer.from_pretrained(ref.path, max_batch_size=2, **load)
     long = [(t, e) for t, e in seqs if len(t) >= 37]
     (a, ea), (b, eb) = long[0], long[1]
@@ -129,14 +123,7 @@ def cuda_checks(ref: Reference, device: str) -> dict[str, float]:
     seqs = list(ref.sequences())
     out = {"one pass": worst(max_rel_error(model.forward([t])[0], e) for t, e in seqs)}
     tokens, expected = seqs[-1]
-    rows, pos = [], 0
-    for size in (1, 30, 64, len(tokens) - 8 - 95):
-        rows.append(model.forward([tokens[pos : pos + size]], start_pos=pos)[0])
-        pos += size
-    while pos < len(tokens):
-        rows.append(model.forward([[tokens[pos]]], start_pos=pos)[0])
-        pos += 1
-    out["chunked prefill + decode"] = max_rel_error(np.concatenate(rows), expected)
+    out["chunked prefill + decode"] = max_rel_error(chunked_then_decoded(model, tokens), expected)
     pair = Transformer.from_pretrained(ref.path, device=device, dtype="float32", max_batch_size=2)
     long = [(t, e) for t, e in seqs if len(t) >= 37]
     (a, ea), (b, eb) = long[0], long[1]
@@ -158,14 +145,7 @@ def cuda_half_checks(ref: Reference, device: str) -> dict[str, float]:
         model = Transformer.from_pretrained(ref.path, device=device, dtype=dtype,
                                             kv_dtype="f16" if dtype == "float16" else None)
         tokens, expected = seqs[-1]
-        rows, pos = [], 0
-        for size in (1, 30, 64, len(tokens) - 8 - 95):
-            rows.append(model.forward([tokens[pos : pos + size]], start_pos=pos)[0])
-            pos += size
-        while pos < len(tokens):
-            rows.append(model.forward([[tokens[pos]]], start_pos=pos)[0])
-            pos += 1
-        out[f"{dtype} chunked prefill + decode"] = max_rel_error(np.concatenate(rows), expected)
+        out[f"{dtype} chunked prefill + decode"] = max_rel_error(chunked_then_decoded(model, tokens), expected)
     return out
 
 

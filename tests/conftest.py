@@ -46,6 +46,26 @@ def max_rel_error(ours: np.ndarray, ref: np.ndarray) -> float:
     return float(err.max())
 
 
+def chunked_logits(model, tokens: list[int], sizes=(1, 30, 64)) -> np.ndarray:
+    """The logits of every position of `tokens` fed as prompt chunks of
+    `sizes` (then the rest in one chunk), each continuing the cache."""
+    rows, pos = [], 0
+    for size in (*sizes, len(tokens)):
+        chunk = tokens[pos : pos + size]
+        if chunk:
+            rows.append(model.forward([chunk], start_pos=pos)[0])
+            pos += len(chunk)
+    return np.concatenate(rows)
+
+
+def chunked_then_decoded(model, tokens: list[int], decoded: int = 8 + 95) -> np.ndarray:
+    """The logits of every position of `tokens`: prompt chunks (1, 30, 64
+    and the rest) up to the last `decoded` positions, then one token at a time."""
+    prompt = chunked_logits(model, tokens[: len(tokens) - decoded])
+    rows = [model.forward([[t]], start_pos=p)[0] for p, t in enumerate(tokens) if p >= len(tokens) - decoded]
+    return np.concatenate([prompt, *rows])
+
+
 def load_state(model_dir: Path) -> dict[str, np.ndarray]:
     """A model directory's weights as float32 numpy arrays, shards merged.
 

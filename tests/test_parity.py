@@ -3,7 +3,7 @@
 import numpy as np
 
 from conftest import HF_TOLERANCE as TOLERANCE
-from conftest import load_state, max_rel_error
+from conftest import chunked_logits, load_state, max_rel_error
 from ferrolm import ModelArgs, Transformer
 
 
@@ -34,13 +34,7 @@ def test_token_by_token_decoding_matches_hf(reference):
 def test_chunked_prefill_matches_hf(reference):
     model = Transformer.from_pretrained(reference.path)
     tokens, expected = list(reference.sequences())[-1]
-    chunks, pos = [], 0
-    for size in (1, 30, 64, len(tokens)):
-        chunk = tokens[pos : pos + size]
-        if chunk:
-            chunks.append(model.forward([chunk], start_pos=pos)[0])
-            pos += len(chunk)
-    assert max_rel_error(np.concatenate(chunks), expected) < TOLERANCE
+    assert max_rel_error(chunked_logits(model, tokens), expected) < TOLERANCE
 
 
 def test_batch_rows_match_single_sequences(reference):

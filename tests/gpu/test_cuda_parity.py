@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from gpu_support import DEVICE, require_cuda
 
-from conftest import FIXTURES, HF_TOLERANCE, Reference, max_rel_error
+from conftest import FIXTURES, HF_TOLERANCE, Reference, chunked_then_decoded, max_rel_error
 from ferrolm import Transformer
 
 require_cuda()
@@ -56,14 +56,7 @@ def test_chunked_prefill_then_decode_matches_hf(name, dtype, kv_dtype):
     ref = Reference(name)
     model = load(ref, dtype, kv_dtype=kv_dtype)
     tokens, expected = list(ref.sequences())[-1]
-    rows, pos = [], 0
-    for size in (1, 30, 64, len(tokens) - 8 - 95):
-        rows.append(model.forward([tokens[pos : pos + size]], start_pos=pos)[0])
-        pos += size
-    while pos < len(tokens):
-        rows.append(model.forward([[tokens[pos]]], start_pos=pos)[0])
-        pos += 1
-    err = max_rel_error(np.concatenate(rows), expected)
+    err = max_rel_error(chunked_then_decoded(model, tokens), expected)
     assert err < TOLERANCES[dtype], f"{name} {dtype}: max relative error {err:.2e}"
 
 

@@ -36,7 +36,7 @@ use std::sync::{Mutex, OnceLock};
 use ferrolm_core::backend::cpu::{Cpu, CpuKv, CpuOptions};
 use ferrolm_core::backend::cuda::{self, Cuda, CudaKv, GpuData};
 use ferrolm_core::backend::sample::{sample_row, RowSampling};
-use ferrolm_core::backend::{AttentionShape, Backend, KvKind, KvPart, SeqSpan};
+use ferrolm_core::backend::{AttentionShape, Backend, KvGeometry, KvKind, KvPart, SeqSpan};
 use ferrolm_core::formats::{DType, HostTensor, StoredTensor};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -488,8 +488,18 @@ impl Pools {
             }
         }
         let gpu = gpu(DType::F32);
-        let cpu_kv = cpu().new_kv(total, g.page_size, LAYERS, g.kv_dim(), DType::F32).unwrap();
-        let gpu_kv = gpu.new_kv(total, g.page_size, LAYERS, g.kv_dim(), g.kv).unwrap();
+        let cpu_kv = cpu()
+            .new_kv(
+                KvGeometry { pages: total, page_size: g.page_size, layers: LAYERS, kv_dim: g.kv_dim() },
+                DType::F32,
+            )
+            .unwrap();
+        let gpu_kv = gpu
+            .new_kv(
+                KvGeometry { pages: total, page_size: g.page_size, layers: LAYERS, kv_dim: g.kv_dim() },
+                g.kv,
+            )
+            .unwrap();
         Pools { g, gpu, cpu_kv, gpu_kv, pages: total, tables, lens: vec![0; capacity.len()], rng }
     }
 

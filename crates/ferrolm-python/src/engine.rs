@@ -203,11 +203,7 @@ impl Engine {
         let d = PyDict::new(py);
         d.set_item("running", s.running)?;
         d.set_item("waiting", s.waiting)?;
-        d.set_item("total_pages", s.pool.total_pages)?;
-        d.set_item("used_pages", s.pool.used_pages)?;
-        d.set_item("cached_pages", s.pool.cached_pages)?;
-        d.set_item("free_pages", s.pool.free_pages)?;
-        d.set_item("available_pages", s.pool.available_pages)?;
+        crate::kv::set_page_counts(&d, &s.pool)?;
         d.set_item("page_size", s.page_size)?;
         d.set_item("prefix_queries", s.pool.prefix_queries)?;
         d.set_item("prefix_hits", s.pool.prefix_hits)?;

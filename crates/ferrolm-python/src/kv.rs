@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use ferrolm_core::backend::cpu::Cpu;
 use ferrolm_core::backend::cuda::Cuda;
 use ferrolm_core::backend::{AnyBackend, KvKind, KvPart, OnDevice};
-use ferrolm_core::kv::KvShape;
+use ferrolm_core::kv::{KvShape, PoolStats};
 use ferrolm_core::{on_device, DType, Device, Error, KvCache, KvLayout, Result};
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::prelude::*;
@@ -68,6 +68,16 @@ fn open(device: &str, dtype: DType, geo: Geometry, layout: KvLayout) -> Result<P
             OnDevice::Cuda((gpu, cache))
         }
     })
+}
+
+/// A pool's page counts as dict items (free = on the free list, available =
+/// free + cached), shared by every stats dict that reports a pool.
+pub fn set_page_counts(d: &Bound<'_, PyDict>, s: &PoolStats) -> PyResult<()> {
+    d.set_item("total_pages", s.total_pages)?;
+    d.set_item("used_pages", s.used_pages)?;
+    d.set_item("cached_pages", s.cached_pages)?;
+    d.set_item("free_pages", s.free_pages)?;
+    d.set_item("available_pages", s.available_pages)
 }
 
 impl PagedKVCache {
@@ -207,11 +217,7 @@ impl PagedKVCache {
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.with(py, |p| Ok(on_device!(p, |(_, c)| c.stats())))?;
         let d = PyDict::new(py);
-        d.set_item("total_pages", s.total_pages)?;
-        d.set_item("used_pages", s.used_pages)?;
-        d.set_item("cached_pages", s.cached_pages)?;
-        d.set_item("free_pages", s.free_pages)?;
-        d.set_item("available_pages", s.available_pages)?;
+        set_page_counts(&d, &s)?;
         d.set_item("page_size", self.page_size)?;
         Ok(d)
     }

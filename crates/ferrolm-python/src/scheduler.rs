@@ -161,11 +161,7 @@ impl SteppedScheduler {
         d.set_item("waiting", waiting)?;
         d.set_item("running", running)?;
         d.set_item("preemptions", preemptions)?;
-        d.set_item("total_pages", pool.total_pages)?;
-        d.set_item("used_pages", pool.used_pages)?;
-        d.set_item("cached_pages", pool.cached_pages)?;
-        d.set_item("free_pages", pool.free_pages)?;
-        d.set_item("available_pages", pool.available_pages)?;
+        crate::kv::set_page_counts(&d, &pool)?;
         Ok(d)
     }
 }

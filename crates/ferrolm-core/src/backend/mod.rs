@@ -200,14 +200,7 @@ pub trait Backend: Send + Sync {
     fn len(&self, buf: &Self::Buf) -> usize;
 
     /// Allocates storage for `pages` pages holding `dtype` values.
-    fn new_kv(
-        &self,
-        pages: usize,
-        page_size: usize,
-        layers: usize,
-        kv_dim: usize,
-        dtype: DType,
-    ) -> Result<Self::Kv>;
+    fn new_kv(&self, geometry: KvGeometry, dtype: DType) -> Result<Self::Kv>;
     /// Copies every layer of page `src` into page `dst` (copy-on-write); a
     /// page that was never written copies as zeros. A page outside the pool
     /// is an error.

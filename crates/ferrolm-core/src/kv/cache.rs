@@ -32,8 +32,7 @@ impl<B: Backend> KvCache<B> {
         prefix_caching: bool,
     ) -> Result<Self> {
         let tables = BlockTables::new(layout, max_seq_len, prefix_caching)?;
-        let store =
-            backend.new_kv(layout.num_pages, layout.page_size, shape.layers, shape.kv_dim, shape.dtype)?;
+        let store = backend.new_kv(shape.geometry(layout), shape.dtype)?;
         Ok(KvCache { store, tables })
     }
 

@@ -1,6 +1,7 @@
 //! The geometry of a page pool: how pages are sized ([`KvLayout`]) and what
 //! one position of one layer holds ([`KvShape`]).
 
+use crate::backend::KvGeometry;
 use crate::formats::DType;
 
 /// Geometry of a page pool.
@@ -25,6 +26,16 @@ pub struct KvShape {
 }
 
 impl KvShape {
+    /// The storage geometry of a pool of `layout` pages.
+    pub fn geometry(&self, layout: KvLayout) -> KvGeometry {
+        KvGeometry {
+            pages: layout.num_pages,
+            page_size: layout.page_size,
+            layers: self.layers,
+            kv_dim: self.kv_dim,
+        }
+    }
+
     /// Bytes one page of `page_size` positions takes.
     pub fn page_bytes(&self, page_size: usize) -> usize {
         2 * self.layers * page_size * self.kv_dim * self.dtype.size_in_bytes()

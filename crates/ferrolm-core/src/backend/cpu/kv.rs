@@ -36,13 +36,8 @@ pub struct CpuKv {
 }
 
 impl CpuKv {
-    pub(super) fn new(
-        pages: usize,
-        page_size: usize,
-        layers: usize,
-        kv_dim: usize,
-        dtype: DType,
-    ) -> Result<CpuKv> {
+    pub(super) fn new(geometry: KvGeometry, dtype: DType) -> Result<CpuKv> {
+        let KvGeometry { pages, page_size, layers, kv_dim } = geometry;
         let pages = match dtype {
             DType::F32 => Pages::F32(vec![Vec::new(); pages]),
             DType::F16 => Pages::F16(vec![Vec::new(); pages]),

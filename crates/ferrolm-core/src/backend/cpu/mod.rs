@@ -26,7 +26,7 @@ pub use self::matmul::CpuWeight;
 use self::matmul::{rms_norm_row, with_spare, Matrix, OutPtr, Prepared};
 use self::quant::interleave::Interleaved;
 use self::quant::Isa;
-use super::{AttentionShape, Backend, Device, KvPart, SeqSpan};
+use super::{AttentionShape, Backend, Device, KvGeometry, KvPart, SeqSpan};
 use crate::error::{try_zeroed, Error, Result};
 use crate::formats::fp8::{Fp8Tensor, MODEL_LAYOUT};
 use crate::formats::{Bytes, DType, GgmlType, HostTensor, PackedTensor, Quantize, StoredTensor};
@@ -442,15 +442,8 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn new_kv(
-        &self,
-        pages: usize,
-        page_size: usize,
-        layers: usize,
-        kv_dim: usize,
-        dtype: DType,
-    ) -> Result<CpuKv> {
-        CpuKv::new(pages, page_size, layers, kv_dim, dtype)
+    fn new_kv(&self, geometry: KvGeometry, dtype: DType) -> Result<CpuKv> {
+        CpuKv::new(geometry, dtype)
     }
 
     fn copy_page(&self, kv: &mut CpuKv, src: u32, dst: u32) -> Result<()> {

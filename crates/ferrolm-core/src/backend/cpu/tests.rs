@@ -1,7 +1,7 @@
 //! The CPU ops on cases small enough to check by hand.
 
 use super::{Cpu, CpuOptions, CpuWeight};
-use crate::backend::{AttentionShape, Backend, KvKind, KvPart, SeqSpan};
+use crate::backend::{AttentionShape, Backend, KvGeometry, KvKind, KvPart, SeqSpan};
 use crate::formats::DType;
 use crate::formats::HostTensor;
 
@@ -59,7 +59,7 @@ fn silu_mul_and_add() {
 /// per page, with the block table out of order.
 fn attend(window: Option<usize>, q: &[f32]) -> Vec<f32> {
     let cpu = Cpu::default();
-    let mut kv = cpu.new_kv(4, 1, 1, 2, DType::F32).unwrap();
+    let mut kv = cpu.new_kv(KvGeometry { pages: 4, page_size: 1, layers: 1, kv_dim: 2 }, DType::F32).unwrap();
     let shape = AttentionShape { num_heads: 2, num_kv_heads: 1, head_dim: 2, sliding_window: window };
     let k = vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
     let v = vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
@@ -85,7 +85,12 @@ fn split_decode_attention_equals_the_prompt_pass() {
         let (q, k, v) =
             (rand(len * heads * head_dim), rand(len * kv_heads * head_dim), rand(len * kv_heads * head_dim));
         let pages: Vec<u32> = (0..len.div_ceil(4) as u32).rev().collect();
-        let mut kv = cpu.new_kv(pages.len(), 4, 1, kv_heads * head_dim, dtype).unwrap();
+        let mut kv = cpu
+            .new_kv(
+                KvGeometry { pages: pages.len(), page_size: 4, layers: 1, kv_dim: kv_heads * head_dim },
+                dtype,
+            )
+            .unwrap();
         let mut full = vec![0.0; len * heads * head_dim];
         let span = SeqSpan { pages: &pages, start_pos: 0, row: 0, len };
         cpu.attention(&mut kv, 0, &[span], shape, &q, &k, &v, &mut full).unwrap();
@@ -129,7 +134,7 @@ fn sliding_window_drops_old_positions() {
 #[test]
 fn copied_pages_hold_the_same_keys_and_values() {
     let cpu = Cpu::default();
-    let mut kv = cpu.new_kv(2, 2, 1, 1, DType::F32).unwrap();
+    let mut kv = cpu.new_kv(KvGeometry { pages: 2, page_size: 2, layers: 1, kv_dim: 1 }, DType::F32).unwrap();
     let shape = AttentionShape { num_heads: 1, num_kv_heads: 1, head_dim: 1, sliding_window: None };
     let mut out = vec![0.0; 2];
     let span = SeqSpan { pages: &[0], start_pos: 0, row: 0, len: 2 };
@@ -148,7 +153,7 @@ fn copied_pages_hold_the_same_keys_and_values() {
 #[test]
 fn copies_of_unwritten_pages_are_zeros_and_missing_pages_are_errors() {
     let cpu = Cpu::default();
-    let mut kv = cpu.new_kv(3, 2, 1, 1, DType::F32).unwrap();
+    let mut kv = cpu.new_kv(KvGeometry { pages: 3, page_size: 2, layers: 1, kv_dim: 1 }, DType::F32).unwrap();
     let part = |kind| KvPart { layer: 0, kind, kv_heads: 1, head_dim: 1 };
     cpu.write_kv_page(&mut kv, 1, part(KvKind::Key), 0, &[1.0, 2.0]).unwrap();
     cpu.copy_page(&mut kv, 2, 1).unwrap();
@@ -173,7 +178,7 @@ fn page_views_match_what_attention_writes_and_reads() {
         let stored = |x: &[f32]| -> Vec<f32> {
             x.iter().map(|&v| if dtype == DType::F16 { half::f16::from_f32(v).to_f32() } else { v }).collect()
         };
-        let mut kv = cpu.new_kv(4, ps, 2, w, dtype).unwrap();
+        let mut kv = cpu.new_kv(KvGeometry { pages: 4, page_size: ps, layers: 2, kv_dim: w }, dtype).unwrap();
         let k: Vec<f32> = (0..6 * w).map(|i| i as f32 * 0.1 + 0.01).collect();
         let v: Vec<f32> = (0..6 * w).map(|i| -(i as f32) * 0.3).collect();
         let span = SeqSpan { pages: &[3, 1], start_pos: 0, row: 0, len: 6 };

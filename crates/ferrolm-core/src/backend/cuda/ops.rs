@@ -10,7 +10,8 @@ use super::kv::{CudaKv, KvPool, RowHost, RowMeta, PREFILL_ROWS};
 const PREFILL_KEYS: usize = 16;
 use super::{gpu_err, Cuda, GpuData, GpuTensor};
 use crate::backend::{
-    check_page, check_page_access, rows_of, AttentionShape, Backend, Device, KvPart, RowSampling, SeqSpan,
+    check_page, check_page_access, rows_of, AttentionShape, Backend, Device, KvGeometry, KvPart, RowSampling,
+    SeqSpan,
 };
 use crate::error::{Error, Result};
 use crate::formats::{fp8, DType, Quantize, StoredTensor};
@@ -98,6 +99,11 @@ impl Cuda {
         }
         Ok(kv.meta.as_ref().expect("set above"))
     }
+}
+
+/// One block of `threads` per head of each row.
+fn per_head(rows: usize, heads: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: (rows as u32, heads as u32, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
 }
 
 impl Backend for Cuda {
@@ -361,11 +367,7 @@ impl Backend for Cuda {
         let (w, hd) = (width as i32, head_dim as i32);
         let mut b = self.stream.launch_builder(self.function("rope_f32"));
         b.arg(x).arg(&pos).arg(&freq).arg(&w).arg(&hd);
-        let cfg = LaunchConfig {
-            grid_dim: (positions.len() as u32, (width / head_dim) as u32, 1),
-            block_dim: (reduce_block(head_dim / 2), 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = per_head(positions.len(), width / head_dim, reduce_block(head_dim / 2));
         // SAFETY: rope.cu's signature; x holds rows * width values.
         unsafe { b.launch(cfg) }.map_err(gpu_err("rope"))?;
         Ok(())
@@ -388,11 +390,7 @@ impl Backend for Cuda {
         let (wd, hd) = (width as i32, head_dim as i32);
         let mut b = self.stream.launch_builder(self.function("rms_norm_rope_f32"));
         b.arg(x).arg(f32_param(w)?).arg(&pos).arg(&freq).arg(&wd).arg(&hd).arg(&eps);
-        let cfg = LaunchConfig {
-            grid_dim: (positions.len() as u32, (width / head_dim) as u32, 1),
-            block_dim: (reduce_block(head_dim), 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = per_head(positions.len(), width / head_dim, reduce_block(head_dim));
         // SAFETY: rope.cu's signature.
         unsafe { b.launch(cfg) }.map_err(gpu_err("rms_norm_rope"))?;
         Ok(())
@@ -406,14 +404,8 @@ impl Backend for Cuda {
         self.binary("add_f32", x, y)
     }
 
-    fn new_kv(
-        &self,
-        pages: usize,
-        page_size: usize,
-        layers: usize,
-        kv_dim: usize,
-        dtype: DType,
-    ) -> Result<CudaKv> {
+    fn new_kv(&self, geometry: KvGeometry, dtype: DType) -> Result<CudaKv> {
+        let KvGeometry { pages, page_size, layers, kv_dim } = geometry;
         let len = (pages * 2 * layers * page_size * kv_dim).max(1);
         let bytes = len * dtype.size_in_bytes();
         let oom = |e: cudarc::driver::DriverError| Error::OutOfMemory {
