@@ -389,18 +389,45 @@ BAD_REQUESTS = [
      "messages"),
     ("/generate", {"prompt": "hi", "temperature": "hot"}, 400, "temperature"),
     ("/generate", {"prompt": "hi", "max_tokens": -5}, 400, "max_tokens"),
+    # Each of these was a 500 (UnicodeEncodeError, OverflowError, TypeError).
+    ("/v1/completions", {"prompt": "a\ud800b"}, 400, "prompt"),
+    ("/v1/completions", {"prompt": ["ok", "a\udfffb"]}, 400, "prompt"),
+    ("/generate", {"prompt": "a\ud800b"}, 400, "prompt"),
+    ("/v1/completions", {"prompt": [2**64]}, 400, "prompt"),
+    ("/v1/completions", {"prompt": [[1, 2], [-1]]}, 400, "prompt"),
+    ("/v1/chat/completions", {"messages": CHAT, "chat_template_kwargs": {"tools": 5}}, 400, "messages"),
+    ("/v1/chat/completions", {"messages": CHAT, "chat_template_kwargs": {"add_generation_prompt": "yes"}}, 400,
+     "chat_template_kwargs"),
 ]
 
 
 @pytest.mark.parametrize(("path", "body", "status", "param"), BAD_REQUESTS,
                          ids=[f"{p}-{'-'.join(map(str, b))}" for p, b, _, _ in BAD_REQUESTS])
 def test_bad_input_is_an_openai_error_and_the_server_keeps_serving(server, path, body, status, param):
-    err = assert_error(server.http.post(path, json=body), status)
+    # json.dumps escapes non-ASCII, so lone surrogates travel as JSON writes them (`\ud800`).
+    sent = server.http.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+    err = assert_error(sent, status)
     assert err["type"] == ("not_found_error" if status == 404 else "invalid_request_error")
     if param is not None:
         assert err["param"] == param
     out = server.client.completions.create(model=MODEL, prompt="still there?", max_tokens=2, temperature=0)
     assert out.usage.completion_tokens == 2
+    assert engine_idle(server.engine)
+
+
+def test_chat_template_kwargs_merge_with_the_request_as_vllm_does(server):
+    """add_generation_prompt may be set through chat_template_kwargs; the
+    request's own messages win over a `messages` key there (both were 500s)."""
+    plain = server.http.post("/v1/chat/completions", json={"messages": CHAT, "max_tokens": 3, "temperature": 0})
+    assert plain.status_code == 200, plain.text
+    ignored = server.http.post("/v1/chat/completions", json={
+        "messages": CHAT, "max_tokens": 3, "temperature": 0, "chat_template_kwargs": {"messages": []}})
+    assert ignored.status_code == 200, ignored.text
+    assert ignored.json()["choices"][0]["message"] == plain.json()["choices"][0]["message"]
+    no_header = server.http.post("/v1/chat/completions", json={
+        "messages": CHAT, "max_tokens": 3, "temperature": 0, "chat_template_kwargs": {"add_generation_prompt": False}})
+    assert no_header.status_code == 200, no_header.text
+    assert no_header.json()["usage"]["prompt_tokens"] < plain.json()["usage"]["prompt_tokens"]
     assert engine_idle(server.engine)
 
 

@@ -215,10 +215,12 @@ class Tokenizer:
         if isinstance(messages, Mapping) or isinstance(messages, str):
             raise ValueError("messages must be a list of {'role': ..., 'content': ...} dicts")
         extra = dict(kwargs)
-        if tools is not None:
-            extra["tools"] = list(tools)
-        if documents is not None:
-            extra["documents"] = list(documents)
+        for name, value in (("tools", tools), ("documents", documents)):
+            if value is not None:
+                if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence) \
+                        or not all(isinstance(v, Mapping) for v in value):
+                    raise ValueError(f"{name} must be a list of dicts, got {type(value).__name__}")
+                extra[name] = list(value)
         return self._core.apply_chat_template(
             _to_json(list(messages), "messages"), bool(add_generation_prompt), _to_json(extra, "template arguments")
         )

@@ -80,12 +80,19 @@ def _render(state: ServerState, messages: list[ChatMessage], template_args: dict
         if d["role"] == "developer":
             d["role"] = "system"
         plain.append(d)
+    # chat_template_kwargs reach the template as vLLM passes them: they may set
+    # add_generation_prompt, but the request's own messages always win.
+    args = {k: v for k, v in template_args.items() if k != "messages"}
+    add_generation_prompt = args.pop("add_generation_prompt", True)
+    if not isinstance(add_generation_prompt, bool):
+        raise APIError("chat_template_kwargs.add_generation_prompt must be true or false",
+                       param="chat_template_kwargs")
     try:
-        text = state.tokenizer.apply_chat_template(plain, True, **template_args)
+        text = state.tokenizer.apply_chat_template(plain, add_generation_prompt, **args)
     except ValueError as e:
         raise APIError(f"chat template failed: {e}", param="messages") from None
     # The template already wrote any BOS token; encoding must not add another.
-    return state.tokenizer.encode(text, add_special_tokens=False)
+    return state.encode(text, "messages", add_special_tokens=False)
 
 
 def _text(content: str | list[dict[str, Any]] | None, i: int) -> str:

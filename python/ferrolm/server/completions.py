@@ -59,12 +59,12 @@ async def create_completion(req: CompletionRequest, request: Request):
 def _prompts(state: ServerState, prompt: str | list) -> list[list[int]]:
     """One prompt (text or token ids) or a list of them, as token ids."""
     if isinstance(prompt, str):
-        return [state.tokenizer.encode(prompt)]
+        return [state.encode(prompt, "prompt")]
     if not prompt:
         raise APIError("prompt must not be empty", param="prompt")
     if all(isinstance(t, int) for t in prompt):
-        return [list(prompt)]
-    return [state.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompt]
+        return [state.check_token_ids(prompt, "prompt")]
+    return [state.encode(p, "prompt") if isinstance(p, str) else state.check_token_ids(p, "prompt") for p in prompt]
 
 
 def usage_of(group: RequestGroup) -> Usage:

@@ -41,7 +41,7 @@ async def generate(req: GenerateRequest, request: Request):
         config = SamplingConfig(min_p=0.0, repetition_penalty=1.0, **knobs)
     except ValueError as e:
         raise APIError(str(e)) from None
-    prompt = state.tokenizer.encode(req.prompt)
+    prompt = state.encode(req.prompt, "prompt")
     request_id, group = state.start("gen", [prompt], config, 1, started)
     if req.stream:
         return EventStream(_stream(group, request_id), on_close=group.close)

@@ -43,6 +43,22 @@ class ServerState:
     def _decode_one(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
+    def encode(self, text: str, param: str, add_special_tokens: bool = True) -> list[int]:
+        """``text`` as token ids; text the tokenizer cannot take (a lone UTF-16
+        surrogate, which is not valid UTF-8) is the client's error."""
+        try:
+            return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        except ValueError as e:  # UnicodeEncodeError included
+            raise APIError(f"{param} is not valid text: {e}", param=param) from None
+
+    def check_token_ids(self, ids: Sequence[int], param: str) -> list[int]:
+        """``ids`` when each is a token of the vocabulary, else a 400."""
+        vocab = self.engine.model_info["vocab_size"]
+        for i, t in enumerate(ids):
+            if not 0 <= t < vocab:
+                raise APIError(f"{param}[{i}] = {t} is not a token id (the vocabulary has {vocab})", param=param)
+        return list(ids)
+
     def check_model(self, model: str | None) -> None:
         # A missing model is allowed (curl users); a different one is a 404 like OpenAI's.
         if model is not None and model != self.model_name:
