@@ -8,6 +8,7 @@ only the new part is computed (the KV cache of earlier turns is kept).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +20,11 @@ from ferrolm.sampling import SamplingConfig
 
 class InferenceSession:
     """Talk to a model.
+
+    One session is one conversation. Threads may share it: calls take turns
+    (a streamed turn holds the session from its first piece until it ends or
+    the iterator is closed); to serve many users at once use ``LLM`` or
+    ``AsyncEngine``.
 
     Args:
         model_path: a model directory, a ``.gguf`` file, or a short name such
@@ -55,6 +61,9 @@ class InferenceSession:
         args.pop("max_num_seqs", None)
         self.default_sampling = settings.sampling if settings is not None else SamplingConfig()
         path = hub.resolve(model_path)
+        # Threads sharing one session take turns: a whole turn (a stream
+        # until it ends or is closed) holds this lock, so no turn cuts another.
+        self._turn = threading.RLock()
         self._core = _core.Session.load(
             str(path), core_device(args.pop("device", "cpu")), args.pop("max_seq_len", None), args.pop("dtype", None),
             args.pop("quantize", None), args.pop("kv_dtype", None), **args,
@@ -73,25 +82,27 @@ class InferenceSession:
             stream: return an iterator of text pieces as they are produced.
         """
         of_type(prompt, "prompt", str, "a string")
-        core = self._session()
-        core.start_turn(prompt, self._sampling(config), system_prompt)
-        return _pieces(core) if stream else core.finish_turn()
+        sampling = self._sampling(config)
+        start = lambda core: core.start_turn(prompt, sampling, system_prompt)  # noqa: E731
+        return self._pieces(start) if stream else self._whole(start)
 
     def complete(self, text: str, config: SamplingConfig | None = None,
                  stream: bool = False) -> str | Iterator[str]:
         """Continues ``text`` as is (no chat template, not part of the conversation)."""
         of_type(text, "text", str, "a string")
-        core = self._session()
-        core.start_completion(text, self._sampling(config))
-        return _pieces(core) if stream else core.finish_turn()
+        sampling = self._sampling(config)
+        start = lambda core: core.start_completion(text, sampling)  # noqa: E731
+        return self._pieces(start) if stream else self._whole(start)
 
     def set_system_prompt(self, system_prompt: str | None) -> None:
         """Sets the system prompt of every later turn (None removes it)."""
-        self._session().set_system_prompt(system_prompt)
+        with self._turn:
+            self._session().set_system_prompt(system_prompt)
 
     def reset_conversation(self) -> None:
         """Forgets the conversation (a shared prefix such as the system prompt stays cached)."""
-        self._session().reset()
+        with self._turn:
+            self._session().reset()
 
     @property
     def history(self) -> list[dict[str, str]]:
@@ -129,6 +140,20 @@ class InferenceSession:
         """Frees the model and its cache; the session cannot be used afterwards."""
         self._core = None
 
+    def _whole(self, start) -> str:
+        with self._turn:
+            core = self._session()
+            start(core)
+            return core.finish_turn()
+
+    def _pieces(self, start) -> Iterator[str]:
+        # A generator: the turn starts (and takes the lock) at the first piece asked for.
+        with self._turn:
+            core = self._session()
+            start(core)
+            while (piece := core.next_piece()) is not None:
+                yield piece
+
     def _session(self) -> _core.Session:
         if self._core is None:
             raise RuntimeError("this InferenceSession is closed; create a new one")
@@ -164,6 +189,4 @@ def _config(config: SamplingConfig | None, default: SamplingConfig) -> SamplingC
     return of_type(config, "config", SamplingConfig, "a SamplingConfig")
 
 
-def _pieces(core: _core.Session) -> Iterator[str]:
-    while (piece := core.next_piece()) is not None:
-        yield piece
+

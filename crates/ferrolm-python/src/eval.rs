@@ -28,7 +28,7 @@ pub fn perplexity(
                 failed = Python::attach(|py| callback.call1(py, (done, total)).err());
             }
         };
-        on_device!(&model.inner, |m| ferrolm_core::perplexity(&m.model, &tokens, context, report))
+        on_device!(model.shared(), |m| ferrolm_core::perplexity(&m, &tokens, context, report))
     })?;
     match failed {
         Some(err) => Err(err),

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use ferrolm_core::backend::cpu::Cpu;
 use ferrolm_core::backend::cuda::Cuda;
@@ -35,19 +35,40 @@ impl<B: Backend> Loaded<B> {
     }
 }
 
-#[pyclass(module = "ferrolm._core")]
+type AnyLoaded = OnDevice<Loaded<Cpu>, Loaded<Cuda>>;
+
+/// Shareable between Python threads: calls that use the cache (`forward`,
+/// state loads) take turns on a lock, taken without the GIL; `generate`
+/// runs its own engine over the shared model.
+#[pyclass(module = "ferrolm._core", frozen)]
 pub struct Model {
-    pub(crate) inner: OnDevice<Loaded<Cpu>, Loaded<Cuda>>,
+    inner: Mutex<AnyLoaded>,
+    config: ferrolm_core::Config,
+    device: String,
     max_batch_size: usize,
 }
 
 impl Model {
-    fn config_value(&self) -> &ferrolm_core::Config {
-        on_device!(&self.inner, |m| &m.model.config)
+    fn wrap(inner: AnyLoaded, max_batch_size: usize) -> Model {
+        let (config, device) = on_device!(&inner, |m| (m.model.config.clone(), m.model.device().to_string()));
+        Model { inner: Mutex::new(inner), config, device, max_batch_size }
+    }
+
+    /// The model and cache, for one call at a time (call without the GIL).
+    pub(crate) fn lock(&self) -> MutexGuard<'_, AnyLoaded> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The model alone, shared (the lock is held only to copy the handle).
+    pub(crate) fn shared(&self) -> OnDevice<Arc<Transformer<Cpu>>, Arc<Transformer<Cuda>>> {
+        match &*self.lock() {
+            OnDevice::Cpu(m) => OnDevice::Cpu(Arc::clone(&m.model)),
+            OnDevice::Cuda(m) => OnDevice::Cuda(Arc::clone(&m.model)),
+        }
     }
 
     fn new(model: Transformer<Cpu>, max_batch_size: usize) -> ferrolm_core::Result<Model> {
-        Ok(Model { inner: OnDevice::Cpu(Loaded::new(model, max_batch_size)?), max_batch_size })
+        Ok(Model::wrap(OnDevice::Cpu(Loaded::new(model, max_batch_size)?), max_batch_size))
     }
 }
 
@@ -87,7 +108,7 @@ impl Model {
                 OnDevice::Cpu(m) => OnDevice::Cpu(Loaded::new(m, max_batch_size)?),
                 OnDevice::Cuda(m) => OnDevice::Cuda(Loaded::new(m, max_batch_size)?),
             };
-            Ok(Model { inner, max_batch_size })
+            Ok(Model::wrap(inner, max_batch_size))
         })
     }
 
@@ -123,14 +144,14 @@ impl Model {
 
     /// Replaces the parameters in `state`; with `strict`, all must be present.
     fn load_state_dict(
-        &mut self,
+        &self,
         py: Python<'_>,
         state: HashMap<String, PyReadonlyArrayDyn<'_, f32>>,
         strict: bool,
     ) -> PyResult<()> {
         let tensors = host_tensors(state)?;
         run(py, || {
-            on_device!(&mut self.inner, |m| Arc::get_mut(&mut m.model)
+            on_device!(&mut *self.lock(), |m| Arc::get_mut(&mut m.model)
                 .ok_or_else(|| Error::InvalidInput("the model is in use by a running generation".into()))?
                 .load_state(&tensors, strict))
         })
@@ -140,7 +161,7 @@ impl Model {
     /// `start_pos` (the last `keep` positions; 0: all).
     #[pyo3(signature = (sequences, start_pos, keep=0))]
     fn forward<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         sequences: Vec<Vec<i64>>,
         start_pos: usize,
@@ -148,13 +169,13 @@ impl Model {
     ) -> PyResult<Bound<'py, PyAny>> {
         let (batch, len) = (sequences.len(), sequences.first().map_or(0, Vec::len));
         let rows = if keep == 0 { len } else { keep.min(len) };
-        let vocab = self.config_value().vocab_size;
+        let vocab = self.config.vocab_size;
         let logits = run(py, || {
             let sequences = token_rows(sequences)?;
             if sequences.is_empty() {
                 return Err(Error::InvalidInput("empty batch: pass at least one sequence".into()));
             }
-            on_device!(&mut self.inner, |m| m.model.forward_rectangular(
+            on_device!(&mut *self.lock(), |m| m.model.forward_rectangular(
                 &mut m.cache,
                 &sequences,
                 start_pos,
@@ -168,12 +189,12 @@ impl Model {
     /// `(slot, start_pos, tokens)`, `tokens` continue cache row `slot` at
     /// `start_pos` (rows need not share lengths or positions).
     fn forward_ragged<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         items: Vec<(usize, usize, Vec<i64>)>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let total: usize = items.iter().map(|(_, _, t)| t.len()).sum();
-        let vocab = self.config_value().vocab_size;
+        let vocab = self.config.vocab_size;
         let logits = run(py, || {
             let (slots, tokens): (Vec<(usize, usize)>, Vec<Vec<i64>>) =
                 items.into_iter().map(|(slot, start, t)| ((slot, start), t)).unzip();
@@ -183,7 +204,7 @@ impl Model {
                 .zip(&tokens)
                 .map(|(&(seq, start_pos), tokens)| SeqInput { seq, start_pos, tokens })
                 .collect();
-            on_device!(&mut self.inner, |m| m.model.forward(&mut m.cache, &batch, Logits::All))
+            on_device!(&mut *self.lock(), |m| m.model.forward(&mut m.cache, &batch, Logits::All))
         })?;
         Ok(PyArray1::from_vec(py, logits).reshape([total, vocab])?.into_any())
     }
@@ -199,7 +220,7 @@ impl Model {
         let config = sampling.0;
         let out = run(py, || {
             let prompts = token_rows(prompts)?;
-            on_device!(&self.inner, |m| generate(&m.model, &prompts, &config, false))
+            on_device!(self.shared(), |m| generate(&m, &prompts, &config, false))
         })?;
         Ok(out.into_iter().map(|g| g.tokens).collect())
     }
@@ -209,7 +230,7 @@ impl Model {
     #[pyo3(signature = (prompts, max_new_tokens, temperature, top_p, seed, prompt_logprobs))]
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn generate(
-        &mut self,
+        &self,
         py: Python<'_>,
         prompts: Vec<Vec<i64>>,
         max_new_tokens: usize,
@@ -228,7 +249,7 @@ impl Model {
                     self.max_batch_size
                 )));
             }
-            on_device!(&self.inner, |m| generate(&m.model, &prompts, &config, prompt_logprobs))
+            on_device!(self.shared(), |m| generate(&m, &prompts, &config, prompt_logprobs))
         })?;
         Ok(out.into_iter().map(|g| (g.tokens, g.logprobs, g.prompt_logprobs)).collect())
     }
@@ -236,7 +257,7 @@ impl Model {
     /// The canonical config, as a dict.
     #[getter]
     fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        values::to_py(py, &self.config_value().to_json())
+        values::to_py(py, &self.config.to_json())
     }
 
     #[getter]
@@ -246,6 +267,6 @@ impl Model {
 
     #[getter]
     fn device(&self) -> String {
-        on_device!(&self.inner, |m| m.model.device()).to_string()
+        self.device.clone()
     }
 }

@@ -22,20 +22,19 @@ type AnySession = OnDevice<CoreSession<Cpu>, CoreSession<Cuda>>;
 /// A token's id and log-probability with its top alternatives.
 type TokenLogprobs = (u32, f32, Vec<(u32, f32)>);
 
-#[pyclass(module = "ferrolm._core")]
+/// Shareable between Python threads: calls take turns on a lock (taken
+/// without the GIL where a call waits on the model). A conversation is one
+/// sequence of turns, so concurrent users want one session each, or
+/// `LLM` / `AsyncEngine`.
+#[pyclass(module = "ferrolm._core", frozen)]
 pub struct Session {
-    /// The core session holds channel receivers (not `Sync`); the mutex
-    /// makes the class shareable, and `&mut self` methods bypass it.
+    /// The core session holds channel receivers (not `Sync`): the mutex makes it shareable.
     inner: Mutex<AnySession>,
 }
 
 impl Session {
     fn get(&self) -> std::sync::MutexGuard<'_, AnySession> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn get_mut(&mut self) -> &mut AnySession {
-        self.inner.get_mut().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -84,29 +83,29 @@ impl Session {
 
     #[pyo3(signature = (prompt, config, system_prompt=None))]
     fn start_turn(
-        &mut self,
+        &self,
         py: Python<'_>,
         prompt: &str,
         config: Sampling,
         system_prompt: Option<&str>,
     ) -> PyResult<()> {
         let config = config.0;
-        run(py, || on_device!(self.get_mut(), |s| s.start_turn(prompt, config, system_prompt)))
+        run(py, || on_device!(&mut *self.get(), |s| s.start_turn(prompt, config, system_prompt)))
     }
 
-    fn start_completion(&mut self, py: Python<'_>, text: &str, config: Sampling) -> PyResult<()> {
+    fn start_completion(&self, py: Python<'_>, text: &str, config: Sampling) -> PyResult<()> {
         let config = config.0;
-        run(py, || on_device!(self.get_mut(), |s| s.start_completion(text, config)))
+        run(py, || on_device!(&mut *self.get(), |s| s.start_completion(text, config)))
     }
 
     /// The next piece of text of the current turn, or None when it has ended.
-    fn next_piece(&mut self, py: Python<'_>) -> PyResult<Option<String>> {
-        run(py, || on_device!(self.get_mut(), |s| s.next_piece()))
+    fn next_piece(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        run(py, || on_device!(&mut *self.get(), |s| s.next_piece()))
     }
 
     /// Runs the current turn to its end; returns its whole text.
-    fn finish_turn(&mut self, py: Python<'_>) -> PyResult<String> {
-        run(py, || on_device!(self.get_mut(), |s| s.finish_turn()))
+    fn finish_turn(&self, py: Python<'_>) -> PyResult<String> {
+        run(py, || on_device!(&mut *self.get(), |s| s.finish_turn()))
     }
 
     /// `(text, finish_reason, prompt_tokens, cached_tokens, completion_tokens)` of the last turn.
@@ -124,11 +123,11 @@ impl Session {
     }
 
     #[pyo3(signature = (prompt=None))]
-    fn set_system_prompt(&mut self, prompt: Option<String>) {
+    fn set_system_prompt(&self, prompt: Option<String>) {
         on_device!(&mut *self.get(), |s| s.set_system_prompt(prompt));
     }
 
-    fn reset(&mut self) {
+    fn reset(&self) {
         on_device!(&mut *self.get(), |s| s.reset());
     }
 
