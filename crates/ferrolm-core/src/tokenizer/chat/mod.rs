@@ -18,10 +18,12 @@
 //! `continue_final_message` and `{% generation %}` masks are not implemented
 //! (`{% generation %}` blocks render their content, as HF does without masks).
 //!
-//! The helpers the template calls live beside it: `pyjson` (`tojson`) and
-//! `clock` (`strftime_now`).
+//! The helpers the template calls live beside it: `pyjson` (`tojson`),
+//! `clock` (`strftime_now`) and `limits` (the bounds on rendering, a checked
+//! `indent`).
 
 mod clock;
+mod limits;
 mod pyjson;
 
 use std::fmt::Write as _;
@@ -94,6 +96,8 @@ impl ChatTemplate {
         env.set_undefined_behavior(UndefinedBehavior::Lenient);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_filter("tojson", tojson);
+        env.add_filter("indent", limits::indent);
+        env.set_fuel(Some(limits::MAX_FUEL));
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_template_owned(TEMPLATE_NAME, without_generation_tags(&source)).map_err(|e| {
@@ -194,7 +198,10 @@ impl ChatTemplate {
         vars.push(("documents".into(), documents));
         vars.push(("add_generation_prompt".into(), Value::from(add_generation_prompt)));
         let template = self.env.get_template(TEMPLATE_NAME).map_err(template_error)?;
-        template.render(Value::from_iter(vars)).map_err(template_error)
+        let mut out = limits::BoundedOutput::default();
+        template.render_captured_to(Value::from_iter(vars), &mut out).map_err(template_error)?;
+        String::from_utf8(out.0)
+            .map_err(|_| Error::InvalidInput("the chat template wrote invalid UTF-8".into()))
     }
 }
 
@@ -302,5 +309,35 @@ mod tests {
             without_generation_tags("a{% generation %}b{%- endgeneration -%}c{{ x }}{% if y %}{% endif %}"),
             "a{% if true %}b{%- endif -%}c{{ x }}{% if y %}{% endif %}"
         );
+    }
+
+    /// Templates that used to abort the process (a terabyte allocation) or
+    /// never return are errors that name what was exceeded.
+    #[test]
+    fn hostile_templates_are_bounded_errors() {
+        let render = |source: &str| {
+            ChatTemplate::new(source).unwrap().render(
+                &[ChatMessage::user("hi")],
+                true,
+                &serde_json::Value::Null,
+            )
+        };
+        for (source, says) in [
+            ("{{ 'a\nb' | indent(1000000000000) }}", "indent of 1000000000000"),
+            ("{{ 'a\nb' | indent(width=5000) }}", "indent of 5000"),
+            ("{{ messages | tojson(indent=1000000000) }}", "indent of 1000000000"),
+            ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "fuel"),
+            ("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}", "bytes"),
+            (
+                "{% set ns = namespace(s='a') %}{% for i in range(27) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+                "bytes",
+            ),
+        ] {
+            let err = render(source).unwrap_err().to_string();
+            assert!(err.contains("chat template") && err.contains(says), "{source}: {err}");
+        }
+        // Ordinary use of the same filters still works.
+        assert_eq!(render("{{ 'a\nb' | indent(2) }}").unwrap(), "a\n  b");
+        assert_eq!(render("{{ 'a\n\nb' | indent(2, true, true) }}").unwrap(), "  a\n  \n  b");
     }
 }

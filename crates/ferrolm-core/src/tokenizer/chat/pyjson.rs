@@ -31,7 +31,10 @@ pub(super) fn tojson(
     let indent = match indent.kind() {
         ValueKind::Undefined | ValueKind::None => None,
         ValueKind::String => Some(indent.as_str().unwrap_or_default().to_string()),
-        ValueKind::Number => Some(" ".repeat(i64::try_from(indent.clone())?.max(0) as usize)),
+        ValueKind::Number => {
+            let width = i64::try_from(indent.clone())?.max(0) as usize;
+            Some(" ".repeat(super::limits::check_indent("tojson", width)?))
+        }
         _ => {
             return Err(minijinja::Error::new(ErrorKind::InvalidOperation, "tojson: indent must be a number"))
         }
