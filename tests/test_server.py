@@ -9,6 +9,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 
 import httpx
 import openai
@@ -598,3 +599,46 @@ def test_serve_without_the_extra_says_what_to_install(tmp_path):
                         timeout=60, env=env)
     assert ok.returncode == 0
 
+
+
+# -- request size and the event loop -----------------------------------------------------
+
+def test_a_body_over_the_cap_is_a_413_before_it_is_read(engine):
+    app = create_app(engine, MODEL, max_request_bytes=1000)
+    with running_server(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+        big = {"prompt": "x " * 1000, "max_tokens": 1}
+        err = assert_error(http.post("/v1/completions", json=big), 413)
+        assert "max-request-bytes" in err["message"]
+
+        def chunks():  # no Content-Length: counted as it streams in
+            yield b'{"prompt": "'
+            for _ in range(100):
+                yield b"x " * 50
+            yield b'"}'
+
+        assert_error(http.post("/v1/completions", content=chunks(), headers={"content-type": "application/json"}),
+                     413)
+        ok = http.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1})
+        assert ok.status_code == 200, ok.text
+    assert engine_idle(engine)
+
+
+def test_prompts_are_tokenized_off_the_event_loop(engine, monkeypatch):
+    """A large prompt's tokenization must not hold up /health: it runs in a
+    worker thread, not on the event loop's (the thread uvicorn runs in here)."""
+    app = create_app(engine, MODEL)
+    tokenizer = app.state.ferrolm.tokenizer
+    threads = []
+    encode = tokenizer.encode
+
+    def recording(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(tokenizer, "encode", recording)
+    with running_server(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+        for path, body in [("/v1/completions", {"prompt": "hi", "max_tokens": 1}),
+                           ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 1}),
+                           ("/generate", {"prompt": "hi", "max_tokens": 1})]:
+            assert http.post(path, json=body).status_code == 200, path
+    assert len(threads) == 3 and "uvicorn-test" not in threads, threads

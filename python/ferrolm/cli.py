@@ -104,6 +104,8 @@ def _serve_args(sub) -> None:
                    help="require 'Authorization: Bearer KEY' on /v1, /generate and /status "
                         "(default: $FERROLM_API_KEY; unset = no key)")
     s.add_argument("--served-model-name", help="the model id clients use (default: MODEL's basename without .gguf)")
+    s.add_argument("--max-request-bytes", type=int,
+                   help="larger request bodies get a 413 before they are read (default: 32 MiB)")
     s.add_argument("--config", metavar="FILE",
                    help="an inference config file (JSON: inference.device/dtype/max_batch_size, "
                         "kv_cache.page_size/num_pages, sampling defaults); an option also set there is an error")
@@ -261,7 +263,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                                                  "max_batch_tokens", "num_pages", "prefix_caching")}
     serve(args.model, host=args.host, port=args.port, api_key=args.api_key,
           served_model_name=args.served_model_name, log_level=args.log_level, config=args.config,
-          **{k: v for k, v in engine_args.items() if v is not None})
+          max_request_bytes=args.max_request_bytes, **{k: v for k, v in engine_args.items() if v is not None})
 
 
 def cmd_info(args: argparse.Namespace) -> None:

@@ -13,16 +13,19 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 
+from ferrolm._validate import positive
 from ferrolm.engine import AsyncEngine
 from ferrolm.server import chat, completions, errors, mili_api
 from ferrolm.server.auth import require_key
+from ferrolm.server.limits import DEFAULT_MAX_REQUEST_BYTES, BodyLimit
 from ferrolm.server.metrics import CONTENT_TYPE
 from ferrolm.server.protocol import ModelCard, ModelList
 from ferrolm.server.state import ServerState, get_state
 
 
 def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
-               sampling_defaults: Mapping[str, Any] | None = None) -> FastAPI:
+               sampling_defaults: Mapping[str, Any] | None = None,
+               max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> FastAPI:
     """An OpenAI-compatible app serving ``engine`` as ``model_name``.
 
     Args:
@@ -31,6 +34,7 @@ def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
         api_key: if set, the generation endpoints need ``Authorization: Bearer <api_key>``.
         sampling_defaults: sampling fields (``SamplingConfig`` names) that
             replace the endpoints' defaults for requests leaving them out.
+        max_request_bytes: larger request bodies get a 413 before they are read.
     """
     from ferrolm import __version__
 
@@ -38,6 +42,7 @@ def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
                   description="OpenAI-compatible completions and chat over the ferrolm engine.")
     app.state.ferrolm = ServerState(engine, model_name, api_key or None, sampling_defaults)
     errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=positive(max_request_bytes, "max_request_bytes"))
     keyed = [Depends(require_key)]
     app.include_router(completions.router, dependencies=keyed)
     app.include_router(chat.router, dependencies=keyed)

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 
 from ferrolm.engine import RequestOutput
 from ferrolm.server.completions import usage_of
@@ -44,7 +45,8 @@ async def create_chat_completion(req: ChatCompletionRequest, request: Request):
     check_logprobs(req.top_logprobs, "top_logprobs")
     if req.top_logprobs is not None and not req.logprobs:
         raise APIError("top_logprobs needs logprobs: true", param="top_logprobs")
-    prompt = _render(state, req.messages, req.chat_template_kwargs or {})
+    # Rendering and tokenizing take a while for a long chat: off the event loop.
+    prompt = await run_in_threadpool(_render, state, req.messages, req.chat_template_kwargs or {})
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     if max_tokens is None:
         # OpenAI's chat default: until the model stops or the context is full.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 
 from ferrolm.engine import RequestOutput
 from ferrolm.server.errors import APIError, error_body
@@ -38,7 +39,8 @@ async def create_completion(req: CompletionRequest, request: Request):
         raise APIError("suffix is not supported", param="suffix")
     if req.best_of is not None and req.best_of != req.n:
         raise APIError("best_of is not supported (use n)", param="best_of")
-    prompts = _prompts(state, req.prompt)
+    # Tokenizing a large prompt takes a while: off the event loop, so /health and streams keep answering.
+    prompts = await run_in_threadpool(_prompts, state, req.prompt)
     max_tokens = state.sampling_defaults.get("max_tokens", COMPLETION_MAX_TOKENS) if req.max_tokens is None \
         else req.max_tokens
     config = sampling_config(req, max_tokens, req.logprobs, state.sampling_defaults)

@@ -18,7 +18,8 @@ def default_model_name(model: str | os.PathLike[str]) -> str:
 
 def serve(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, *, host: str = "127.0.0.1", port: int = 8000,
           api_key: str | None = None, served_model_name: str | None = None, log_level: str = "info",
-          config: inference_config.ConfigSource | None = None, **engine_args: Any) -> None:
+          config: inference_config.ConfigSource | None = None, max_request_bytes: int | None = None,
+          **engine_args: Any) -> None:
     """Serves ``model`` over HTTP until interrupted; ``engine_args`` go to
     ``AsyncEngine``, after the inference ``config``'s (a setting in both
     raises ``ValueError``), whose sampling fields become request defaults."""
@@ -35,7 +36,8 @@ def serve(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, *, host: str = "127
     name = served_model_name or default_model_name(model)
     engine = AsyncEngine(model, **engine_args)
     try:
-        app = create_app(engine, name, api_key=api_key, sampling_defaults=defaults)
+        limit = {} if max_request_bytes is None else {"max_request_bytes": max_request_bytes}
+        app = create_app(engine, name, api_key=api_key, sampling_defaults=defaults, **limit)
         shown = f"[{host}]" if ":" in host else host
         print(f"ferrolm: serving {name!r} (max_seq_len {engine.max_seq_len}) at http://{shown}:{port}/v1"
               + (" (API key required)" if api_key else ""), file=sys.stderr, flush=True)

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from ferrolm.sampling import SamplingConfig
 from ferrolm.server.auth import require_key
@@ -41,7 +42,7 @@ async def generate(req: GenerateRequest, request: Request):
         config = SamplingConfig(min_p=0.0, repetition_penalty=1.0, **knobs)
     except ValueError as e:
         raise APIError(str(e)) from None
-    prompt = state.encode(req.prompt, "prompt")
+    prompt = await run_in_threadpool(state.encode, req.prompt, "prompt")
     request_id, group = state.start("gen", [prompt], config, 1, started)
     if req.stream:
         return EventStream(_stream(group, request_id), on_close=group.close)
