@@ -270,6 +270,34 @@ def test_n_samples_share_one_prompt_and_equal_separate_streams(llm):
     assert wait_idle(engine)["used_pages"] == 0
 
 
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("max_tokens", [0, 1])
+def test_a_group_done_at_its_prefill_answers_every_sample(llm, max_tokens, n):
+    """With nothing or one token to draw, the first sample of a group ends
+    at the step that computes its prompt. The group reaches the engine as
+    one unit, so that same step forks the prompt to the other samples and
+    ends them too: one step answers all of them, the prompt computed once."""
+    engine = llm.engine
+    inbox: queue.Queue = queue.Queue()  # filled by the pump thread
+    prompt = list(range(300, 320))
+    engine.pause()
+    try:
+        before = engine.stats()
+        ids = engine.submit_group(prompt, greedy(max_tokens, ignore_eos=True), n, inbox.put)
+        engine.step(1)
+        stats = engine.stats()
+        outs = [inbox.get(timeout=60) for _ in range(n * (max_tokens + 1))]  # (the timeout is a hang guard only)
+    finally:
+        engine.resume()
+    assert (stats["running"], stats["waiting"], stats["used_pages"]) == (0, 0, 0), stats
+    ended = {o.request_id: o for o in outs if o.kind == "finished"}
+    assert sorted(ended) == sorted(ids)
+    assert all(o.finish_reason == "length" and o.usage[2] == max_tokens for o in ended.values())
+    assert sorted(o.index for o in ended.values()) == list(range(n))
+    assert stats["prompt_tokens"] - before["prompt_tokens"] == len(prompt), "the prompt counts once"
+    assert stats["requests_finished"] - before["requests_finished"] == n
+
+
 def stream_with(engine: AsyncEngine, ids: list[int], config: SamplingConfig, stream: int) -> list:
     import queue
 

@@ -14,7 +14,9 @@ use crate::sampling::SamplingConfig;
 use crate::tokenizer::Tokenizer;
 
 pub(crate) enum Command {
-    Add(Box<Sequence>),
+    /// New requests, taken in together: a group's samples all reach the
+    /// scheduler in the same step.
+    Add(Vec<Sequence>),
     Abort(RequestId),
     /// Hold the engine between steps; the sender hears once it is held.
     Pause(Sender<()>),
@@ -125,14 +127,16 @@ impl EngineClient {
         self.check(&request)?;
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let seq = Sequence::new(id, request, self.shared.tokenizer.as_ref(), Some(sink))?;
-        self.sender.send(Command::Add(Box::new(seq))).map_err(|_| stopped())?;
+        self.sender.send(Command::Add(vec![seq])).map_err(|_| stopped())?;
         self.shared.update(|s| s.requests_added += 1);
         Ok(id)
     }
 
     /// Queues `n` samples of one prompt (OpenAI's `n`): sample `i` draws
-    /// from random stream `request.stream + i`. The prompt is computed once;
-    /// the other samples share its KV pages. Returns the ids in sample order.
+    /// from random stream `request.stream + i`. The samples go to the engine
+    /// as one command, so they are queued in the same step; the prompt is
+    /// computed once and the other samples share its KV pages. Returns the
+    /// ids in sample order.
     pub fn add_request_group(
         &self,
         request: GenerationRequest,
@@ -154,9 +158,7 @@ impl EngineClient {
                 Ok(seq)
             })
             .collect::<Result<Vec<_>>>()?;
-        for seq in seqs {
-            self.sender.send(Command::Add(Box::new(seq))).map_err(|_| stopped())?;
-        }
+        self.sender.send(Command::Add(seqs)).map_err(|_| stopped())?;
         self.shared.update(|s| s.requests_added += n as u64);
         Ok((first..first + n as u64).collect())
     }

@@ -244,7 +244,7 @@ impl<B: Backend + 'static> Engine<B> {
 
     fn apply(&mut self, command: Command) -> Result<()> {
         match command {
-            Command::Add(seq) => self.scheduler.add(*seq),
+            Command::Add(seqs) => seqs.into_iter().for_each(|s| self.scheduler.add(s)),
             Command::Abort(id) => self.end(id, FinishReason::Abort)?,
             Command::Pause(ack) => {
                 self.paused = true;
@@ -354,5 +354,137 @@ impl<B: Backend + 'static> Engine<B> {
     fn publish_stats(&self) {
         let s = &self.scheduler;
         self.shared.publish(s.num_running(), s.num_waiting(), s.preemptions(), self.cache.stats());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+    use std::sync::mpsc::Receiver;
+
+    use super::*;
+    use crate::backend::cpu::Cpu;
+    use crate::engine::{Completion, Output};
+    use crate::sampling::SamplingConfig;
+
+    /// Steps a test gives the engine before calling a request stuck.
+    const STEP_LIMIT: usize = 12;
+
+    fn engine() -> Engine<Cpu> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/llama_f32");
+        let model = Arc::new(Transformer::from_pretrained(dir, Some(160)).unwrap());
+        Engine::new(model, None, EngineConfig::default()).unwrap()
+    }
+
+    fn request(max_tokens: usize) -> GenerationRequest {
+        let mut sampling = SamplingConfig::greedy(max_tokens);
+        sampling.ignore_eos = true; // every sample answers exactly max_tokens tokens
+        GenerationRequest::new((40..60).collect(), sampling)
+    }
+
+    /// Queues requests as one command, as a client does.
+    fn send(engine: &Engine<Cpu>, seqs: Vec<Sequence>) {
+        engine.sender.as_ref().unwrap().send(Command::Add(seqs)).unwrap();
+    }
+
+    /// The samples of a group with ids `first..first + n`, as
+    /// `EngineClient::add_request_group` makes them.
+    fn group(
+        request: &GenerationRequest,
+        first: RequestId,
+        n: usize,
+        sink: &Sender<Output>,
+    ) -> Vec<Sequence> {
+        (0..n)
+            .map(|i| {
+                let r = GenerationRequest { stream: i as u64, ..request.clone() };
+                let mut seq = Sequence::new(first + i as u64, r, None, Some(sink.clone())).unwrap();
+                seq.fork_from = (i > 0).then_some(first);
+                seq.index = i;
+                seq
+            })
+            .collect()
+    }
+
+    /// Steps (at most [`STEP_LIMIT`]) until the engine is idle; then every
+    /// request's completion, by id.
+    fn finish(engine: &mut Engine<Cpu>, outputs: &Receiver<Output>) -> HashMap<RequestId, Completion> {
+        // The first step also takes in what is queued.
+        for _ in 0..STEP_LIMIT {
+            engine.step().unwrap();
+            if !engine.has_work() {
+                break;
+            }
+        }
+        let stats = engine.stats();
+        assert!(!engine.has_work(), "requests never ran: {stats:?}");
+        assert_eq!((stats.running, stats.waiting, stats.pool.used_pages), (0, 0, 0), "{stats:?}");
+        let mut got: HashMap<RequestId, Completion> = HashMap::new();
+        for output in outputs.try_iter() {
+            got.entry(output.request).or_default().absorb(output).unwrap();
+        }
+        got
+    }
+
+    fn assert_answered(got: &HashMap<RequestId, Completion>, ids: &[RequestId], max_tokens: usize) {
+        for id in ids {
+            let c = got.get(id).unwrap_or_else(|| panic!("request {id} never answered"));
+            assert_eq!(c.finish, Some(FinishReason::Length), "request {id}");
+            assert_eq!(c.tokens.len(), max_tokens, "request {id}");
+        }
+    }
+
+    #[test]
+    fn a_group_taken_in_one_command_at_a_time_still_answers_every_sample() {
+        // The worst interleaving a client thread can meet: the engine steps
+        // between any two of its commands, so a first sample done at its
+        // prefill has ended before the next command is taken in.
+        for max_tokens in [0, 1] {
+            for n in [2, 3] {
+                let mut engine = engine();
+                let (sink, outputs) = channel();
+                let ids = engine.client().add_request_group(request(max_tokens), n, sink).unwrap();
+                let queued: Vec<Command> = engine.commands.try_iter().collect();
+                for command in queued {
+                    engine.apply(command).unwrap();
+                    engine.step().unwrap();
+                }
+                let got = finish(&mut engine, &outputs);
+                assert_answered(&got, &ids, max_tokens);
+                // The group was taken in at once: its prompt was computed once
+                // and the other samples forked its pages.
+                assert_eq!(engine.stats().prompt_tokens, 20, "max_tokens={max_tokens} n={n}");
+            }
+        }
+    }
+
+    #[test]
+    fn samples_whose_first_sample_has_ended_compute_their_own_prompt() {
+        // Siblings that name a request no longer in the engine (finished at
+        // its prefill, or aborted before it ran) must not wait for it.
+        for max_tokens in [0, 1] {
+            for n in [2, 3] {
+                for abort in [false, true] {
+                    let mut engine = engine();
+                    let (sink, outputs) = channel();
+                    let mut seqs = group(&request(max_tokens), 100, n, &sink);
+                    let siblings = seqs.split_off(1);
+                    send(&engine, seqs);
+                    if abort {
+                        engine.client().abort(100);
+                    }
+                    engine.step().unwrap();
+                    assert!(!engine.has_work(), "the first sample has ended");
+                    send(&engine, siblings);
+                    let got = finish(&mut engine, &outputs);
+                    let ids: Vec<RequestId> = (101..100 + n as u64).collect();
+                    assert_answered(&got, &ids, max_tokens);
+                    let first = &got[&100];
+                    let expect = if abort { FinishReason::Abort } else { FinishReason::Length };
+                    assert_eq!(first.finish, Some(expect), "max_tokens={max_tokens} n={n}");
+                }
+            }
+        }
     }
 }

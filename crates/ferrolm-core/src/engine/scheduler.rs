@@ -9,7 +9,9 @@
 //! supply a page, the newest running request is preempted: its pages are
 //! released and it goes back to the front of the queue, to be recomputed
 //! (mostly from the prefix cache) when pages free up. Siblings of a request
-//! with `n > 1` wait for their leader's prompt and then share its pages.
+//! with `n > 1` wait for their leader's prompt and then share its pages; a
+//! sibling whose leader can no longer fork (it has ended, or is past its
+//! prompt) computes its prompt itself, so no request waits on one that is gone.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -189,12 +191,15 @@ impl Scheduler {
             && admitted < self.max_admissions
             && next < self.waiting.len()
         {
-            let s = &mut self.waiting[next];
-            if s.fork_from.is_some() {
-                // A sibling waits for its leader's prompt, then forks its pages.
-                next += 1;
-                continue;
+            if let Some(leader) = self.waiting[next].fork_from {
+                if self.will_fork(leader) {
+                    // A sibling waits for its leader's prompt, then forks its pages.
+                    next += 1;
+                    continue;
+                }
+                self.waiting[next].fork_from = None;
             }
+            let s = &mut self.waiting[next];
             let seq = claim_pages(s, cache);
             let len = s.pending().min(budget.tokens);
             let need = cache.pages_needed(seq, s.computed, s.computed + len);
@@ -237,6 +242,17 @@ impl Scheduler {
         }
         let i = self.waiting.iter().position(|s| s.id == id)?;
         self.waiting.remove(i)
+    }
+
+    /// Whether request `leader` will still hand its prompt's pages to its
+    /// siblings: it is waiting, or running with its prompt not yet computed
+    /// (it forks them at the step that computes it, before its first draw).
+    fn will_fork(&self, leader: RequestId) -> bool {
+        match self.find(leader) {
+            Some((_, true)) => true,
+            Some((s, false)) => s.generated() == 0,
+            None => false,
+        }
     }
 
     /// Siblings still waiting for `leader`'s prompt compute it themselves.
@@ -398,6 +414,29 @@ mod tests {
         let (preempted, waiting) = scheduler.find(31).unwrap();
         assert!(waiting);
         assert_eq!((preempted.seq, preempted.computed, preempted.tokens.len()), (None, 0, 5));
+    }
+
+    #[test]
+    fn a_sibling_waits_only_for_a_leader_that_will_still_fork() {
+        let mut scheduler = Scheduler::new(8, 64);
+        let mut tables = tables(16);
+        let sibling = |id, leader| {
+            let mut s = request(id, 6, false);
+            s.fork_from = Some(leader);
+            s
+        };
+        // Leader 50 runs its prompt (its sibling 51 waits); 60 is in no queue.
+        scheduler.add(request(50, 6, false));
+        scheduler.add(sibling(51, 50));
+        scheduler.add(sibling(61, 60));
+        let plan = scheduler.schedule(&mut tables).unwrap();
+        assert_eq!(shape(&plan), vec![(50, 0, 6, true), (61, 0, 6, true)]);
+        run(&mut scheduler, &mut tables, &plan);
+        // 50 is past its prompt without having forked (51 came too late):
+        // 51 computes its own.
+        let plan = scheduler.schedule(&mut tables).unwrap();
+        assert_eq!(shape(&plan), vec![(50, 6, 1, true), (61, 6, 1, true), (51, 0, 6, true)]);
+        assert!(scheduler.running().iter().all(|s| s.fork_from.is_none()));
     }
 
     #[test]

@@ -1,15 +1,18 @@
 //! Memory-mapped safetensors checkpoints: `model.safetensors`, or shards
-//! listed by `model.safetensors.index.json`. Tensors are converted from
-//! their stored dtype (f32, f16, bf16) to f32 as they are read.
+//! listed by `model.safetensors.index.json`. Each shard's header is parsed
+//! and checked once, when the directory is opened, into a table of where
+//! each tensor lies in the shard's memory map; reads go through that table.
+//! Tensors are converted from their stored dtype (f32, f16, bf16) to f32 as
+//! they are read.
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use half::{bf16, f16};
 use memmap2::Mmap;
-use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 use super::TensorSource;
@@ -21,8 +24,19 @@ use crate::formats::{Bytes, HostTensor, PackedTensor, StoredTensor};
 pub struct SafetensorsDir {
     /// Memory maps of the shard files, in file-name order.
     files: Vec<(PathBuf, Arc<Mmap>)>,
-    /// Tensor name -> (index into `files`, shape).
-    index: HashMap<String, (usize, Vec<usize>)>,
+    /// Tensor name -> where it lies, from its shard's header.
+    index: HashMap<String, Entry>,
+}
+
+/// One tensor as its shard's header describes it.
+struct Entry {
+    /// Index into `files`.
+    file: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    /// Its bytes in the shard's memory map (checked against the file and
+    /// against `dtype` and `shape` when the header was parsed).
+    range: Range<usize>,
 }
 
 impl SafetensorsDir {
@@ -51,21 +65,38 @@ impl SafetensorsDir {
             // files, and a file truncated underneath us is outside our contract
             // (as for every mmap-based loader).
             let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-            // Validates the whole header (offsets inside the file) up front.
-            let tensors = SafeTensors::deserialize(&mmap)
-                .map_err(|e| Error::InvalidWeights(format!("{}: {e}", path.display())))?
-                .tensors()
-                .into_iter()
-                .map(|(name, view)| (name, view.shape().to_vec()))
-                .collect::<Vec<_>>();
-            for (name, shape) in tensors {
-                if index.insert(name.clone(), (files.len(), shape)).is_some() {
+            // Validates the whole header (offsets inside the file, sizes
+            // matching dtypes and shapes) up front.
+            let header =
+                parse_header(&mmap).map_err(|e| Error::InvalidWeights(format!("{}: {e}", path.display())))?;
+            let base = mmap.as_ptr() as usize;
+            for (name, view) in header.tensors() {
+                let start = view.data().as_ptr() as usize - base;
+                let entry = Entry {
+                    file: files.len(),
+                    dtype: view.dtype(),
+                    shape: view.shape().to_vec(),
+                    range: start..start + view.data().len(),
+                };
+                if index.contains_key(&name) {
                     return Err(Error::InvalidWeights(format!("tensor `{name}` appears in two shards")));
                 }
+                index.insert(name, entry);
             }
             files.push((path, Arc::new(mmap)));
         }
         Ok(SafetensorsDir { files, index })
+    }
+
+    /// Tensor `name`'s entry and its shard's memory map.
+    fn entry(&self, name: &str) -> Result<(&Entry, &Arc<Mmap>)> {
+        let entry = self.index.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        Ok((entry, &self.files[entry.file].1))
+    }
+
+    /// The error for tensor `name`, stored as `entry` says, that cannot be read.
+    fn invalid(&self, entry: &Entry, name: &str, why: &str) -> Error {
+        Error::InvalidWeights(format!("{} `{name}`: {why}", self.files[entry.file].0.display()))
     }
 }
 
@@ -94,46 +125,41 @@ impl TensorSource for SafetensorsDir {
     }
 
     fn shape(&self, name: &str) -> Result<Vec<usize>> {
-        self.index
-            .get(name)
-            .map(|(_, shape)| shape.clone())
-            .ok_or_else(|| Error::MissingTensor(name.to_string()))
+        self.entry(name).map(|(entry, _)| entry.shape.clone())
     }
 
     fn read(&self, name: &str) -> Result<HostTensor> {
-        self.with_view(name, |view, bad| {
-            let bytes = view.data();
-            let data: Vec<f32> = match view.dtype() {
-                Dtype::F32 => {
-                    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-                }
-                Dtype::F16 => {
-                    bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
-                }
-                Dtype::BF16 => {
-                    bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
-                }
-                other => return Err(bad(format!("dtype {other:?} is not supported (use f32, f16 or bf16)"))),
-            };
-            HostTensor::new(view.shape().to_vec(), data)
-        })
+        let (entry, map) = self.entry(name)?;
+        let bytes = &map[entry.range.clone()];
+        let data: Vec<f32> = match entry.dtype {
+            Dtype::F32 => {
+                bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+            }
+            Dtype::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => {
+                bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+            }
+            other => {
+                let why = format!("dtype {other:?} is not supported (use f32, f16 or bf16)");
+                return Err(self.invalid(entry, name, &why));
+            }
+        };
+        HostTensor::new(entry.shape.clone(), data)
     }
 
     /// f16 and bf16 matrices stay packed, borrowing the memory map.
     fn read_stored(&self, name: &str) -> Result<StoredTensor> {
-        let packed = self.with_view(name, |view, _| {
-            let ty = match view.dtype() {
-                Dtype::F16 => GgmlType::F16,
-                Dtype::BF16 => GgmlType::BF16,
-                _ => return Ok(None),
-            };
-            Ok((view.shape().len() == 2).then(|| (ty, view.shape().to_vec(), view.data().as_ptr())))
-        })?;
-        let Some((ty, shape, ptr)) = packed else { return self.read(name).map(StoredTensor::F32) };
-        let map = &self.files[self.index[name].0].1;
-        let start = ptr as usize - map.as_ptr() as usize;
-        let range = start..start + shape.iter().product::<usize>() * 2;
-        PackedTensor::new(shape, ty, Bytes::Mapped { map: Arc::clone(map), range }).map(StoredTensor::Packed)
+        let (entry, map) = self.entry(name)?;
+        let ty = match entry.dtype {
+            Dtype::F16 => GgmlType::F16,
+            Dtype::BF16 => GgmlType::BF16,
+            _ => return self.read(name).map(StoredTensor::F32),
+        };
+        if entry.shape.len() != 2 {
+            return self.read(name).map(StoredTensor::F32);
+        }
+        let bytes = Bytes::Mapped { map: Arc::clone(map), range: entry.range.clone() };
+        PackedTensor::new(entry.shape.clone(), ty, bytes).map(StoredTensor::Packed)
     }
 }
 
@@ -150,34 +176,134 @@ pub struct RawTensor {
 impl SafetensorsDir {
     /// Tensor `name` as stored, without conversion or copy.
     pub fn raw(&self, name: &str) -> Result<RawTensor> {
-        let (dtype, shape, ptr, len) = self.with_view(name, |view, _| {
-            let dtype = match view.dtype() {
-                Dtype::F32 => "float32".to_string(),
-                Dtype::F16 => "float16".to_string(),
-                other => format!("{other:?}"),
-            };
-            Ok((dtype, view.shape().to_vec(), view.data().as_ptr(), view.data().len()))
-        })?;
-        let map = &self.files[self.index[name].0].1;
-        let start = ptr as usize - map.as_ptr() as usize;
+        let (entry, map) = self.entry(name)?;
+        let dtype = match entry.dtype {
+            Dtype::F32 => "float32".to_string(),
+            Dtype::F16 => "float16".to_string(),
+            other => format!("{other:?}"),
+        };
         Ok(RawTensor {
             dtype,
-            shape,
-            bytes: Bytes::Mapped { map: Arc::clone(map), range: start..start + len },
+            shape: entry.shape.clone(),
+            bytes: Bytes::Mapped { map: Arc::clone(map), range: entry.range.clone() },
         })
     }
+}
 
-    /// Runs `f` on the view of tensor `name` (with an error maker naming it).
-    fn with_view<T>(
-        &self,
-        name: &str,
-        f: impl FnOnce(&TensorView<'_>, &dyn Fn(String) -> Error) -> Result<T>,
-    ) -> Result<T> {
-        let &(file, _) = self.index.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
-        let (path, mmap) = &self.files[file];
-        let bad = |why: String| Error::InvalidWeights(format!("{} `{name}`: {why}", path.display()));
-        let st = SafeTensors::deserialize(mmap).map_err(|e| bad(e.to_string()))?;
-        let view = st.tensor(name).map_err(|e| bad(e.to_string()))?;
-        f(&view, &bad)
+#[cfg(test)]
+thread_local! {
+    /// Headers parsed on this thread (what the tests count).
+    static HEADER_PARSES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// A shard's header, parsed and checked against the file's length.
+fn parse_header(bytes: &[u8]) -> std::result::Result<SafeTensors<'_>, safetensors::SafeTensorError> {
+    #[cfg(test)]
+    HEADER_PARSES.with(|n| n.set(n.get() + 1));
+    SafeTensors::deserialize(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors file of `tensors` (name, dtype, shape, little-endian bytes).
+    fn write_shard(path: &Path, tensors: &[(String, &str, Vec<usize>, Vec<u8>)]) {
+        let mut header = serde_json::Map::new();
+        let mut data = Vec::new();
+        for (name, dtype, shape, bytes) in tensors {
+            let offsets = [data.len(), data.len() + bytes.len()];
+            header.insert(
+                name.clone(),
+                serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": offsets}),
+            );
+            data.extend_from_slice(bytes);
+        }
+        let mut json = serde_json::to_vec(&header).unwrap();
+        json.resize(json.len().div_ceil(8) * 8, b' ');
+        let mut file = (json.len() as u64).to_le_bytes().to_vec();
+        file.extend(json);
+        file.extend(data);
+        std::fs::write(path, file).unwrap();
+    }
+
+    /// Tensor `i`: its dtype cycles through f32, f16 and bf16, its shape
+    /// through a vector and two matrices; element `j` holds `i + j / 4`.
+    fn tensor(i: usize) -> (String, &'static str, Vec<usize>, Vec<u8>) {
+        let shape = [vec![3], vec![2, 2], vec![1, 3]][i % 3].clone();
+        let values = (0..shape.iter().product::<usize>()).map(|j| i as f32 + j as f32 / 4.0);
+        let (dtype, bytes): (&str, Vec<u8>) = match i % 3 {
+            0 => ("F32", values.flat_map(f32::to_le_bytes).collect()),
+            1 => ("F16", values.flat_map(|v| f16::from_f32(v).to_le_bytes()).collect()),
+            _ => ("BF16", values.flat_map(|v| bf16::from_f32(v).to_le_bytes()).collect()),
+        };
+        (format!("layers.{i}.weight"), dtype, shape, bytes)
+    }
+
+    #[test]
+    fn each_shards_header_is_parsed_once_however_many_tensors_are_read() {
+        let dir = std::env::temp_dir().join(format!("ferrolm-st-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tensors: Vec<_> = (0..60).map(tensor).collect();
+        let (first, second) = tensors.split_at(25);
+        write_shard(&dir.join("model-00001-of-00002.safetensors"), first);
+        write_shard(&dir.join("model-00002-of-00002.safetensors"), second);
+        let weight_map: serde_json::Map<String, serde_json::Value> = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                (t.0.clone(), format!("model-0000{}-of-00002.safetensors", 1 + usize::from(i >= 25)).into())
+            })
+            .collect();
+        let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+        std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+
+        HEADER_PARSES.with(|n| n.set(0));
+        let st = SafetensorsDir::open(&dir).unwrap();
+        for _ in 0..3 {
+            for (i, (name, dtype, shape, bytes)) in tensors.iter().enumerate() {
+                let read = st.read(name).unwrap();
+                assert_eq!(read.shape, *shape, "{name}");
+                let want: Vec<f32> = (0..read.data.len()).map(|j| i as f32 + j as f32 / 4.0).collect();
+                assert_eq!(read.data, want, "{name}");
+                let raw = st.raw(name).unwrap();
+                let numpy = [("F32", "float32"), ("F16", "float16"), ("BF16", "BF16")];
+                assert_eq!(raw.dtype, numpy.iter().find(|d| d.0 == *dtype).unwrap().1);
+                assert_eq!((&raw.shape, &*raw.bytes), (shape, &bytes[..]), "{name}");
+                let packed = matches!(st.read_stored(name).unwrap(), StoredTensor::Packed(_));
+                assert_eq!(packed, *dtype != "F32" && shape.len() == 2, "{name}");
+                assert_eq!(st.shape(name).unwrap(), *shape);
+            }
+        }
+        assert!(matches!(st.read("absent"), Err(Error::MissingTensor(_))));
+        assert_eq!(HEADER_PARSES.with(|n| n.get()), 2, "one parse per shard, at open");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_shard_fails_at_open_and_an_unreadable_tensor_at_its_read() {
+        let dir = std::env::temp_dir().join(format!("ferrolm-st-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("model.safetensors");
+        let ints = ("ids".to_string(), "I32", vec![2], vec![1, 0, 0, 0, 2, 0, 0, 0]);
+        write_shard(&path, &[tensor(0), tensor(1), ints]);
+        // A dtype it cannot convert: the directory opens, the read names the tensor.
+        let st = SafetensorsDir::open(&dir).unwrap();
+        let err = st.read("ids").unwrap_err().to_string();
+        assert!(err.contains("`ids`") && err.contains("I32"), "{err}");
+        assert_eq!(st.raw("ids").unwrap().dtype, "I32");
+        assert_eq!(st.read("layers.0.weight").unwrap().data, [0.0, 0.25, 0.5]);
+        drop(st);
+        // Cut short, or a header that is not one: refused at open, naming the file.
+        let whole = std::fs::read(&path).unwrap();
+        for damaged in [whole[..whole.len() - 3].to_vec(), vec![0xff; 64]] {
+            std::fs::write(&path, damaged).unwrap();
+            let err = SafetensorsDir::open(&dir).err().expect("a damaged file is refused");
+            assert!(
+                matches!(err, Error::InvalidWeights(_)) && err.to_string().contains("model.safetensors"),
+                "{err}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
