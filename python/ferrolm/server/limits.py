@@ -11,6 +11,10 @@ from ferrolm.server.errors import error_body
 
 #: The default cap: far past any prompt a context holds (a million tokens of text is ~4 MB).
 DEFAULT_MAX_REQUEST_BYTES = 32 << 20
+#: After a 413, up to this much of the rest of the body is read and dropped, so
+#: that a client still sending gets the answer rather than a reset connection
+#: (closing a socket with unread data resets it); a larger upload is cut off.
+DRAIN_BYTES = 1 << 20
 
 
 class BodyLimit:
@@ -25,7 +29,8 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refuse(send)
+            await self._refuse(send)
+            return await _drain(receive)
         seen = 0
         started = refused = False
 
@@ -41,6 +46,8 @@ class BodyLimit:
                 if seen > self.max_bytes and not started:
                     refused = True
                     await self._refuse(send)
+                    if message.get("more_body", False):
+                        await _drain(receive)
                     return {"type": "http.disconnect"}
             return message
 
@@ -63,3 +70,15 @@ class BodyLimit:
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+async def _drain(receive) -> None:
+    """Reads and drops what is left of a request body, up to ``DRAIN_BYTES``."""
+    left = DRAIN_BYTES
+    while left > 0:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        left -= len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
