@@ -8,7 +8,7 @@ use std::sync::Arc;
 use ferrolm_core::backend::cpu::Cpu;
 use ferrolm_core::backend::cuda::Cuda;
 use ferrolm_core::backend::OnDevice;
-use ferrolm_core::model::{load, Checkpoint};
+use ferrolm_core::model::{load_checkpoint, Checkpoint};
 use ferrolm_core::{on_device, EngineConfig, Session as CoreSession};
 use pyo3::prelude::*;
 
@@ -71,7 +71,7 @@ impl Session {
             let options = device::load_options(device, dtype, quantize, kv_dtype, max_seq_len)?;
             let checkpoint = Checkpoint::resolve(&path)?;
             let tokenizer = checkpoint.tokenizer()?;
-            let session = match load(&path, &options)? {
+            let session = match load_checkpoint(&checkpoint, &options)? {
                 OnDevice::Cpu(m) => OnDevice::Cpu(CoreSession::with_config(Arc::new(m), tokenizer, config)?),
                 OnDevice::Cuda(m) => {
                     OnDevice::Cuda(CoreSession::with_config(Arc::new(m), tokenizer, config)?)

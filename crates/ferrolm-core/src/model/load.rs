@@ -95,7 +95,8 @@ pub fn load_with_tokenizer(
     Ok((load_checkpoint(&checkpoint, options)?, tokenizer))
 }
 
-fn load_checkpoint(checkpoint: &Checkpoint, options: &LoadOptions) -> Result<AnyModel> {
+/// [`load`] of a checkpoint already resolved.
+pub fn load_checkpoint(checkpoint: &Checkpoint, options: &LoadOptions) -> Result<AnyModel> {
     Ok(match options.open_backend()? {
         OnDevice::Cpu(cpu) => OnDevice::Cpu(Transformer::load(checkpoint, cpu, options)?),
         OnDevice::Cuda(gpu) => OnDevice::Cuda(Transformer::load(checkpoint, gpu, options)?),

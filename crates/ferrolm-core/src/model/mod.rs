@@ -16,7 +16,9 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 
 pub use self::forward::{Logits, SeqInput};
-pub use self::load::{load, load_with_tokenizer, AnyModel, Checkpoint, LoadOptions, Tensors};
+pub use self::load::{
+    load, load_checkpoint, load_with_tokenizer, AnyModel, Checkpoint, LoadOptions, Tensors,
+};
 pub use self::params::{parameter_count, parameter_shapes, Layer, Linear, Params, Spec};
 use crate::backend::{Backend, Device};
 use crate::config::Config;

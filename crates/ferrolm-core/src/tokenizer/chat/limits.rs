@@ -59,11 +59,12 @@ pub fn indent(
     Ok(Value::from(out))
 }
 
+fn too_long_message() -> String {
+    format!("the chat template's output passed {MAX_OUTPUT_BYTES} bytes")
+}
+
 fn too_long() -> JinjaError {
-    JinjaError::new(
-        ErrorKind::InvalidOperation,
-        format!("the chat template's output passed {MAX_OUTPUT_BYTES} bytes"),
-    )
+    JinjaError::new(ErrorKind::InvalidOperation, too_long_message())
 }
 
 /// The rendered text, refusing to grow past [`MAX_OUTPUT_BYTES`].
