@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 TOKEN_ID_MAX = 2**32 - 1  # token ids are u32 in the core
+INTEGER_MAX = 2**64 - 1  # the core's sizes and counts are 64-bit
 
 _CONFIG_ERROR = "invalid config field `"
 
@@ -45,6 +46,8 @@ def integer(value: Any, name: str, *, minimum: int | None = None, maximum: int |
         raise ValueError(f"{name} must be {_integer_kind(minimum, maximum)}, got {value!r}") from None
     if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
         raise ValueError(f"{name} must be {_integer_kind(minimum, maximum)}, got {value!r}")
+    if number > INTEGER_MAX:
+        raise ValueError(f"{name} is too large: {number} (at most 2**64 - 1)")
     return number
 
 

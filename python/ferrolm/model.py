@@ -147,7 +147,9 @@ class Transformer:
                 for quantized models, f32 otherwise).
         """
         model = _core.Model.from_pretrained(
-            str(hub.resolve(path)), core_device(device), max_seq_len, positive(max_batch_size, "max_batch_size"),
+            str(hub.resolve(path)), core_device(device),
+            None if max_seq_len is None else positive(max_seq_len, "max_seq_len"),
+            positive(max_batch_size, "max_batch_size"),
             dtype, quantize, kv_dtype,
         )
         self = cls(ModelArgs(**model.config, max_batch_size=max_batch_size))

@@ -68,6 +68,11 @@ pub enum Error {
     #[error("out of memory: could not allocate {bytes} bytes for {what}")]
     OutOfMemory { what: String, bytes: usize },
 
+    /// Sizes asked for (a context length, a batch, a pool) would need more
+    /// memory than the machine has; refused before anything is allocated.
+    #[error("{what} needs {} but {} of memory are available; {advice}", size(*needed), size(*available))]
+    DoesNotFit { what: String, needed: usize, available: usize, advice: String },
+
     /// A GPU operation failed (driver, kernel compilation or launch, cuBLAS).
     #[error("GPU error: {0}")]
     Gpu(String),
@@ -93,6 +98,25 @@ impl Error {
         } else {
             Error::Io { path, source }
         }
+    }
+}
+
+/// A byte count as people read it ("1.5 GiB"); `usize::MAX` stands for
+/// a size past the address space.
+pub fn size(bytes: usize) -> String {
+    if bytes == usize::MAX {
+        return "more than the address space".into();
+    }
+    let units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{bytes} bytes"),
+        _ => format!("{value:.1} {}", units[unit]),
     }
 }
 

@@ -366,11 +366,16 @@ impl Writer {
     }
     /// A complete tiny llama-family model (F32), metadata and tensors.
     fn llama(arch: &str) -> Writer {
+        Writer::llama_claiming(arch, 64, 1)
+    }
+    /// [`Writer::llama`] with the tensors of one layer, whatever its
+    /// metadata claims about the context and the layers.
+    fn llama_claiming(arch: &str, context_length: u32, block_count: u32) -> Writer {
         let mut w = Writer::default();
         let key = |k: &str| format!("{arch}.{k}");
         w.str("general.architecture", arch)
-            .u32(&key("block_count"), 1)
-            .u32(&key("context_length"), 64)
+            .u32(&key("block_count"), block_count)
+            .u32(&key("context_length"), context_length)
             .u32(&key("embedding_length"), 8)
             .u32(&key("feed_forward_length"), 16)
             .u32(&key("attention.head_count"), 2)
@@ -428,6 +433,25 @@ fn invalid(result: Result<GgufFile, Error>, needle: &str) {
         Err(other) => panic!("expected InvalidWeights({needle}), got {other}"),
         Ok(_) => panic!("expected InvalidWeights({needle}), the file opened"),
     }
+}
+
+#[test]
+fn huge_claimed_sizes_are_refused_before_anything_that_large_is_allocated() {
+    let s = Scratch::new("huge");
+    // A context of 2**32 - 1 positions loads (nothing is sized by it yet)
+    // and its cache is refused for the memory it would need, with the knobs
+    // that lower it.
+    let path = s.write(&Writer::llama_claiming("llama", u32::MAX, 1).bytes());
+    let model = Transformer::<Cpu>::from_pretrained(&path, None).unwrap();
+    let err = model.new_cache(1).err().unwrap();
+    assert!(matches!(err, Error::DoesNotFit { .. }), "{err}");
+    assert!(err.to_string().contains("max_seq_len"), "{err}");
+    let fits = Transformer::<Cpu>::from_pretrained(&path, Some(64)).unwrap();
+    fits.new_cache(4).unwrap();
+    // 10**9 layers, one layer's tensors: refused before 10**9 layers are listed.
+    let path = s.write(&Writer::llama_claiming("llama", 64, 1_000_000_000).bytes());
+    let err = Transformer::<Cpu>::from_pretrained(&path, None).err().unwrap();
+    assert!(matches!(err, Error::InvalidWeights(ref m) if m.contains("block_count")), "{err}");
 }
 
 #[test]

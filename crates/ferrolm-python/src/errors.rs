@@ -27,7 +27,7 @@ pub fn to_py(err: Error) -> PyErr {
             Ok(ty) => PyErr::from_type(ty.clone(), msg),
             Err(e) => e,
         }),
-        Error::OutOfMemory { .. } => PyMemoryError::new_err(msg),
+        Error::OutOfMemory { .. } | Error::DoesNotFit { .. } => PyMemoryError::new_err(msg),
         Error::DeviceUnavailable { .. } | Error::Gpu(_) | Error::Internal(_) => PyRuntimeError::new_err(msg),
     }
 }

@@ -56,6 +56,12 @@ pub trait Backend: Send + Sync {
 
     fn device(&self) -> Device;
 
+    /// Bytes this backend can still allocate (host memory available, or
+    /// the GPU's free memory); `None` when it cannot tell. Sizes taken
+    /// from untrusted input (a context length, a pool size) are checked
+    /// against it before anything that large is promised.
+    fn memory_available(&self) -> Option<usize>;
+
     /// Runs a whole forward pass (many ops) where the backend wants it run:
     /// the CPU runs it on its thread pool, so that each op's parallel split
     /// is a cheap local fork instead of a hand-off from an outside thread.

@@ -40,6 +40,15 @@ impl KvShape {
     pub fn page_bytes(&self, page_size: usize) -> usize {
         2 * self.layers * page_size * self.kv_dim * self.dtype.size_in_bytes()
     }
+
+    /// Bytes a full pool of `layout` takes; `usize::MAX` when past the
+    /// address space (the sizes come from untrusted input).
+    pub fn pool_bytes(&self, layout: KvLayout) -> usize {
+        [2, self.layers, layout.page_size, self.kv_dim, self.dtype.size_in_bytes()]
+            .iter()
+            .try_fold(layout.num_pages, |n, &k| n.checked_mul(k))
+            .unwrap_or(usize::MAX)
+    }
 }
 
 #[cfg(test)]
@@ -52,5 +61,8 @@ mod tests {
         assert_eq!(shape(DType::F32).page_bytes(16), 2 * 3 * 16 * 8 * 4);
         assert_eq!(shape(DType::F16).page_bytes(16), 2 * 3 * 16 * 8 * 2);
         assert_eq!(shape(DType::BF16).page_bytes(16), shape(DType::F16).page_bytes(16));
+        let layout = |num_pages| KvLayout { page_size: 16, num_pages };
+        assert_eq!(shape(DType::F32).pool_bytes(layout(5)), 5 * shape(DType::F32).page_bytes(16));
+        assert_eq!(shape(DType::F32).pool_bytes(layout(usize::MAX / 2)), usize::MAX, "saturates");
     }
 }

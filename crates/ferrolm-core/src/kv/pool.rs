@@ -9,7 +9,10 @@
 //! - *free*: no owner and no content worth keeping.
 //!
 //! The pool holds no key/value data: the backend's storage is indexed by the
-//! page ids handed out here.
+//! page ids handed out here. Its own bookkeeping grows with the pages ever
+//! handed out, not with the pool's size: pages never used yet are "fresh",
+//! a range of ids with nothing recorded, so a pool sized for a huge context
+//! costs nothing up front.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -54,17 +57,28 @@ pub struct PoolStats {
     pub prefix_hits: u64,
 }
 
+/// What the pool records about a page it has handed out at least once.
+#[derive(Debug, Clone, Copy, Default)]
+struct PageState {
+    refs: u32,
+    /// The registered content, if any.
+    hash: Option<PrefixHash>,
+    /// Key of the page in `lru` while it is cached.
+    last_use: u64,
+}
+
 #[derive(Debug)]
 pub struct PagePool {
-    refs: Vec<u32>,
-    /// Free pages, taken from the back.
+    total: usize,
+    /// Pages `0..seen.len()` have been handed out at least once; the rest
+    /// are fresh.
+    seen: Vec<PageState>,
+    /// Pages given back and holding nothing, taken from the back (before
+    /// fresh ones, so a pool reuses the memory it has touched).
     free: Vec<PageId>,
-    /// The registered content of each page, if any.
-    hash_of: Vec<Option<PrefixHash>>,
     by_hash: HashMap<PrefixHash, PageId>,
     /// Unowned registered pages by last use (oldest first), and each one's key.
     lru: BTreeMap<u64, PageId>,
-    last_use: Vec<u64>,
     clock: u64,
     queries: u64,
     hits: u64,
@@ -79,12 +93,11 @@ impl PagePool {
             )));
         }
         Ok(PagePool {
-            refs: vec![0; pages],
-            free: (0..pages as PageId).rev().collect(),
-            hash_of: vec![None; pages],
+            total: pages,
+            seen: Vec::new(),
+            free: Vec::new(),
             by_hash: HashMap::new(),
             lru: BTreeMap::new(),
-            last_use: vec![0; pages],
             clock: 0,
             queries: 0,
             hits: 0,
@@ -92,21 +105,32 @@ impl PagePool {
     }
 
     pub fn total(&self) -> usize {
-        self.refs.len()
+        self.total
+    }
+
+    /// Pages never handed out.
+    fn fresh(&self) -> usize {
+        self.total - self.seen.len()
     }
 
     /// Pages that [`PagePool::allocate`] can hand out now (free or cached).
     pub fn available(&self) -> usize {
-        self.free.len() + self.lru.len()
+        self.free.len() + self.fresh() + self.lru.len()
     }
 
+    /// Owners of `page` (0 for a page never handed out).
     pub fn ref_count(&self, page: PageId) -> u32 {
-        self.refs[page as usize]
+        self.seen.get(page as usize).map_or(0, |s| s.refs)
     }
 
     /// Whether the page's content is registered in the prefix cache.
     pub fn is_registered(&self, page: PageId) -> bool {
-        self.hash_of[page as usize].is_some()
+        self.seen.get(page as usize).is_some_and(|s| s.hash.is_some())
+    }
+
+    /// The state of a page handed out before (callers have checked that).
+    fn state(&mut self, page: PageId) -> &mut PageState {
+        &mut self.seen[page as usize]
     }
 
     /// Takes `n` pages, each with one owner, or `None` (nothing taken) when
@@ -118,16 +142,18 @@ impl PagePool {
         }
         let mut pages = Vec::with_capacity(n);
         for _ in 0..n {
-            let page = match self.free.pop() {
-                Some(p) => p,
-                None => {
-                    let (_, p) = self.lru.pop_first().expect("available() counted it");
-                    let hash = self.hash_of[p as usize].take().expect("cached pages are registered");
-                    self.by_hash.remove(&hash);
-                    p
-                }
+            let page = if let Some(p) = self.free.pop() {
+                p
+            } else if self.fresh() > 0 {
+                self.seen.push(PageState::default());
+                (self.seen.len() - 1) as PageId
+            } else {
+                let (_, p) = self.lru.pop_first().expect("available() counted it");
+                let hash = self.state(p).hash.take().expect("cached pages are registered");
+                self.by_hash.remove(&hash);
+                p
             };
-            self.refs[page as usize] = 1;
+            self.state(page).refs = 1;
             pages.push(page);
         }
         Some(pages)
@@ -138,7 +164,7 @@ impl PagePool {
     pub fn add_ref(&mut self, pages: &[PageId]) -> Result<()> {
         self.check_used(pages)?;
         for &p in pages {
-            self.refs[p as usize] += 1;
+            self.state(p).refs += 1;
         }
         Ok(())
     }
@@ -152,19 +178,19 @@ impl PagePool {
         for &p in pages {
             *drops.entry(p).or_default() += 1;
         }
-        if let Some((p, n)) = drops.iter().find(|(p, n)| self.refs[**p as usize] < **n) {
+        if let Some((p, n)) = drops.iter().find(|(p, n)| self.ref_count(**p) < **n) {
             return Err(Error::InvalidInput(format!(
                 "page {p} has {} owner(s), cannot release {n}",
-                self.refs[*p as usize]
+                self.ref_count(*p)
             )));
         }
         for &p in pages {
-            let r = &mut self.refs[p as usize];
-            *r -= 1;
-            if *r == 0 {
-                if self.hash_of[p as usize].is_some() {
+            let state = &mut self.seen[p as usize];
+            state.refs -= 1;
+            if state.refs == 0 {
+                if state.hash.is_some() {
                     self.clock += 1;
-                    self.last_use[p as usize] = self.clock;
+                    state.last_use = self.clock;
                     self.lru.insert(self.clock, p);
                 } else {
                     self.free.push(p);
@@ -178,10 +204,10 @@ impl PagePool {
     /// it. If another page already holds that content, the first one stays
     /// the cached copy and this page remains private.
     pub fn register(&mut self, page: PageId, hash: PrefixHash) {
-        debug_assert!(self.refs[page as usize] > 0, "only used pages are registered");
-        if self.hash_of[page as usize].is_none() && !self.by_hash.contains_key(&hash) {
+        debug_assert!(self.ref_count(page) > 0, "only used pages are registered");
+        if !self.is_registered(page) && !self.by_hash.contains_key(&hash) {
             self.by_hash.insert(hash, page);
-            self.hash_of[page as usize] = Some(hash);
+            self.state(page).hash = Some(hash);
         }
     }
 
@@ -190,10 +216,11 @@ impl PagePool {
         self.queries += 1;
         let page = *self.by_hash.get(&hash)?;
         self.hits += 1;
-        if self.refs[page as usize] == 0 {
-            self.lru.remove(&self.last_use[page as usize]);
+        let state = &mut self.seen[page as usize];
+        if state.refs == 0 {
+            self.lru.remove(&state.last_use);
         }
-        self.refs[page as usize] += 1;
+        state.refs += 1;
         Some(page)
     }
 
@@ -202,7 +229,7 @@ impl PagePool {
             total_pages: self.total(),
             used_pages: self.total() - self.available(),
             cached_pages: self.lru.len(),
-            free_pages: self.free.len(),
+            free_pages: self.free.len() + self.fresh(),
             available_pages: self.available(),
             prefix_queries: self.queries,
             prefix_hits: self.hits,
@@ -212,14 +239,14 @@ impl PagePool {
     /// Forgets every cached page (they become free); used pages are untouched.
     pub fn clear_cached(&mut self) {
         while let Some((_, p)) = self.lru.pop_first() {
-            let hash = self.hash_of[p as usize].take().expect("cached pages are registered");
+            let hash = self.state(p).hash.take().expect("cached pages are registered");
             self.by_hash.remove(&hash);
             self.free.push(p);
         }
     }
 
     pub(crate) fn check_used(&self, pages: &[PageId]) -> Result<()> {
-        match pages.iter().find(|&&p| p as usize >= self.total() || self.refs[p as usize] == 0) {
+        match pages.iter().find(|&&p| self.ref_count(p) == 0) {
             Some(p) if (*p as usize) < self.total() => {
                 Err(Error::InvalidInput(format!("page {p} is not allocated")))
             }
@@ -285,6 +312,22 @@ mod tests {
         assert_eq!(pool.lookup(h1), None, "the evicted page is no longer found");
         let s = pool.stats();
         assert_eq!((s.prefix_queries, s.prefix_hits), (2, 1));
+    }
+
+    #[test]
+    fn a_pool_of_every_page_id_costs_only_the_pages_handed_out() {
+        // Bookkeeping sized by the pool would take ~200 GB here.
+        let mut pool = PagePool::new(PageId::MAX as usize).unwrap();
+        assert_eq!(pool.stats().free_pages, PageId::MAX as usize);
+        let pages = pool.allocate(3).unwrap();
+        assert_eq!(pages, vec![0, 1, 2]);
+        assert!(pool.seen.capacity() < 1024, "grew with use only");
+        pool.release(&pages[1..2]).unwrap();
+        assert_eq!(pool.allocate(1).unwrap(), vec![1], "given-back pages are reused before fresh ones");
+        assert_eq!(pool.ref_count(PageId::MAX - 1), 0);
+        assert!(pool.release(&[PageId::MAX - 1]).is_err(), "a fresh page has no owner");
+        let s = pool.stats();
+        assert_eq!((s.used_pages, s.free_pages), (3, PageId::MAX as usize - 3));
     }
 
     #[test]

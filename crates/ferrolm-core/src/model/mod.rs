@@ -95,6 +95,8 @@ impl<B: Backend> Transformer<B> {
     /// A model with freshly initialised weights (norms 1, everything else
     /// N(0, 0.02) as HF initialises Llama), reproducible from `seed`.
     pub fn random(config: Config, backend: B, seed: u64) -> Result<Self> {
+        config.validate()?;
+        check_parameters_fit(&config, &backend)?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let normal = Normal::new(0.0f32, 0.02).expect("valid std");
         Self::build(config, backend, &LoadOptions::default(), |name, shape| {
@@ -145,7 +147,7 @@ impl<B: Backend> Transformer<B> {
             ));
         }
         let page_size = KvLayout::DEFAULT_PAGE_SIZE;
-        let num_pages = slots * self.config.max_seq_len.div_ceil(page_size);
+        let num_pages = slots.saturating_mul(self.config.max_seq_len.div_ceil(page_size));
         let mut cache = self.new_paged_cache(KvLayout { page_size, num_pages }, false)?;
         for _ in 0..slots {
             cache.add_sequence();
@@ -168,6 +170,28 @@ impl<B: Backend> Transformer<B> {
     }
 }
 
+/// Refuses a model whose f32 parameters alone would not fit in the
+/// backend's memory, before any is made (a config of 10**9 layers).
+fn check_parameters_fit<B: Backend>(config: &Config, backend: &B) -> Result<()> {
+    let count = params::parameter_count(config);
+    let needed = count.saturating_mul(4);
+    match backend.memory_available() {
+        Some(available) if needed > available => Err(Error::DoesNotFit {
+            what: format!(
+                "a model of {} parameters ({} layers, hidden_size {}, vocab_size {}) in float32",
+                if count == usize::MAX { "too many".to_string() } else { count.to_string() },
+                config.num_hidden_layers,
+                config.hidden_size,
+                config.vocab_size
+            ),
+            needed,
+            available,
+            advice: "lower num_hidden_layers, hidden_size, intermediate_size or vocab_size".into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The loader's rule for which parameters `quantize` converts: FP8 only the
 /// layers' linear projections (as HF's FP8 checkpoints: the embedding table
 /// is read a row per token, and the head's error goes straight into the
@@ -183,8 +207,23 @@ fn quantize_for(quantize: Option<Quantize>, name: &str, shape: &[usize]) -> Opti
 /// Checks a source against the model's parameter list: shapes always; with
 /// `strict`, that nothing is missing; and that every name is a parameter.
 fn check_source(config: &Config, source: &dyn TensorSource, strict: bool) -> Result<()> {
-    let shapes: HashMap<String, Vec<usize>> = params::parameter_shapes(config).into_iter().collect();
     let mut present = source.names();
+    // Every layer has tensors of its own: with more layers than tensors,
+    // one of the first `present.len() + 1` layers is incomplete. It is
+    // named without listing every layer (10**9 would take a terabyte).
+    if strict && config.num_hidden_layers > present.len() {
+        let listed = Config { num_hidden_layers: present.len() + 1, ..config.clone() };
+        let have: std::collections::HashSet<&String> = present.iter().collect();
+        let missing =
+            params::parameter_shapes(&listed).into_iter().map(|(name, _)| name).find(|n| !have.contains(n));
+        return Err(Error::InvalidWeights(format!(
+            "missing tensor `{}`: the config has num_hidden_layers = {} but the checkpoint holds only {} tensors",
+            missing.unwrap_or_default(),
+            config.num_hidden_layers,
+            present.len()
+        )));
+    }
+    let shapes: HashMap<String, Vec<usize>> = params::parameter_shapes(config).into_iter().collect();
     present.sort();
     for name in &present {
         // Checkpoints of tied models may still carry the head; it must at
@@ -280,6 +319,28 @@ mod tests {
         bad.remove("lm_head.weight");
         model.load_state(&bad, false).unwrap();
         assert_ne!(model.forward(&mut cache, &input, Logits::All).unwrap(), before);
+    }
+
+    #[test]
+    fn an_absurd_layer_count_is_refused_before_its_layers_are_listed() {
+        let huge = Config { num_hidden_layers: 1_000_000_000, ..config() };
+        let err = Transformer::from_source(huge.clone(), Cpu::default(), &state(), &LoadOptions::default())
+            .err()
+            .unwrap();
+        assert!(matches!(err, Error::InvalidWeights(ref m) if m.contains("num_hidden_layers")), "{err}");
+        let err = Transformer::random(huge, Cpu::default(), 0).err().unwrap();
+        assert!(matches!(err, Error::DoesNotFit { .. }), "{err}");
+        assert!(err.to_string().contains("num_hidden_layers"), "{err}");
+    }
+
+    #[test]
+    fn the_parameter_count_is_the_spec_counted_one_block_at_a_time() {
+        for c in [config(), Config { num_hidden_layers: 3, tie_word_embeddings: false, ..config() }] {
+            let listed: usize =
+                Params::spec(&c).into_vec().iter().map(|s| s.shape.iter().product::<usize>()).sum();
+            assert_eq!(parameter_count(&c), listed);
+        }
+        assert_eq!(parameter_count(&Config { num_hidden_layers: usize::MAX, ..config() }), usize::MAX);
     }
 
     #[test]

@@ -62,34 +62,49 @@ impl Params<Spec> {
     /// The parameters of `c`: which exist (biases, q/k norms and an untied
     /// head depend on the family's flags), their names and shapes.
     pub fn spec(c: &Config) -> Params<Spec> {
-        let (h, q, kv, inter, d) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size, c.head_dim);
-        let spec = |name: String, shape: Vec<usize>| Spec { name, shape };
-        let layer = |i: usize| {
-            let p = |suffix: &str, shape: Vec<usize>| spec(names::layer(i, suffix), shape);
-            let linear = |path: &str, rows: usize, cols: usize, bias: bool| Linear {
-                weight: p(&format!("{path}.weight"), vec![rows, cols]),
-                bias: bias.then(|| p(&format!("{path}.bias"), vec![rows])),
-            };
-            Layer {
-                input_layernorm: p("input_layernorm.weight", vec![h]),
-                q_proj: linear("self_attn.q_proj", q, h, c.qkv_bias()),
-                k_proj: linear("self_attn.k_proj", kv, h, c.qkv_bias()),
-                v_proj: linear("self_attn.v_proj", kv, h, c.qkv_bias()),
-                o_proj: linear("self_attn.o_proj", h, q, c.o_bias()),
-                q_norm: c.qk_norm().then(|| p("self_attn.q_norm.weight", vec![d])),
-                k_norm: c.qk_norm().then(|| p("self_attn.k_norm.weight", vec![d])),
-                post_attention_layernorm: p("post_attention_layernorm.weight", vec![h]),
-                gate_proj: linear("mlp.gate_proj", inter, h, c.mlp_bias),
-                up_proj: linear("mlp.up_proj", inter, h, c.mlp_bias),
-                down_proj: linear("mlp.down_proj", h, inter, c.mlp_bias),
-            }
-        };
+        let h = c.hidden_size;
+        let spec = |name: &str, shape: Vec<usize>| Spec { name: name.into(), shape };
         Params {
-            embed_tokens: spec(names::EMBED.into(), vec![c.vocab_size, h]),
-            layers: (0..c.num_hidden_layers).map(layer).collect(),
-            norm: spec(names::FINAL_NORM.into(), vec![h]),
-            lm_head: (!c.tie_word_embeddings).then(|| spec(names::LM_HEAD.into(), vec![c.vocab_size, h])),
+            embed_tokens: spec(names::EMBED, vec![c.vocab_size, h]),
+            layers: (0..c.num_hidden_layers).map(|i| Layer::spec(c, i)).collect(),
+            norm: spec(names::FINAL_NORM, vec![h]),
+            lm_head: (!c.tie_word_embeddings).then(|| spec(names::LM_HEAD, vec![c.vocab_size, h])),
         }
+    }
+}
+
+impl Layer<Spec> {
+    /// The parameters of decoder block `i` of `c`.
+    pub fn spec(c: &Config, i: usize) -> Layer<Spec> {
+        let (h, q, kv, inter, d) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size, c.head_dim);
+        let p = |suffix: &str, shape: Vec<usize>| Spec { name: names::layer(i, suffix), shape };
+        let linear = |path: &str, rows: usize, cols: usize, bias: bool| Linear {
+            weight: p(&format!("{path}.weight"), vec![rows, cols]),
+            bias: bias.then(|| p(&format!("{path}.bias"), vec![rows])),
+        };
+        Layer {
+            input_layernorm: p("input_layernorm.weight", vec![h]),
+            q_proj: linear("self_attn.q_proj", q, h, c.qkv_bias()),
+            k_proj: linear("self_attn.k_proj", kv, h, c.qkv_bias()),
+            v_proj: linear("self_attn.v_proj", kv, h, c.qkv_bias()),
+            o_proj: linear("self_attn.o_proj", h, q, c.o_bias()),
+            q_norm: c.qk_norm().then(|| p("self_attn.q_norm.weight", vec![d])),
+            k_norm: c.qk_norm().then(|| p("self_attn.k_norm.weight", vec![d])),
+            post_attention_layernorm: p("post_attention_layernorm.weight", vec![h]),
+            gate_proj: linear("mlp.gate_proj", inter, h, c.mlp_bias),
+            up_proj: linear("mlp.up_proj", inter, h, c.mlp_bias),
+            down_proj: linear("mlp.down_proj", h, inter, c.mlp_bias),
+        }
+    }
+
+    /// The parameters of one block, in checkpoint order.
+    fn into_vec(self) -> Vec<Spec> {
+        let mut out = Vec::new();
+        let _ = self.try_map(&mut |s| {
+            out.push(s);
+            Ok(())
+        });
+        out
     }
 }
 
@@ -175,7 +190,18 @@ pub fn parameter_shapes(c: &Config) -> Vec<(String, Vec<usize>)> {
     Params::spec(c).into_vec().into_iter().map(|s| (s.name, s.shape)).collect()
 }
 
-/// Number of parameters (weights and biases), counting tied embeddings once.
+/// Number of parameters (weights and biases), counting tied embeddings
+/// once; `usize::MAX` when past the address space. Counted from one block's
+/// spec times the number of blocks, so an absurd `num_hidden_layers` is
+/// measured without listing its blocks.
 pub fn parameter_count(c: &Config) -> usize {
-    Params::spec(c).into_vec().iter().map(|s| s.shape.iter().product::<usize>()).sum()
+    let elements = |specs: Vec<Spec>| specs.iter().map(|s| s.shape.iter().product::<usize>()).sum::<usize>();
+    (elements(Layer::spec(c, 0).into_vec()).checked_mul(c.num_hidden_layers))
+        .and_then(|layers| layers.checked_add(elements(outside_layers(c))))
+        .unwrap_or(usize::MAX)
+}
+
+/// The parameters outside the decoder blocks (embedding, final norm, head).
+fn outside_layers(c: &Config) -> Vec<Spec> {
+    Params::spec(&Config { num_hidden_layers: 0, ..c.clone() }).into_vec()
 }

@@ -3,8 +3,8 @@
 //! Each page holds `page_size` positions of every layer, laid out
 //! `[layer][key | value][kv head][offset][head_dim]`, in f32 or f16 ([`DType`]; f16
 //! halves the memory and the bytes attention reads). A page's memory is
-//! allocated the first time it is written, so a large pool costs only what
-//! is used.
+//! allocated the first time it is written, and the list of pages grows to
+//! the highest page written, so a large pool costs only what is used.
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -28,22 +28,23 @@ enum Pages {
 }
 
 pub struct CpuKv {
+    num_pages: usize,
     page_size: usize,
     layers: usize,
     kv_dim: usize,
-    /// Each page is empty until first written.
+    /// Pages up to the highest one written; each is empty until first written.
     pages: Pages,
 }
 
 impl CpuKv {
     pub(super) fn new(geometry: KvGeometry, dtype: DType) -> Result<CpuKv> {
         let KvGeometry { pages, page_size, layers, kv_dim } = geometry;
-        let pages = match dtype {
-            DType::F32 => Pages::F32(vec![Vec::new(); pages]),
-            DType::F16 => Pages::F16(vec![Vec::new(); pages]),
+        let store = match dtype {
+            DType::F32 => Pages::F32(Vec::new()),
+            DType::F16 => Pages::F16(Vec::new()),
             DType::BF16 => return Err(unsupported_kv_dtype(dtype)),
         };
-        Ok(CpuKv { page_size, layers, kv_dim, pages })
+        Ok(CpuKv { num_pages: pages, page_size, layers, kv_dim, pages: store })
     }
 
     pub fn dtype(&self) -> DType {
@@ -135,11 +136,12 @@ impl CpuKv {
     }
 
     fn geometry(&self) -> KvGeometry {
-        let pages = match &self.pages {
-            Pages::F32(p) => p.len(),
-            Pages::F16(p) => p.len(),
-        };
-        KvGeometry { pages, page_size: self.page_size, layers: self.layers, kv_dim: self.kv_dim }
+        KvGeometry {
+            pages: self.num_pages,
+            page_size: self.page_size,
+            layers: self.layers,
+            kv_dim: self.kv_dim,
+        }
     }
 
     /// `part` of `page` as `[offset][head][head_dim]` f32: the page stores
@@ -152,14 +154,17 @@ impl CpuKv {
             for (h, dst) in row.chunks_exact_mut(hd).enumerate() {
                 let at = self.at(part.layer, value, hd, h, offset);
                 match &self.pages {
-                    Pages::F32(p) if !p[page as usize].is_empty() => {
-                        dst.copy_from_slice(&p[page as usize][at..at + hd])
+                    Pages::F32(p) => {
+                        if let Some(src) = written(p, page as usize) {
+                            dst.copy_from_slice(&src[at..at + hd])
+                        }
                     }
-                    Pages::F16(p) if !p[page as usize].is_empty() => {
-                        p[page as usize][at..at + hd].convert_to_f32_slice(dst)
+                    Pages::F16(p) => {
+                        if let Some(src) = written(p, page as usize) {
+                            src[at..at + hd].convert_to_f32_slice(dst)
+                        }
                     }
-                    _ => {} // never written: zeros
-                }
+                } // a page never written reads as zeros
             }
         }
         Ok(out)
@@ -198,21 +203,34 @@ impl CpuKv {
 
     fn materialize(&mut self, page: usize) -> Result<()> {
         let len = self.page_len();
-        let oom = |bytes| Error::OutOfMemory { what: "KV cache page".into(), bytes };
         match &mut self.pages {
-            Pages::F32(p) if p[page].is_empty() => p[page] = zeroed(len).ok_or_else(|| oom(4 * len))?,
-            Pages::F16(p) if p[page].is_empty() => p[page] = zeroed(len).ok_or_else(|| oom(2 * len))?,
-            _ => {}
+            Pages::F32(p) => materialize(p, page, len),
+            Pages::F16(p) => materialize(p, page, len),
         }
-        Ok(())
     }
 }
 
-fn zeroed<T: Clone + Default>(len: usize) -> Option<Vec<T>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(len).ok()?;
-    v.resize(len, T::default());
-    Some(v)
+/// Gives `pages[page]` its `len` zeros if it has none yet, growing the list
+/// of pages to reach it.
+fn materialize<T: Clone + Default>(pages: &mut Vec<Vec<T>>, page: usize, len: usize) -> Result<()> {
+    let oom = |bytes| Error::OutOfMemory { what: "KV cache page".into(), bytes };
+    if page >= pages.len() {
+        let more = page + 1 - pages.len();
+        pages.try_reserve(more).map_err(|_| oom(more * std::mem::size_of::<Vec<T>>()))?;
+        pages.resize_with(page + 1, Vec::new);
+    }
+    if pages[page].is_empty() {
+        let mut v = Vec::new();
+        v.try_reserve_exact(len).map_err(|_| oom(len * std::mem::size_of::<T>()))?;
+        v.resize(len, T::default());
+        pages[page] = v;
+    }
+    Ok(())
+}
+
+/// A page's values if it has been written.
+fn written<T>(pages: &[Vec<T>], page: usize) -> Option<&[T]> {
+    pages.get(page).map(Vec::as_slice).filter(|p| !p.is_empty())
 }
 
 /// Copies page `src` over page `dst` (materialized): an unwritten source
@@ -221,7 +239,7 @@ fn copy_within<T: Copy + Default>(pages: &mut [Vec<T>], src: usize, dst: usize) 
     if src == dst {
         return;
     }
-    if pages[src].is_empty() {
+    if written(pages, src).is_none() {
         pages[dst].fill(T::default());
         return;
     }

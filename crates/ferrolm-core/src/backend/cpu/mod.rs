@@ -13,6 +13,7 @@
 mod attention;
 mod kv;
 mod matmul;
+mod memory;
 pub mod quant;
 #[cfg(test)]
 mod tests;
@@ -24,6 +25,7 @@ use rayon::prelude::*;
 pub use self::kv::CpuKv;
 pub use self::matmul::CpuWeight;
 use self::matmul::{rms_norm_row, with_spare, Matrix, OutPtr, Prepared};
+pub use self::memory::host_memory_available;
 use self::quant::interleave::Interleaved;
 use self::quant::Isa;
 use super::{AttentionShape, Backend, Device, KvGeometry, KvPart, SeqSpan};
@@ -211,6 +213,10 @@ impl Backend for Cpu {
 
     fn device(&self) -> Device {
         Device::Cpu
+    }
+
+    fn memory_available(&self) -> Option<usize> {
+        host_memory_available()
     }
 
     fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {

@@ -164,6 +164,21 @@ fn copies_of_unwritten_pages_are_zeros_and_missing_pages_are_errors() {
     }
 }
 
+/// Storage grows with the pages written: a pool of every page id costs
+/// nothing up front (sized by the pool it would take ~100 GB).
+#[test]
+fn a_pool_of_every_page_id_costs_only_the_pages_written() {
+    let cpu = Cpu::default();
+    let pages = u32::MAX as usize;
+    let mut kv = cpu.new_kv(KvGeometry { pages, page_size: 2, layers: 1, kv_dim: 1 }, DType::F16).unwrap();
+    let part = |kind| KvPart { layer: 0, kind, kv_heads: 1, head_dim: 1 };
+    cpu.write_kv_page(&mut kv, 3, part(KvKind::Value), 0, &[1.0, 2.0]).unwrap();
+    assert_eq!(cpu.read_kv_page(&kv, 3, part(KvKind::Value)).unwrap(), vec![1.0, 2.0]);
+    assert_eq!(cpu.read_kv_page(&kv, 1 << 30, part(KvKind::Value)).unwrap(), vec![0.0, 0.0]);
+    cpu.copy_page(&mut kv, 1 << 30, 3).unwrap();
+    assert_eq!(cpu.read_kv_page(&kv, 3, part(KvKind::Value)).unwrap(), vec![0.0, 0.0]);
+}
+
 /// The page views see what attention stores, in MILI's `[offset][head][head_dim]`
 /// order, and attention reads what the views write (f32 and f16 pages).
 #[test]

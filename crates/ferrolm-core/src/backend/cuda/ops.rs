@@ -115,6 +115,11 @@ impl Backend for Cuda {
         Cuda::device(self)
     }
 
+    fn memory_available(&self) -> Option<usize> {
+        self.stream.context().bind_to_thread().ok()?;
+        cudarc::driver::result::mem_get_info().ok().map(|(free, _total)| free)
+    }
+
     /// Every parameter is widened to f32 on the host, then 2-D ones become
     /// the GPU dtype. `quantize="fp8"` rounds a matrix to FP8 E4M3's values
     /// (a scale per 32 weights of a row, as on the CPU) before that, so the
@@ -406,7 +411,14 @@ impl Backend for Cuda {
 
     fn new_kv(&self, geometry: KvGeometry, dtype: DType) -> Result<CudaKv> {
         let KvGeometry { pages, page_size, layers, kv_dim } = geometry;
-        let len = (pages * 2 * layers * page_size * kv_dim).max(1);
+        let len = [2, layers, page_size, kv_dim]
+            .iter()
+            .try_fold(pages, |n, &k| n.checked_mul(k))
+            .filter(|len| len.checked_mul(dtype.size_in_bytes()).is_some())
+            .ok_or_else(|| {
+                Error::InvalidInput(format!("a KV pool of {pages} pages overflows the address space"))
+            })?
+            .max(1);
         let bytes = len * dtype.size_in_bytes();
         let oom = |e: cudarc::driver::DriverError| Error::OutOfMemory {
             what: format!(
