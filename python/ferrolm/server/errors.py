@@ -46,9 +46,16 @@ class APIError(Exception):
 
 def error_body(message: str, status: int = 400, param: str | None = None, code: str | None = None,
                type: str | None = None) -> dict[str, Any]:
-    info = ErrorInfo(message=message, type=type or _TYPES.get(status, "invalid_request_error"),
-                     param=param, code=code)
+    info = ErrorInfo(message=_printable(message), type=type or _TYPES.get(status, "invalid_request_error"),
+                     param=None if param is None else _printable(param), code=code)
     return ErrorResponse(error=info).model_dump()
+
+
+def _printable(text: str) -> str:
+    """``text`` as valid UTF-8: messages quote what the client sent, and a
+    lone surrogate (valid in JSON's ``\\ud800``, not in UTF-8) would make the
+    error itself fail to render, a 500; it is shown escaped instead."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def error_response(e: APIError) -> JSONResponse:
