@@ -158,7 +158,8 @@ impl Shared {
                     return Err(Error::Overloaded { waiting: current, max_waiting });
                 }
             }
-            match self.queued.compare_exchange_weak(current, current + n, Ordering::AcqRel, Ordering::Acquire) {
+            match self.queued.compare_exchange_weak(current, current + n, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => break,
                 Err(now) => current = now,
             }
