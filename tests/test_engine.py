@@ -212,7 +212,7 @@ def test_past_max_waiting_submit_is_refused_at_once(chat_model):
             for _ in range(2):
                 engine.submit([5, 6, 7], greedy(2), inbox.put)
             # Held, the engine admits nothing: the third is refused without waiting on it.
-            with pytest.raises(EngineOverloadedError, match="overloaded.*retry later"):
+            with pytest.raises(EngineOverloadedError, match=r"overloaded.*retry later"):
                 engine.submit([5, 6, 7], greedy(2), inbox.put)
             with pytest.raises(RuntimeError):  # an EngineOverloadedError is a RuntimeError
                 engine.submit_group([5, 6, 7], greedy(2), 2, inbox.put)
