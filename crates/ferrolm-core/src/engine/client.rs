@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use super::request::{GenerationRequest, Output, RequestHandle, RequestId};
 use super::sequence::Sequence;
+use super::ticket::Ticket;
 use crate::error::{Error, Result};
 use crate::kv::PoolStats;
 use crate::sampling::SamplingConfig;
@@ -78,19 +79,6 @@ impl Door {
             Door::Stopped => Err(Error::EngineStopped),
             Door::Failed(reason) => Err(Error::EngineFailed(reason.clone())),
         }
-    }
-}
-
-/// One request's place in the count of requests not yet admitted. The
-/// count drops when the ticket does: when the scheduler first admits the
-/// request, or whenever the request leaves the engine (or never reaches
-/// it) without having run, however that happens, so it cannot leak.
-#[derive(Debug)]
-pub(crate) struct Ticket(Arc<AtomicUsize>);
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -164,7 +152,7 @@ impl Shared {
                 Err(now) => current = now,
             }
         }
-        Ok((0..n).map(|_| Ticket(self.queued.clone())).collect())
+        Ok((0..n).map(|_| Ticket::new(self.queued.clone())).collect())
     }
 
     fn update(&self, f: impl FnOnce(&mut EngineStats)) {

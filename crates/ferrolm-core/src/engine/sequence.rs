@@ -4,8 +4,8 @@
 
 use std::sync::mpsc::Sender;
 
-use super::client::Ticket;
 use super::request::{FinishReason, GenerationRequest, Output, OutputKind, RequestId, Usage};
+use super::ticket::Ticket;
 use crate::error::Result;
 use crate::kv::SeqId;
 use crate::sampling::{Sampled, Sampler};
