@@ -202,6 +202,35 @@ def test_a_held_engine_takes_requests_but_runs_nothing(llm):
     assert llm.generate([[5, 6, 7]], greedy(4))[0].completion_tokens <= 4
 
 
+def test_past_max_waiting_submit_is_refused_at_once(chat_model):
+    from ferrolm.engine import EngineOverloadedError
+
+    with AsyncEngine(chat_model, max_seq_len=64, max_num_seqs=1, max_waiting=2) as engine:
+        inbox: queue.Queue = queue.Queue()
+        engine.pause()
+        try:
+            for _ in range(2):
+                engine.submit([5, 6, 7], greedy(2), inbox.put)
+            # Held, the engine admits nothing: the third is refused without waiting on it.
+            with pytest.raises(EngineOverloadedError, match=r"overloaded.*retry later"):
+                engine.submit([5, 6, 7], greedy(2), inbox.put)
+            with pytest.raises(RuntimeError):  # an EngineOverloadedError is a RuntimeError
+                engine.submit_group([5, 6, 7], greedy(2), 2, inbox.put)
+            assert engine.stats()["queued"] == 2
+            engine.step(1)  # one slot: the first is admitted, and its place freed
+            assert engine.stats()["queued"] == 1
+            engine.submit([5, 6, 7], greedy(2), inbox.put)
+        finally:
+            engine.resume()
+        finished = 0
+        while finished < 3:  # (the timeout is a hang guard only)
+            finished += inbox.get(timeout=60).kind == "finished"
+        wait_idle(engine)
+        assert engine.stats()["queued"] == 0
+    with pytest.raises(ValueError, match="max_waiting must be a positive integer"):
+        AsyncEngine(chat_model, max_waiting=0)
+
+
 def test_prefix_cache_skips_a_shared_prompt(chat_model):
     with AsyncEngine(chat_model, max_seq_len=256) as engine:
         system = list(range(100, 150))  # 50 tokens: 3 full pages

@@ -546,7 +546,8 @@ def test_serve_help():
                          timeout=60)
     assert out.returncode == 0
     for flag in ("--host", "--port", "--api-key", "--served-model-name", "--max-seq-len", "--max-num-seqs",
-                 "--max-batch-tokens", "--num-pages", "--no-prefix-caching", "ferrolm[server]"):
+                 "--max-batch-tokens", "--num-pages", "--no-prefix-caching", "--max-waiting", "--shutdown-timeout",
+                 "ferrolm[server]"):
         assert flag in out.stdout
 
 

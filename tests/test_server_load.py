@@ -1,4 +1,5 @@
-"""Load: 64 concurrent streaming clients against the real server.
+"""Load: 64 concurrent streaming clients against the real server, and
+overload: more clients than a bounded waiting queue (``max_waiting``) takes.
 
 Every request is greedy, so its text is fixed: each one is first run alone
 (sequentially, through the same server), then all 64 at once. Under
@@ -142,3 +143,82 @@ def test_64_concurrent_streams_match_their_lone_runs(served):
     assert after["preemptions"] > before["preemptions"]
     print(f"\nalone: {t1 - t0:.1f}s, 64 concurrent: {t2 - t1:.1f}s, "
           f"preemptions under load: {after['preemptions'] - before['preemptions']}")
+
+
+# -- overload: a bounded waiting queue ----------------------------------------------------
+
+
+async def overload_call(http: httpx.AsyncClient, url: str, i: int) -> tuple[int, dict, str | None]:
+    """One request (streams and plain ones, completions and chat, alternately):
+    (status, the JSON body or the stream's last chunk, Retry-After)."""
+    chat = i % 2 == 1
+    body = {"model": MODEL, "max_tokens": 12 + i % 13, "temperature": 0, "stream": i % 4 < 2}
+    if chat:
+        body["messages"] = [{"role": "user", "content": f"Tell me about the number {i}."}]
+    else:
+        body["prompt"] = f"Question {i}: tell me about the sea." + " more" * (i % 20)
+    path = "/v1/chat/completions" if chat else "/v1/completions"
+    async with http.stream("POST", f"{url}{path}", json=body) as r:
+        if not body["stream"] or r.status_code != 200:
+            return r.status_code, json.loads(await r.aread()), r.headers.get("retry-after")
+        events = [line[len("data: "):] async for line in r.aiter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]", events
+    last = json.loads(events[-2])
+    assert "error" not in last, last
+    return r.status_code, last, None
+
+
+def assert_refused(status: int, body: dict, retry_after: str | None) -> None:
+    assert status == 429, body
+    assert retry_after is not None and int(retry_after) >= 1
+    assert body["error"]["type"] == "rate_limit_error" and body["error"]["code"] == "engine_overloaded"
+    assert "overloaded" in body["error"]["message"] and "retry" in body["error"]["message"]
+
+
+def assert_completed(status: int, body: dict) -> None:
+    assert status == 200, body
+    assert body["choices"][-1]["finish_reason"] in ("stop", "length"), body
+
+
+def test_past_max_waiting_requests_get_429_at_once_and_nothing_leaks(chat_model):
+    # 2 slots and 6 pages of 16 tokens for many clients: most wait, and the
+    # running ones preempt each other; at most 3 may wait.
+    with AsyncEngine(chat_model, max_seq_len=256, max_num_seqs=2, num_pages=6, max_batch_tokens=64,
+                     max_waiting=3) as engine, running_server(create_app(engine, MODEL)) as url:
+
+        async def scenario() -> None:
+            limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+            async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+                # Held, the engine admits nothing: exactly 3 of 8 are taken,
+                # and the other 5 are answered while it is held (at once,
+                # not after a wait on the engine).
+                engine.pause()
+                try:
+                    pending = {asyncio.ensure_future(overload_call(http, url, i)) for i in range(8)}
+                    refused = []
+                    while len(refused) < 5:
+                        done, pending = await asyncio.wait(pending, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+                        assert done, "a refusal never came"  # a hang guard only
+                        refused += [t.result() for t in done]
+                    for status, body, retry_after in refused:
+                        assert_refused(status, body, retry_after)
+                    assert len(pending) == 3 and engine.stats()["queued"] == 3
+                finally:
+                    engine.resume()
+                for status, body, _ in await asyncio.gather(*pending):
+                    assert_completed(status, body)
+
+                # Running free: each of 24 clients is either served in full or refused at once.
+                results = await asyncio.gather(*(overload_call(http, url, i) for i in range(24)))
+                for status, body, retry_after in results:
+                    if status == 429:
+                        assert_refused(status, body, retry_after)
+                    else:
+                        assert_completed(status, body)
+                assert any(status == 200 for status, _, _ in results)
+
+        asyncio.run(scenario())
+        wait_for(lambda: engine_idle(engine), 30, "the engine to drain")
+        stats = engine.stats()
+        assert stats["used_pages"] == 0 and stats["queued"] == 0, stats
+        assert stats["requests_added"] == stats["requests_finished"]

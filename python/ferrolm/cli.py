@@ -106,6 +106,9 @@ def _serve_args(sub) -> None:
     s.add_argument("--served-model-name", help="the model id clients use (default: MODEL's basename without .gguf)")
     s.add_argument("--max-request-bytes", type=int,
                    help="larger request bodies get a 413 before they are read (default: 32 MiB)")
+    s.add_argument("--shutdown-timeout", type=float, metavar="SECONDS",
+                   help="on SIGTERM/SIGINT, new requests get a 503 and those in flight get this long to finish "
+                        "before they are ended with an error (default: 30)")
     s.add_argument("--config", metavar="FILE",
                    help="an inference config file (JSON: inference.device/dtype/max_batch_size, "
                         "kv_cache.page_size/num_pages, sampling defaults); an option also set there is an error")
@@ -118,6 +121,9 @@ def _serve_args(sub) -> None:
     e.add_argument("--max-batch-tokens", type=int,
                    help="most tokens per forward pass; longer prompts are chunked (default: 512)")
     e.add_argument("--num-pages", type=int, help="KV cache pages of 16 tokens (default: 2 GiB worth)")
+    e.add_argument("--max-waiting", type=int, metavar="N",
+                   help="most requests queued and not yet running; past it a request gets a 429 with "
+                        "Retry-After at once (default: no limit)")
     e.add_argument("--no-prefix-caching", dest="prefix_caching", action="store_false", default=None,
                    help="do not share KV pages of common prompt prefixes")
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
@@ -260,10 +266,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
     engine_args = {k: getattr(args, k) for k in ("device", "dtype", "max_seq_len", "max_num_seqs",
-                                                 "max_batch_tokens", "num_pages", "prefix_caching")}
+                                                 "max_batch_tokens", "num_pages", "prefix_caching", "max_waiting")}
     serve(args.model, host=args.host, port=args.port, api_key=args.api_key,
           served_model_name=args.served_model_name, log_level=args.log_level, config=args.config,
-          max_request_bytes=args.max_request_bytes, **{k: v for k, v in engine_args.items() if v is not None})
+          max_request_bytes=args.max_request_bytes, shutdown_timeout=args.shutdown_timeout,
+          **{k: v for k, v in engine_args.items() if v is not None})
 
 
 def cmd_info(args: argparse.Namespace) -> None:

@@ -40,6 +40,12 @@ from ferrolm.tokenizer import Tokenizer
 #: ``prompt_logprobs``, ``error``.
 Output = _core.EngineOutput
 
+#: Raised by ``submit`` when ``max_waiting`` requests already wait to be admitted (a RuntimeError): retry later.
+EngineOverloadedError = _core.EngineOverloadedError
+#: The engine thread failed and stopped (a RuntimeError): every request it
+#: held fails with it, and so does every later ``submit``.
+EngineFailedError = _core.EngineFailedError
+
 
 @dataclass
 class RequestOutput:
@@ -101,23 +107,27 @@ class AsyncEngine:
         max_num_seqs: most requests running at once.
         max_batch_tokens: most tokens per forward pass (long prompts are chunked).
         prefix_caching: share KV pages of common prompt prefixes between requests.
+        max_waiting: most requests queued and not yet admitted (None: no limit);
+            past it ``submit`` raises ``EngineOverloadedError`` at once. A
+            group of ``n`` counts ``n``; one larger than the limit is taken
+            when nothing waits.
     """
 
     def __init__(self, model: str | os.PathLike[str] = hub.DEFAULT_MODEL, *, device: str | int = "cpu",
                  max_seq_len: int | None = None, page_size: int = 16, num_pages: int | None = None,
                  kv_cache_bytes: int = _DEFAULT_KV_BYTES, max_num_seqs: int = 64,
                  max_batch_tokens: int = 512, prefix_caching: bool = True, dtype: str | None = None,
-                 quantize: str | None = None, kv_dtype: str | None = None) -> None:
+                 quantize: str | None = None, kv_dtype: str | None = None, max_waiting: int | None = None) -> None:
         path = hub.resolve(model)
         for name, value in (("page_size", page_size), ("kv_cache_bytes", kv_cache_bytes),
                             ("max_num_seqs", max_num_seqs), ("max_batch_tokens", max_batch_tokens),
-                            ("num_pages", num_pages), ("max_seq_len", max_seq_len)):
+                            ("num_pages", num_pages), ("max_seq_len", max_seq_len), ("max_waiting", max_waiting)):
             if value is not None:
                 positive(value, name)
         self.model_path = str(path)
         self._core = _core.Engine.load(self.model_path, core_device(device), max_seq_len, page_size, num_pages,
                                        kv_cache_bytes, max_num_seqs, max_batch_tokens, bool(prefix_caching), dtype,
-                                       quantize, kv_dtype)
+                                       quantize, kv_dtype, max_waiting)
         # None for a model directory without tokenizer files (token ids only).
         self.tokenizer: Tokenizer | None = _tokenizer_or_none(path)
         self.model_info: dict[str, Any] = self._core.model_info()
@@ -230,7 +240,8 @@ class AsyncEngine:
     # -- state -----------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        """Counters: running, waiting, pages (``total_pages``, ``used_pages``,
+        """Counters: running, waiting, queued (never admitted yet: what
+        ``max_waiting`` bounds), pages (``total_pages``, ``used_pages``,
         ``cached_pages``, ``free_pages``, ``available_pages``, as
         ``PagedKVCache.stats`` defines them), prefix hits, prompt/cached/generation
         tokens, preemptions."""
@@ -239,6 +250,11 @@ class AsyncEngine:
     @property
     def is_running(self) -> bool:
         return not self._closed and self._core.is_running
+
+    @property
+    def failure(self) -> str | None:
+        """Why the engine thread failed, once it has (None while it runs and after ``close``)."""
+        return self._core.failure
 
     def close(self) -> None:
         """Cancels every request and stops the engine (idempotent)."""

@@ -81,6 +81,23 @@ pub enum Error {
     #[error("internal error in ferrolm (please report it): {0}")]
     Internal(String),
 
+    /// The engine's queue of requests not yet admitted is full (its
+    /// `max_waiting`): try again later. Nothing was queued.
+    #[error(
+        "the engine is overloaded: {waiting} request(s) already wait to be admitted and at most \
+         {max_waiting} may wait; retry later"
+    )]
+    Overloaded { waiting: usize, max_waiting: usize },
+
+    /// The engine was shut down; it takes no more requests.
+    #[error("the engine has shut down; start a new one")]
+    EngineStopped,
+
+    /// The engine thread failed (a panic) and stopped: every request it
+    /// held was failed with this error, and it takes no more.
+    #[error("the engine failed and stopped ({0}); restart it")]
+    EngineFailed(String),
+
     /// The requested device cannot be used in this build or on this machine.
     #[error("device `{device}` is not available: {reason}")]
     DeviceUnavailable { device: String, reason: String },

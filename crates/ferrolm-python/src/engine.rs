@@ -100,7 +100,7 @@ impl Engine {
     /// Loads a model directory or `.gguf` file with its tokenizer and starts
     /// the engine thread.
     #[staticmethod]
-    #[pyo3(signature = (path, device, max_seq_len, page_size, num_pages, kv_cache_bytes, max_num_seqs, max_batch_tokens, prefix_caching, dtype=None, quantize=None, kv_dtype=None))]
+    #[pyo3(signature = (path, device, max_seq_len, page_size, num_pages, kv_cache_bytes, max_num_seqs, max_batch_tokens, prefix_caching, dtype=None, quantize=None, kv_dtype=None, max_waiting=None))]
     #[allow(clippy::too_many_arguments)]
     fn load(
         py: Python<'_>,
@@ -116,6 +116,7 @@ impl Engine {
         dtype: Option<&str>,
         quantize: Option<&str>,
         kv_dtype: Option<&str>,
+        max_waiting: Option<usize>,
     ) -> PyResult<Engine> {
         let config = EngineConfig {
             page_size,
@@ -124,6 +125,7 @@ impl Engine {
             max_num_seqs,
             max_batch_tokens,
             prefix_caching,
+            max_waiting,
         };
         run(py, || {
             let options = device::load_options(device, dtype, quantize, kv_dtype, max_seq_len)?;
@@ -213,6 +215,7 @@ impl Engine {
         d.set_item("cached_prompt_tokens", s.cached_prompt_tokens)?;
         d.set_item("generation_tokens", s.generation_tokens)?;
         d.set_item("preemptions", s.preemptions)?;
+        d.set_item("queued", s.queued)?;
         Ok(d)
     }
 
@@ -235,6 +238,13 @@ impl Engine {
                 let _ = t.join();
             });
         }
+    }
+
+    /// Why the engine thread failed, once it has (None while it runs and
+    /// after a plain shutdown).
+    #[getter]
+    fn failure(&self) -> Option<String> {
+        self.client.failure()
     }
 
     #[getter]

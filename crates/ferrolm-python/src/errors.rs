@@ -4,6 +4,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use ferrolm_core::Error;
+use pyo3::create_exception;
 use pyo3::exceptions::{PyFileNotFoundError, PyMemoryError, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -28,9 +29,25 @@ pub fn to_py(err: Error) -> PyErr {
             Err(e) => e,
         }),
         Error::OutOfMemory { .. } | Error::DoesNotFit { .. } => PyMemoryError::new_err(msg),
+        Error::Overloaded { .. } => EngineOverloadedError::new_err(msg),
+        Error::EngineFailed(_) => EngineFailedError::new_err(msg),
+        Error::EngineStopped => PyRuntimeError::new_err(msg),
         Error::DeviceUnavailable { .. } | Error::Gpu(_) | Error::Internal(_) => PyRuntimeError::new_err(msg),
     }
 }
+
+create_exception!(
+    ferrolm._core,
+    EngineOverloadedError,
+    PyRuntimeError,
+    "The engine's queue of requests not yet admitted is full (max_waiting): retry later."
+);
+create_exception!(
+    ferrolm._core,
+    EngineFailedError,
+    PyRuntimeError,
+    "The engine thread failed and stopped; the engine takes no more requests."
+);
 
 /// `KVCacheFullError`, raised when the KV page pool is short: a
 /// RuntimeError, as MILI's "Insufficient pages in KV cache", and also a

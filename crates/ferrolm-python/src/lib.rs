@@ -27,6 +27,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("FP8_GROUP_SIZE", fp8::model_group_size())?;
     m.add("KVCacheFullError", errors::kv_cache_full_type(m.py())?)?;
+    m.add("EngineOverloadedError", m.py().get_type::<errors::EngineOverloadedError>())?;
+    m.add("EngineFailedError", m.py().get_type::<errors::EngineFailedError>())?;
     m.add_function(wrap_pyfunction!(config::config_from_file, m)?)?;
     m.add_function(wrap_pyfunction!(config::canonical_config, m)?)?;
     m.add_function(wrap_pyfunction!(config::config_from_pretrained, m)?)?;

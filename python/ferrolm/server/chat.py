@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ferrolm.engine import RequestOutput
 from ferrolm.server.completions import usage_of
-from ferrolm.server.errors import APIError, error_body
+from ferrolm.server.errors import APIError
 from ferrolm.server.params import check_common, check_logprobs, sampling_config
 from ferrolm.server.protocol import (
     AssistantMessage,
@@ -146,7 +146,7 @@ async def _stream(state: ServerState, group: RequestGroup, request_id: str, logp
         if include_usage:
             yield event(ChatCompletionChunk(id=request_id, model=state.model_name, choices=[], usage=usage_of(group)))
     except APIError as e:
-        yield event(error_body(e.message, e.status))
+        yield event(e.body())
     finally:
         group.close()
     yield DONE

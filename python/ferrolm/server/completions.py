@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from ferrolm.engine import RequestOutput
-from ferrolm.server.errors import APIError, error_body
+from ferrolm.server.errors import APIError
 from ferrolm.server.params import COMPLETION_MAX_TOKENS, check_common, check_logprobs, sampling_config
 from ferrolm.server.protocol import (
     CompletionChoice,
@@ -108,7 +108,7 @@ async def _stream(state: ServerState, group: RequestGroup, request_id: str, logp
         if include_usage:
             yield event(CompletionResponse(id=request_id, model=state.model_name, choices=[], usage=usage_of(group)))
     except APIError as e:
-        yield event(error_body(e.message, e.status))
+        yield event(e.body())
     finally:
         group.close()
     yield DONE

@@ -18,32 +18,48 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ferrolm.server.protocol import ErrorInfo, ErrorResponse
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-          405: "invalid_request_error", 413: "invalid_request_error", 500: "server_error",
-          503: "server_error"}
+          405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
+          500: "server_error", 503: "server_error"}
 
 
 class APIError(Exception):
     """Raised by handlers; becomes a JSON error response with ``status``."""
 
     def __init__(self, message: str, status: int = 400, param: str | None = None, code: str | None = None,
-                 type: str | None = None) -> None:
+                 type: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.param = param
         self.code = code
         self.type = type or _TYPES.get(status, "invalid_request_error")
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        """The error as OpenAI's response body (also a stream's last event)."""
+        return error_body(self.message, self.status, self.param, self.code, self.type)
+
+    def copy(self) -> APIError:
+        """The same error, fresh (one instance raised by many requests would chain their tracebacks)."""
+        return APIError(self.message, self.status, self.param, self.code, self.type, self.headers)
 
 
 def error_body(message: str, status: int = 400, param: str | None = None, code: str | None = None,
                type: str | None = None) -> dict[str, Any]:
-    info = ErrorInfo(message=message, type=type or _TYPES.get(status, "invalid_request_error"),
-                     param=param, code=code)
+    info = ErrorInfo(message=_printable(message), type=type or _TYPES.get(status, "invalid_request_error"),
+                     param=None if param is None else _printable(param), code=code)
     return ErrorResponse(error=info).model_dump()
 
 
+def _printable(text: str) -> str:
+    """``text`` as valid UTF-8: messages quote what the client sent, and a
+    lone surrogate (valid in JSON's ``\\ud800``, not in UTF-8) would make the
+    error itself fail to render, a 500; it is shown escaped instead."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_response(e: APIError) -> JSONResponse:
-    return JSONResponse(error_body(e.message, e.status, e.param, e.code, e.type), status_code=e.status)
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:

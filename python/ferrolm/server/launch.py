@@ -1,4 +1,4 @@
-"""``serve``: load the engine, build the app, run uvicorn until interrupted (``ferrolm serve``)."""
+"""``serve``: load the engine, build the app, serve it until a signal has drained it (``ferrolm serve``)."""
 
 from __future__ import annotations
 
@@ -19,14 +19,23 @@ def default_model_name(model: str | os.PathLike[str]) -> str:
 def serve(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, *, host: str = "127.0.0.1", port: int = 8000,
           api_key: str | None = None, served_model_name: str | None = None, log_level: str = "info",
           config: inference_config.ConfigSource | None = None, max_request_bytes: int | None = None,
-          **engine_args: Any) -> None:
-    """Serves ``model`` over HTTP until interrupted; ``engine_args`` go to
+          shutdown_timeout: float | None = None, **engine_args: Any) -> None:
+    """Serves ``model`` over HTTP until SIGTERM/SIGINT; ``engine_args`` go to
     ``AsyncEngine``, after the inference ``config``'s (a setting in both
-    raises ``ValueError``), whose sampling fields become request defaults."""
-    import uvicorn
+    raises ``ValueError``), whose sampling fields become request defaults.
 
+    On a signal the server drains (see ``ferrolm.server.lifecycle``): new
+    requests get a 503, those in flight get ``shutdown_timeout`` seconds
+    (default 30) to finish, then the rest end with an error, and ``serve``
+    returns. If the engine fails, ``serve`` raises ``RuntimeError``."""
     from ferrolm.engine import AsyncEngine
     from ferrolm.server.app import create_app
+    from ferrolm.server.lifecycle import DEFAULT_SHUTDOWN_TIMEOUT, run_server
+
+    if shutdown_timeout is None:
+        shutdown_timeout = DEFAULT_SHUTDOWN_TIMEOUT
+    if not shutdown_timeout >= 0:  # NaN included
+        raise ValueError(f"shutdown_timeout must be >= 0 seconds, got {shutdown_timeout}")
 
     settings = inference_config.load(config)
     defaults = {}
@@ -41,6 +50,6 @@ def serve(model: str | os.PathLike[str] = hub.DEFAULT_MODEL, *, host: str = "127
         shown = f"[{host}]" if ":" in host else host
         print(f"ferrolm: serving {name!r} (max_seq_len {engine.max_seq_len}) at http://{shown}:{port}/v1"
               + (" (API key required)" if api_key else ""), file=sys.stderr, flush=True)
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        run_server(app, host=host, port=port, log_level=log_level, shutdown_timeout=shutdown_timeout)
     finally:
         engine.close()

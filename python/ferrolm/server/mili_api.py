@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ferrolm.sampling import SamplingConfig
 from ferrolm.server.auth import require_key
-from ferrolm.server.errors import APIError, error_body
+from ferrolm.server.errors import APIError
 from ferrolm.server.protocol import GenerateRequest, GenerateResponse
 from ferrolm.server.runner import RequestGroup, wait_or_abort
 from ferrolm.server.sse import DONE, EventStream, event
@@ -66,7 +66,7 @@ async def _stream(group: RequestGroup, request_id: str) -> AsyncIterator[str]:
                              "prompt_tokens": len(r.prompt_token_ids),
                              "total_tokens": len(r.prompt_token_ids) + len(r.token_ids)})
     except APIError as e:
-        yield event(error_body(e.message, e.status))
+        yield event(e.body())
     finally:
         group.close()
     yield DONE
@@ -82,18 +82,24 @@ async def status(request_id: str, request: Request):
 async def health(request: Request):
     state = get_state(request)
     # Open without an API key, so load balancers and orchestrators can probe it.
+    # A failed engine is unhealthy (the server is about to exit); a server
+    # draining at shutdown is "draining": either way a balancer stops sending.
     info = dict(state.engine.model_info)
+    running = state.engine.is_running
+    status = "unhealthy" if not running else "draining" if state.draining else "healthy"
     body = {
         **info,  # first, so MILI's keys below win over any of the same name
-        "status": "healthy" if state.engine.is_running else "unhealthy",
+        "status": status,
         "model_loaded": True,
-        "scheduler_ready": state.engine.is_running,
+        "scheduler_ready": running,
         "model": state.model_name,
         "model_type": info.get("architecture"),
         "vocab_size": info.get("vocab_size"),
         "max_seq_length": state.engine.max_seq_len,
     }
-    return JSONResponse(body, status_code=200 if state.engine.is_running else 503)
+    if state.engine.failure is not None:
+        body["error"] = f"the engine failed: {state.engine.failure}"
+    return JSONResponse(body, status_code=200 if status == "healthy" else 503)
 
 
 @router.get("/")

@@ -8,19 +8,28 @@ a bad one (e.g. a prompt longer than the context) is a ``ValueError`` before
 any response byte is sent: a 400 even when streaming. ``close`` aborts
 whatever has not finished, which frees its KV pages; handlers call it in a
 ``finally`` and the streaming response calls it when the client goes away.
+``cancel`` ends a group from outside (the server shutting down, the engine
+failed): its reader gets the error at once, whatever the engine does.
+
+A full waiting queue (``--max-waiting``) is a 429 with ``Retry-After``; an
+engine that has failed refuses with a 503.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
-from ferrolm.engine import AsyncEngine, Output, RequestOutput
+from ferrolm.engine import AsyncEngine, EngineFailedError, EngineOverloadedError, Output, RequestOutput
 from ferrolm.sampling import SamplingConfig
 from ferrolm.server.errors import APIError
 from ferrolm.server.metrics import Metrics
 from ferrolm.server.tracker import Record
+
+#: Seconds a client refused for a full queue is told to wait (``Retry-After``):
+#: a queue drains in about a request's time, which is seconds on any model served.
+RETRY_AFTER_SECONDS = 1
 
 
 class RequestGroup:
@@ -32,7 +41,8 @@ class RequestGroup:
     """
 
     def __init__(self, engine: AsyncEngine, prompts: Sequence[list[int]], config: SamplingConfig, n: int,
-                 metrics: Metrics, record: Record, started: float) -> None:
+                 metrics: Metrics, record: Record, started: float,
+                 on_end: Callable[[RequestGroup], None] | None = None) -> None:
         self.n = n
         self.prompts = list(prompts)
         self.results = [RequestOutput(request_id=-1, prompt_token_ids=p) for p in self.prompts for _ in range(n)]
@@ -43,7 +53,9 @@ class RequestGroup:
         self._started = started
         self._last: list[float | None] = [None] * len(self.results)
         self._open: set[int] = set()
-        self._queue: asyncio.Queue[tuple[int, Output]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[int, Output | None]] = asyncio.Queue()
+        self._error: APIError | None = None  # set by cancel
+        self._on_end = on_end
         loop = asyncio.get_running_loop()
         try:
             for p, prompt in enumerate(self.prompts):
@@ -60,6 +72,13 @@ class RequestGroup:
         except ValueError as e:
             self.close()
             raise APIError(str(e), param="prompt" if "max_seq_len" in str(e) else None) from None
+        except EngineOverloadedError as e:
+            self.close()
+            raise APIError(str(e), status=429, code="engine_overloaded",
+                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+        except EngineFailedError as e:
+            self.close()
+            raise APIError(str(e), status=503, code="engine_failed") from None
         except BaseException:
             self.close()
             raise
@@ -67,8 +86,12 @@ class RequestGroup:
     async def events(self) -> AsyncIterator[tuple[int, Output]]:
         """Yields ``(choice, output)`` as outputs arrive, each already folded
         into ``results[choice]``, until every choice has finished."""
-        while self._open:
+        while self._open or self._error is not None:
+            if self._error is not None:
+                raise self._error
             k, out = await self._queue.get()
+            if out is None:  # cancel's wake-up
+                continue
             now = time.perf_counter()
             result = self.results[k]
             if out.kind == "failed":
@@ -99,6 +122,14 @@ class RequestGroup:
             pass
         return self.results
 
+    def cancel(self, error: APIError) -> None:
+        """Ends the group now: ``events`` (and ``wait``) raise ``error``, and
+        the choices still running are aborted. A no-op once it has ended."""
+        if self._open:
+            self._error = error
+            self.close()
+            self._queue.put_nowait((-1, None))
+
     def close(self) -> None:
         """Aborts the choices still running (idempotent)."""
         for k in sorted(self._open):
@@ -113,6 +144,8 @@ class RequestGroup:
             self._record.finished = True
             reasons = {r.finish_reason for r in self.results}
             self._record.finish_reason = reasons.pop() if len(reasons) == 1 else "mixed"
+            if self._on_end is not None:
+                self._on_end(self)
 
     # -- usage -------------------------------------------------------------------
 

@@ -2,10 +2,15 @@
 
 One ``ServerState`` per app (kept on ``app.state.ferrolm``), so two apps in
 one process never share anything but what they were given.
+
+It also knows the generation requests in flight, for the drain at shutdown
+(``drain``): from then on new ones are refused, the running ones get a
+while to finish, and the rest are ended with an error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -39,6 +44,10 @@ class ServerState:
         # Logprob responses name tokens by their text; the vocabulary is fixed,
         # so each id is decoded once.
         self.token_text = lru_cache(maxsize=65536)(self._decode_one)
+        # The generation requests in flight, and (while draining) what new ones are refused with.
+        self.groups: set[RequestGroup] = set()
+        self.refusal: APIError | None = None
+        self._idle: asyncio.Event | None = None  # made by drain, on the server's loop
 
     def _decode_one(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id], skip_special_tokens=False)
@@ -71,14 +80,46 @@ class ServerState:
         if n * len(prompts) > MAX_CHOICES:
             raise APIError(f"at most {MAX_CHOICES} choices per request (prompts x n), got {n * len(prompts)}",
                            param="n")
+        if self.refusal is not None:
+            raise self.refusal.copy()
         request_id = f"{prefix}-{uuid.uuid4().hex}"
         record = self.tracker.start(request_id, config.max_tokens * n * len(prompts))
         try:
-            group = RequestGroup(self.engine, prompts, config, n, self.metrics, record, started)
+            group = RequestGroup(self.engine, prompts, config, n, self.metrics, record, started, self._ended)
         except BaseException:
             record.finished, record.finish_reason = True, "rejected"
             raise
+        self.groups.add(group)
         return request_id, group
+
+    def _ended(self, group: RequestGroup) -> None:
+        self.groups.discard(group)
+        if not self.groups and self._idle is not None:
+            self._idle.set()
+
+    @property
+    def draining(self) -> bool:
+        return self.refusal is not None
+
+    async def drain(self, timeout: float, refusal: APIError, abort: APIError) -> None:
+        """Refuses new generation requests with ``refusal``, waits up to
+        ``timeout`` seconds for those in flight to finish, then ends the
+        rest with ``abort`` (a stream gets it as its last event before
+        ``[DONE]``). Returns once none is left."""
+        self.refusal = refusal
+        if self.groups:
+            self._idle = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        self.end_all(abort)
+
+    def end_all(self, error: APIError) -> None:
+        """Ends every generation request in flight with ``error`` now."""
+        for group in list(self.groups):
+            group.cancel(error.copy())
+            self._ended(group)  # whatever state it was in, it no longer holds up the drain
 
 
 def get_state(request: Request) -> ServerState:

@@ -1,13 +1,19 @@
 //! [`EngineClient`]: a cheap, clonable handle for talking to an engine from
 //! any thread — queue requests (checked before they are queued), cancel
 //! them, read the engine's counters.
+//!
+//! Two things are decided here, race-free, before a request is queued:
+//! whether the engine still takes requests (its [`Door`], closed by the
+//! engine thread when it stops or fails) and whether the waiting queue has
+//! room (`max_waiting`, counted by [`Ticket`]s).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use super::request::{GenerationRequest, Output, RequestHandle, RequestId};
 use super::sequence::Sequence;
+use super::ticket::Ticket;
 use crate::error::{Error, Result};
 use crate::kv::PoolStats;
 use crate::sampling::SamplingConfig;
@@ -50,6 +56,30 @@ pub struct EngineStats {
     pub cached_prompt_tokens: u64,
     pub generation_tokens: u64,
     pub preemptions: u64,
+    /// Requests queued and never admitted yet (what `max_waiting` bounds):
+    /// unlike `waiting`, it counts requests on their way to the engine
+    /// thread, and not preempted ones waiting to run again.
+    pub queued: usize,
+}
+
+/// Whether the engine thread still takes requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Door {
+    Open,
+    /// Shut down (or every client is gone).
+    Stopped,
+    /// The engine thread failed; the reason.
+    Failed(String),
+}
+
+impl Door {
+    fn check(&self) -> Result<()> {
+        match self {
+            Door::Open => Ok(()),
+            Door::Stopped => Err(Error::EngineStopped),
+            Door::Failed(reason) => Err(Error::EngineFailed(reason.clone())),
+        }
+    }
 }
 
 pub(crate) struct Shared {
@@ -57,16 +87,72 @@ pub(crate) struct Shared {
     pub limits: Limits,
     pub tokenizer: Option<Tokenizer>,
     stats: Mutex<EngineStats>,
+    /// Requests holding a [`Ticket`].
+    queued: Arc<AtomicUsize>,
+    max_waiting: Option<usize>,
+    /// Read-locked by each client across the send of its requests and
+    /// write-locked by the engine thread to close it: once it is closed,
+    /// every request sent before is in the channel for the engine to end.
+    door: RwLock<Door>,
 }
 
 impl Shared {
-    pub fn new(limits: Limits, tokenizer: Option<Tokenizer>, pool: PoolStats) -> Shared {
+    pub fn new(
+        limits: Limits,
+        tokenizer: Option<Tokenizer>,
+        pool: PoolStats,
+        max_waiting: Option<usize>,
+    ) -> Shared {
         let stats = EngineStats { pool, page_size: limits.page_size, ..Default::default() };
-        Shared { next_id: AtomicU64::new(0), limits, tokenizer, stats: Mutex::new(stats) }
+        Shared {
+            next_id: AtomicU64::new(0),
+            limits,
+            tokenizer,
+            stats: Mutex::new(stats),
+            queued: Arc::new(AtomicUsize::new(0)),
+            max_waiting,
+            door: RwLock::new(Door::Open),
+        }
     }
 
     pub fn stats(&self) -> EngineStats {
-        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
+        let mut stats = *self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats.queued = self.queued.load(Ordering::Acquire);
+        stats
+    }
+
+    /// Closes the door (the engine thread, as it stops or fails); requests
+    /// sent before are in the command channel.
+    pub fn close_door(&self, door: Door) {
+        *self.door.write().unwrap_or_else(|e| e.into_inner()) = door;
+    }
+
+    /// Why the engine stopped taking requests, if it failed.
+    pub fn failure(&self) -> Option<String> {
+        match &*self.door.read().unwrap_or_else(|e| e.into_inner()) {
+            Door::Failed(reason) => Some(reason.clone()),
+            _ => None,
+        }
+    }
+
+    /// `n` tickets, or `Overloaded` when they would take the count past
+    /// `max_waiting`. A group larger than the limit is still taken when
+    /// nothing waits, so that every request can run eventually.
+    fn tickets(&self, n: usize) -> Result<Vec<Ticket>> {
+        let mut current = self.queued.load(Ordering::Acquire);
+        loop {
+            if let Some(max_waiting) = self.max_waiting {
+                if current > 0 && current + n > max_waiting {
+                    return Err(Error::Overloaded { waiting: current, max_waiting });
+                }
+            }
+            match self.queued.compare_exchange_weak(current, current + n, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(now) => current = now,
+            }
+        }
+        Ok((0..n).map(|_| Ticket::new(self.queued.clone())).collect())
     }
 
     fn update(&self, f: impl FnOnce(&mut EngineStats)) {
@@ -124,12 +210,7 @@ impl EngineClient {
         request: GenerationRequest,
         sink: Sender<Output>,
     ) -> Result<RequestId> {
-        self.check(&request)?;
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let seq = Sequence::new(id, request, self.shared.tokenizer.as_ref(), Some(sink))?;
-        self.sender.send(Command::Add(vec![seq])).map_err(|_| stopped())?;
-        self.shared.update(|s| s.requests_added += 1);
-        Ok(id)
+        Ok(self.add_request_group(request, 1, sink)?[0])
     }
 
     /// Queues `n` samples of one prompt (OpenAI's `n`): sample `i` draws
@@ -147,18 +228,27 @@ impl EngineClient {
             return Err(Error::InvalidInput("n must be at least 1".into()));
         }
         self.check(&request)?;
+        // Held until the requests are sent (see `Shared::door`).
+        let door = self.shared.door.read().unwrap_or_else(|e| e.into_inner());
+        door.check()?;
+        let tickets = self.shared.tickets(n)?;
         let first = self.shared.next_id.fetch_add(n as u64, Ordering::Relaxed);
         let seqs = (0..n as u64)
-            .map(|i| {
+            .zip(tickets)
+            .map(|(i, ticket)| {
                 let r = GenerationRequest { stream: request.stream + i, ..request.clone() };
                 let mut seq =
                     Sequence::new(first + i, r, self.shared.tokenizer.as_ref(), Some(sink.clone()))?;
                 seq.fork_from = (i > 0).then_some(first);
                 seq.index = i as usize;
+                seq.ticket = Some(ticket);
                 Ok(seq)
             })
             .collect::<Result<Vec<_>>>()?;
-        self.sender.send(Command::Add(seqs)).map_err(|_| stopped())?;
+        // The engine thread closes the door before it drops the channel, so
+        // this fails only if it died without closing it.
+        self.sender.send(Command::Add(seqs)).map_err(|_| Error::EngineStopped)?;
+        drop(door);
         self.shared.update(|s| s.requests_added += n as u64);
         Ok((first..first + n as u64).collect())
     }
@@ -183,8 +273,8 @@ impl EngineClient {
     /// speed. Tests use it to reach an exact state; shutdown still works.
     pub fn pause(&self) -> Result<()> {
         let (ack, held) = channel();
-        self.sender.send(Command::Pause(ack)).map_err(|_| stopped())?;
-        held.recv().map_err(|_| stopped())
+        self.sender.send(Command::Pause(ack)).map_err(|_| self.stopped())?;
+        held.recv().map_err(|_| self.stopped())
     }
 
     /// On a held engine: runs exactly `steps` steps (each one scheduled
@@ -192,8 +282,8 @@ impl EngineClient {
     /// On a running engine it does nothing.
     pub fn step(&self, steps: usize) -> Result<()> {
         let (ack, held) = channel();
-        self.sender.send(Command::Step(steps, ack)).map_err(|_| stopped())?;
-        held.recv().map_err(|_| stopped())
+        self.sender.send(Command::Step(steps, ack)).map_err(|_| self.stopped())?;
+        held.recv().map_err(|_| self.stopped())
     }
 
     /// Lets a held engine run on (a no-op on a running one).
@@ -208,6 +298,12 @@ impl EngineClient {
 
     pub fn stats(&self) -> EngineStats {
         self.shared.stats()
+    }
+
+    /// Why the engine thread failed, once it has (`None` while it runs,
+    /// and after a plain shutdown).
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failure()
     }
 
     pub fn tokenizer(&self) -> Result<&Tokenizer> {
@@ -250,6 +346,9 @@ impl EngineClient {
     }
 }
 
-fn stopped() -> Error {
-    Error::InvalidInput("the engine has shut down; start a new one".into())
+impl EngineClient {
+    /// The error for a command the engine thread can no longer take.
+    fn stopped(&self) -> Error {
+        self.shared.failure().map_or(Error::EngineStopped, Error::EngineFailed)
+    }
 }

@@ -22,6 +22,10 @@ pub struct EngineConfig {
     pub max_batch_tokens: usize,
     /// Share full KV pages between requests with the same token prefix.
     pub prefix_caching: bool,
+    /// Most requests queued and not yet admitted; past it a client's
+    /// request is refused at once with `Error::Overloaded` (`None`: no
+    /// limit). A preempted request, already admitted once, does not count.
+    pub max_waiting: Option<usize>,
 }
 
 impl Default for EngineConfig {
@@ -33,6 +37,7 @@ impl Default for EngineConfig {
             max_num_seqs: 64,
             max_batch_tokens: 512,
             prefix_caching: true,
+            max_waiting: None,
         }
     }
 }
@@ -45,6 +50,7 @@ impl EngineConfig {
             ("max_batch_tokens", self.max_batch_tokens),
             ("num_pages", self.num_pages.unwrap_or(1)),
             ("kv_cache_bytes", self.kv_cache_bytes),
+            ("max_waiting", self.max_waiting.unwrap_or(1)),
         ];
         match positive.iter().find(|(_, v)| *v == 0) {
             Some((field, _)) => Err(Error::config(*field, "must be at least 1")),

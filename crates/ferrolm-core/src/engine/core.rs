@@ -3,13 +3,22 @@
 //! forward pass over it, and the update that applies its output to the
 //! requests (log-probabilities, drawn tokens, stop conditions). Finished,
 //! failed and cancelled requests end here and give their pages back at once.
+//!
+//! A spawned engine whose thread panics fails every request it holds (and
+//! every one on its way in) with [`Error::EngineFailed`], closes its door
+//! so that later requests are refused at once, and ends its thread.
+//!
+//! Test hook (for tests only, never for production use): with
+//! `FERROLM_TEST_PANIC_AFTER_STEPS=N` in the environment when an engine is
+//! spawned, its thread panics at the first step with work after `N` such
+//! steps, so that tests can prove nothing hangs when the engine dies.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use super::client::{Command, EngineClient, EngineStats, Limits, Shared};
+use super::client::{Command, Door, EngineClient, EngineStats, Limits, Shared};
 use super::config::EngineConfig;
 use super::execute::{execute, SampleSite};
 use super::plan::StepPlan;
@@ -40,7 +49,13 @@ pub struct Engine<B: Backend> {
     steps_left: usize,
     /// Who waits to hear that the engine is held.
     held_acks: Vec<Sender<()>>,
+    /// Test hook only (`FERROLM_TEST_PANIC_AFTER_STEPS`): steps with work
+    /// left before the engine thread panics.
+    panic_after: Option<usize>,
 }
+
+/// The environment variable of the test-only panic hook (see the module doc).
+const PANIC_AFTER_STEPS: &str = "FERROLM_TEST_PANIC_AFTER_STEPS";
 
 impl<B: Backend + 'static> Engine<B> {
     /// An engine over `model`. With a tokenizer, outputs carry text and
@@ -69,7 +84,7 @@ impl<B: Backend + 'static> Engine<B> {
         let (sender, commands) = channel();
         Ok(Engine {
             scheduler: Scheduler::new(config.max_num_seqs, config.max_batch_tokens),
-            shared: Arc::new(Shared::new(limits, tokenizer, cache.stats())),
+            shared: Arc::new(Shared::new(limits, tokenizer, cache.stats(), config.max_waiting)),
             model,
             cache,
             commands,
@@ -79,6 +94,7 @@ impl<B: Backend + 'static> Engine<B> {
             paused: false,
             steps_left: 0,
             held_acks: Vec::new(),
+            panic_after: None,
         })
     }
 
@@ -146,6 +162,7 @@ impl<B: Backend + 'static> Engine<B> {
                 self.steps_left -= 1;
             }
             if self.has_work() {
+                self.panic_for_tests();
                 self.run_batch()?;
             }
         }
@@ -182,6 +199,9 @@ impl<B: Backend + 'static> Engine<B> {
     pub fn spawn(mut self) -> (EngineClient, JoinHandle<()>) {
         let client = self.client();
         self.sender = None;
+        if self.panic_after.is_none() {
+            self.panic_after = std::env::var(PANIC_AFTER_STEPS).ok().and_then(|v| v.trim().parse().ok());
+        }
         let thread = std::thread::Builder::new()
             .name("ferrolm-engine".into())
             .spawn(move || self.serve())
@@ -220,25 +240,51 @@ impl<B: Backend + 'static> Engine<B> {
                         .map(String::as_str)
                         .or_else(|| panic.downcast_ref::<&str>().copied())
                         .unwrap_or("unknown panic");
-                    self.fail_all(&format!("the engine thread panicked: {detail}"), false);
+                    let reason = format!("the engine thread panicked: {detail}");
+                    self.close(Door::Failed(reason.clone()));
+                    self.fail_all(&reason, false);
                     return;
                 }
             }
         }
+        self.close(Door::Stopped);
         self.abort_all();
         self.publish_stats();
     }
 
-    /// Ends every request with an internal error. With `release`, their
-    /// pages go back to the pool; after a panic nothing but their channels
-    /// is touched.
+    /// Refuses new requests from now on, and takes in every command sent
+    /// before: their requests join the queues, to end with the rest.
+    fn close(&mut self, door: Door) {
+        self.shared.close_door(door);
+        while let Ok(command) = self.commands.try_recv() {
+            // Pause and step acknowledgements are dropped: their callers hear the engine stopped.
+            if let Command::Add(seqs) = command {
+                seqs.into_iter().for_each(|s| self.scheduler.add(s));
+            }
+        }
+    }
+
+    /// The test hook (see the module doc): panics once the steps with work are used up.
+    fn panic_for_tests(&mut self) {
+        if let Some(left) = self.panic_after {
+            if left == 0 {
+                panic!("{PANIC_AFTER_STEPS} was set: a panic injected for tests");
+            }
+            self.panic_after = Some(left - 1);
+        }
+    }
+
+    /// Ends every request with an error: after a panic (`release` false)
+    /// the engine failed and nothing but their channels is touched; after a
+    /// failed step their pages go back to the pool and the engine carries on.
     fn fail_all(&mut self, reason: &str, release: bool) {
         for s in self.scheduler.drain() {
             if let Some(seq) = s.seq.filter(|_| release) {
                 let _ = self.cache.remove_sequence(seq);
             }
             self.shared.count_finished(&s);
-            s.fail(Error::Internal(reason.to_string()));
+            let reason = reason.to_string();
+            s.fail(if release { Error::Internal(reason) } else { Error::EngineFailed(reason) });
         }
     }
 
@@ -433,6 +479,64 @@ mod tests {
             assert_eq!(c.finish, Some(FinishReason::Length), "request {id}");
             assert_eq!(c.tokens.len(), max_tokens, "request {id}");
         }
+    }
+
+    #[test]
+    fn past_max_waiting_a_request_is_refused_and_admission_frees_its_place() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/llama_f32");
+        let model = Arc::new(Transformer::from_pretrained(dir, Some(160)).unwrap());
+        let config = EngineConfig { max_waiting: Some(2), max_num_seqs: 1, ..EngineConfig::default() };
+        let mut engine = Engine::new(model, None, config).unwrap();
+        let (sink, outputs) = channel();
+        let client = engine.client();
+        let a = client.add_request_with_sink(request(2), sink.clone()).unwrap();
+        let b = client.add_request_with_sink(request(2), sink.clone()).unwrap();
+        let refused = client.add_request_with_sink(request(2), sink.clone()).unwrap_err();
+        assert!(matches!(refused, Error::Overloaded { waiting: 2, max_waiting: 2 }), "{refused}");
+        assert_eq!(engine.stats().queued, 2);
+        // One slot: the first step admits `a` only, which frees one place.
+        engine.step().unwrap();
+        assert_eq!(engine.stats().queued, 1);
+        let c = client.add_request_with_sink(request(2), sink.clone()).unwrap();
+        // An abort while waiting frees its place too.
+        client.abort(c);
+        let got = finish(&mut engine, &outputs);
+        assert_answered(&got, &[a, b], 2);
+        assert_eq!(got[&c].finish, Some(FinishReason::Abort));
+        assert_eq!(engine.stats().queued, 0);
+        // A group larger than the limit is taken when nothing waits.
+        let ids = client.add_request_group(request(1), 3, sink).unwrap();
+        let got = finish(&mut engine, &outputs);
+        assert_answered(&got, &ids, 1);
+        assert_eq!(engine.stats().queued, 0);
+    }
+
+    #[test]
+    fn a_panicking_engine_thread_fails_every_request_and_refuses_new_ones() {
+        let mut engine = engine();
+        engine.panic_after = Some(1);
+        let (client, thread) = engine.spawn();
+        let (sink, outputs) = channel();
+        client.pause().unwrap();
+        let running = client.add_request_with_sink(request(8), sink.clone()).unwrap();
+        client.step(1).unwrap(); // `running` is admitted and prefilled
+        let waiting = client.add_request_with_sink(request(8), sink.clone()).unwrap();
+        // The next step panics: the acknowledgement never comes.
+        assert!(matches!(client.step(1), Err(Error::EngineFailed(_))));
+        thread.join().unwrap();
+        let mut ended = HashMap::new();
+        for output in outputs.try_iter() {
+            if let crate::engine::OutputKind::Failed(e) = output.kind {
+                ended.insert(output.request, e.to_string());
+            }
+        }
+        for id in [running, waiting] {
+            assert!(ended.get(&id).is_some_and(|e| e.contains("the engine failed")), "{id}: {ended:?}");
+        }
+        let refused = client.add_request_with_sink(request(8), sink).unwrap_err();
+        assert!(matches!(refused, Error::EngineFailed(_)), "{refused}");
+        assert!(client.failure().is_some_and(|f| f.contains("panic injected for tests")));
+        assert_eq!(client.stats().queued, 0);
     }
 
     #[test]

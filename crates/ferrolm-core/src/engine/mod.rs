@@ -37,6 +37,7 @@ mod request;
 mod scheduler;
 mod sequence;
 mod stepped;
+mod ticket;
 mod update;
 
 pub use self::client::{EngineClient, EngineStats};

@@ -210,7 +210,8 @@ impl Scheduler {
                 s.computed = 0;
                 break;
             }
-            let s = self.waiting.remove(next).expect("index is in range");
+            let mut s = self.waiting.remove(next).expect("index is in range");
+            s.ticket = None; // admitted: no longer counts against max_waiting
             plan.seqs.push(Planned::next_chunk(&s, len));
             self.running.push(s);
             admitted += 1;
@@ -281,6 +282,7 @@ impl Scheduler {
             }
             sibling.fork_from = None;
             sibling.forked = true;
+            sibling.ticket = None;
             joined.push(sibling.id);
             self.running.push(sibling);
         }

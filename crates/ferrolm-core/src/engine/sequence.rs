@@ -5,6 +5,7 @@
 use std::sync::mpsc::Sender;
 
 use super::request::{FinishReason, GenerationRequest, Output, OutputKind, RequestId, Usage};
+use super::ticket::Ticket;
 use crate::error::Result;
 use crate::kv::SeqId;
 use crate::sampling::{Sampled, Sampler};
@@ -33,6 +34,9 @@ pub(crate) struct Sequence {
     text: Option<(StreamDecoder, StopStrings)>,
     /// A stop string matched: text after it is not part of the answer.
     stop_matched: bool,
+    /// Its place in the count of requests not yet admitted (`max_waiting`),
+    /// dropped at its first admission; `None` for one driven by hand.
+    pub ticket: Option<Ticket>,
     /// Where outputs go; `None` for a request driven by hand
     /// ([`super::SteppedScheduler`]), whose caller reads its tokens directly.
     sink: Option<Sender<Output>>,
@@ -69,6 +73,7 @@ impl Sequence {
             prompt_logprobs: request.prompt_logprobs.then(|| vec![0.0]),
             text: tokenizer.map(|t| (t.stream_decoder(true), stops)),
             stop_matched: false,
+            ticket: None,
             sink,
         })
     }
