@@ -26,6 +26,8 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod formats;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod generate;
 pub mod inference_config;
 pub mod kv;

@@ -662,3 +662,25 @@ fn smollm2_q4_1_matches_hf() {
         .unwrap();
     assert_eq!(out[0].tokens, greedy);
 }
+
+/// Found by the `gguf` fuzz target: reading a packed matrix with no rows
+/// divided by zero (its row size is its bytes over its rows).
+#[test]
+fn a_matrix_without_rows_reads_without_dividing_by_zero() {
+    let s = Scratch::new("no-rows");
+    let mut w = Writer::default();
+    w.str("general.architecture", "llama").u32("llama.attention.head_count", 2);
+    // ggml dims, innermost first: 8 columns, 0 rows; F16, BF16 and Q8_0.
+    w.tensor("blk.0.attn_v.weight", &[8, 0], 1, Vec::new())
+        .tensor("blk.0.attn_q.weight", &[32, 0], 30, Vec::new())
+        .tensor("blk.0.attn_k.weight", &[32, 0], 8, Vec::new());
+    let path = s.write(&w.bytes());
+    let source = GgufSource::open(&path).unwrap();
+    for name in source.names() {
+        let stored = catch_unwind(AssertUnwindSafe(|| source.read_stored(&name)))
+            .unwrap_or_else(|_| panic!("read_stored({name}) panicked"));
+        let read = catch_unwind(AssertUnwindSafe(|| source.read(&name)))
+            .unwrap_or_else(|_| panic!("read({name}) panicked"));
+        assert_eq!(stored.is_ok(), read.is_ok(), "{name}");
+    }
+}

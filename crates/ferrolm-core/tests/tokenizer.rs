@@ -523,3 +523,56 @@ fn chat_template_extras() {
     let err = t.render_json("{\"role\": \"user\"}", false, None).unwrap_err();
     assert!(matches!(err, Error::InvalidInput(_)), "{err}");
 }
+
+/// Found by the `tokenizer_json` fuzz target: `tokenizers` panicked (an
+/// `expect` in its decoder deserializer) when the JSON text of `decoder` was
+/// malformed, instead of returning an error as it does elsewhere in the file.
+#[test]
+fn malformed_json_inside_the_decoder_is_an_error() {
+    let hf = fixtures().join("gguf/bpe-gpt2.tokenizer.json");
+    let text = std::fs::read_to_string(&hf).unwrap();
+    let at = text.find("\"decoder\"").expect("the fixture has a decoder");
+    for cut in ["\"decoder\": {\"type\": }", "\"decoder\": {\"type\" \"ByteLevel\"}", "\"decoder\": {3: 4}"] {
+        let broken = format!("{}{cut}}}", &text[..at]);
+        let err = Tokenizer::from_json_bytes(broken.as_bytes()).unwrap_err();
+        assert!(matches!(err, Error::InvalidTokenizer(_)), "{cut}: {err}");
+    }
+    // The same file intact still loads.
+    Tokenizer::from_json_bytes(text.as_bytes()).unwrap();
+}
+
+/// `tokenizers` panics on a damaged `Precompiled` normalizer (an `expect`
+/// on its charsmap, and unchecked indexing into it in `spm_precompiled`
+/// when encoding); ferrolm refuses the normalizer, which no family it runs uses.
+#[test]
+fn a_precompiled_normalizer_is_refused() {
+    let hf = fixtures().join("gguf/llama-sp.tokenizer.json");
+    let mut json = read_json(&hf);
+    for charsmap in ["AAAA", "AAAAAAAAAAAAAAAA", "BAAAAP////8AAAAA", "CAAAAAEAAAACAAAAYWI="] {
+        let precompiled = serde_json::json!({"type": "Precompiled", "precompiled_charsmap": charsmap});
+        for normalizer in
+            [precompiled.clone(), serde_json::json!({"type": "Sequence", "normalizers": [precompiled]})]
+        {
+            json["normalizer"] = normalizer;
+            let err = Tokenizer::from_json_bytes(json.to_string().as_bytes()).unwrap_err();
+            assert!(matches!(err, Error::Unsupported(_)) && err.to_string().contains("Precompiled"), "{err}");
+        }
+    }
+}
+
+/// Found by the `gguf_vocab` fuzz target: merges recovered from SentencePiece
+/// scores were sorted by a comparison that is no total order when a score is
+/// NaN, and the sort panicked. A NaN score is now an error naming the token.
+#[test]
+fn a_nan_score_is_an_error_not_a_panic() {
+    let letters: Vec<String> = ('a'..='p').map(String::from).collect();
+    let mut tokens = letters.clone();
+    for l in &letters {
+        tokens.extend(letters.iter().map(|r| format!("{l}{r}")));
+    }
+    let scores = (0..tokens.len()).map(|i| if i % 3 == 0 { f32::NAN } else { -(i as f32) }).collect();
+    let vocab = GgufVocab { model: "llama".into(), tokens, scores, ..GgufVocab::default() };
+    let built = std::panic::catch_unwind(|| vocab.build()).expect("no panic");
+    let err = built.err().expect("a NaN score is refused").to_string();
+    assert!(err.contains("tokenizer.ggml.scores") && err.contains("NaN"), "{err}");
+}

@@ -372,6 +372,14 @@ impl GgufVocab {
                 "the GGUF vocabulary has neither `tokenizer.ggml.merges` nor `tokenizer.ggml.scores`".into(),
             ));
         }
+        // The merges are sorted by score: NaN has no place in that order (and
+        // a comparison that is no total order makes the sort panic).
+        if let Some(i) = self.scores.iter().position(|s| s.is_nan()) {
+            return Err(Error::InvalidTokenizer(format!(
+                "`tokenizer.ggml.scores` is NaN for token {i} (`{}`); scores must be numbers",
+                self.tokens.get(i).map_or("", String::as_str)
+            )));
+        }
         // Python's `dict(zip(tokens, scores))`: first position, last score.
         let mut order: Vec<&str> = Vec::with_capacity(self.tokens.len());
         let mut score: HashMap<&str, f32> = HashMap::with_capacity(self.tokens.len());

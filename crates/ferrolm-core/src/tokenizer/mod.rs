@@ -161,8 +161,16 @@ impl Tokenizer {
 
     /// Parses `tokenizer.json` contents.
     pub fn from_json_bytes(bytes: &[u8]) -> Result<Tokenizer> {
-        let inner = tokenizers::Tokenizer::from_bytes(bytes)
-            .map_err(|e| Error::InvalidTokenizer(format!("not a valid tokenizer.json: {e}")))?;
+        // JSON first, the tokenizer from the parsed value second: `tokenizers`
+        // panics (an `expect`) when the text of its `decoder` is not valid
+        // JSON, where a parsed value always deserializes or errors.
+        let invalid =
+            |e: serde_json::Error| Error::InvalidTokenizer(format!("not a valid tokenizer.json: {e}"));
+        let json: Json = serde_json::from_slice(bytes).map_err(invalid)?;
+        if let Some(normalizer) = json.get("normalizer") {
+            refuse_precompiled(normalizer)?;
+        }
+        let inner: tokenizers::Tokenizer = serde_json::from_value(json).map_err(invalid)?;
         Ok(Tokenizer::new(inner))
     }
 
@@ -538,6 +546,25 @@ pub(crate) fn bos_eos_processor(
         .special_tokens(specials)
         .build()
         .map_err(|e| Error::InvalidTokenizer(format!("post-processor: {e}")))
+}
+
+/// Refuses `Precompiled` normalizers (SentencePiece's compiled charsmap, in
+/// T5/ALBERT-style Unigram vocabularies; no family ferrolm runs has one):
+/// `tokenizers` panics on a charsmap it cannot parse and `spm_precompiled`
+/// indexes a parsed one without bounds checks while encoding, so a damaged
+/// file would panic where it must be refused.
+fn refuse_precompiled(normalizer: &Json) -> Result<()> {
+    match normalizer {
+        Json::Object(fields) if fields.get("type").and_then(Json::as_str) == Some("Precompiled") => {
+            Err(Error::Unsupported(
+                "tokenizer.json: the `Precompiled` normalizer (a SentencePiece charsmap) is not supported"
+                    .into(),
+            ))
+        }
+        Json::Object(fields) => fields.values().try_for_each(refuse_precompiled),
+        Json::Array(items) => items.iter().try_for_each(refuse_precompiled),
+        _ => Ok(()),
+    }
 }
 
 fn read_json(path: &Path) -> Result<Option<Json>> {

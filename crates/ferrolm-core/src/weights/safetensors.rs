@@ -56,8 +56,7 @@ impl SafetensorsDir {
             });
         };
 
-        let mut files = Vec::new();
-        let mut index = HashMap::new();
+        let mut shards = Vec::new();
         for shard in shard_names {
             let path = dir.join(&shard);
             let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
@@ -65,6 +64,18 @@ impl SafetensorsDir {
             // files, and a file truncated underneath us is outside our contract
             // (as for every mmap-based loader).
             let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+            shards.push((path, mmap));
+        }
+        SafetensorsDir::from_maps(shards)
+    }
+
+    /// The shards once mapped, in order; each path only names its shard in
+    /// errors. What [`SafetensorsDir::open`] does once the files are mapped
+    /// (the fuzz targets map their input in memory and come in here).
+    pub(crate) fn from_maps(shards: Vec<(PathBuf, Mmap)>) -> Result<SafetensorsDir> {
+        let mut files = Vec::new();
+        let mut index = HashMap::new();
+        for (path, mmap) in shards {
             // Validates the whole header (offsets inside the file, sizes
             // matching dtypes and shapes) up front.
             let header =

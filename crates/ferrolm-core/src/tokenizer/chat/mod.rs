@@ -246,7 +246,8 @@ fn without_generation_tags(source: &str) -> String {
     while let Some(start) = rest.find("{%") {
         out.push_str(&rest[..start]);
         let tag = &rest[start..];
-        let Some(end) = tag.find("%}") else {
+        // The closing `%}` comes after the opening `{%`: in `{%}` the two overlap.
+        let Some(end) = tag[2..].find("%}").map(|i| i + 2) else {
             out.push_str(tag);
             return out;
         };
@@ -309,6 +310,22 @@ mod tests {
             without_generation_tags("a{% generation %}b{%- endgeneration -%}c{{ x }}{% if y %}{% endif %}"),
             "a{% if true %}b{%- endif -%}c{{ x }}{% if y %}{% endif %}"
         );
+    }
+
+    /// Found by the `chat_template` fuzz target: a `{%` whose `%` also
+    /// begins a `%}` (`{%}`) made the tag's end come before its start, and
+    /// slicing it panicked. Now it is an ordinary syntax error.
+    #[test]
+    fn an_opening_tag_that_overlaps_a_closing_one_is_a_syntax_error() {
+        assert_eq!(without_generation_tags("a{%}b"), "a{%}b");
+        assert_eq!(
+            without_generation_tags("{%} generation %}x{%endgeneration%}"),
+            "{%} generation %}x{% endif %}"
+        );
+        for source in ["{%}", "{%}8}is}DksDot", "x{%}{% generation %}"] {
+            let err = ChatTemplate::new(source).unwrap_err();
+            assert!(matches!(err, Error::InvalidTokenizer(_)), "{source}: {err}");
+        }
     }
 
     /// Templates that used to abort the process (a terabyte allocation) or

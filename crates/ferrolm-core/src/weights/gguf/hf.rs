@@ -139,7 +139,8 @@ impl TensorSource for GgufSource {
         let start = (self.file.data_start() + info.offset) as usize;
         let bytes = self.file.data_of(info)?;
         let shape = info.hf_shape();
-        let row_bytes = bytes.len() / shape[0];
+        // A matrix may have no rows (ggml allows zero dimensions): then none has bytes.
+        let row_bytes = bytes.len().checked_div(shape[0]).unwrap_or(0);
         let data = if names::permuted_projection(self.file.architecture().unwrap_or(""), &info.name).is_some()
         {
             let owned = self.unpermuted(info, bytes.to_vec(), row_bytes)?;

@@ -201,6 +201,13 @@ impl GgufFile {
         // files, and a file truncated underneath us is outside our contract
         // (as for every mmap-based loader).
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        GgufFile::from_map(path, mmap)
+    }
+
+    /// Parses an already mapped file; `path` only names it in errors. What
+    /// [`GgufFile::open`] does once the file is mapped (the fuzz targets map
+    /// their input in memory and come in here).
+    pub(crate) fn from_map(path: &Path, mmap: Mmap) -> Result<GgufFile> {
         let parsed = parse(&mmap).map_err(|e| match e {
             Error::InvalidWeights(why) => Error::InvalidWeights(format!("{}: {why}", path.display())),
             Error::Unsupported(why) => Error::Unsupported(format!("{}: {why}", path.display())),
