@@ -573,6 +573,7 @@ fn a_nan_score_is_an_error_not_a_panic() {
     let scores = (0..tokens.len()).map(|i| if i % 3 == 0 { f32::NAN } else { -(i as f32) }).collect();
     let vocab = GgufVocab { model: "llama".into(), tokens, scores, ..GgufVocab::default() };
     let built = std::panic::catch_unwind(|| vocab.build()).expect("no panic");
-    let err = built.err().expect("a NaN score is refused").to_string();
+    let Err(err) = built else { panic!("a NaN score must be refused") };
+    let err = err.to_string();
     assert!(err.contains("tokenizer.ggml.scores") && err.contains("NaN"), "{err}");
 }

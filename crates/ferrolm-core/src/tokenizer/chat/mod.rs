@@ -28,7 +28,8 @@ mod pyjson;
 
 use std::fmt::Write as _;
 
-use minijinja::value::{Value, ValueKind};
+use minijinja::syntax::SyntaxConfig;
+use minijinja::value::{Serde, Value, ValueKind};
 use minijinja::{Environment, ErrorKind, UndefinedBehavior};
 use serde::{Deserialize, Serialize};
 
@@ -91,10 +92,10 @@ impl ChatTemplate {
     pub fn new(source: impl Into<String>) -> Result<ChatTemplate> {
         let source = source.into();
         let mut env = Environment::new();
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
+        let syntax = SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build();
+        env.set_syntax(syntax.expect("the default delimiters are valid"));
         env.set_undefined_behavior(UndefinedBehavior::Lenient);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_unknown_method_callback(limits::python_methods);
         env.add_filter("tojson", tojson);
         env.add_filter("indent", limits::indent);
         env.set_fuel(Some(limits::MAX_FUEL));
@@ -134,10 +135,10 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         extra: &serde_json::Value,
     ) -> Result<String> {
-        let messages = Value::from_serialize(messages);
+        let messages = Value::from(Serde(messages));
         let extra = match extra {
             serde_json::Value::Null => Value::from(()),
-            other => Value::from_serialize(other),
+            other => Value::from(Serde(other)),
         };
         self.render_values(messages, add_generation_prompt, extra)
     }
@@ -199,7 +200,7 @@ impl ChatTemplate {
         vars.push(("add_generation_prompt".into(), Value::from(add_generation_prompt)));
         let template = self.env.get_template(TEMPLATE_NAME).map_err(template_error)?;
         let mut out = limits::BoundedOutput::default();
-        template.render_captured_to(Value::from_iter(vars), &mut out).map_err(template_error)?;
+        template.render_captured_to(Value::from_pairs(vars), &mut out).map_err(template_error)?;
         String::from_utf8(out.0)
             .map_err(|_| Error::InvalidInput("the chat template wrote invalid UTF-8".into()))
     }
@@ -231,7 +232,7 @@ fn alias_reasoning(messages: Value) -> Result<Value> {
                     fields.push((key, value));
                 }
                 fields.push((Value::from("reasoning_content"), reasoning));
-                out.push(Value::from_iter(fields));
+                out.push(Value::from_pairs(fields));
             }
         }
     }
@@ -339,6 +340,10 @@ mod tests {
                 &serde_json::Value::Null,
             )
         };
+        // A string doubled 45 times would be 32 TiB: fuel pays for every byte.
+        let doubled_in_a_loop = "{% set ns = namespace(s='a') %}{% for i in range(45) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}";
+        let doubled_unrolled =
+            format!("{{% set s = 'a' %}}{}{{{{ s|length }}}}", "{% set s = s ~ s %}".repeat(45));
         for (source, says) in [
             ("{{ 'a\nb' | indent(1000000000000) }}", "indent of 1000000000000"),
             ("{{ 'a\nb' | indent(width=5000) }}", "indent of 5000"),
@@ -349,6 +354,26 @@ mod tests {
                 "{% set ns = namespace(s='a') %}{% for i in range(27) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
                 "bytes",
             ),
+            (doubled_in_a_loop, "fuel"),
+            (&doubled_unrolled, "fuel"),
+            ("{{ ('a' * 1000000000000)|length }}", "fuel"),
+            ("{{ ([1] * 1000000000000)|length }}", "too large"),
+            ("{% set s = 'a' * 1000000 %}{{ (s|replace('a', s))|length }}", "fuel"),
+            ("{% set s = 'a' * 1000000 %}{{ s.replace('a', s)|length }}", "fuel"),
+            ("{{ '%1000000000000s'|format('a') }}", "fuel"),
+            ("{{ '{:>1000000000000}'.format('a') }}", "width or precision of 1000000000000"),
+            ("{{ '{:.99999999999999999999f}'.format(1.5) }}", "width or precision of 99999999999999999999"),
+            ("{{ '{:{}}'.format('a', 1000000000000) }}", "from an argument"),
+            ("{% macro f(n) %}{{ f(n+1) }}{% endmacro %}{{ f(0) }}", "recursion"),
+            (
+                "{% set ns = namespace(l=[1]) %}{% for i in range(30) %}{% set ns.l = ns.l + ns.l %}{% endfor %}{{ ns.l|tojson }}",
+                "fuel",
+            ),
+            (
+                "{% set ns = namespace(x=[]) %}{% for i in range(600) %}{% set ns.x = [ns.x] %}{% endfor %}{{ ns.x|tojson }}",
+                "nested more than 512",
+            ),
+            ("{{ messages|tojson(indent='x' * 5000) }}", "indent of 5000"),
         ] {
             let err = render(source).unwrap_err().to_string();
             assert!(err.contains("chat template") && err.contains(says), "{source}: {err}");
@@ -356,5 +381,10 @@ mod tests {
         // Ordinary use of the same filters still works.
         assert_eq!(render("{{ 'a\nb' | indent(2) }}").unwrap(), "a\n  b");
         assert_eq!(render("{{ 'a\n\nb' | indent(2, true, true) }}").unwrap(), "  a\n  \n  b");
+        assert_eq!(render("{{ '{:>5}|{:.2f}|{{}}'.format('ab', 1.5) }}").unwrap(), "   ab|1.50|{}");
+        assert_eq!(
+            render("{{ [[1, [2]]]|tojson(indent=1) }}").unwrap(),
+            "[\n [\n  1,\n  [\n   2\n  ]\n ]\n]"
+        );
     }
 }

@@ -1,14 +1,23 @@
 //! The `tojson` filter of chat templates: Python's `json.dumps`, as HF's
 //! template environment calls it (`ensure_ascii=False`, no HTML escaping),
-//! so a tool schema prints byte for byte what Python would.
+//! so a tool schema prints byte for byte what Python would. Like the rest of
+//! a rendering it is bounded: items are paid for in fuel before they are
+//! listed, nesting stops at [`MAX_DEPTH`] (Python's `RecursionError`), and
+//! the text may not grow past the output limit.
 
 use std::fmt::Write as _;
 
 use minijinja::value::{Kwargs, Rest, Value, ValueKind};
-use minijinja::ErrorKind;
+use minijinja::{ErrorKind, State};
+
+use super::limits;
+
+/// The deepest nesting `tojson` prints (Python stops near 1000 frames).
+pub const MAX_DEPTH: usize = 512;
 
 /// HF's `tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)`.
 pub(super) fn tojson(
+    state: &State,
     value: &Value,
     args: Rest<Value>,
     kwargs: Kwargs,
@@ -30,10 +39,14 @@ pub(super) fn tojson(
     let [ensure_ascii, indent, separators, sort_keys] = opts;
     let indent = match indent.kind() {
         ValueKind::Undefined | ValueKind::None => None,
-        ValueKind::String => Some(indent.as_str().unwrap_or_default().to_string()),
+        ValueKind::String => {
+            let text = indent.as_str().unwrap_or_default();
+            limits::check_indent("tojson", text.len())?;
+            Some(text.to_string())
+        }
         ValueKind::Number => {
             let width = i64::try_from(indent.clone())?.max(0) as usize;
-            Some(" ".repeat(super::limits::check_indent("tojson", width)?))
+            Some(" ".repeat(limits::check_indent("tojson", width)?))
         }
         _ => {
             return Err(minijinja::Error::new(ErrorKind::InvalidOperation, "tojson: indent must be a number"))
@@ -57,6 +70,7 @@ pub(super) fn tojson(
         }
     };
     let dumper = JsonDumper {
+        state,
         ensure_ascii: ensure_ascii.is_true(),
         indent,
         item_sep,
@@ -68,7 +82,8 @@ pub(super) fn tojson(
     Ok(Value::from(out))
 }
 
-struct JsonDumper {
+struct JsonDumper<'a, 'env> {
+    state: &'a State<'a, 'env>,
     ensure_ascii: bool,
     indent: Option<String>,
     item_sep: String,
@@ -76,7 +91,18 @@ struct JsonDumper {
     sort_keys: bool,
 }
 
-impl JsonDumper {
+impl JsonDumper<'_, '_> {
+    /// The items (or keys) of a container, each paid for in fuel before it
+    /// is held, so a lazily built list of 2^40 items runs out of fuel
+    /// instead of memory.
+    fn items(&self, value: &Value) -> std::result::Result<Vec<Value>, minijinja::Error> {
+        if let Some(len) = value.len() {
+            self.state.consume_fuel(len as u64)?;
+            return Ok(value.try_iter()?.collect());
+        }
+        value.try_iter()?.map(|item| self.state.consume_fuel(1).map(|()| item)).collect()
+    }
+
     fn dump(
         &self,
         value: &Value,
@@ -95,13 +121,13 @@ impl JsonDumper {
             }
             ValueKind::String => self.string(value.as_str().unwrap_or_default(), out),
             ValueKind::Seq | ValueKind::Iterable => {
-                let items: Vec<Value> = value.try_iter()?.collect();
+                let items = self.items(value)?;
                 self.container('[', ']', items.len(), level, out, |i, level, out| {
                     self.dump(&items[i], level, out)
                 })?;
             }
             ValueKind::Map => {
-                let mut keys: Vec<Value> = value.try_iter()?.collect();
+                let mut keys = self.items(value)?;
                 if self.sort_keys {
                     keys.sort();
                 }
@@ -136,6 +162,12 @@ impl JsonDumper {
         out: &mut String,
         mut item: impl FnMut(usize, usize, &mut String) -> std::result::Result<(), minijinja::Error>,
     ) -> std::result::Result<(), minijinja::Error> {
+        if level >= MAX_DEPTH {
+            return Err(minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                format!("tojson: the value is nested more than {MAX_DEPTH} deep"),
+            ));
+        }
         out.push(open);
         if len == 0 {
             out.push(close);
@@ -150,6 +182,9 @@ impl JsonDumper {
                 out.push_str(&indent.repeat(level + 1));
             }
             item(i, level + 1, out)?;
+            if out.len() > limits::MAX_OUTPUT_BYTES {
+                return Err(limits::too_long());
+            }
         }
         if let Some(indent) = &self.indent {
             out.push('\n');
