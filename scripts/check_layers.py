@@ -37,7 +37,7 @@ LAYERS = [
     ["model"],  # the decoder over a backend and a KV cache; loading a checkpoint
     ["sampling"],
     ["engine"],
-    ["generate", "session", "eval", "inference_config"],
+    ["generate", "session", "eval", "inference_config", "fuzzing"],  # fuzzing: the fuzz targets' bodies
     ["lib"],
 ]
 RANK = {m: i for i, layer in enumerate(LAYERS) for m in layer}
