@@ -46,6 +46,7 @@ def test_integer_devices_mean_gpus():
     ({"kv_cache": {"page_size": 0}}, "kv_cache.page_size"),
     ({"kv_cache": {"num_pages": "many"}}, "kv_cache.num_pages"),
     ({"inference": {"max_batch_size": -1}}, "inference.max_batch_size"),
+    ({"inference": {"max_waiting": 0}}, "inference.max_waiting"),
     ({"inference": {"device": "tpu"}}, "inference.device"),
     ({"inference": {"dtype": "int3"}}, "inference.dtype"),
     ({"sampling": {"top_p": 2.0}}, "sampling.top_p"),
@@ -116,3 +117,22 @@ def test_serve_reports_a_bad_config_naming_the_key(tmp_path, chat_model):
     assert out.returncode != 0 and "kv_cache.num_pagez" in out.stderr, out.stderr
     assert "--config" in subprocess.run([sys.executable, "-m", "ferrolm.cli", "serve", "--help"],
                                         capture_output=True, text=True, timeout=60).stdout
+
+
+def test_max_waiting_from_the_config_bounds_the_queue(chat_model):
+    from ferrolm.engine import EngineOverloadedError
+
+    config = InferenceConfig.load({"inference": {"max_waiting": 1}})
+    assert config.engine_args == {"max_waiting": 1}
+    llm = LLM(chat_model, config=config, max_seq_len=64)
+    engine = llm.engine
+    engine.pause()  # held: nothing is admitted, so the first request keeps its place
+    try:
+        engine.submit([5, 6, 7], SamplingConfig(temperature=0.0, max_tokens=1), lambda out: None)
+        with pytest.raises(EngineOverloadedError):
+            engine.submit([5, 6, 7], SamplingConfig(temperature=0.0, max_tokens=1), lambda out: None)
+    finally:
+        engine.resume()
+        engine.close()
+    with InferenceSession(chat_model, config=config) as session:  # one conversation: no queue to bound
+        assert session.generate("Hi", SamplingConfig(temperature=0.0, max_tokens=1))

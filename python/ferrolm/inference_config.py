@@ -9,7 +9,7 @@ checked whole by the Rust core.
 
 ``LLM(config=...)``, ``InferenceSession(config=...)`` and ``ferrolm serve
 --config FILE`` take it. Every key is optional. ``inference`` also takes
-``max_seq_len``, ``max_batch_tokens`` and ``quantize``; ``kv_cache`` takes
+``max_seq_len``, ``max_batch_tokens``, ``quantize`` and ``max_waiting``; ``kv_cache`` takes
 ``prefix_caching`` and ``dtype`` (``"f16"``/``"f32"``); ``sampling`` takes
 any ``SamplingConfig`` field and supplies the defaults of requests that
 bring none. An unknown key or a bad value raises ``ValueError`` naming it

@@ -57,8 +57,9 @@ class InferenceSession:
                                       ("quantize", quantize), ("kv_dtype", kv_dtype)) if v is not None}
         settings = inference_config.load(config)
         args = settings.merged_args(explicit) if settings is not None else explicit
-        # One conversation runs at a time: the config's max_batch_size does not apply.
+        # One conversation runs at a time: the config's max_batch_size and max_waiting do not apply.
         args.pop("max_num_seqs", None)
+        args.pop("max_waiting", None)
         self.default_sampling = settings.sampling if settings is not None else SamplingConfig()
         path = hub.resolve(model_path)
         # Threads sharing one session take turns: a whole turn (a stream

@@ -52,6 +52,9 @@ pub struct InferenceSection {
     pub max_batch_tokens: Option<usize>,
     /// Quantize weights at load ("q8_0", "q4_k", "fp8").
     pub quantize: Option<String>,
+    /// Most requests waiting to be admitted; past it a request is refused
+    /// at once (`Error::Overloaded`, HTTP 429). No limit if absent.
+    pub max_waiting: Option<usize>,
 }
 
 /// The page pool.
@@ -144,6 +147,7 @@ impl InferenceConfig {
             max_num_seqs: inf.max_batch_size.unwrap_or(base.max_num_seqs),
             max_batch_tokens: inf.max_batch_tokens.unwrap_or(base.max_batch_tokens),
             prefix_caching: kv.prefix_caching.unwrap_or(base.prefix_caching),
+            max_waiting: inf.max_waiting.or(base.max_waiting),
             ..base
         }
     }
@@ -168,6 +172,7 @@ impl InferenceConfig {
         set("max_seq_len", inf.max_seq_len.map(Value::from));
         set("max_num_seqs", inf.max_batch_size.map(Value::from));
         set("max_batch_tokens", inf.max_batch_tokens.map(Value::from));
+        set("max_waiting", inf.max_waiting.map(Value::from));
         set("page_size", kv.page_size.map(Value::from));
         set("num_pages", kv.num_pages.map(Value::from));
         set("prefix_caching", kv.prefix_caching.map(Value::from));
@@ -184,6 +189,7 @@ impl InferenceConfig {
             ("inference.max_batch_size", inf.max_batch_size),
             ("inference.max_seq_len", inf.max_seq_len),
             ("inference.max_batch_tokens", inf.max_batch_tokens),
+            ("inference.max_waiting", inf.max_waiting),
             ("kv_cache.page_size", kv.page_size),
             ("kv_cache.num_pages", kv.num_pages),
         ];
@@ -232,6 +238,10 @@ mod tests {
         let engine = c.engine_config(EngineConfig::default());
         assert_eq!((engine.max_num_seqs, engine.page_size, engine.num_pages), (64, 16, Some(1024)));
         assert_eq!(engine.max_batch_tokens, EngineConfig::default().max_batch_tokens);
+        assert_eq!(engine.max_waiting, None, "no bound unless the file sets one");
+        let bounded = InferenceConfig::from_json(r#"{"inference": {"max_waiting": 8}}"#).unwrap();
+        assert_eq!(bounded.engine_config(EngineConfig::default()).max_waiting, Some(8));
+        assert_eq!(bounded.settings().unwrap()["max_waiting"], 8);
         let settings = c.settings().unwrap();
         let keys: Vec<&str> = settings.keys().map(String::as_str).collect();
         assert_eq!(keys, ["device", "dtype", "max_num_seqs", "num_pages", "page_size"]);
