@@ -3,7 +3,10 @@
 ``typing.Optional``/``Union`` rather than ``X | None``: FastAPI and pydantic
 evaluate these annotations at run time, and the package supports Python 3.9.
 Unknown request fields are ignored, as vLLM and most OpenAI-compatible
-servers do, so clients that send newer parameters keep working.
+servers do, so clients that send newer parameters keep working; the fields
+that would constrain or change the output and are not implemented are
+declared here so that ``params.check_unsupported`` refuses them (a 400
+naming the field) instead of answering without them.
 """
 
 import time
@@ -39,6 +42,16 @@ class SamplingFields(BaseModel):
     min_p: Optional[float] = None
     repetition_penalty: Optional[float] = None
     stop_token_ids: Optional[list[int]] = None
+    # Not implemented, refused when set (params.check_unsupported): OpenAI's
+    # response_format, vLLM's structured_outputs and guided_*, llama.cpp's json_schema and grammar.
+    response_format: Optional[Any] = None
+    structured_outputs: Optional[Any] = None
+    guided_json: Optional[Any] = None
+    guided_regex: Optional[Any] = None
+    guided_choice: Optional[Any] = None
+    guided_grammar: Optional[Any] = None
+    json_schema: Optional[Any] = None
+    grammar: Optional[Any] = None
 
 
 class CompletionRequest(SamplingFields):
@@ -63,6 +76,11 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: Optional[int] = None
     # Extra chat-template variables, e.g. {"enable_thinking": false} for Qwen3.
     chat_template_kwargs: Optional[dict[str, Any]] = None
+    # Tool calling is not implemented: refused when set (params.check_unsupported).
+    tools: Optional[Any] = None
+    tool_choice: Optional[Any] = None
+    functions: Optional[Any] = None
+    function_call: Optional[Any] = None
 
 
 class GenerateRequest(BaseModel):
