@@ -47,12 +47,14 @@ fn decode_random(tok: &Tokenizer, factory: &ConstraintFactory, constraint: Const
 #[test]
 fn token_bytes_agree_with_llguidance() {
     let tok = smollm2();
-    let json: Value =
-        serde_json::from_slice(&std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join(
-            "../../tests/fixtures/tokenizers/smollm2/tokenizer.json",
-        ))
-        .unwrap())
-        .unwrap();
+    let json: Value = serde_json::from_slice(
+        &std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../tests/fixtures/tokenizers/smollm2/tokenizer.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
     assert_eq!(tok.token_bytes().unwrap(), llguidance::token_bytes_from_tokenizer_json(&json).unwrap());
 }
 

@@ -134,7 +134,8 @@ impl ConstraintFactory {
                 bytes.len()
             )));
         }
-        let eos: Vec<u32> = tokenizer.eos_ids().iter().copied().filter(|&t| (t as usize) < vocab_size).collect();
+        let eos: Vec<u32> =
+            tokenizer.eos_ids().iter().copied().filter(|&t| (t as usize) < vocab_size).collect();
         let Some(&first_eos) = eos.first() else {
             return Err(Error::Unsupported(
                 "constrained decoding needs an end-of-sequence token and this tokenizer declares none".into(),
@@ -230,6 +231,9 @@ impl ConstraintMatcher {
     }
 
     fn failed(&self, e: impl std::fmt::Display) -> Error {
-        Error::InvalidInput(format!("constraint: {}", self.matcher.get_error().unwrap_or_else(|| e.to_string())))
+        Error::InvalidInput(format!(
+            "constraint: {}",
+            self.matcher.get_error().unwrap_or_else(|| e.to_string())
+        ))
     }
 }

@@ -63,7 +63,9 @@ impl Sampler {
     /// [`crate::backend::sample`]: no penalties (they need the history) and
     /// no top-N log-probabilities, no constraint (its mask is computed here).
     pub fn fits_device(&self) -> bool {
-        !self.config.has_penalties() && self.config.logprobs.is_none_or(|n| n == 0) && self.constraint.is_none()
+        !self.config.has_penalties()
+            && self.config.logprobs.is_none_or(|n| n == 0)
+            && self.constraint.is_none()
     }
 
     /// The parameters of the next pick on a device, drawing its random

@@ -70,14 +70,14 @@ fn spelling(decoder: serde_json::Result<Option<Json>>) -> Result<Spelling> {
     let decoder = decoder.map_err(|e| Error::Internal(format!("serializing the decoder: {e}")))?;
     let decoder = decoder.unwrap_or(Json::Null);
     let kind = |d: &Json| d["type"].as_str().map(str::to_owned);
+    let byte_level =
+        || Spelling::ByteLevel(BYTES_TO_UNICODE.iter().enumerate().map(|(b, &c)| (c, b as u8)).collect());
     if kind(&decoder).as_deref() == Some("ByteLevel") {
-        return Ok(Spelling::ByteLevel(BYTES_TO_UNICODE.iter().enumerate().map(|(b, &c)| (c, b as u8)).collect()));
+        return Ok(byte_level());
     }
     if let Some(parts) = decoder["decoders"].as_array() {
         if parts.iter().any(|d| kind(d).as_deref() == Some("ByteLevel")) {
-            return Ok(Spelling::ByteLevel(
-                BYTES_TO_UNICODE.iter().enumerate().map(|(b, &c)| (c, b as u8)).collect(),
-            ));
+            return Ok(byte_level());
         }
         if parts.iter().any(|d| kind(d).as_deref() == Some("ByteFallback")) {
             let space = parts
@@ -103,4 +103,33 @@ fn single_char(s: &str) -> Option<char> {
 fn raw_byte(piece: &str) -> Option<u8> {
     let hex = piece.strip_prefix("<0x")?.strip_suffix('>')?;
     (hex.len() == 2).then(|| u8::from_str_radix(hex, 16).ok()).flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn raw_bytes_are_exactly_two_hex_digits() {
+        assert_eq!(raw_byte("<0x0A>"), Some(b'\n'));
+        assert_eq!(raw_byte("<0xff>"), Some(0xFF));
+        for piece in ["<0x1>", "<0xZZ>", "<0x0A", "0x0A>", "<0x0AB>", "a"] {
+            assert_eq!(raw_byte(piece), None, "{piece}");
+        }
+    }
+
+    #[test]
+    fn the_decoder_names_the_spelling() {
+        let sp = json!({"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+            {"type": "ByteFallback"}, {"type": "Fuse"}
+        ]});
+        assert!(matches!(spelling(Ok(Some(sp))), Ok(Spelling::ByteFallback('▁'))));
+        assert!(matches!(spelling(Ok(Some(json!({"type": "ByteLevel"})))), Ok(Spelling::ByteLevel(_))));
+        let err = spelling(Ok(Some(json!({"type": "WordPiece"})))).err().unwrap().to_string();
+        assert!(err.contains("WordPiece"), "{err}");
+        assert!(spelling(Ok(None)).is_err());
+    }
 }
