@@ -176,6 +176,9 @@ impl InferenceConfig {
         set("page_size", kv.page_size.map(Value::from));
         set("num_pages", kv.num_pages.map(Value::from));
         set("prefix_caching", kv.prefix_caching.map(Value::from));
+        // Sorted by name, whether or not serde_json keeps insertion order
+        // (llguidance turns its `preserve_order` on for the workspace).
+        out.sort_keys();
         Ok(out)
     }
 

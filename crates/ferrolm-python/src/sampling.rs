@@ -52,7 +52,7 @@ pub fn sample_rows(
         }
         rows.iter()
             .enumerate()
-            .map(|(i, row)| Ok(Sampler::new(config.clone(), i as u64)?.sample(row, &[]).token))
+            .map(|(i, row)| Ok(Sampler::new(config.clone(), i as u64)?.sample(row, &[])?.token))
             .collect()
     })
 }

@@ -16,7 +16,7 @@ use super::sequence::Sequence;
 use super::ticket::Ticket;
 use crate::error::{Error, Result};
 use crate::kv::PoolStats;
-use crate::sampling::SamplingConfig;
+use crate::sampling::{ConstraintFactory, ConstraintMatcher, SamplingConfig};
 use crate::tokenizer::Tokenizer;
 
 pub(crate) enum Command {
@@ -94,6 +94,9 @@ pub(crate) struct Shared {
     /// write-locked by the engine thread to close it: once it is closed,
     /// every request sent before is in the channel for the engine to end.
     door: RwLock<Door>,
+    /// Compiles `SamplingConfig::constraint`s for this model; built on the
+    /// first constrained request (a few hundred milliseconds), then shared.
+    constraints: Mutex<Option<Arc<ConstraintFactory>>>,
 }
 
 impl Shared {
@@ -112,7 +115,24 @@ impl Shared {
             queued: Arc::new(AtomicUsize::new(0)),
             max_waiting,
             door: RwLock::new(Door::Open),
+            constraints: Mutex::new(None),
         }
+    }
+
+    /// The model's constraint factory, built on first use.
+    pub fn constraint_factory(&self) -> Result<Arc<ConstraintFactory>> {
+        let tokenizer = self.tokenizer.as_ref().ok_or_else(|| {
+            Error::InvalidInput(
+                "a sampling `constraint` needs the model's tokenizer, and this engine has none".into(),
+            )
+        })?;
+        let mut slot = self.constraints.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(factory) = slot.as_ref() {
+            return Ok(factory.clone());
+        }
+        let factory = Arc::new(ConstraintFactory::new(tokenizer, self.limits.vocab_size)?);
+        *slot = Some(factory.clone());
+        Ok(factory)
     }
 
     pub fn stats(&self) -> EngineStats {
@@ -228,6 +248,14 @@ impl EngineClient {
             return Err(Error::InvalidInput("n must be at least 1".into()));
         }
         self.check(&request)?;
+        // One matcher per sample, compiled before anything is queued.
+        let mut matchers: Vec<Option<ConstraintMatcher>> = match &request.sampling.constraint {
+            Some(c) => {
+                let factory = self.shared.constraint_factory()?;
+                (0..n).map(|_| factory.compile(c).map(Some)).collect::<Result<_>>()?
+            }
+            None => (0..n).map(|_| None).collect(),
+        };
         // Held until the requests are sent (see `Shared::door`).
         let door = self.shared.door.read().unwrap_or_else(|e| e.into_inner());
         door.check()?;
@@ -239,6 +267,9 @@ impl EngineClient {
                 let r = GenerationRequest { stream: request.stream + i, ..request.clone() };
                 let mut seq =
                     Sequence::new(first + i, r, self.shared.tokenizer.as_ref(), Some(sink.clone()))?;
+                if let Some(matcher) = matchers[i as usize].take() {
+                    seq.sampler.constrain(matcher);
+                }
                 seq.fork_from = (i > 0).then_some(first);
                 seq.index = i as usize;
                 seq.ticket = Some(ticket);

@@ -99,7 +99,7 @@ impl Sequence {
         if let Some(full) = self.out_of_room(max_seq_len) {
             return Ok(full);
         }
-        let sampled = self.sampler.sample(logits, &self.tokens);
+        let sampled = self.sampler.sample(logits, &self.tokens)?;
         self.accept(sampled, eos, max_seq_len)
     }
 
@@ -121,6 +121,7 @@ impl Sequence {
         if let Some(full) = self.out_of_room(max_seq_len) {
             return Ok(full);
         }
+        self.sampler.commit(token)?;
         self.accept(Sampled { token, logprob, top_logprobs: Vec::new() }, eos, max_seq_len)
     }
 

@@ -173,6 +173,12 @@ impl SteppedScheduler {
         if pages > self.tables.pool().total() {
             return Err(Error::KvCacheFull { needed: pages, available: self.tables.pool().total() });
         }
+        if sampling.constraint.is_some() {
+            // The caller picks the tokens here; there is no mask to hold them to.
+            return Err(Error::Unsupported(
+                "a sampling `constraint` is not supported by SteppedScheduler; use the Engine".into(),
+            ));
+        }
         let id = self.next_id;
         let seq = Sequence::new(id, GenerationRequest::new(prompt, sampling), None, None)?;
         self.next_id += 1;

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::Constraint;
 use crate::error::{Error, Result};
 
 /// How to pick tokens and when to stop. Defaults are the session API's. Reads and
@@ -42,6 +43,10 @@ pub struct SamplingConfig {
     /// Keep going past the model's end-of-sequence tokens (benchmarks);
     /// `stop_token_ids` and stop strings still end generation.
     pub ignore_eos: bool,
+    /// Structured output: what the text must match (`None`: anything).
+    /// Compiled per request against the model's tokenizer; see
+    /// [`super::constraint`].
+    pub constraint: Option<Constraint>,
 }
 
 impl Default for SamplingConfig {
@@ -62,6 +67,7 @@ impl Default for SamplingConfig {
             stop_token_ids: Vec::new(),
             logprobs: None,
             ignore_eos: false,
+            constraint: None,
         }
     }
 }
@@ -129,6 +135,9 @@ impl SamplingConfig {
         }
         if self.stop.iter().any(String::is_empty) {
             return bad("stop", "stop strings must not be empty".into());
+        }
+        if matches!(&self.constraint, Some(Constraint::Choice(c)) if c.is_empty()) {
+            return bad("constraint", "`choice` needs at least one string".into());
         }
         if self.logprobs.is_some_and(|n| n > MAX_LOGPROBS) {
             return bad("logprobs", format!("at most {MAX_LOGPROBS} alternatives, got {:?}", self.logprobs));

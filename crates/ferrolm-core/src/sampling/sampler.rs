@@ -1,6 +1,7 @@
 //! Applies a [`SamplingConfig`] to one row of logits.
 //!
-//! Order: penalties over the recent window, then greedy (temperature 0) or
+//! Order: the constraint's mask (structured output, disallowed tokens to
+//! -inf), penalties over the recent window, then greedy (temperature 0) or
 //! top-k -> softmax(logits / temperature) -> top-p -> min-p -> a draw from
 //! the renormalised rest. Each sequence owns its sampler and RNG stream, so
 //! its draws do not depend on what else shares the batch.
@@ -10,7 +11,7 @@ use std::collections::HashMap;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha12Rng;
 
-use super::SamplingConfig;
+use super::{ConstraintMatcher, SamplingConfig};
 use crate::backend::RowSampling;
 use crate::error::Result;
 
@@ -26,6 +27,8 @@ pub struct Sampled {
 pub struct Sampler {
     config: SamplingConfig,
     rng: ChaCha12Rng,
+    /// The compiled `config.constraint`, following this sequence's tokens.
+    constraint: Option<ConstraintMatcher>,
 }
 
 impl Sampler {
@@ -37,7 +40,17 @@ impl Sampler {
             None => ChaCha12Rng::from_os_rng(),
         };
         rng.set_stream(stream);
-        Ok(Sampler { config, rng })
+        Ok(Sampler { config, rng, constraint: None })
+    }
+
+    /// Holds every pick from now on to `matcher` (compiled from `config.constraint`).
+    pub fn constrain(&mut self, matcher: ConstraintMatcher) {
+        self.constraint = Some(matcher);
+    }
+
+    /// Whether picks are held to a constraint (then they are made on the host).
+    pub fn is_constrained(&self) -> bool {
+        self.constraint.is_some()
     }
 
     /// Whether [`Sampler::sample`] is a plain argmax: greedy, no penalties,
@@ -48,9 +61,11 @@ impl Sampler {
 
     /// Whether this sampler's picks can be made on a device by
     /// [`crate::backend::sample`]: no penalties (they need the history) and
-    /// no top-N log-probabilities.
+    /// no top-N log-probabilities, no constraint (its mask is computed here).
     pub fn fits_device(&self) -> bool {
-        !self.config.has_penalties() && self.config.logprobs.is_none_or(|n| n == 0)
+        !self.config.has_penalties()
+            && self.config.logprobs.is_none_or(|n| n == 0)
+            && self.constraint.is_none()
     }
 
     /// The parameters of the next pick on a device, drawing its random
@@ -71,21 +86,35 @@ impl Sampler {
         &self.config
     }
 
-    /// Picks the next token given the sequence so far (`history`, prompt included).
-    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> Sampled {
+    /// Picks the next token given the sequence so far (`history`, prompt
+    /// included). Fails only under a constraint (one that cannot go on).
+    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> Result<Sampled> {
         let mut scores = logits.to_vec();
+        if let Some(matcher) = &mut self.constraint {
+            matcher.mask(&mut scores)?;
+        }
         let c = &self.config;
         if c.has_penalties() {
             apply_penalties(&mut scores, &history[history.len().saturating_sub(c.penalty_window)..], c);
         }
         let token = if c.temperature == 0.0 { argmax(&scores) } else { self.draw(&scores) };
+        self.commit(token)?;
 
         let logp = log_softmax(logits);
         let top_logprobs = match self.config.logprobs {
             Some(n) if n > 0 => top_n(&logp, n),
             _ => Vec::new(),
         };
-        Sampled { token, logprob: logp[token as usize], top_logprobs }
+        Ok(Sampled { token, logprob: logp[token as usize], top_logprobs })
+    }
+
+    /// Follows a token picked elsewhere (by [`Sampler::sample`] or a caller)
+    /// in the constraint; a token it does not allow is an error.
+    pub fn commit(&mut self, token: u32) -> Result<()> {
+        match &mut self.constraint {
+            Some(matcher) => matcher.commit(token),
+            None => Ok(()),
+        }
     }
 
     fn draw(&mut self, scores: &[f32]) -> u32 {
@@ -107,7 +136,8 @@ impl Sampler {
         let mut n = 0;
         let mut mass = 0.0f64;
         for &p in &probs {
-            if n > 0 && (mass > c.top_p as f64 || p < c.min_p * probs[0]) {
+            // Masked (-inf) tokens have probability 0: never kept.
+            if n > 0 && (mass > c.top_p as f64 || p < c.min_p * probs[0] || p == 0.0) {
                 break;
             }
             mass += p as f64;
@@ -187,7 +217,7 @@ mod tests {
 
     fn draws(c: SamplingConfig, logits: &[f32], n: usize) -> Vec<u32> {
         let mut s = sampler(c);
-        (0..n).map(|_| s.sample(logits, &[]).token).collect()
+        (0..n).map(|_| s.sample(logits, &[]).unwrap().token).collect()
     }
 
     fn free(seed: u64) -> SamplingConfig {
@@ -211,7 +241,7 @@ mod tests {
         assert_eq!(draws(free(7), &l, 64), draws(free(7), &l, 64));
         assert_ne!(draws(free(7), &l, 64), draws(free(8), &l, 64));
         let mut other_stream = Sampler::new(free(7), 1).unwrap();
-        let d: Vec<u32> = (0..64).map(|_| other_stream.sample(&l, &[]).token).collect();
+        let d: Vec<u32> = (0..64).map(|_| other_stream.sample(&l, &[]).unwrap().token).collect();
         assert_ne!(d, draws(free(7), &l, 64));
     }
 
@@ -238,7 +268,7 @@ mod tests {
     fn penalties_lower_repeated_tokens() {
         let l = [2.0, 1.9, -1.0];
         let history = [0, 0, 0, 2];
-        let pick = |c: SamplingConfig| sampler(c).sample(&l, &history).token;
+        let pick = |c: SamplingConfig| sampler(c).sample(&l, &history).unwrap().token;
         assert_eq!(pick(SamplingConfig::greedy(4)), 0);
         assert_eq!(pick(SamplingConfig { repetition_penalty: 1.2, ..SamplingConfig::greedy(4) }), 1);
         assert_eq!(pick(SamplingConfig { frequency_penalty: 0.1, ..SamplingConfig::greedy(4) }), 1);
@@ -252,7 +282,7 @@ mod tests {
     fn logprobs_are_the_models_with_top_alternatives() {
         let l = logits(&[0.5, 0.25, 0.25]);
         let mut s = sampler(SamplingConfig { logprobs: Some(2), ..SamplingConfig::greedy(4) });
-        let out = s.sample(&l, &[]);
+        let out = s.sample(&l, &[]).unwrap();
         assert_eq!(out.token, 0);
         assert!((out.logprob - 0.5f32.ln()).abs() < 1e-6);
         assert_eq!(out.top_logprobs.len(), 2);

@@ -468,7 +468,7 @@ fn bad(key: &str, expected: &str, got: &GgufValue) -> Error {
 }
 
 /// GPT-2's printable spelling of every byte (`bytes_to_unicode`).
-const BYTES_TO_UNICODE: [char; 256] = bytes_to_unicode();
+pub(super) const BYTES_TO_UNICODE: [char; 256] = bytes_to_unicode();
 
 const fn bytes_to_unicode() -> [char; 256] {
     let mut table = ['\0'; 256];

@@ -34,6 +34,7 @@
 //! A chat model whose GGUF declares its bos or turn-start token as eos would
 //! otherwise never stop at the end of its answer.
 
+mod bytes;
 mod chat;
 mod gguf_vocab;
 mod stream;
@@ -45,6 +46,7 @@ use serde_json::Value as Json;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::TruncationDirection;
 
+pub use self::bytes::SPECIAL_TOKEN_MARKER;
 pub use self::chat::{ChatMessage, ChatTemplate};
 pub use self::gguf_vocab::{token_type, GgufVocab};
 pub use self::stream::StreamDecoder;
