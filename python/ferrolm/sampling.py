@@ -35,6 +35,11 @@ class SamplingConfig:
         logprobs: report this many top alternatives per token (None: no log-probabilities).
         ignore_eos: keep going past the model's end-of-sequence tokens (benchmarks);
             ``stop`` and ``stop_token_ids`` still apply.
+        constraint: structured output, what the text must match (None: anything), one of
+            ``{"json_schema": {...}}``, ``{"regex": "[0-9]+"}``, ``{"choice": ["yes", "no"]}``,
+            ``{"grammar": "start: ..."}`` (llguidance's Lark syntax); compiled when the
+            request is submitted (a bad one raises ``ValueError``). Every pick is masked to
+            the tokens it allows, before penalties, top-k/top-p/min-p and temperature.
 
     Out-of-range values raise ``ValueError`` naming the field.
     """
@@ -54,6 +59,7 @@ class SamplingConfig:
     stop_token_ids: list[int] = field(default_factory=list)
     logprobs: int | None = None
     ignore_eos: bool = False
+    constraint: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         for name in _FLOATS:
@@ -71,6 +77,8 @@ class SamplingConfig:
             raise config_error("stop", "expected a string or a list of strings")
         self.stop = list(self.stop)
         self.stop_token_ids = [config_number(t, "stop_token_ids", int, minimum=0) for t in self.stop_token_ids]
+        if self.constraint is not None and not isinstance(self.constraint, dict):
+            raise config_error("constraint", "expected a dict such as {'regex': '[0-9]+'} or None")
         if not isinstance(self.ignore_eos, bool):
             raise config_error("ignore_eos", f"expected True or False, got {self.ignore_eos!r}")
         _core.validate_sampling(self)

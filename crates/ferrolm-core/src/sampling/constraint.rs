@@ -48,7 +48,7 @@ impl Constraint {
 
     fn grammar(&self) -> Result<TopLevelGrammar> {
         Ok(match self {
-            Constraint::JsonSchema(schema) => TopLevelGrammar::from_json_schema(schema.clone()),
+            Constraint::JsonSchema(schema) => TopLevelGrammar::from_json_schema(compact(schema)),
             Constraint::Regex(rx) => TopLevelGrammar::from_regex(rx),
             Constraint::Choice(choices) => {
                 if choices.is_empty() {
@@ -71,6 +71,17 @@ impl Constraint {
             Constraint::Grammar(_) => "grammar",
         }
     }
+}
+
+/// `schema` with llguidance's JSON whitespace fixed to none between tokens
+/// (`"x-guidance": {"whitespace_flexible": false}`) unless it says otherwise:
+/// with flexible whitespace small models fill objects with newlines and tabs.
+fn compact(schema: &Json) -> Json {
+    let mut schema = schema.clone();
+    if let Json::Object(fields) = &mut schema {
+        fields.entry("x-guidance").or_insert_with(|| serde_json::json!({"whitespace_flexible": false}));
+    }
+    schema
 }
 
 /// The bounds every compiled constraint runs under: llguidance's defaults,
