@@ -48,11 +48,6 @@ impl Sampler {
         self.constraint = Some(matcher);
     }
 
-    /// Whether picks are held to a constraint (then they are made on the host).
-    pub fn is_constrained(&self) -> bool {
-        self.constraint.is_some()
-    }
-
     /// Whether [`Sampler::sample`] is a plain argmax: greedy, no penalties,
     /// no top-N log-probabilities (so it can run where the logits are).
     pub fn is_plain_greedy(&self) -> bool {
