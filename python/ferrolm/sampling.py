@@ -40,6 +40,9 @@ class SamplingConfig:
             ``{"grammar": "start: ..."}`` (llguidance's Lark syntax); compiled when the
             request is submitted (a bad one raises ``ValueError``). Every pick is masked to
             the tokens it allows, before penalties, top-k/top-p/min-p and temperature.
+        logit_bias: token id -> bias in [-100, 100] added to its logit after the constraint's
+            mask and before everything else (OpenAI's ``logit_bias``; ids may be given as
+            strings, as JSON sends them).
 
     Out-of-range values raise ``ValueError`` naming the field.
     """
@@ -60,6 +63,7 @@ class SamplingConfig:
     logprobs: int | None = None
     ignore_eos: bool = False
     constraint: dict[str, Any] | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in _FLOATS:
@@ -79,6 +83,7 @@ class SamplingConfig:
         self.stop_token_ids = [config_number(t, "stop_token_ids", int, minimum=0) for t in self.stop_token_ids]
         if self.constraint is not None and not isinstance(self.constraint, dict):
             raise config_error("constraint", "expected a dict such as {'regex': '[0-9]+'} or None")
+        self.logit_bias = _logit_bias(self.logit_bias)
         if not isinstance(self.ignore_eos, bool):
             raise config_error("ignore_eos", f"expected True or False, got {self.ignore_eos!r}")
         _core.validate_sampling(self)
@@ -88,3 +93,14 @@ class SamplingConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
+
+
+def _logit_bias(bias: Any) -> dict[int, float]:
+    """``{token id: bias}`` with int ids (JSON's string keys such as ``"50256"`` too)."""
+    if not isinstance(bias, dict):
+        raise config_error("logit_bias", f"expected a dict of token id -> bias, got {bias!r}")
+    out = {}
+    for key, value in bias.items():
+        token = int(key) if isinstance(key, str) and key.isdecimal() else key
+        out[config_number(token, "logit_bias", int, minimum=0)] = config_number(value, "logit_bias", float)
+    return out

@@ -136,7 +136,7 @@ fn json_schema_under_random_logits_parses_and_matches() {
 }
 
 #[test]
-fn bad_constraints_are_invalid_input_naming_the_problem() {
+fn bad_constraints_are_config_errors_naming_the_problem() {
     let tok = smollm2();
     let factory = ConstraintFactory::new(&tok, VOCAB).unwrap();
     for (c, kind) in [
@@ -146,8 +146,11 @@ fn bad_constraints_are_invalid_input_naming_the_problem() {
         (Constraint::Choice(vec![]), "choice"),
     ] {
         match factory.compile(&c) {
-            Err(Error::InvalidInput(msg)) => assert!(msg.contains(kind), "{msg}"),
-            other => panic!("{c:?}: expected InvalidInput, got {other:?}"),
+            Err(Error::InvalidConfig { field, reason }) => {
+                assert_eq!(field, "constraint");
+                assert!(reason.contains(kind), "{reason}");
+            }
+            other => panic!("{c:?}: expected InvalidConfig, got {other:?}"),
         }
     }
 }

@@ -28,6 +28,7 @@ from ferrolm.server.protocol import (
 from ferrolm.server.runner import RequestGroup, wait_or_abort
 from ferrolm.server.sse import DONE, EventStream, event
 from ferrolm.server.state import ServerState, get_state, now
+from ferrolm.server.structured import constraint_of
 
 router = APIRouter()
 
@@ -51,9 +52,10 @@ async def create_chat_completion(req: ChatCompletionRequest, request: Request):
     if max_tokens is None:
         # OpenAI's chat default: until the model stops or the context is full.
         max_tokens = state.sampling_defaults.get("max_tokens", max(state.engine.max_seq_len - len(prompt), 1))
+    field, constraint = constraint_of(req) or (None, None)
     config = sampling_config(req, max_tokens, (req.top_logprobs or 0) if req.logprobs else None,
-                             state.sampling_defaults)
-    request_id, group = state.start("chatcmpl", [prompt], config, req.n, started)
+                             state.sampling_defaults, constraint)
+    request_id, group = state.start("chatcmpl", [prompt], config, req.n, started, {"constraint": field})
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         body = _stream(state, group, request_id, req.logprobs, include_usage)

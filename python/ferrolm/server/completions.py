@@ -21,6 +21,7 @@ from ferrolm.server.protocol import (
 from ferrolm.server.runner import RequestGroup, wait_or_abort
 from ferrolm.server.sse import DONE, EventStream, event
 from ferrolm.server.state import ServerState, get_state, now
+from ferrolm.server.structured import constraint_of
 
 router = APIRouter()
 
@@ -43,8 +44,9 @@ async def create_completion(req: CompletionRequest, request: Request):
     prompts = await run_in_threadpool(_prompts, state, req.prompt)
     max_tokens = state.sampling_defaults.get("max_tokens", COMPLETION_MAX_TOKENS) if req.max_tokens is None \
         else req.max_tokens
-    config = sampling_config(req, max_tokens, req.logprobs, state.sampling_defaults)
-    request_id, group = state.start("cmpl", prompts, config, req.n, started)
+    field, constraint = constraint_of(req) or (None, None)
+    config = sampling_config(req, max_tokens, req.logprobs, state.sampling_defaults, constraint)
+    request_id, group = state.start("cmpl", prompts, config, req.n, started, {"constraint": field})
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         body = _stream(state, group, request_id, req.logprobs is not None, include_usage)

@@ -25,24 +25,20 @@ OPENAI_DEFAULTS: dict[str, Any] = {"temperature": 1.0, "top_p": 1.0, "top_k": 0,
                                    "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
 
 
-# Fields that would constrain or change the output, which the engine does not
-# do yet, and what each asks for: a request that sets one is refused rather
-# than answered without it.
+# Fields that would change the output, which the engine does not do yet,
+# and what each asks for: a request that sets one is refused rather than
+# answered without it.
 UNSUPPORTED = {
-    "logit_bias": "logit_bias",
-    **dict.fromkeys(("response_format", "structured_outputs", "guided_json", "guided_regex", "guided_choice",
-                     "guided_grammar", "json_schema", "grammar"), "structured output"),
     **dict.fromkeys(("tools", "tool_choice", "functions", "function_call"), "tool calling"),
 }
 
 
 def check_unsupported(req: SamplingFields) -> None:
     """A 400 naming the first field set that the engine cannot honour. Empty
-    values and the ones that ask for nothing (``response_format`` of type
-    ``text``, ``tool_choice`` ``none``) pass."""
+    values and the ones that ask for nothing (``tool_choice`` ``none``) pass."""
     for name, feature in UNSUPPORTED.items():
         value = getattr(req, name, None)
-        asks_nothing = {"tool_choice": "none", "function_call": "none", "response_format": {"type": "text"}}
+        asks_nothing = {"tool_choice": "none", "function_call": "none"}
         if value in (None, [], {}) or (name in asks_nothing and value == asks_nothing[name]):
             continue
         raise APIError(f"`{name}` is not supported: this server does not implement {feature} yet, "
@@ -59,9 +55,10 @@ def check_common(req: SamplingFields) -> None:
 
 
 def sampling_config(req: SamplingFields, max_tokens: int, logprobs: int | None,
-                    defaults: Mapping[str, Any]) -> SamplingConfig:
+                    defaults: Mapping[str, Any], constraint: dict[str, Any] | None = None) -> SamplingConfig:
     """The engine's config for one request (``ValueError`` from the core becomes a 400);
-    ``defaults`` (the server's inference config) replace OpenAI's for fields left out."""
+    ``defaults`` (the server's inference config) replace OpenAI's for fields left out;
+    ``constraint`` is the structured output asked for (:mod:`ferrolm.server.structured`)."""
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     openai = {**OPENAI_DEFAULTS, **defaults}
     try:
@@ -78,6 +75,8 @@ def sampling_config(req: SamplingFields, max_tokens: int, logprobs: int | None,
             stop=[s for s in stop if s],  # an empty stop string would end every request at once
             stop_token_ids=list(req.stop_token_ids or []),
             logprobs=logprobs,
+            constraint=constraint,
+            logit_bias=_logit_bias(req.logit_bias),
         )
     except ValueError as e:
         raise APIError(str(e), param=config_error_field(str(e))) from None
@@ -86,6 +85,14 @@ def sampling_config(req: SamplingFields, max_tokens: int, logprobs: int | None,
 def check_logprobs(value: int | None, name: str) -> None:
     if value is not None and not 0 <= value <= MAX_LOGPROBS:
         raise APIError(f"{name} must be between 0 and {MAX_LOGPROBS}, got {value}", param=name)
+
+
+def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
+    # JSON object keys are strings: OpenAI sends token ids as "50256".
+    try:
+        return {int(k): v for k, v in (bias or {}).items()}
+    except ValueError:
+        raise APIError("logit_bias keys must be token ids (integers as strings)", param="logit_bias") from None
 
 
 def _seed(seed: int | None) -> int | None:

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
+from ferrolm._validate import config_error_field
 from ferrolm.engine import AsyncEngine, EngineFailedError, EngineOverloadedError, Output, RequestOutput
 from ferrolm.sampling import SamplingConfig
 from ferrolm.server.errors import APIError
@@ -42,7 +43,8 @@ class RequestGroup:
 
     def __init__(self, engine: AsyncEngine, prompts: Sequence[list[int]], config: SamplingConfig, n: int,
                  metrics: Metrics, record: Record, started: float,
-                 on_end: Callable[[RequestGroup], None] | None = None) -> None:
+                 on_end: Callable[[RequestGroup], None] | None = None,
+                 fields: Mapping[str, str] | None = None) -> None:
         self.n = n
         self.prompts = list(prompts)
         self.results = [RequestOutput(request_id=-1, prompt_token_ids=p) for p in self.prompts for _ in range(n)]
@@ -71,7 +73,9 @@ class RequestGroup:
                     self._open.add(p * n + i)
         except ValueError as e:
             self.close()
-            raise APIError(str(e), param="prompt" if "max_seq_len" in str(e) else None) from None
+            field = config_error_field(str(e))
+            param = "prompt" if "max_seq_len" in str(e) else (fields or {}).get(field, field)
+            raise APIError(str(e), param=param) from None
         except EngineOverloadedError as e:
             self.close()
             raise APIError(str(e), status=429, code="engine_overloaded",

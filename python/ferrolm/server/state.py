@@ -75,8 +75,10 @@ class ServerState:
                            status=404, param="model", code="model_not_found")
 
     def start(self, prefix: str, prompts: Sequence[list[int]], config: SamplingConfig, n: int,
-              started: float) -> tuple[str, RequestGroup]:
-        """Submits every choice; returns the response id and the running group."""
+              started: float, fields: Mapping[str, str] | None = None) -> tuple[str, RequestGroup]:
+        """Submits every choice; returns the response id and the running group.
+        ``fields`` names the request field behind a config field the engine
+        refuses (``{"constraint": "response_format"}``), for the error's ``param``."""
         if n * len(prompts) > MAX_CHOICES:
             raise APIError(f"at most {MAX_CHOICES} choices per request (prompts x n), got {n * len(prompts)}",
                            param="n")
@@ -85,7 +87,7 @@ class ServerState:
         request_id = f"{prefix}-{uuid.uuid4().hex}"
         record = self.tracker.start(request_id, config.max_tokens * n * len(prompts))
         try:
-            group = RequestGroup(self.engine, prompts, config, n, self.metrics, record, started, self._ended)
+            group = RequestGroup(self.engine, prompts, config, n, self.metrics, record, started, self._ended, fields)
         except BaseException:
             record.finished, record.finish_reason = True, "rejected"
             raise

@@ -360,6 +360,12 @@ impl EngineClient {
                 limits.vocab_size
             )));
         }
+        if let Some(t) = r.sampling.logit_bias.keys().find(|&&t| t as usize >= limits.vocab_size) {
+            return Err(Error::config(
+                "logit_bias",
+                format!("token id {t} is outside the vocabulary (vocab_size={})", limits.vocab_size),
+            ));
+        }
         // A prompt that fills the context exactly is run and ends with no
         // new token (as Meta's `generate` does); callers that need room for
         // an answer check for it themselves.

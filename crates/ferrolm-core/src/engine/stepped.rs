@@ -173,11 +173,14 @@ impl SteppedScheduler {
         if pages > self.tables.pool().total() {
             return Err(Error::KvCacheFull { needed: pages, available: self.tables.pool().total() });
         }
-        if sampling.constraint.is_some() {
-            // The caller picks the tokens here; there is no mask to hold them to.
-            return Err(Error::Unsupported(
-                "a sampling `constraint` is not supported by SteppedScheduler; use the Engine".into(),
-            ));
+        // The caller picks the tokens here, from logits it reads itself: a
+        // mask or a bias would never reach them.
+        let shaped =
+            [("constraint", sampling.constraint.is_some()), ("logit_bias", !sampling.logit_bias.is_empty())];
+        if let Some((field, _)) = shaped.iter().find(|(_, set)| *set) {
+            return Err(Error::Unsupported(format!(
+                "a sampling `{field}` is not supported by SteppedScheduler; use the Engine"
+            )));
         }
         let id = self.next_id;
         let seq = Sequence::new(id, GenerationRequest::new(prompt, sampling), None, None)?;

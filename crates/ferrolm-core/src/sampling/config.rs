@@ -2,6 +2,8 @@
 //! defaults, plus stop
 //! conditions and log-probabilities. Validation names the offending field.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::Constraint;
@@ -47,6 +49,10 @@ pub struct SamplingConfig {
     /// Compiled per request against the model's tokenizer; see
     /// [`super::constraint`].
     pub constraint: Option<Constraint>,
+    /// Added to the logits of these token ids before anything else but the
+    /// constraint's mask (OpenAI's `logit_bias`: -100 all but bans a token,
+    /// +100 all but forces it). Each bias is within [-100, 100].
+    pub logit_bias: BTreeMap<u32, f32>,
 }
 
 impl Default for SamplingConfig {
@@ -68,9 +74,13 @@ impl Default for SamplingConfig {
             logprobs: None,
             ignore_eos: false,
             constraint: None,
+            logit_bias: BTreeMap::new(),
         }
     }
 }
+
+/// Largest bias `logit_bias` may add or subtract (OpenAI's bound).
+pub const MAX_LOGIT_BIAS: f32 = 100.0;
 
 /// Most alternatives `logprobs` may ask for.
 pub const MAX_LOGPROBS: usize = 20;
@@ -138,6 +148,11 @@ impl SamplingConfig {
         }
         if matches!(&self.constraint, Some(Constraint::Choice(c)) if c.is_empty()) {
             return bad("constraint", "`choice` needs at least one string".into());
+        }
+        if let Some((t, b)) =
+            self.logit_bias.iter().find(|(_, b)| !(b.is_finite() && b.abs() <= MAX_LOGIT_BIAS))
+        {
+            return bad("logit_bias", format!("token {t}: each bias must be in [-100, 100], got {b}"));
         }
         if self.logprobs.is_some_and(|n| n > MAX_LOGPROBS) {
             return bad("logprobs", format!("at most {MAX_LOGPROBS} alternatives, got {:?}", self.logprobs));

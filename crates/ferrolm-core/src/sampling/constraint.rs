@@ -52,7 +52,7 @@ impl Constraint {
             Constraint::Regex(rx) => TopLevelGrammar::from_regex(rx),
             Constraint::Choice(choices) => {
                 if choices.is_empty() {
-                    return Err(Error::InvalidInput("constraint `choice` needs at least one string".into()));
+                    return Err(Error::config("constraint", "`choice` needs at least one string"));
                 }
                 // Lark string literals take JSON's escapes.
                 let alternatives: Vec<String> =
@@ -179,9 +179,10 @@ impl ConstraintFactory {
 
 /// Compiles `constraint` into a fresh matcher. A constraint that does not
 /// compile (a bad regex, an invalid schema, a grammar over the limits) is
-/// [`Error::InvalidInput`] naming the problem.
+/// [`Error::InvalidConfig`] of the field `constraint`, naming the problem.
 pub fn compile(constraint: &Constraint, factory: &ConstraintFactory) -> Result<ConstraintMatcher> {
-    let invalid = |e: String| Error::InvalidInput(format!("invalid `{}` constraint: {e}", constraint.kind()));
+    let invalid =
+        |e: String| Error::config("constraint", format!("invalid `{}` constraint: {e}", constraint.kind()));
     let parser = factory.factory.create_parser(constraint.grammar()?).map_err(|e| invalid(e.to_string()))?;
     let matcher = Matcher::new(Ok(parser));
     if let Some(e) = matcher.get_error() {

@@ -1,7 +1,7 @@
 //! Applies a [`SamplingConfig`] to one row of logits.
 //!
 //! Order: the constraint's mask (structured output, disallowed tokens to
-//! -inf), penalties over the recent window, then greedy (temperature 0) or
+//! -inf), the logit bias, penalties over the recent window, then greedy (temperature 0) or
 //! top-k -> softmax(logits / temperature) -> top-p -> min-p -> a draw from
 //! the renormalised rest. Each sequence owns its sampler and RNG stream, so
 //! its draws do not depend on what else shares the batch.
@@ -13,7 +13,7 @@ use rand_chacha::ChaCha12Rng;
 
 use super::{ConstraintMatcher, SamplingConfig};
 use crate::backend::RowSampling;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// A chosen token with its log-probability under the model (temperature 1,
 /// before penalties and filters) and, if asked, the top alternatives.
@@ -56,11 +56,13 @@ impl Sampler {
 
     /// Whether this sampler's picks can be made on a device by
     /// [`crate::backend::sample`]: no penalties (they need the history) and
-    /// no top-N log-probabilities, no constraint (its mask is computed here).
+    /// no top-N log-probabilities, no constraint (its mask is computed here)
+    /// and no logit bias.
     pub fn fits_device(&self) -> bool {
         !self.config.has_penalties()
             && self.config.logprobs.is_none_or(|n| n == 0)
             && self.constraint.is_none()
+            && self.config.logit_bias.is_empty()
     }
 
     /// The parameters of the next pick on a device, drawing its random
@@ -89,6 +91,16 @@ impl Sampler {
             matcher.mask(&mut scores)?;
         }
         let c = &self.config;
+        // A bias never lifts a masked (-inf) token.
+        for (&token, &bias) in &c.logit_bias {
+            let score = scores.get_mut(token as usize).ok_or_else(|| {
+                Error::config(
+                    "logit_bias",
+                    format!("token id {token} is outside the {} logits", logits.len()),
+                )
+            })?;
+            *score += bias;
+        }
         if c.has_penalties() {
             apply_penalties(&mut scores, &history[history.len().saturating_sub(c.penalty_window)..], c);
         }
@@ -295,9 +307,37 @@ mod tests {
             (SamplingConfig { reasoning_mode: 2, ..Default::default() }, "reasoning_mode"),
             (SamplingConfig { temperature: f32::NAN, ..Default::default() }, "temperature"),
             (SamplingConfig { logprobs: Some(100), ..Default::default() }, "logprobs"),
+            (SamplingConfig { logit_bias: [(3, 101.0)].into(), ..Default::default() }, "logit_bias"),
+            (SamplingConfig { logit_bias: [(3, f32::NAN)].into(), ..Default::default() }, "logit_bias"),
         ] {
             let err = Sampler::new(c, 0).err().unwrap().to_string();
             assert!(err.contains(field), "{err}");
         }
+    }
+
+    #[test]
+    fn logit_bias_shifts_the_scores_before_every_filter() {
+        let l = logits(&[0.7, 0.2, 0.1]);
+        let biased = |bias: Vec<(u32, f32)>, c: SamplingConfig| SamplingConfig {
+            logit_bias: bias.into_iter().collect(),
+            ..c
+        };
+        // +100 on the least likely token wins greedy and survives top-k 1.
+        assert_eq!(draws(biased(vec![(2, 100.0)], SamplingConfig::greedy(4)), &l, 1), vec![2]);
+        assert!(draws(biased(vec![(2, 100.0)], SamplingConfig { top_k: 1, ..free(5) }), &l, 50)
+            .iter()
+            .all(|&t| t == 2));
+        // -100 on the most likely token bans it in practice.
+        assert!(draws(biased(vec![(0, -100.0)], free(6)), &l, 200).iter().all(|&t| t != 0));
+        // The reported log-probability is the model's own, before the bias.
+        let out = sampler(biased(vec![(2, 100.0)], SamplingConfig::greedy(4))).sample(&l, &[]).unwrap();
+        assert!((out.logprob - 0.1f32.ln()).abs() < 1e-5);
+    }
+
+    #[test]
+    fn logit_bias_on_a_token_beyond_the_row_is_an_error() {
+        let c = SamplingConfig { logit_bias: [(9, 1.0)].into(), ..SamplingConfig::greedy(4) };
+        let err = sampler(c).sample(&[0.0, 1.0], &[]).unwrap_err().to_string();
+        assert!(err.contains("logit_bias") && err.contains("token id 9"), "{err}");
     }
 }
