@@ -72,3 +72,24 @@ def test_bad_constraints_are_value_errors_before_anything_runs(llm, constraint, 
         llm.generate("hi", SamplingConfig(max_tokens=4, constraint=constraint), use_tqdm=False)
     [out] = llm.generate("hi", SamplingConfig(temperature=0.0, max_tokens=2), use_tqdm=False)
     assert len(out.token_ids) == 2, "the engine keeps serving"
+
+
+def test_ignore_eos_stops_at_a_complete_constraint(llm):
+    # Past a complete grammar only end-of-sequence may follow: ignore_eos
+    # must not turn that into max_tokens of end-of-sequence tokens.
+    config = sampled(3, {"choice": ["yes", "no"]}, max_tokens=20)
+    config.ignore_eos = True
+    [out] = llm.generate(["Answer:"], config, use_tqdm=False)
+    assert out.text in ("yes", "no") and out.finish_reason == "stop"
+
+
+def test_inference_session_turns_follow_their_constraint(chat_model):
+    from ferrolm import InferenceSession
+
+    with InferenceSession(chat_model, max_seq_len=512) as session:
+        config = sampled(4, {"json_schema": SCHEMA}, max_tokens=40)
+        doc = json.loads(session.generate("Describe someone.", config))
+        assert set(doc) == {"name", "age"}
+        # The answer stays in the history as text, and the next turn has its own constraint.
+        assert json.loads(session.history[-1]["content"]) == doc
+        assert session.generate("Yes or no?", sampled(5, {"choice": ["yes", "no"]})) in ("yes", "no")

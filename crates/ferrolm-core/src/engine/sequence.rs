@@ -129,9 +129,10 @@ impl Sequence {
     /// and says whether the request is over.
     pub fn accept(&mut self, sampled: Sampled, eos: &[u32], max_seq_len: usize) -> Result<Drawn> {
         let config = self.sampler.config();
-        if (!config.ignore_eos && eos.contains(&sampled.token))
-            || config.stop_token_ids.contains(&sampled.token)
-        {
+        // `ignore_eos` runs on past end-of-sequence, but not past a complete
+        // constraint: nothing else could follow.
+        let ends = !config.ignore_eos || self.sampler.constraint_finished();
+        if (ends && eos.contains(&sampled.token)) || config.stop_token_ids.contains(&sampled.token) {
             return Ok(Drawn::Finished(FinishReason::Stop));
         }
         self.tokens.push(sampled.token);

@@ -48,6 +48,11 @@ impl Sampler {
         self.constraint = Some(matcher);
     }
 
+    /// Whether the constraint is complete, so that only end-of-sequence may follow.
+    pub fn constraint_finished(&self) -> bool {
+        self.constraint.as_ref().is_some_and(ConstraintMatcher::is_finished)
+    }
+
     /// Whether [`Sampler::sample`] is a plain argmax: greedy, no penalties,
     /// no top-N log-probabilities (so it can run where the logits are).
     pub fn is_plain_greedy(&self) -> bool {
