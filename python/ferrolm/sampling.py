@@ -37,7 +37,8 @@ class SamplingConfig:
             ``stop`` and ``stop_token_ids`` still apply.
         constraint: structured output, what the text must match (None: anything), one of
             ``{"json_schema": {...}}``, ``{"regex": "[0-9]+"}``, ``{"choice": ["yes", "no"]}``,
-            ``{"grammar": "start: ..."}`` (llguidance's Lark syntax); compiled when the
+            ``{"grammar": "start: ..."}`` (llguidance's Lark syntax),
+            ``{"gbnf": "root ::= ..."}`` (llama.cpp's GBNF); compiled when the
             request is submitted (a bad one raises ``ValueError``). Every pick is masked to
             the tokens it allows, before penalties, top-k/top-p/min-p and temperature.
         logit_bias: token id -> bias in [-100, 100] added to its logit after the constraint's

@@ -1,7 +1,8 @@
-//! Structured output: a [`Constraint`] (JSON schema, regex, fixed choices or
-//! a Lark grammar) compiled by llguidance into a [`ConstraintMatcher`] that,
-//! at every step, masks a logits row down to the tokens the grammar allows
-//! (the others become -inf) and then follows the token that was picked.
+//! Structured output: a [`Constraint`] (JSON schema, regex, fixed choices, a
+//! Lark grammar or a llama.cpp GBNF grammar) compiled by llguidance into a
+//! [`ConstraintMatcher`] that, at every step, masks a logits row down to the
+//! tokens the grammar allows (the others become -inf) and then follows the
+//! token that was picked.
 //!
 //! Per model there is one [`ConstraintFactory`]: a byte trie over the
 //! tokenizer's vocabulary, padded to the logits' width, and llguidance's
@@ -20,12 +21,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use toktrie::{TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
 
+use super::gbnf::gbnf_to_lark;
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
 
 /// What the generated text must match. Reads and writes as JSON with one key:
 /// `{"json_schema": {...}}`, `{"regex": "..."}`, `{"choice": ["a", "b"]}`,
-/// `{"grammar": "start: ..."}`.
+/// `{"grammar": "start: ..."}`, `{"gbnf": "root ::= ..."}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Constraint {
@@ -38,6 +40,9 @@ pub enum Constraint {
     Choice(Vec<String>),
     /// A context-free grammar in llguidance's Lark syntax (`start: ...`).
     Grammar(String),
+    /// A grammar in llama.cpp's GBNF (`root ::= ...`), translated to Lark
+    /// by [`gbnf_to_lark`].
+    Gbnf(String),
 }
 
 impl Constraint {
@@ -60,6 +65,10 @@ impl Constraint {
                 TopLevelGrammar::from_lark(format!("start: {}", alternatives.join(" | ")))
             }
             Constraint::Grammar(lark) => TopLevelGrammar::from_lark(lark.clone()),
+            Constraint::Gbnf(gbnf) => TopLevelGrammar::from_lark(
+                gbnf_to_lark(gbnf)
+                    .map_err(|e| Error::InvalidInput(format!("invalid `{}` constraint: {e}", self.kind())))?,
+            ),
         })
     }
 
@@ -69,6 +78,7 @@ impl Constraint {
             Constraint::Regex(_) => "regex",
             Constraint::Choice(_) => "choice",
             Constraint::Grammar(_) => "grammar",
+            Constraint::Gbnf(_) => "gbnf",
         }
     }
 }
@@ -240,6 +250,15 @@ impl ConstraintMatcher {
     /// Whether the output is complete (only end-of-sequence may follow).
     pub fn is_finished(&self) -> bool {
         self.matcher.is_stopped()
+    }
+
+    /// Whether the output so far is a whole text of the grammar, that is,
+    /// whether an end-of-sequence token would be allowed now (it may also
+    /// go on, unlike [`is_finished`](Self::is_finished)).
+    pub fn accepts_eos(&mut self) -> Result<bool> {
+        // A matcher in error is "stopped" too: ask it first, so errors surface.
+        let accepting = self.matcher.is_accepting().map_err(|e| self.failed(e))?;
+        Ok(accepting || self.matcher.is_stopped())
     }
 
     fn failed(&self, e: impl std::fmt::Display) -> Error {

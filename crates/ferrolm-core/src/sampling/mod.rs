@@ -5,6 +5,7 @@
 
 mod config;
 pub mod constraint;
+pub mod gbnf;
 mod sampler;
 
 pub use self::config::SamplingConfig;
