@@ -330,13 +330,16 @@ fn special_tokens_by_id_and_by_name() {
     }
     // An unknown special token is refused when compiled, naming it.
     match factory.compile(&Constraint::Gbnf("root ::= <|no_such_token|>".into())) {
-        Err(Error::InvalidInput(msg)) => assert!(msg.contains("no_such_token"), "{msg}"),
-        other => panic!("expected InvalidInput, got {other:?}"),
+        Err(Error::InvalidConfig { field, reason }) => {
+            assert_eq!(field, "constraint");
+            assert!(reason.contains("no_such_token"), "{reason}");
+        }
+        other => panic!("expected InvalidConfig, got {other:?}"),
     }
 }
 
 #[test]
-fn bad_gbnf_is_invalid_input_naming_the_problem() {
+fn bad_gbnf_is_a_config_error_naming_the_problem() {
     let tok = smollm2();
     let factory = ConstraintFactory::new(&tok, VOCAB).unwrap();
     for (src, msg) in [
@@ -348,11 +351,12 @@ fn bad_gbnf_is_invalid_input_naming_the_problem() {
         ("root ::= !<think>", "only tokens given by id can be negated"),
     ] {
         match factory.compile(&Constraint::Gbnf(src.into())) {
-            Err(Error::InvalidInput(got)) => {
-                assert!(got.starts_with("invalid `gbnf` constraint: "), "{got}");
-                assert!(got.contains(msg), "{src:?}: {got:?} lacks {msg:?}");
+            Err(Error::InvalidConfig { field, reason }) => {
+                assert_eq!(field, "constraint");
+                assert!(reason.starts_with("invalid `gbnf` constraint: "), "{reason}");
+                assert!(reason.contains(msg), "{src:?}: {reason:?} lacks {msg:?}");
             }
-            other => panic!("{src:?}: expected InvalidInput, got {other:?}"),
+            other => panic!("{src:?}: expected InvalidConfig, got {other:?}"),
         }
     }
 }

@@ -65,10 +65,13 @@ impl Constraint {
                 TopLevelGrammar::from_lark(format!("start: {}", alternatives.join(" | ")))
             }
             Constraint::Grammar(lark) => TopLevelGrammar::from_lark(lark.clone()),
-            Constraint::Gbnf(gbnf) => TopLevelGrammar::from_lark(
-                gbnf_to_lark(gbnf)
-                    .map_err(|e| Error::InvalidInput(format!("invalid `{}` constraint: {e}", self.kind())))?,
-            ),
+            Constraint::Gbnf(gbnf) => TopLevelGrammar::from_lark(gbnf_to_lark(gbnf).map_err(|e| {
+                let why = match e {
+                    Error::InvalidInput(why) => why,
+                    other => other.to_string(),
+                };
+                Error::config("constraint", format!("invalid `gbnf` constraint: {why}"))
+            })?),
         })
     }
 
