@@ -36,6 +36,7 @@ LAYERS = [
     ["kv"],  # pages, block tables, prefix cache
     ["model"],  # the decoder over a backend and a KV cache; loading a checkpoint
     ["sampling"],
+    ["tools"],  # OpenAI tool calling: formats, prompts, forcing grammars, reply parsers
     ["engine"],
     ["generate", "session", "eval", "inference_config", "fuzzing"],  # fuzzing: the fuzz targets' bodies
     ["lib"],

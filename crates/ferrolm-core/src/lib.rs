@@ -36,6 +36,7 @@ pub mod sampling;
 pub mod session;
 mod stop;
 pub mod tokenizer;
+pub mod tools;
 pub mod weights;
 
 pub use backend::Device;

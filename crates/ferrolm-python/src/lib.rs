@@ -18,6 +18,7 @@ mod scheduler;
 mod session;
 mod tokenizer;
 mod tokens;
+mod tools;
 mod values;
 
 use pyo3::prelude::*;
@@ -52,6 +53,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<session::Session>()?;
     m.add_class::<scheduler::SteppedScheduler>()?;
     tokenizer::register(m)?;
+    tools::register(m)?;
     Ok(())
 }
 
