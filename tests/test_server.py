@@ -417,9 +417,9 @@ def test_bad_input_is_an_openai_error_and_the_server_keeps_serving(server, path,
 
 
 UNIMPLEMENTED = [
-    ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ("/v1/chat/completions", {"tool_choice": "required"}, "tool_choice"),
     ("/v1/chat/completions", {"functions": [{"name": "f"}]}, "functions"),
+    ("/v1/chat/completions", {"function_call": "auto"}, "function_call"),
+    ("/v1/chat/completions", {"response_format": {"type": "grammar"}}, "response_format"),
     ("/v1/completions", {"echo": True}, "echo"),
     ("/v1/completions", {"suffix": "tail"}, "suffix"),
 ]

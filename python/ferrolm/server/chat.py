@@ -29,6 +29,7 @@ from ferrolm.server.runner import RequestGroup, wait_or_abort
 from ferrolm.server.sse import DONE, EventStream, event
 from ferrolm.server.state import ServerState, get_state, now
 from ferrolm.server.structured import constraint_of
+from ferrolm.server.tools import Tools, tools_of
 
 router = APIRouter()
 
@@ -46,30 +47,52 @@ async def create_chat_completion(req: ChatCompletionRequest, request: Request):
     check_logprobs(req.top_logprobs, "top_logprobs")
     if req.top_logprobs is not None and not req.logprobs:
         raise APIError("top_logprobs needs logprobs: true", param="top_logprobs")
+    tools = tools_of(req, state.tokenizer.chat_template)
     # Rendering and tokenizing take a while for a long chat: off the event loop.
-    prompt = await run_in_threadpool(_render, state, req.messages, req.chat_template_kwargs or {})
+    prompt = await run_in_threadpool(_render, state, req.messages, req.chat_template_kwargs or {}, tools)
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     if max_tokens is None:
         # OpenAI's chat default: until the model stops or the context is full.
         max_tokens = state.sampling_defaults.get("max_tokens", max(state.engine.max_seq_len - len(prompt), 1))
-    field, constraint = constraint_of(req) or (None, None)
+    field, constraint = _constraint(req, tools)
     config = sampling_config(req, max_tokens, (req.top_logprobs or 0) if req.logprobs else None,
                              state.sampling_defaults, constraint)
     request_id, group = state.start("chatcmpl", [prompt], config, req.n, started, {"constraint": field})
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        body = _stream(state, group, request_id, req.logprobs, include_usage)
+        body = _stream(state, group, request_id, req.logprobs, include_usage, tools)
         return EventStream(body, on_close=group.close)
     results = await wait_or_abort(group, request.receive)
-    choices = [
-        ChatChoice(index=k, message=AssistantMessage(content=r.text), finish_reason=r.finish_reason,
-                   logprobs=ChatLogprobs(content=_logprobs(state, r, 0)) if req.logprobs else None)
-        for k, r in enumerate(results)
-    ]
+    choices = []
+    for k, r in enumerate(results):
+        content, calls = tools.parse(r.text) if tools is not None and tools.parses else (r.text, [])
+        choices.append(ChatChoice(index=k, message=AssistantMessage(content=content, tool_calls=calls or None),
+                                  finish_reason=_finish_reason(r.finish_reason, bool(calls)),
+                                  logprobs=ChatLogprobs(content=_logprobs(state, r, 0)) if req.logprobs else None))
     return ChatCompletionResponse(id=request_id, model=state.model_name, choices=choices, usage=usage_of(group))
 
 
-def _render(state: ServerState, messages: list[ChatMessage], template_args: dict[str, Any]) -> list[int]:
+def _constraint(req: ChatCompletionRequest, tools: Tools | None) -> tuple[str | None, dict[str, Any] | None]:
+    """The request field that constrains the output and its constraint: a
+    forced tool call's grammar, or structured output, never both."""
+    field, constraint = constraint_of(req) or (None, None)
+    if tools is None or not tools.parses:
+        return field, constraint
+    if constraint is not None:
+        # The constraint would leave no room for a call (or a call none for the format).
+        raise APIError(f"`{field}` cannot be combined with tools: a constrained answer could not call them; "
+                       'send tool_choice "none" to answer in that format without tools', param=field)
+    forced = tools.constraint()
+    return ("tool_choice", forced) if forced is not None else (None, None)
+
+
+def _finish_reason(reason: str | None, called: bool) -> str | None:
+    # OpenAI says "tool_calls" when the model stopped to call tools; a cut answer stays "length".
+    return "tool_calls" if called and reason == "stop" else reason
+
+
+def _render(state: ServerState, messages: list[ChatMessage], template_args: dict[str, Any],
+            tools: Tools | None) -> list[int]:
     """The conversation as prompt token ids, through the model's chat template."""
     if state.tokenizer.chat_template is None:
         raise APIError(f"the model `{state.model_name}` has no chat template; use /v1/completions",
@@ -86,7 +109,11 @@ def _render(state: ServerState, messages: list[ChatMessage], template_args: dict
         plain.append(d)
     # chat_template_kwargs reach the template as vLLM passes them: they may set
     # add_generation_prompt, but the request's own messages always win.
+    if tools is not None:
+        plain = tools.prepare(plain)
     args = {k: v for k, v in template_args.items() if k != "messages"}
+    if tools is not None:
+        args.update(tools.template_kwargs())
     add_generation_prompt = args.pop("add_generation_prompt", True)
     if not isinstance(add_generation_prompt, bool):
         raise APIError("chat_template_kwargs.add_generation_prompt must be true or false",
@@ -125,26 +152,36 @@ def _logprobs(state: ServerState, result: RequestOutput, start: int, end: int | 
 
 
 async def _stream(state: ServerState, group: RequestGroup, request_id: str, logprobs: bool,
-                  include_usage: bool) -> AsyncIterator[str]:
+                  include_usage: bool, tools: Tools | None) -> AsyncIterator[str]:
     def chunk(k: int, delta: DeltaMessage, finish_reason: str | None = None,
               lp: list[TokenLogprob] | None = None) -> str:
         choice = ChatChunkChoice(index=k, delta=delta, finish_reason=finish_reason,
                                  logprobs=ChatLogprobs(content=lp) if lp is not None else None)
         return event(ChatCompletionChunk(id=request_id, model=state.model_name, choices=[choice]))
 
+    # Per choice, the text split into content and tool calls as it arrives.
+    streams = [tools.stream() if tools is not None and tools.parses else None for _ in group.results]
     try:
         # OpenAI opens every choice with the assistant role and empty content.
         for k in range(len(group.results)):
             yield chunk(k, DeltaMessage(role="assistant", content=""))
         async for k, out in group.events():
+            text, calls = streams[k].push(out.text) if streams[k] else (out.text, [])
+            if out.kind != "token" and streams[k]:
+                rest, more = streams[k].finish()
+                text, calls = text + rest, calls + more
+            for call in calls:
+                yield chunk(k, DeltaMessage(tool_calls=[call]))
             if out.kind == "token":
-                if out.text or logprobs:
+                if text or logprobs:
                     r = group.results[k]
                     n = len(r.token_ids)
                     lp = _logprobs(state, r, n - 1, n) if logprobs else None
-                    yield chunk(k, DeltaMessage(content=out.text), lp=lp)
+                    yield chunk(k, DeltaMessage(content=text), lp=lp)
             else:
-                yield chunk(k, DeltaMessage(content=out.text or None), finish_reason=out.finish_reason)
+                called = streams[k] is not None and streams[k].calls > 0
+                yield chunk(k, DeltaMessage(content=text or None),
+                            finish_reason=_finish_reason(out.finish_reason, called))
         if include_usage:
             yield event(ChatCompletionChunk(id=request_id, model=state.model_name, choices=[], usage=usage_of(group)))
     except APIError as e:

@@ -25,29 +25,8 @@ OPENAI_DEFAULTS: dict[str, Any] = {"temperature": 1.0, "top_p": 1.0, "top_k": 0,
                                    "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
 
 
-# Fields that would change the output, which the engine does not do yet,
-# and what each asks for: a request that sets one is refused rather than
-# answered without it.
-UNSUPPORTED = {
-    **dict.fromkeys(("tools", "tool_choice", "functions", "function_call"), "tool calling"),
-}
-
-
-def check_unsupported(req: SamplingFields) -> None:
-    """A 400 naming the first field set that the engine cannot honour. Empty
-    values and the ones that ask for nothing (``tool_choice`` ``none``) pass."""
-    for name, feature in UNSUPPORTED.items():
-        value = getattr(req, name, None)
-        asks_nothing = {"tool_choice": "none", "function_call": "none"}
-        if value in (None, [], {}) or (name in asks_nothing and value == asks_nothing[name]):
-            continue
-        raise APIError(f"`{name}` is not supported: this server does not implement {feature} yet, "
-                       "and answering without it would ignore what the request asks for", param=name)
-
-
 def check_common(req: SamplingFields) -> None:
     """Rejects what the engine does not do, before any work starts."""
-    check_unsupported(req)
     if req.n < 1:
         raise APIError(f"n must be at least 1, got {req.n}", param="n")
     if req.max_tokens is not None and req.max_tokens < 0:

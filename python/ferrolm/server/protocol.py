@@ -4,9 +4,8 @@
 evaluate these annotations at run time, and the package supports Python 3.9.
 Unknown request fields are ignored, as vLLM and most OpenAI-compatible
 servers do, so clients that send newer parameters keep working; the fields
-that would constrain or change the output and are not implemented are
-declared here so that ``params.check_unsupported`` refuses them (a 400
-naming the field) instead of answering without them.
+that would change the output are all declared here, so that those not
+implemented are refused (a 400 naming the field) instead of answered without.
 """
 
 import time
@@ -42,8 +41,8 @@ class SamplingFields(BaseModel):
     min_p: Optional[float] = None
     repetition_penalty: Optional[float] = None
     stop_token_ids: Optional[list[int]] = None
-    # Not implemented, refused when set (params.check_unsupported): OpenAI's
-    # response_format, vLLM's structured_outputs and guided_*, llama.cpp's json_schema and grammar.
+    # Structured output (server/structured.py): OpenAI's response_format,
+    # vLLM's structured_outputs and guided_*, llama.cpp's json_schema and grammar.
     response_format: Optional[Any] = None
     structured_outputs: Optional[Any] = None
     guided_json: Optional[Any] = None
@@ -76,9 +75,10 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: Optional[int] = None
     # Extra chat-template variables, e.g. {"enable_thinking": false} for Qwen3.
     chat_template_kwargs: Optional[dict[str, Any]] = None
-    # Tool calling is not implemented: refused when set (params.check_unsupported).
+    # Tool calling (server/tools.py); OpenAI's deprecated functions/function_call are refused.
     tools: Optional[Any] = None
     tool_choice: Optional[Any] = None
+    parallel_tool_calls: Optional[bool] = None
     functions: Optional[Any] = None
     function_call: Optional[Any] = None
 
@@ -151,9 +151,25 @@ class ChatLogprobs(BaseModel):
     content: Optional[list[TokenLogprob]] = None
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # a JSON object, as text
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ToolCallDelta(ToolCall):
+    index: int
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: Optional[str] = None
+    tool_calls: Optional[list[ToolCall]] = None
 
 
 class ChatChoice(BaseModel):
@@ -175,6 +191,7 @@ class ChatCompletionResponse(BaseModel):
 class DeltaMessage(BaseModel):
     role: Optional[str] = None
     content: Optional[str] = None
+    tool_calls: Optional[list[ToolCallDelta]] = None
 
 
 class ChatChunkChoice(BaseModel):

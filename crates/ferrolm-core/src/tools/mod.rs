@@ -119,13 +119,19 @@ impl ToolCalling {
     }
 
     /// The extra template variables: `{"tools": [...]}` (OpenAI's shape) for
-    /// templates that render tools themselves, `{}` otherwise.
+    /// templates that render tools themselves, `{}` otherwise; and, when a
+    /// call is forced, `enable_thinking: false` (Qwen3's switch): the
+    /// grammar starts the reply with the call, so the prompt must not open
+    /// a thinking block.
     pub fn template_kwargs(&self) -> Json {
+        let mut kwargs = json!({});
         if self.offered() && self.format != ToolFormat::Generic {
-            json!({"tools": self.tools.iter().map(Tool::to_openai).collect::<Vec<_>>()})
-        } else {
-            json!({})
+            kwargs["tools"] = json!(self.tools.iter().map(Tool::to_openai).collect::<Vec<_>>());
         }
+        if matches!(self.choice, ToolChoice::Required | ToolChoice::Named(_)) {
+            kwargs["enable_thinking"] = json!(false);
+        }
+        kwargs
     }
 
     /// The grammar forcing calls for `required` and a named tool; `None`
