@@ -7,6 +7,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+import httpx
+import openai
 import uvicorn
 
 
@@ -47,3 +49,13 @@ def sse_events(lines) -> Iterator[str]:
     for line in lines:
         if line.startswith("data: "):
             yield line[len("data: "):]
+
+
+class Served:
+    """A running server: its engine, the official ``openai`` client and ``httpx``."""
+
+    def __init__(self, url: str, engine) -> None:
+        self.url = url
+        self.engine = engine
+        self.client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+        self.http = httpx.Client(base_url=url, timeout=60)

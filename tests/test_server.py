@@ -14,21 +14,13 @@ import threading
 import httpx
 import openai
 import pytest
-from server_helpers import engine_idle, running_server, sse_events, wait_for
+from server_helpers import Served, engine_idle, running_server, sse_events, wait_for
 
 from ferrolm import AsyncEngine, SamplingConfig
 from ferrolm.server import create_app
 
 MODEL = "tiny-chat"
 MAX_SEQ_LEN = 1024
-
-
-class Served:
-    def __init__(self, url: str, engine: AsyncEngine) -> None:
-        self.url = url
-        self.engine = engine
-        self.client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
-        self.http = httpx.Client(base_url=url, timeout=60)
 
 
 @pytest.fixture(scope="module")

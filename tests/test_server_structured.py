@@ -11,11 +11,10 @@ import json
 import os
 import re
 
-import httpx
 import jsonschema
 import openai
 import pytest
-from server_helpers import engine_idle, running_server, sse_events
+from server_helpers import Served, engine_idle, running_server, sse_events
 
 from ferrolm import AsyncEngine, hub
 from ferrolm.server import create_app
@@ -27,14 +26,6 @@ PERSON = {"type": "object", "additionalProperties": False, "required": ["name", 
                          "age": {"type": "integer", "minimum": 0, "maximum": 120},
                          "tags": {"type": "array", "maxItems": 3, "items": {"enum": ["a", "b", "c"]}}}}
 SAMPLED = {"temperature": 1.0, "max_tokens": 80}
-
-
-class Served:
-    def __init__(self, url: str, engine: AsyncEngine) -> None:
-        self.url = url
-        self.engine = engine
-        self.client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
-        self.http = httpx.Client(base_url=url, timeout=60)
 
 
 @pytest.fixture(scope="module")

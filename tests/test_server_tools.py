@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 import shutil
 
-import httpx
 import jsonschema
-import openai
 import pytest
-from server_helpers import engine_idle, running_server, sse_events
+from server_helpers import Served, engine_idle, running_server, sse_events
 
 from conftest import TOKENIZERS
 from ferrolm import AsyncEngine
@@ -37,16 +35,10 @@ SAMPLED = {"temperature": 1.0, "max_tokens": 120}
 FAMILIES = {"hermes": "qwen3", "llama3": "llama-3.1", "generic": None}
 
 
-class Served:
-    def __init__(self, url: str, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self.client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
-        self.http = httpx.Client(base_url=url, timeout=60)
-
-    def chat(self, **fields) -> dict:
-        sent = self.http.post("/v1/chat/completions", json={"messages": ASK, **SAMPLED, **fields})
-        assert sent.status_code == 200, sent.text
-        return sent.json()
+def chat(server: Served, **fields) -> dict:
+    sent = server.http.post("/v1/chat/completions", json={"messages": ASK, **SAMPLED, **fields})
+    assert sent.status_code == 200, sent.text
+    return sent.json()
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
@@ -83,7 +75,7 @@ def test_the_format_is_detected_from_the_template(server):
 
 
 def test_required_gives_a_valid_call_to_some_tool(server):
-    out = server.chat(n=6, seed=1, tools=TOOLS, tool_choice="required", parallel_tool_calls=False)
+    out = chat(server, n=6, seed=1, tools=TOOLS, tool_choice="required", parallel_tool_calls=False)
     for choice in out["choices"]:
         assert choice["finish_reason"] == "tool_calls", choice
         assert len(valid_calls(choice["message"], set(SCHEMAS))) == 1
@@ -91,7 +83,7 @@ def test_required_gives_a_valid_call_to_some_tool(server):
 
 def test_a_named_function_is_the_one_called(server):
     named = {"type": "function", "function": {"name": "add"}}
-    out = server.chat(n=6, seed=2, tools=TOOLS, tool_choice=named)
+    out = chat(server, n=6, seed=2, tools=TOOLS, tool_choice=named)
     for choice in out["choices"]:
         assert choice["finish_reason"] == "tool_calls", choice
         assert {c["function"]["name"] for c in valid_calls(choice["message"], {"add"})} == {"add"}
@@ -103,8 +95,8 @@ def test_parallel_calls_only_when_allowed(server):
     [newline] = server.engine.tokenizer.encode("\n", add_special_tokens=False)
     fields = {"n": 4, "seed": 3, "tools": TOOLS, "tool_choice": "required", "max_tokens": 200,
               "logit_bias": {str(newline): 100}}
-    many = [valid_calls(c["message"], set(SCHEMAS)) for c in server.chat(**fields)["choices"]]
-    one = server.chat(**fields, parallel_tool_calls=False)["choices"]
+    many = [valid_calls(c["message"], set(SCHEMAS)) for c in chat(server, **fields)["choices"]]
+    one = chat(server, **fields, parallel_tool_calls=False)["choices"]
     assert all(c["finish_reason"] == "tool_calls" for c in one)
     assert [len(valid_calls(c["message"], set(SCHEMAS))) for c in one] == [1] * 4
     if server.family == "llama3":
@@ -115,7 +107,7 @@ def test_parallel_calls_only_when_allowed(server):
 
 def test_streamed_tool_call_deltas_add_up_to_the_whole_answer(server):
     fields = {"n": 3, "seed": 4, "tools": TOOLS, "tool_choice": "required"}
-    whole = server.chat(**fields)["choices"]
+    whole = chat(server, **fields)["choices"]
     with server.http.stream("POST", "/v1/chat/completions",
                             json={"messages": ASK, **SAMPLED, **fields, "stream": True}) as r:
         assert r.status_code == 200
@@ -143,7 +135,7 @@ def test_streamed_tool_call_deltas_add_up_to_the_whole_answer(server):
 
 
 def test_auto_round_trips_a_call_and_its_result_through_the_history(server):
-    first = server.chat(seed=5, tools=TOOLS, tool_choice="required")["choices"][0]["message"]
+    first = chat(server, seed=5, tools=TOOLS, tool_choice="required")["choices"][0]["message"]
     [call] = valid_calls(first, set(SCHEMAS))[:1]
     history = [*ASK, {"role": "assistant", "content": None, "tool_calls": [call]},
                {"role": "tool", "tool_call_id": call["id"], "content": "18 degrees and sunny"}]
@@ -184,5 +176,5 @@ def test_bad_tool_requests_are_400s_with_the_reason(server, fields, param, reaso
     assert sent.status_code == 400, sent.text
     err = sent.json()["error"]
     assert err["param"] == param and reason in err["message"], err
-    assert server.chat(max_tokens=2)["usage"]["completion_tokens"] <= 2
+    assert chat(server, max_tokens=2)["usage"]["completion_tokens"] <= 2
     assert engine_idle(server.engine)
