@@ -93,3 +93,13 @@ def test_inference_session_turns_follow_their_constraint(chat_model):
         # The answer stays in the history as text, and the next turn has its own constraint.
         assert json.loads(session.history[-1]["content"]) == doc
         assert session.generate("Yes or no?", sampled(5, {"choice": ["yes", "no"]})) in ("yes", "no")
+
+
+def test_a_schema_nested_past_the_bound_is_a_value_error_not_a_crash(llm):
+    # Compiling recurses as deep as the schema nests: thousands of levels
+    # would overflow the stack (a crash), so they are refused up front.
+    schema = {"type": "integer"}
+    for _ in range(100_000):
+        schema = {"type": "array", "items": schema}
+    with pytest.raises(ValueError, match="nested deeper than 128 levels"):
+        llm.generate(["x"], sampled(1, {"json_schema": schema}), use_tqdm=False)

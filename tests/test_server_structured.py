@@ -158,6 +158,22 @@ BAD = [
 ]
 
 
+def test_a_schema_nested_thousands_deep_is_a_400(server):
+    # Sent as text: json.dumps itself recurses as deep as it nests.
+    for levels, reason in ((200, "nested deeper than 128 levels"), (5000, "error parsing the body")):
+        schema = '{"type": "array", "items": ' * levels + '{"type": "integer"}' + "}" * levels
+        body = '{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "guided_json": ' + schema + "}"
+        sent = server.http.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+        assert sent.status_code == 400 and reason in sent.json()["error"]["message"], sent.text
+        if levels == 200:
+            assert sent.json()["error"]["param"] == "guided_json"
+        # The schema as JSON text inside the body (vLLM accepts that too).
+        sent = server.http.post("/v1/chat/completions", json={"messages": CHAT, "max_tokens": 4,
+                                                              "structured_outputs": {"json": schema}})
+        assert sent.status_code == 400 and "nested" in sent.json()["error"]["message"], sent.text
+    assert engine_idle(server.engine)
+
+
 @pytest.mark.parametrize(("fields", "param", "reason"), BAD, ids=[f"{p}-{r}" for _, p, r in BAD])
 def test_bad_constraints_are_400s_with_the_reason(server, fields, param, reason):
     sent = server.http.post("/v1/chat/completions", json={"messages": CHAT, "max_tokens": 4, **fields})

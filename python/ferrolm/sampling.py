@@ -10,6 +10,8 @@ from typing import Any
 from ferrolm import _core
 from ferrolm._validate import config_error, config_number
 
+MAX_SCHEMA_DEPTH = 128  # the core's bound on a JSON schema's nesting
+MAX_CONSTRAINT_NESTING = MAX_SCHEMA_DEPTH + 1  # the constraint's dict holds the schema
 _FLOATS = ("temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty")
 _INTS = ("top_k", "penalty_window", "max_tokens", "reasoning_mode")
 
@@ -84,6 +86,9 @@ class SamplingConfig:
         self.stop_token_ids = [config_number(t, "stop_token_ids", int, minimum=0) for t in self.stop_token_ids]
         if self.constraint is not None and not isinstance(self.constraint, dict):
             raise config_error("constraint", "expected a dict such as {'regex': '[0-9]+'} or None")
+        if _nesting(self.constraint) > MAX_CONSTRAINT_NESTING:
+            # Checked here too: copying the config (to_dict) recurses as deep as it nests.
+            raise config_error("constraint", f"the JSON schema is nested deeper than {MAX_SCHEMA_DEPTH} levels")
         self.logit_bias = _logit_bias(self.logit_bias)
         if not isinstance(self.ignore_eos, bool):
             raise config_error("ignore_eos", f"expected True or False, got {self.ignore_eos!r}")
@@ -105,3 +110,15 @@ def _logit_bias(bias: Any) -> dict[int, float]:
         token = int(key) if isinstance(key, str) and key.isdecimal() else key
         out[config_number(token, "logit_bias", int, minimum=0)] = config_number(value, "logit_bias", float)
     return out
+
+
+def _nesting(value: Any) -> int:
+    """How deeply ``value`` nests dicts and lists, counted without recursion
+    (and no further than a level past the bound)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack and deepest <= MAX_CONSTRAINT_NESTING:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, depth + 1)
+            stack.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest

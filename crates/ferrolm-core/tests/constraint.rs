@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use ferrolm_core::sampling::constraint::MAX_SCHEMA_DEPTH;
 use ferrolm_core::sampling::{Constraint, ConstraintFactory, Sampler, SamplingConfig};
 use ferrolm_core::{Error, Tokenizer};
 use rand::{Rng, SeedableRng};
@@ -166,5 +167,25 @@ fn sampling_config_reads_constraints_as_json() {
     assert_eq!(back, c);
     for bad in [r#"{"constraint": {"regexp": "a"}}"#, r#"{"constraint": {"choice": []}}"#] {
         assert!(SamplingConfig::from_json(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn schemas_nested_past_the_bound_are_refused_before_compiling() {
+    // llguidance compiles schemas by recursion: two thousand levels would
+    // overflow the stack, so nesting is bounded first.
+    let nested = |levels: usize| {
+        (0..levels).fold(json!({"type": "integer"}), |inner, _| json!({"type": "array", "items": inner}))
+    };
+    let tok = smollm2();
+    let factory = ConstraintFactory::new(&tok, VOCAB).unwrap();
+    let ok = Constraint::JsonSchema(nested(MAX_SCHEMA_DEPTH - 1));
+    assert!(factory.compile(&ok).is_ok());
+    for levels in [MAX_SCHEMA_DEPTH, 1000] {
+        let deep = Constraint::JsonSchema(nested(levels));
+        let err = factory.compile(&deep).unwrap_err().to_string();
+        assert!(err.contains("nested deeper than 128 levels"), "{err}");
+        let config = SamplingConfig { constraint: Some(deep), ..SamplingConfig::greedy(4) };
+        assert!(config.validate().unwrap_err().to_string().contains("nested deeper"));
     }
 }

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from ferrolm.engine import RequestOutput
 from ferrolm.server.completions import usage_of
 from ferrolm.server.errors import APIError
-from ferrolm.server.params import check_common, check_logprobs, sampling_config
+from ferrolm.server.params import check_common, check_logprobs, request_fields, sampling_config
 from ferrolm.server.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -54,10 +54,10 @@ async def create_chat_completion(req: ChatCompletionRequest, request: Request):
     if max_tokens is None:
         # OpenAI's chat default: until the model stops or the context is full.
         max_tokens = state.sampling_defaults.get("max_tokens", max(state.engine.max_seq_len - len(prompt), 1))
-    field, constraint = _constraint(req, tools)
+    constraint = _constraint(req, tools)
     config = sampling_config(req, max_tokens, (req.top_logprobs or 0) if req.logprobs else None,
                              state.sampling_defaults, constraint)
-    request_id, group = state.start("chatcmpl", [prompt], config, req.n, started, {"constraint": field})
+    request_id, group = state.start("chatcmpl", [prompt], config, req.n, started, request_fields(constraint))
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         body = _stream(state, group, request_id, req.logprobs, include_usage, tools)
@@ -72,18 +72,18 @@ async def create_chat_completion(req: ChatCompletionRequest, request: Request):
     return ChatCompletionResponse(id=request_id, model=state.model_name, choices=choices, usage=usage_of(group))
 
 
-def _constraint(req: ChatCompletionRequest, tools: Tools | None) -> tuple[str | None, dict[str, Any] | None]:
+def _constraint(req: ChatCompletionRequest, tools: Tools | None) -> tuple[str, dict[str, Any]] | None:
     """The request field that constrains the output and its constraint: a
     forced tool call's grammar, or structured output, never both."""
-    field, constraint = constraint_of(req) or (None, None)
+    constraint = constraint_of(req)
     if tools is None or not tools.parses:
-        return field, constraint
+        return constraint
     if constraint is not None:
         # The constraint would leave no room for a call (or a call none for the format).
-        raise APIError(f"`{field}` cannot be combined with tools: a constrained answer could not call them; "
-                       'send tool_choice "none" to answer in that format without tools', param=field)
+        raise APIError(f"`{constraint[0]}` cannot be combined with tools: a constrained answer could not call "
+                       'them; send tool_choice "none" to answer in that format without tools', param=constraint[0])
     forced = tools.constraint()
-    return ("tool_choice", forced) if forced is not None else (None, None)
+    return None if forced is None else ("tool_choice", forced)
 
 
 def _finish_reason(reason: str | None, called: bool) -> str | None:

@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ferrolm.engine import RequestOutput
 from ferrolm.server.errors import APIError
-from ferrolm.server.params import COMPLETION_MAX_TOKENS, check_common, check_logprobs, sampling_config
+from ferrolm.server.params import COMPLETION_MAX_TOKENS, check_common, check_logprobs, request_fields, sampling_config
 from ferrolm.server.protocol import (
     CompletionChoice,
     CompletionLogprobs,
@@ -44,9 +44,9 @@ async def create_completion(req: CompletionRequest, request: Request):
     prompts = await run_in_threadpool(_prompts, state, req.prompt)
     max_tokens = state.sampling_defaults.get("max_tokens", COMPLETION_MAX_TOKENS) if req.max_tokens is None \
         else req.max_tokens
-    field, constraint = constraint_of(req) or (None, None)
+    constraint = constraint_of(req)
     config = sampling_config(req, max_tokens, req.logprobs, state.sampling_defaults, constraint)
-    request_id, group = state.start("cmpl", prompts, config, req.n, started, {"constraint": field})
+    request_id, group = state.start("cmpl", prompts, config, req.n, started, request_fields(constraint))
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         body = _stream(state, group, request_id, req.logprobs is not None, include_usage)

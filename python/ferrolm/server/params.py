@@ -34,10 +34,12 @@ def check_common(req: SamplingFields) -> None:
 
 
 def sampling_config(req: SamplingFields, max_tokens: int, logprobs: int | None,
-                    defaults: Mapping[str, Any], constraint: dict[str, Any] | None = None) -> SamplingConfig:
+                    defaults: Mapping[str, Any],
+                    constraint: tuple[str, dict[str, Any]] | None = None) -> SamplingConfig:
     """The engine's config for one request (``ValueError`` from the core becomes a 400);
     ``defaults`` (the server's inference config) replace OpenAI's for fields left out;
-    ``constraint`` is the structured output asked for (:mod:`ferrolm.server.structured`)."""
+    ``constraint`` is the structured output asked for and the request field
+    that asked (:mod:`ferrolm.server.structured`), which errors name."""
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     openai = {**OPENAI_DEFAULTS, **defaults}
     try:
@@ -54,11 +56,18 @@ def sampling_config(req: SamplingFields, max_tokens: int, logprobs: int | None,
             stop=[s for s in stop if s],  # an empty stop string would end every request at once
             stop_token_ids=list(req.stop_token_ids or []),
             logprobs=logprobs,
-            constraint=constraint,
+            constraint=constraint[1] if constraint else None,
             logit_bias=_logit_bias(req.logit_bias),
         )
     except ValueError as e:
-        raise APIError(str(e), param=config_error_field(str(e))) from None
+        field = config_error_field(str(e))
+        raise APIError(str(e), param=request_fields(constraint).get(field, field)) from None
+
+
+def request_fields(constraint: tuple[str, dict[str, Any]] | None) -> dict[str, str]:
+    """The request field behind each config field whose errors should name
+    it: the constraint's comes from ``response_format``, ``guided_json``, ..."""
+    return {"constraint": constraint[0]} if constraint else {}
 
 
 def check_logprobs(value: int | None, name: str) -> None:

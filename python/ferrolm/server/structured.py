@@ -111,6 +111,8 @@ def _schema(value: Any, param: str) -> Any:
             value = json.loads(value)
         except json.JSONDecodeError as e:
             raise APIError(f"{param}: the schema is not valid JSON: {e}", param=param.split(".")[0]) from None
+        except RecursionError:
+            raise APIError(f"{param}: the schema is nested too deeply", param=param.split(".")[0]) from None
     if not isinstance(value, (dict, bool)):
         raise APIError(f"{param}: a JSON schema must be an object", param=param.split(".")[0])
     return value

@@ -146,8 +146,8 @@ impl SamplingConfig {
         if self.stop.iter().any(String::is_empty) {
             return bad("stop", "stop strings must not be empty".into());
         }
-        if matches!(&self.constraint, Some(Constraint::Choice(c)) if c.is_empty()) {
-            return bad("constraint", "`choice` needs at least one string".into());
+        if let Some(constraint) = &self.constraint {
+            constraint.validate()?;
         }
         if let Some((t, b)) =
             self.logit_bias.iter().find(|(_, b)| !(b.is_finite() && b.abs() <= MAX_LOGIT_BIAS))

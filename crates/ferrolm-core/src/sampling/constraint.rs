@@ -45,20 +45,38 @@ pub enum Constraint {
     Gbnf(String),
 }
 
+/// Deepest nesting of objects and arrays a JSON schema may have: what
+/// serde_json reads from text anyway. llguidance compiles a schema by
+/// recursion, and a few thousand levels would overflow the stack.
+pub const MAX_SCHEMA_DEPTH: usize = 128;
+
 impl Constraint {
     /// Any JSON object (OpenAI's `response_format: {"type": "json_object"}`).
     pub fn json_object() -> Constraint {
         Constraint::JsonSchema(serde_json::json!({"type": "object"}))
     }
 
+    /// Checks what can be checked without a tokenizer: a `choice` has
+    /// strings, a schema is not nested past [`MAX_SCHEMA_DEPTH`].
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Constraint::Choice(c) if c.is_empty() => {
+                Err(Error::config("constraint", "`choice` needs at least one string"))
+            }
+            Constraint::JsonSchema(schema) if depth(schema) > MAX_SCHEMA_DEPTH => Err(Error::config(
+                "constraint",
+                format!("the JSON schema is nested deeper than {MAX_SCHEMA_DEPTH} levels"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn grammar(&self) -> Result<TopLevelGrammar> {
+        self.validate()?;
         Ok(match self {
             Constraint::JsonSchema(schema) => TopLevelGrammar::from_json_schema(compact(schema)),
             Constraint::Regex(rx) => TopLevelGrammar::from_regex(rx),
             Constraint::Choice(choices) => {
-                if choices.is_empty() {
-                    return Err(Error::config("constraint", "`choice` needs at least one string"));
-                }
                 // Lark string literals take JSON's escapes.
                 let alternatives: Vec<String> =
                     choices.iter().map(|c| serde_json::to_string(c).expect("strings serialize")).collect();
@@ -84,6 +102,26 @@ impl Constraint {
             Constraint::Gbnf(_) => "gbnf",
         }
     }
+}
+
+/// How deeply `value` nests objects and arrays (a scalar is 0), without
+/// recursing: the value may be far deeper than the stack allows.
+fn depth(value: &Json) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 0)];
+    while let Some((v, d)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Json>> = match v {
+            Json::Object(fields) => Box::new(fields.values()),
+            Json::Array(items) => Box::new(items.iter()),
+            _ => continue,
+        };
+        deepest = deepest.max(d + 1);
+        if deepest > MAX_SCHEMA_DEPTH {
+            break;
+        }
+        stack.extend(children.map(|c| (c, d + 1)));
+    }
+    deepest
 }
 
 /// `schema` with llguidance's JSON whitespace fixed to none between tokens
