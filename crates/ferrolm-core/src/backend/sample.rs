@@ -48,9 +48,16 @@ pub fn sample_row(logits: &[f32], p: &RowSampling) -> (u32, f32) {
                 }
             },
         );
-    let log_z = max + logits.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
+    let log_z = log_normalizer(logits, max);
     let token = if p.temperature == 0.0 { best } else { filtered_pick(logits, max, p) };
     (token as u32, logits[token] - log_z)
+}
+
+/// `ln Σ exp(logits)`, given their `max`: a token's log-probability is its
+/// logit minus this. The host sampler reports log-probabilities with it too,
+/// so a token picked here or there has the same one to the bit.
+pub fn log_normalizer(logits: &[f32], max: f32) -> f32 {
+    max + logits.iter().map(|&x| (x - max).exp()).sum::<f32>().ln()
 }
 
 fn filtered_pick(logits: &[f32], max: f32, p: &RowSampling) -> usize {

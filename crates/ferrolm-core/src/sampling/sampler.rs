@@ -12,6 +12,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha12Rng;
 
 use super::{ConstraintMatcher, SamplingConfig};
+use crate::backend::sample::log_normalizer;
 use crate::backend::RowSampling;
 use crate::error::{Error, Result};
 
@@ -215,8 +216,8 @@ pub fn softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
 /// Natural-log softmax (temperature 1), for reporting log-probabilities.
 pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let log_sum = logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32;
-    logits.iter().map(|&l| l - max - log_sum).collect()
+    let log_z = log_normalizer(logits, max);
+    logits.iter().map(|&l| l - log_z).collect()
 }
 
 #[cfg(test)]

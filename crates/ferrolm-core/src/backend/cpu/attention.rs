@@ -1,12 +1,22 @@
-//! Causal (optionally sliding-window) attention over the paged CPU cache,
-//! computed as HF's eager attention does: scores in f32, scaled by
-//! 1/sqrt(head_dim), softmax in f32, then the weighted sum of values. Keys
-//! and values are read through each sequence's block table.
+//! Causal (optionally sliding-window) attention over the paged CPU cache:
+//! scores in f32, scaled by 1/sqrt(head_dim), softmax in f32, then the
+//! weighted sum of values (HF's eager attention). Keys and values are read
+//! through each sequence's block table.
 //!
-//! One task per (sequence, key/value head, chunk of up to [`ROWS_PER_TASK`]
-//! query rows): the task gathers the keys and values its rows can see once
-//! (widened to f32 from f16 pages), and every query head of the group reads
-//! them from there.
+//! Batch invariance: a query row's result depends only on its own query and
+//! the keys and values it sees, never on what else shares the batch, how
+//! its prompt was chunked, or how the work is split over threads. Every row
+//! takes the softmax over fixed chunks of [`CHUNK`] positions aligned to
+//! position 0 (each chunk: its max, its sum of exponentials and its
+//! exponential-weighted values), merged in chunk order by [`merge`]. Prompt
+//! rows compute their chunks one after another; decode steps of few
+//! sequences spread the chunks over the threads (the split-K scheme of GPU
+//! decode attention). Both run the same arithmetic.
+//!
+//! Prompt rows: one task per (sequence, key/value head, run of up to
+//! [`ROWS_PER_TASK`] query rows): the task gathers the keys and values its
+//! rows can see once (widened to f32 from f16 pages), and every query head
+//! of the group reads them from there.
 
 use rayon::prelude::*;
 
@@ -16,6 +26,9 @@ use crate::backend::{AttentionShape, SeqSpan};
 
 /// Query rows per task: a prompt's rows share the keys gathered once.
 const ROWS_PER_TASK: usize = 32;
+
+/// Positions per softmax chunk (chunk `j` holds positions `j * CHUNK ..`).
+const CHUNK: usize = 64;
 
 pub(super) fn attend(
     kv: &CpuKv,
@@ -46,6 +59,58 @@ unsafe fn attend_avx2(
     out: &mut [f32],
 ) {
     attend_any(kv, layer, spans, shape, q, out)
+}
+
+/// The chunks positions `from..to` fall in, each as its position range.
+fn chunks(from: usize, to: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    (from / CHUNK..to.div_ceil(CHUNK)).map(move |j| (j * CHUNK).max(from)..((j + 1) * CHUNK).min(to))
+}
+
+/// One chunk's share of a softmax: into `partial` (`2 + head_dim` long)
+/// the max score, the sum of `exp(score - max)` and the values weighted by
+/// those exponentials; `keys` and `values` are the chunk's rows, `scores`
+/// scratch as long as the chunk.
+#[inline(always)]
+fn chunk_partial(
+    qh: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    partial: &mut [f32],
+) {
+    let head_dim = qh.len();
+    for (s, k) in scores.iter_mut().zip(keys.chunks_exact(head_dim)) {
+        *s = dot_f32(qh, k) * scale;
+    }
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let (stats, acc) = partial.split_at_mut(2);
+    let mut sum = 0.0;
+    acc.fill(0.0);
+    for (s, v) in scores.iter().zip(values.chunks_exact(head_dim)) {
+        let e = (s - max).exp();
+        sum += e;
+        for (o, v) in acc.iter_mut().zip(v) {
+            *o += e * v;
+        }
+    }
+    stats.copy_from_slice(&[max, sum]);
+}
+
+/// The softmax-weighted values from a row's chunk partials, in chunk order.
+#[inline(always)]
+fn merge<'a>(partials: impl Iterator<Item = &'a [f32]> + Clone, out: &mut [f32]) {
+    let max = partials.clone().map(|p| p[0]).fold(f32::NEG_INFINITY, f32::max);
+    out.fill(0.0);
+    let mut sum = 0.0;
+    for p in partials {
+        let w = (p[0] - max).exp();
+        sum += w * p[1];
+        for (o, v) in out.iter_mut().zip(&p[2..]) {
+            *o += w * v;
+        }
+    }
+    out.iter_mut().for_each(|v| *v /= sum);
 }
 
 #[inline(always)]
@@ -85,36 +150,29 @@ fn attend_any(
         // Keys and values of positions lo..hi (this head only), then scores
         // and one output row, all in this thread's scratch.
         let n = hi - lo;
-        with_spare(2 * n * head_dim + n + head_dim, |spare| {
+        let most_chunks = n.div_ceil(CHUNK) + 1;
+        let part = 2 + head_dim;
+        with_spare(2 * n * head_dim + CHUNK + head_dim + most_chunks * part, |spare| {
             let (keys, rest) = spare.split_at_mut(n * head_dim);
             let (values, rest) = rest.split_at_mut(n * head_dim);
-            let (scores, acc) = rest.split_at_mut(n);
+            let (scores, rest) = rest.split_at_mut(CHUNK);
+            let (merged, partials) = rest.split_at_mut(head_dim);
             kv.gather(span.pages, layer, false, head_dim, kvh, lo..hi, keys);
             kv.gather(span.pages, layer, true, head_dim, kvh, lo..hi, values);
             for i in r0..r1 {
                 let row = span.row + i;
-                let (from, to) = (first(span, i) - lo, span.start_pos + i + 1 - lo);
+                let (from, to) = (first(span, i), span.start_pos + i + 1);
                 for g in 0..group {
                     let head = kvh * group + g;
                     let qh = &q[row * q_width + head * head_dim..][..head_dim];
-                    let s = &mut scores[from..to];
-                    for (s, k) in s.iter_mut().zip(keys[from * head_dim..].chunks_exact(head_dim)) {
-                        *s = dot_f32(qh, k) * scale;
+                    let mut used = 0;
+                    for (c, p) in chunks(from, to).zip(partials.chunks_exact_mut(part)) {
+                        let (a, b) = ((c.start - lo) * head_dim, (c.end - lo) * head_dim);
+                        chunk_partial(qh, &keys[a..b], &values[a..b], scale, &mut scores[..c.len()], p);
+                        used += 1;
                     }
-                    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0.0;
-                    for v in s.iter_mut() {
-                        *v = (*v - max).exp();
-                        sum += *v;
-                    }
-                    acc.fill(0.0);
-                    for (p, v) in s.iter().zip(values[from * head_dim..].chunks_exact(head_dim)) {
-                        let p = p / sum;
-                        for (o, v) in acc.iter_mut().zip(v) {
-                            *o += p * v;
-                        }
-                    }
-                    for (d, &a) in acc.iter().enumerate() {
+                    merge(partials[..used * part].chunks_exact(part), merged);
+                    for (d, &a) in merged.iter().enumerate() {
                         // SAFETY: each (row, head) belongs to exactly one task.
                         unsafe { out_ptr.write(row * q_width + head * head_dim + d, a) };
                     }
@@ -125,9 +183,8 @@ fn attend_any(
 }
 
 /// Decode rows (one query per sequence) with each (sequence, kv head)'s
-/// positions split into chunks that run in parallel; each chunk keeps its
-/// softmax unnormalized (max, sum of exponentials, weighted values), and the
-/// chunks are merged after (the split-K scheme of GPU decode attention).
+/// chunks computed in parallel, then merged per head: what the prompt path
+/// computes for a row, spread over the threads.
 #[inline(always)]
 fn attend_split(
     kv: &CpuKv,
@@ -141,68 +198,41 @@ fn attend_split(
     let AttentionShape { num_heads, num_kv_heads, head_dim, .. } = shape;
     let (q_width, group) = (num_heads * head_dim, num_heads / num_kv_heads);
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let threads = rayon::current_num_threads().max(1);
-    let split = (2 * threads).div_ceil(spans.len() * num_kv_heads).max(1);
-    // Per (span, kv head, chunk), per query head of the group: max, sum, values.
     let part = 2 + head_dim;
-    let mut partials = vec![0f32; spans.len() * num_kv_heads * split * group * part];
-    partials.par_chunks_mut(group * part).enumerate().for_each(|(task, partial)| {
-        let (span, kvh, c) =
-            (&spans[task / (num_kv_heads * split)], task / split % num_kv_heads, task % split);
-        let lo = first(span, 0);
-        let n = span.start_pos + 1 - lo;
-        let (a, b) = (lo + n * c / split, lo + n * (c + 1) / split);
-        for p in partial.chunks_exact_mut(part) {
-            p[0] = f32::NEG_INFINITY;
-        }
-        if a == b {
-            return;
-        }
-        with_spare(2 * (b - a) * head_dim + (b - a), |spare| {
-            let (keys, rest) = spare.split_at_mut((b - a) * head_dim);
-            let (values, scores) = rest.split_at_mut((b - a) * head_dim);
-            kv.gather(span.pages, layer, false, head_dim, kvh, a..b, keys);
-            kv.gather(span.pages, layer, true, head_dim, kvh, a..b, values);
+    // Per span: its chunks, and where its partials start (per kv head, per
+    // chunk, per query head of the group: max, sum, values).
+    let spans_chunks: Vec<Vec<std::ops::Range<usize>>> =
+        spans.iter().map(|s| chunks(first(s, 0), s.start_pos + 1).collect()).collect();
+    let tasks: Vec<(usize, usize, usize)> = spans_chunks
+        .iter()
+        .enumerate()
+        .flat_map(|(i, c)| (0..num_kv_heads).flat_map(move |h| (0..c.len()).map(move |j| (i, h, j))))
+        .collect();
+    let mut partials = vec![0f32; tasks.len() * group * part];
+    partials.par_chunks_mut(group * part).zip(&tasks).for_each(|(partial, &(i, kvh, j))| {
+        let (span, c) = (&spans[i], spans_chunks[i][j].clone());
+        let n = c.len();
+        with_spare(2 * n * head_dim + n, |spare| {
+            let (keys, rest) = spare.split_at_mut(n * head_dim);
+            let (values, scores) = rest.split_at_mut(n * head_dim);
+            kv.gather(span.pages, layer, false, head_dim, kvh, c.clone(), keys);
+            kv.gather(span.pages, layer, true, head_dim, kvh, c, values);
             for (g, p) in partial.chunks_exact_mut(part).enumerate() {
                 let head = kvh * group + g;
                 let qh = &q[span.row * q_width + head * head_dim..][..head_dim];
-                for (s, k) in scores.iter_mut().zip(keys.chunks_exact(head_dim)) {
-                    *s = dot_f32(qh, k) * scale;
-                }
-                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let (stats, acc) = p.split_at_mut(2);
-                let mut sum = 0.0;
-                acc.fill(0.0);
-                for (s, v) in scores.iter().zip(values.chunks_exact(head_dim)) {
-                    let e = (s - max).exp();
-                    sum += e;
-                    for (o, v) in acc.iter_mut().zip(v) {
-                        *o += e * v;
-                    }
-                }
-                stats.copy_from_slice(&[max, sum]);
+                chunk_partial(qh, keys, values, scale, scores, p);
             }
         });
     });
-    for (i, span) in spans.iter().enumerate() {
+    let mut base = 0;
+    for (span, span_chunks) in spans.iter().zip(&spans_chunks) {
+        let n = span_chunks.len();
         for head in 0..num_heads {
             let (kvh, g) = (head / group, head % group);
-            let chunk = |c: usize| {
-                let at = (((i * num_kv_heads + kvh) * split + c) * group + g) * part;
-                &partials[at..at + part]
-            };
-            let max = (0..split).map(|c| chunk(c)[0]).fold(f32::NEG_INFINITY, f32::max);
+            let at = |j: usize| base + ((kvh * n + j) * group + g) * part;
             let o = &mut out[span.row * q_width + head * head_dim..][..head_dim];
-            o.fill(0.0);
-            let mut sum = 0.0;
-            for c in (0..split).filter(|&c| chunk(c)[0] > f32::NEG_INFINITY) {
-                let w = (chunk(c)[0] - max).exp();
-                sum += w * chunk(c)[1];
-                for (o, v) in o.iter_mut().zip(&chunk(c)[2..]) {
-                    *o += w * v;
-                }
-            }
-            o.iter_mut().for_each(|v| *v /= sum);
+            merge((0..n).map(|j| &partials[at(j)..at(j) + part]), o);
         }
+        base += num_kv_heads * n * group * part;
     }
 }

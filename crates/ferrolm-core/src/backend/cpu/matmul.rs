@@ -292,15 +292,24 @@ fn packed_rows(
                 }
             }
         }
-    } else if p.rows == 1 {
-        for r in rows {
-            write(0, r, quant::dot_half(isa, w.ty, w.row(r), &p.x));
-        }
     } else {
-        let widen = |r, wide: &mut [f32]| {
-            crate::formats::dequantize::dequantize(w.ty, w.row(r), wide).expect("row of whole blocks")
-        };
-        widened_rows(p, rows, widen, write);
+        // Halves: dot products, four input rows at a time, rather than a
+        // GEMM, whose sums would depend on how many rows share the call.
+        let mut dots = [0f32; 4];
+        for tile in (0..p.rows).step_by(TOKEN_TILE) {
+            let tile_end = (tile + TOKEN_TILE).min(p.rows);
+            for r in rows.clone() {
+                let wr = w.row(r);
+                for t0 in (tile..tile_end).step_by(4) {
+                    let n = (tile_end - t0).min(4);
+                    let xs: [&[f32]; 4] = std::array::from_fn(|i| &p.x[(t0 + i.min(n - 1)) * p.k..][..p.k]);
+                    quant::dot_half_rows(isa, w.ty, wr, &xs[..n], &mut dots[..n]);
+                    for (i, &d) in dots[..n].iter().enumerate() {
+                        write(t0 + i, r, d);
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -234,25 +234,42 @@ pub fn dot_x8(isa: Isa, ty: GgmlType, g: &[u8], acts: &[&[Q8Block]], out: &mut [
     }
 }
 
-/// The dot product of one f16/bf16 weight row with f32 activations.
+/// `Σ decode(w[i]) * x[i]` of one f16 or bf16 row with f32 activations.
 pub fn dot_half(isa: Isa, ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
-    assert!(w.len() >= 2 * x.len(), "dot_half: row shorter than the activations");
+    let mut out = [0f32];
+    dot_half_rows(isa, ty, w, &[x], &mut out);
+    out[0]
+}
+
+/// [`dot_half`] of one weight row with 1 to 4 activation rows (`out[t]` for
+/// `xs[t]`); each row's result is the same whichever rows share the call.
+pub fn dot_half_rows(isa: Isa, ty: GgmlType, w: &[u8], xs: &[&[f32]], out: &mut [f32]) {
+    assert!(xs.iter().all(|x| w.len() >= 2 * x.len()), "dot_half: row shorter than the activations");
     let bf16 = ty == GgmlType::BF16;
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2/FMA/F16C were detected (both x86 sets include them).
-        Isa::Avx2 | Isa::Avx512Vnni => unsafe {
-            if bf16 {
-                x86::dot_half::<true>(w, x)
-            } else {
-                x86::dot_half::<false>(w, x)
+        Isa::Avx2 | Isa::Avx512Vnni => {
+            macro_rules! rows {
+                ($n:literal, [$($i:literal),*]) => {{
+                    let xs = [$(xs[$i]),*];
+                    // SAFETY: AVX2/FMA/F16C were detected; lengths checked above.
+                    let sums: [f32; $n] = unsafe {
+                        if bf16 { x86::dot_half::<true, $n>(w, xs) } else { x86::dot_half::<false, $n>(w, xs) }
+                    };
+                    out[..$n].copy_from_slice(&sums);
+                }};
             }
-        },
+            match xs.len() {
+                1 => rows!(1, [0]),
+                2 => rows!(2, [0, 1]),
+                3 => rows!(3, [0, 1, 2]),
+                4 => rows!(4, [0, 1, 2, 3]),
+                n => panic!("dot_half_rows takes 1 to 4 activation rows, not {n}"),
+            }
+        }
         _ => {
-            if bf16 {
-                portable::dot_bf16(w, x)
-            } else {
-                portable::dot_f16(w, x)
+            for (o, x) in out.iter_mut().zip(xs) {
+                *o = if bf16 { portable::dot_bf16(w, x) } else { portable::dot_f16(w, x) };
             }
         }
     }

@@ -226,33 +226,40 @@ pub unsafe fn quantize_q8(x: &[f32], out: &mut [Q8Block]) {
     super::portable::quantize_q8(x, out)
 }
 
-/// Half-precision weights against f32 activations (no integer path: the
-/// products are f32 FMAs). `BF16` selects bf16, else f16.
+/// Half-precision weights against `T` rows of f32 activations (no integer
+/// path: the products are f32 FMAs). `BF16` selects bf16, else f16. Each
+/// weight vector is widened once for all rows, and every row's sum runs
+/// the same operations whatever `T` is: a row's result does not depend on
+/// the rows beside it.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_half<const BF16: bool>(w: &[u8], x: &[f32]) -> f32 {
-    let n = x.len().min(w.len() / 2);
-    let mut acc = [_mm256_setzero_ps(); 4];
+pub unsafe fn dot_half<const BF16: bool, const T: usize>(w: &[u8], xs: [&[f32]; T]) -> [f32; T] {
+    let n = xs.iter().map(|x| x.len()).min().unwrap_or(0).min(w.len() / 2);
+    let mut acc = [[_mm256_setzero_ps(); 4]; T];
     let mut i = 0;
     while i + 32 <= n {
-        for (k, acc) in acc.iter_mut().enumerate() {
+        for k in 0..4 {
             let p = w.as_ptr().add(2 * (i + 8 * k)) as *const __m128i;
             let wv = if BF16 {
                 _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(p)), 16))
             } else {
                 _mm256_cvtph_ps(_mm_loadu_si128(p))
             };
-            *acc = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x.as_ptr().add(i + 8 * k)), *acc);
+            for (acc, x) in acc.iter_mut().zip(xs) {
+                acc[k] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x.as_ptr().add(i + 8 * k)), acc[k]);
+            }
         }
         i += 32;
     }
-    let mut sum = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
     let tail = &w[2 * i..2 * n];
-    sum += if BF16 {
-        super::portable::dot_bf16(tail, &x[i..n])
-    } else {
-        super::portable::dot_f16(tail, &x[i..n])
-    };
-    sum
+    std::array::from_fn(|t| {
+        let a = &acc[t];
+        let sum = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+        sum + if BF16 {
+            super::portable::dot_bf16(tail, &xs[t][i..n])
+        } else {
+            super::portable::dot_f16(tail, &xs[t][i..n])
+        }
+    })
 }
 
 /// 16 FP8 E4M3 codes at `p` widened to f32, each value times 2^-8 exactly
