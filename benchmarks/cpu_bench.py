@@ -11,6 +11,11 @@ default) and then greedily generates 128 tokens (decode tokens/s, end of
 sequence ignored). Peers that are not installed are reported and skipped:
 llama.cpp needs `pip install llama-cpp-python` (built from source by pip),
 HF needs `torch`, `transformers` and `gguf`. Medians of `--runs` runs.
+
+Accuracy of the fast path (``--agreement N``, default 512): over the first N
+tokens of tests/fixtures/text/sample.txt (held-out text), the share of
+positions where ferrolm's default path (8-bit activations) picks the same
+greedy token as its exact f32 path on the same file.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 WORKER = r'''
 import json, os, sys, time, resource
@@ -90,6 +96,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="runs per engine; medians are reported (default: 3)")
     ap.add_argument("--python", action="append", default=[], metavar="ENGINE=PATH",
                     help="run ENGINE with another interpreter, e.g. hf=/opt/torch-env/bin/python (repeatable)")
+    ap.add_argument("--agreement", type=int, default=512, metavar="N",
+                    help="positions of held-out text for the default-vs-exact greedy agreement (0: skip)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     pythons = dict(p.split("=", 1) for p in args.python)
@@ -120,9 +128,27 @@ def main() -> None:
             if peer != "ferrolm":
                 print(f"ferrolm / {peer}: prefill {ours['prefill_tps'] / r['prefill_tps']:.2f}x, "
                       f"decode {ours['decode_tps'] / r['decode_tps']:.2f}x")
+    agreement = greedy_agreement(model, args.agreement) if args.agreement else None
+    if agreement is not None:
+        print(f"greedy agreement, default path vs exact f32, {args.agreement} positions of sample.txt: "
+              f"{agreement:.1%}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": model, "args": vars(args), "results": results}, f, indent=2)
+            json.dump({"model": model, "args": vars(args), "results": results, "agreement": agreement}, f, indent=2)
+
+
+def greedy_agreement(model: str, positions: int) -> float:
+    """Share of positions of held-out text where the default path's argmax
+    equals the exact f32 path's (both ferrolm, one forward pass each)."""
+    import numpy as np
+
+    from ferrolm import Tokenizer, Transformer
+
+    text = (Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "text" / "sample.txt").read_text()
+    tokens = Tokenizer.from_pretrained(model).encode(text)[:positions]
+    argmax = [Transformer.from_pretrained(model, max_seq_len=len(tokens), **kw).forward([tokens])[0].argmax(-1)
+              for kw in ({}, {"dtype": "float32"})]
+    return float(np.mean(argmax[0] == argmax[1]))
 
 
 if __name__ == "__main__":
