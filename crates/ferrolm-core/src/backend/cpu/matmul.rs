@@ -268,7 +268,11 @@ fn grouped_rows(
 }
 
 /// Calls `write(t, r, dot(w.row(r), input row t))` for every weight row `r`
-/// in `rows` and every input row `t`.
+/// in `rows` and every input row `t`: integer dot products against the
+/// quantized input rows, or (halves) f32 ones against the rows themselves,
+/// four input rows at a time. Each row's sum runs the same operations
+/// whichever rows share the call, so a row's result does not depend on the
+/// batch (a GEMM's would).
 fn packed_rows(
     isa: Isa,
     w: &PackedTensor,
@@ -276,37 +280,24 @@ fn packed_rows(
     rows: std::ops::Range<usize>,
     mut write: impl FnMut(usize, usize, f32),
 ) {
-    if quant::uses_q8(w.ty) {
-        let mut dots = [0f32; 4];
-        for tile in (0..p.rows).step_by(TOKEN_TILE) {
-            let tile_end = (tile + TOKEN_TILE).min(p.rows);
-            for r in rows.clone() {
-                let wr = w.row(r);
-                for t0 in (tile..tile_end).step_by(4) {
-                    let n = (tile_end - t0).min(4);
-                    let acts: [&[Q8Block]; 4] = std::array::from_fn(|i| p.q8_row(t0 + i.min(n - 1)));
+    let q8 = quant::uses_q8(w.ty);
+    let mut dots = [0f32; 4];
+    for tile in (0..p.rows).step_by(TOKEN_TILE) {
+        let tile_end = (tile + TOKEN_TILE).min(p.rows);
+        for r in rows.clone() {
+            let wr = w.row(r);
+            for t0 in (tile..tile_end).step_by(4) {
+                let n = (tile_end - t0).min(4);
+                let row = |i: usize| t0 + i.min(n - 1);
+                if q8 {
+                    let acts: [&[Q8Block]; 4] = std::array::from_fn(|i| p.q8_row(row(i)));
                     quant::dot_q8(isa, w.ty, wr, &acts[..n], &mut dots[..n]);
-                    for (i, &d) in dots[..n].iter().enumerate() {
-                        write(t0 + i, r, d);
-                    }
-                }
-            }
-        }
-    } else {
-        // Halves: dot products, four input rows at a time, rather than a
-        // GEMM, whose sums would depend on how many rows share the call.
-        let mut dots = [0f32; 4];
-        for tile in (0..p.rows).step_by(TOKEN_TILE) {
-            let tile_end = (tile + TOKEN_TILE).min(p.rows);
-            for r in rows.clone() {
-                let wr = w.row(r);
-                for t0 in (tile..tile_end).step_by(4) {
-                    let n = (tile_end - t0).min(4);
-                    let xs: [&[f32]; 4] = std::array::from_fn(|i| &p.x[(t0 + i.min(n - 1)) * p.k..][..p.k]);
+                } else {
+                    let xs: [&[f32]; 4] = std::array::from_fn(|i| &p.x[row(i) * p.k..][..p.k]);
                     quant::dot_half_rows(isa, w.ty, wr, &xs[..n], &mut dots[..n]);
-                    for (i, &d) in dots[..n].iter().enumerate() {
-                        write(t0 + i, r, d);
-                    }
+                }
+                for (i, &d) in dots[..n].iter().enumerate() {
+                    write(t0 + i, r, d);
                 }
             }
         }
