@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
 from ferrolm import _core
 from ferrolm._validate import config_error, config_number
 
-MAX_SCHEMA_DEPTH = 128  # the core's bound on a JSON schema's nesting
+MAX_SCHEMA_DEPTH = _core.MAX_SCHEMA_DEPTH  # the core's bound on a JSON schema's nesting
 MAX_CONSTRAINT_NESTING = MAX_SCHEMA_DEPTH + 1  # the constraint's dict holds the schema
 _FLOATS = ("temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty")
 _INTS = ("top_k", "penalty_window", "max_tokens", "reasoning_mode")
@@ -107,8 +108,13 @@ def _logit_bias(bias: Any) -> dict[int, float]:
         raise config_error("logit_bias", f"expected a dict of token id -> bias, got {bias!r}")
     out = {}
     for key, value in bias.items():
-        token = int(key) if isinstance(key, str) and key.isdecimal() else key
-        out[config_number(token, "logit_bias", int, minimum=0)] = config_number(value, "logit_bias", float)
+        try:
+            token = int(key) if isinstance(key, str) and key.isdecimal() else operator.index(key)
+        except TypeError:
+            token = -1
+        if isinstance(key, bool) or token < 0:
+            raise config_error("logit_bias", f"keys must be token ids (integers, or integers as strings), got {key!r}")
+        out[token] = config_number(value, "logit_bias", float)
     return out
 
 

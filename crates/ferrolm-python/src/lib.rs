@@ -27,6 +27,7 @@ use pyo3::prelude::*;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("FP8_GROUP_SIZE", fp8::model_group_size())?;
+    m.add("MAX_SCHEMA_DEPTH", ferrolm_core::sampling::constraint::MAX_SCHEMA_DEPTH)?;
     m.add("KVCacheFullError", errors::kv_cache_full_type(m.py())?)?;
     m.add("EngineOverloadedError", m.py().get_type::<errors::EngineOverloadedError>())?;
     m.add("EngineFailedError", m.py().get_type::<errors::EngineFailedError>())?;

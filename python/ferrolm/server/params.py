@@ -57,7 +57,7 @@ def sampling_config(req: SamplingFields, max_tokens: int, logprobs: int | None,
             stop_token_ids=list(req.stop_token_ids or []),
             logprobs=logprobs,
             constraint=constraint[1] if constraint else None,
-            logit_bias=_logit_bias(req.logit_bias),
+            logit_bias=req.logit_bias or {},  # JSON's string keys: SamplingConfig reads them
         )
     except ValueError as e:
         field = config_error_field(str(e))
@@ -73,14 +73,6 @@ def request_fields(constraint: tuple[str, dict[str, Any]] | None) -> dict[str, s
 def check_logprobs(value: int | None, name: str) -> None:
     if value is not None and not 0 <= value <= MAX_LOGPROBS:
         raise APIError(f"{name} must be between 0 and {MAX_LOGPROBS}, got {value}", param=name)
-
-
-def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
-    # JSON object keys are strings: OpenAI sends token ids as "50256".
-    try:
-        return {int(k): v for k, v in (bias or {}).items()}
-    except ValueError:
-        raise APIError("logit_bias keys must be token ids (integers as strings)", param="logit_bias") from None
 
 
 def _seed(seed: int | None) -> int | None:
