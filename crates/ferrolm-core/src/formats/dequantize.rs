@@ -13,8 +13,11 @@
 //! |------|-----|-----|--------|
 //! | Q4_0 | 32  | 18  | `d: f16, qs: [u8; 16]`; `x = d * (q - 8)` |
 //! | Q4_1 | 32  | 20  | `d: f16, m: f16, qs: [u8; 16]`; `x = d * q + m` |
+//! | Q5_0 | 32  | 22  | `d: f16, qh: u32, qs: [u8; 16]`; `x = d * (q - 16)`, bit `j` of `qh` the fifth bit of value `j` |
+//! | Q5_1 | 32  | 24  | `d: f16, m: f16, qh: u32, qs: [u8; 16]`; `x = d * q + m` |
 //! | Q8_0 | 32  | 34  | `d: f16, qs: [i8; 32]`; `x = d * q` |
 //! | Q4_K | 256 | 144 | `d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128]`: 8 sub-blocks of 32 with 6-bit scale and min |
+//! | Q5_K | 256 | 176 | `d: f16, dmin: f16, scales: [u8; 12], qh: [u8; 32], qs: [u8; 128]`: Q4_K plus a fifth bit, bit `j` of `qh[l]` for value `l` of sub-block `j` |
 //! | Q6_K | 256 | 210 | `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16`: 16 sub-blocks of 16, 6-bit values |
 //!
 //! In the 4-bit types, byte `j` of a 32-value group holds value `j` in its
@@ -28,14 +31,19 @@ use crate::error::{Error, Result};
 
 pub const QK4_0: usize = 32;
 pub const QK4_1: usize = 32;
+pub const QK5_0: usize = 32;
+pub const QK5_1: usize = 32;
 pub const QK8_0: usize = 32;
 /// Values per K-quant super-block.
 pub const QK_K: usize = 256;
 
 pub const BLOCK_Q4_0_BYTES: usize = 2 + QK4_0 / 2;
 pub const BLOCK_Q4_1_BYTES: usize = 2 + 2 + QK4_1 / 2;
+pub const BLOCK_Q5_0_BYTES: usize = 2 + 4 + QK5_0 / 2;
+pub const BLOCK_Q5_1_BYTES: usize = 2 + 2 + 4 + QK5_1 / 2;
 pub const BLOCK_Q8_0_BYTES: usize = 2 + QK8_0;
 pub const BLOCK_Q4_K_BYTES: usize = 2 + 2 + 12 + QK_K / 2;
+pub const BLOCK_Q5_K_BYTES: usize = 2 + 2 + 12 + QK_K / 8 + QK_K / 2;
 pub const BLOCK_Q6_K_BYTES: usize = QK_K / 2 + QK_K / 4 + QK_K / 16 + 2;
 
 /// Blocks per parallel task: large enough to amortise scheduling.
@@ -108,6 +116,41 @@ pub fn dequantize_q4_1(src: &[u8], dst: &mut [f32]) {
     }
 }
 
+/// The 5-bit values of a Q5_0/Q5_1 block: nibbles of `qs` (value `j` low,
+/// `j + 16` high) with bit `j` of `qh` on top.
+#[inline]
+pub fn q5_values(qh: &[u8], qs: &[u8]) -> [u8; 32] {
+    let qh = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+    let mut q = [0u8; 32];
+    for j in 0..16 {
+        q[j] = (qs[j] & 0x0F) | (((qh >> j) & 1) << 4) as u8;
+        q[j + 16] = (qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4) as u8;
+    }
+    q
+}
+
+/// `Q5_0` (ggml `dequantize_row_q5_0`).
+pub fn dequantize_q5_0(src: &[u8], dst: &mut [f32]) {
+    check(src.len(), dst.len(), BLOCK_Q5_0_BYTES, QK5_0);
+    for (x, y) in src.chunks_exact(BLOCK_Q5_0_BYTES).zip(dst.chunks_exact_mut(QK5_0)) {
+        let d = f16_at(x, 0);
+        for (y, q) in y.iter_mut().zip(q5_values(&x[2..6], &x[6..])) {
+            *y = (q as i32 - 16) as f32 * d;
+        }
+    }
+}
+
+/// `Q5_1` (ggml `dequantize_row_q5_1`).
+pub fn dequantize_q5_1(src: &[u8], dst: &mut [f32]) {
+    check(src.len(), dst.len(), BLOCK_Q5_1_BYTES, QK5_1);
+    for (x, y) in src.chunks_exact(BLOCK_Q5_1_BYTES).zip(dst.chunks_exact_mut(QK5_1)) {
+        let (d, m) = (f16_at(x, 0), f16_at(x, 2));
+        for (y, q) in y.iter_mut().zip(q5_values(&x[4..8], &x[8..])) {
+            *y = q as f32 * d + m;
+        }
+    }
+}
+
 /// `Q8_0` (ggml `dequantize_row_q8_0`).
 pub fn dequantize_q8_0(src: &[u8], dst: &mut [f32]) {
     check(src.len(), dst.len(), BLOCK_Q8_0_BYTES, QK8_0);
@@ -154,6 +197,30 @@ pub fn dequantize_q4_k(src: &[u8], dst: &mut [f32]) {
     }
 }
 
+/// `Q5_K` (ggml `dequantize_row_q5_K`).
+pub fn dequantize_q5_k(src: &[u8], dst: &mut [f32]) {
+    check(src.len(), dst.len(), BLOCK_Q5_K_BYTES, QK_K);
+    for (x, y) in src.chunks_exact(BLOCK_Q5_K_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
+        let d = f16_at(x, 0);
+        let min = f16_at(x, 2);
+        let scales = &x[4..16];
+        let (qh, qs) = x[16..].split_at(QK_K / 8);
+        // As Q4_K, with bits 2g and 2g + 1 of `qh[l]` over the two nibbles.
+        for (g, (q, y)) in qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
+            let (sc, m) = scale_min_k4(2 * g, scales);
+            let (d1, m1) = (d * sc as f32, min * m as f32);
+            let (sc, m) = scale_min_k4(2 * g + 1, scales);
+            let (d2, m2) = (d * sc as f32, min * m as f32);
+            for l in 0..32 {
+                let lo = (q[l] & 0x0F) | (((qh[l] >> (2 * g)) & 1) << 4);
+                let hi = (q[l] >> 4) | (((qh[l] >> (2 * g + 1)) & 1) << 4);
+                y[l] = d1 * lo as f32 - m1;
+                y[l + 32] = d2 * hi as f32 - m2;
+            }
+        }
+    }
+}
+
 /// `Q6_K` (ggml `dequantize_row_q6_K`).
 pub fn dequantize_q6_k(src: &[u8], dst: &mut [f32]) {
     check(src.len(), dst.len(), BLOCK_Q6_K_BYTES, QK_K);
@@ -192,8 +259,11 @@ fn decoder(ty: GgmlType) -> Option<(BlockDecoder, usize, usize)> {
         GgmlType::BF16 => (dequantize_bf16, 1, 2),
         GgmlType::Q4_0 => (dequantize_q4_0, QK4_0, BLOCK_Q4_0_BYTES),
         GgmlType::Q4_1 => (dequantize_q4_1, QK4_1, BLOCK_Q4_1_BYTES),
+        GgmlType::Q5_0 => (dequantize_q5_0, QK5_0, BLOCK_Q5_0_BYTES),
+        GgmlType::Q5_1 => (dequantize_q5_1, QK5_1, BLOCK_Q5_1_BYTES),
         GgmlType::Q8_0 => (dequantize_q8_0, QK8_0, BLOCK_Q8_0_BYTES),
         GgmlType::Q4_K => (dequantize_q4_k, QK_K, BLOCK_Q4_K_BYTES),
+        GgmlType::Q5_K => (dequantize_q5_k, QK_K, BLOCK_Q5_K_BYTES),
         GgmlType::Q6_K => (dequantize_q6_k, QK_K, BLOCK_Q6_K_BYTES),
         _ => return None,
     })
@@ -277,7 +347,7 @@ mod tests {
         let mut y = vec![0f32; 64];
         assert!(dequantize(GgmlType::Q4_0, &[0u8; 18], &mut y).is_err());
         assert!(dequantize(GgmlType::Q4_0, &[0u8; 36], &mut y).is_ok());
-        let err = dequantize(GgmlType(13), &[0u8; 176], &mut vec![0f32; 256]).unwrap_err();
-        assert!(err.to_string().contains("Q5_K"), "{err}");
+        let err = dequantize(GgmlType(11), &[0u8; 110], &mut vec![0f32; 256]).unwrap_err();
+        assert!(err.to_string().contains("Q3_K"), "{err}");
     }
 }

@@ -269,7 +269,7 @@ mod packed {
         for isa in Isa::available() {
             let cpu =
                 Cpu::new(CpuOptions { threads: Some(2), isa: Some(isa), ..Default::default() }).unwrap();
-            for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+            for ty in quant::INTERLEAVED {
                 let p = packed(ty, rows, cols, ty.0 as u64);
                 let wide = p.dequantize().unwrap();
                 for tokens in [1, 5, 70] {

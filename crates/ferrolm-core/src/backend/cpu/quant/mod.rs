@@ -1,6 +1,7 @@
 //! Quantized matrix-vector and matrix-matrix products for the CPU.
 //!
-//! Weights stay in their stored ggml blocks (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K)
+//! Weights stay in their stored ggml blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+//! Q4_K, Q5_K, Q6_K)
 //! or halves (f16, bf16). Activations are quantized per row into 8-bit
 //! blocks of 32 ([`Q8Block`]: an f32 scale, the integer sum and 32 i8), so
 //! each weight block meets an activation block in an integer dot product,
@@ -69,18 +70,21 @@ impl Isa {
     }
 }
 
+/// The quantized types with kernels, every one of them also interleaved.
+pub const INTERLEAVED: [GgmlType; 8] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
 /// Whether the CPU kernels multiply weights of type `ty` without dequantizing.
 pub fn is_supported(ty: GgmlType) -> bool {
-    matches!(
-        ty,
-        GgmlType::Q4_0
-            | GgmlType::Q4_1
-            | GgmlType::Q8_0
-            | GgmlType::Q4_K
-            | GgmlType::Q6_K
-            | GgmlType::F16
-            | GgmlType::BF16
-    )
+    INTERLEAVED.contains(&ty) || matches!(ty, GgmlType::F16 | GgmlType::BF16)
 }
 
 /// Whether `ty` multiplies against quantized activations ([`Q8Block`]s);
@@ -133,8 +137,11 @@ fn dot_n<const T: usize>(isa: Isa, ty: GgmlType, w: &[u8], a: [&[Q8Block]; T], o
     let (bytes, values) = match ty {
         GgmlType::Q4_0 => (18, QK),
         GgmlType::Q4_1 => (20, QK),
+        GgmlType::Q5_0 => (22, QK),
+        GgmlType::Q5_1 => (24, QK),
         GgmlType::Q8_0 => (34, QK),
         GgmlType::Q4_K => (144, 256),
+        GgmlType::Q5_K => (176, 256),
         GgmlType::Q6_K => (210, 256),
         _ => panic!("dot_q8: {ty} weights do not multiply quantized activations"),
     };
@@ -155,8 +162,11 @@ fn dot_n<const T: usize>(isa: Isa, ty: GgmlType, w: &[u8], a: [&[Q8Block]; T], o
                         match ty {
                             GgmlType::Q4_0 => x86::$m::q4_0::<T>(w, a, out),
                             GgmlType::Q4_1 => x86::$m::q4_1::<T>(w, a, out),
+                            GgmlType::Q5_0 => x86::$m::q5_0::<T>(w, a, out),
+                            GgmlType::Q5_1 => x86::$m::q5_1::<T>(w, a, out),
                             GgmlType::Q8_0 => x86::$m::q8_0::<T>(w, a, out),
                             GgmlType::Q4_K => x86::$m::q4_k::<T>(w, a, out),
+                            GgmlType::Q5_K => x86::$m::q5_k::<T>(w, a, out),
                             _ => x86::$m::q6_k::<T>(w, a, out),
                         }
                     };
@@ -169,7 +179,7 @@ fn dot_n<const T: usize>(isa: Isa, ty: GgmlType, w: &[u8], a: [&[Q8Block]; T], o
             }
         }
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon => {
+        Isa::Neon if neon::has(ty) => {
             for (t, a) in a.iter().enumerate() {
                 // SAFETY: NEON with dotprod was detected; lengths checked above.
                 out[t] = unsafe { neon::dot(ty, w, a) };
@@ -179,8 +189,11 @@ fn dot_n<const T: usize>(isa: Isa, ty: GgmlType, w: &[u8], a: [&[Q8Block]; T], o
             let f = match ty {
                 GgmlType::Q4_0 => portable::dot_q4_0,
                 GgmlType::Q4_1 => portable::dot_q4_1,
+                GgmlType::Q5_0 => portable::dot_q5_0,
+                GgmlType::Q5_1 => portable::dot_q5_1,
                 GgmlType::Q8_0 => portable::dot_q8_0,
                 GgmlType::Q4_K => portable::dot_q4_k,
+                GgmlType::Q5_K => portable::dot_q5_k,
                 _ => portable::dot_q6_k,
             };
             for (t, a) in a.iter().enumerate() {
@@ -201,10 +214,16 @@ pub fn interleaves(isa: Isa) -> bool {
 /// with activation row `t`.
 pub fn dot_x8(isa: Isa, ty: GgmlType, g: &[u8], acts: &[&[Q8Block]], out: &mut [[f32; 8]]) {
     assert!(interleaves(isa), "{isa:?} has no interleaved kernels");
+    // Activation blocks the group's blocks span.
     let blocks = match ty {
         GgmlType::Q4_0 => g.len() / 144,
         GgmlType::Q4_1 => g.len() / 160,
+        GgmlType::Q5_0 => g.len() / 176,
+        GgmlType::Q5_1 => g.len() / 192,
         GgmlType::Q8_0 => g.len() / 272,
+        GgmlType::Q4_K => g.len() / 1152 * 8,
+        GgmlType::Q5_K => g.len() / 1408 * 8,
+        GgmlType::Q6_K => g.len() / 1680 * 8,
         _ => panic!("dot_x8: {ty} is not interleaved"),
     };
     assert!(acts.iter().all(|a| a.len() >= blocks) && out.len() >= acts.len(), "dot_x8: lengths disagree");
@@ -219,6 +238,11 @@ pub fn dot_x8(isa: Isa, ty: GgmlType, g: &[u8], acts: &[&[Q8Block]], out: &mut [
                     match ty {
                         GgmlType::Q4_0 => x86::x8::q4_0::<$n>(g, a, o),
                         GgmlType::Q4_1 => x86::x8::q4_1::<$n>(g, a, o),
+                        GgmlType::Q5_0 => x86::x8::q5_0::<$n>(g, a, o),
+                        GgmlType::Q5_1 => x86::x8::q5_1::<$n>(g, a, o),
+                        GgmlType::Q4_K => x86::x8::q4_k::<$n>(g, a, o),
+                        GgmlType::Q5_K => x86::x8::q5_k::<$n>(g, a, o),
+                        GgmlType::Q6_K => x86::x8::q6_k::<$n>(g, a, o),
                         _ => x86::x8::q8_0::<$n>(g, a, o),
                     }
                 }

@@ -33,6 +33,12 @@ unsafe fn nibbles(p: *const u8) -> (int8x16_t, int8x16_t) {
     (vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(15))), vreinterpretq_s8_u8(vshrq_n_u8(q, 4)))
 }
 
+/// Whether [`dot`] has a kernel for `ty` (the five-bit types run the
+/// portable kernels on aarch64).
+pub fn has(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q6_K)
+}
+
 /// One weight row of `ty` against one row of activation blocks.
 ///
 /// # Safety

@@ -5,7 +5,7 @@
 use half::{bf16, f16};
 
 use super::block::{Q8Block, QK};
-use crate::formats::dequantize::scale_min_k4;
+use crate::formats::dequantize::{q5_values, scale_min_k4};
 use crate::formats::fp8::e4m3;
 
 #[inline]
@@ -58,6 +58,31 @@ pub fn dot_q4_1(w: &[u8], a: &[Q8Block]) -> f32 {
     acc
 }
 
+/// Integer dot product of a Q5_0/Q5_1 block's 5-bit values with one
+/// activation block.
+#[inline]
+fn dot_q5(qh: &[u8], qs: &[u8], a: &Q8Block) -> i32 {
+    q5_values(qh, qs).iter().zip(&a.qs).map(|(&q, &y)| q as i32 * y as i32).sum()
+}
+
+pub fn dot_q5_0(w: &[u8], a: &[Q8Block]) -> f32 {
+    let mut acc = 0f32;
+    for (b, a) in w.chunks_exact(22).zip(a) {
+        // x = d * (q - 16)
+        acc += f16_at(b, 0) * a.d * (dot_q5(&b[2..6], &b[6..], a) - 16 * a.sum) as f32;
+    }
+    acc
+}
+
+pub fn dot_q5_1(w: &[u8], a: &[Q8Block]) -> f32 {
+    let mut acc = 0f32;
+    for (b, a) in w.chunks_exact(24).zip(a) {
+        // x = d * q + m
+        acc += f16_at(b, 0) * a.d * dot_q5(&b[4..8], &b[8..], a) as f32 + f16_at(b, 2) * a.d * a.sum as f32;
+    }
+    acc
+}
+
 pub fn dot_q8_0(w: &[u8], a: &[Q8Block]) -> f32 {
     let mut acc = 0f32;
     for (b, a) in w.chunks_exact(34).zip(a) {
@@ -79,6 +104,25 @@ pub fn dot_q4_k(w: &[u8], a: &[Q8Block]) -> f32 {
                 let (sc, m) = scale_min_k4(2 * j + half, scales);
                 let dot: i32 =
                     q.iter().zip(&a.qs).map(|(&q, &y)| ((q >> (4 * half)) & 15) as i32 * y as i32).sum();
+                acc += a.d * (d * sc as f32 * dot as f32 - dmin * m as f32 * a.sum as f32);
+            }
+        }
+    }
+    acc
+}
+
+pub fn dot_q5_k(w: &[u8], a: &[Q8Block]) -> f32 {
+    let mut acc = 0f32;
+    for (b, a) in w.chunks_exact(176).zip(a.chunks_exact(8)) {
+        let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+        let (scales, qh, qs) = (&b[4..16], &b[16..48], &b[48..]);
+        for j in 0..4 {
+            let q = &qs[32 * j..32 * j + 32];
+            for (half, a) in [(0, &a[2 * j]), (1, &a[2 * j + 1])] {
+                let s = 2 * j + half;
+                let (sc, m) = scale_min_k4(s, scales);
+                let value = |l: usize| ((q[l] >> (4 * half)) & 15) as i32 | (((qh[l] >> s) & 1) as i32) << 4;
+                let dot: i32 = (0..32).map(|l| value(l) * a.qs[l] as i32).sum();
                 acc += a.d * (d * sc as f32 * dot as f32 - dmin * m as f32 * a.sum as f32);
             }
         }

@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use super::*;
 use crate::formats::dequantize;
 
-const TYPES: [GgmlType; 5] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K];
+const TYPES: [GgmlType; 8] = INTERLEAVED;
 
 fn f16_bytes(v: f32) -> [u8; 2] {
     half::f16::from_f32(v).to_le_bytes()
@@ -29,8 +29,8 @@ pub(in crate::backend::cpu) fn random_row(ty: GgmlType, cols: usize, rng: &mut C
             b[at..at + 2].copy_from_slice(&f16_bytes(rng.random_range(-0.05f32..0.05)));
         };
         match ty {
-            GgmlType::Q4_0 | GgmlType::Q8_0 => scale(0, rng),
-            GgmlType::Q4_1 | GgmlType::Q4_K => {
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => scale(0, rng),
+            GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => {
                 scale(0, rng);
                 scale(2, rng);
             }
@@ -250,6 +250,46 @@ fn fp8_kernels_equal_the_exact_sum_within_f32_rounding() {
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&wide), bits(&portable_wide), "{isa:?} cols {cols}: widening differs");
             assert!(wide.iter().zip(&w).all(|(&v, &c)| v == decode(c) * 0.37));
+        }
+    }
+}
+
+/// Each interleaved kernel against the portable row kernel, row by row, for
+/// one to four activation rows: the same integer block sums, so the two
+/// differ only by the order of float additions (the bound of the row test).
+#[test]
+fn interleaved_groups_match_portable_rows() {
+    use crate::formats::{Bytes, PackedTensor};
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    for isa in Isa::available().into_iter().filter(|&isa| interleaves(isa)) {
+        for ty in INTERLEAVED {
+            let cols = 768;
+            let rows: Vec<Vec<u8>> = (0..16).map(|_| random_row(ty, cols, &mut rng)).collect();
+            let p = PackedTensor::new(vec![16, cols], ty, Bytes::Owned(rows.concat())).unwrap();
+            let w = interleave::Interleaved::new(&p);
+            let acts = random_acts(4, cols, &mut rng);
+            for n in 1..=4 {
+                let a: Vec<&[Q8Block]> = acts[..n].iter().map(|a| a.as_slice()).collect();
+                for g in 0..2 {
+                    let mut got = [[0f32; 8]; 4];
+                    dot_x8(isa, ty, w.group(g), &a, &mut got[..n]);
+                    for (t, a) in a.iter().enumerate() {
+                        for i in 0..8 {
+                            let row = &rows[8 * g + i];
+                            let mut want = [0f32];
+                            dot_q8(Isa::Portable, ty, row, &[a], &mut want);
+                            let (_, m) = reference(ty, row, a, cols);
+                            assert!(
+                                ((got[t][i] - want[0]).abs() as f64) <= bound(cols, m),
+                                "{isa:?} {ty} n {n} act {t} row {}: {} vs {}",
+                                8 * g + i,
+                                got[t][i],
+                                want[0]
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -45,6 +45,35 @@ unsafe fn nibbles16(p: *const u8) -> __m256i {
     _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m), _mm_and_si128(q, m))
 }
 
+/// The bits of the u32 at `p` as 32 bytes: 0xFF where bit `i` is set for
+/// byte `i`, 0 elsewhere (each byte `i` of the broadcast word is picked by
+/// a shuffle, then ORed with all bits but `i % 8`).
+#[inline(always)]
+unsafe fn bytes_from_bits(p: *const u8) -> __m256i {
+    let word = _mm256_set1_epi32((p as *const i32).read_unaligned());
+    let pick = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+    let others = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
+    _mm256_cmpeq_epi8(_mm256_or_si256(_mm256_shuffle_epi8(word, pick), others), _mm256_set1_epi64x(-1))
+}
+
+/// The 32 five-bit values of a Q5_0/Q5_1 block: nibbles of `qs` with the
+/// bits of `qh` on top.
+#[inline(always)]
+unsafe fn q5_values(qh: *const u8, qs: *const u8) -> __m256i {
+    _mm256_or_si256(nibbles16(qs), _mm256_and_si256(bytes_from_bits(qh), _mm256_set1_epi8(16)))
+}
+
+/// Each byte's bit `from` moved to bit `to` (the other bits cleared).
+#[inline(always)]
+unsafe fn move_bit(v: __m256i, from: u32, to: u32) -> __m256i {
+    let moved = if from <= to {
+        _mm256_sll_epi16(v, _mm_cvtsi32_si128((to - from) as i32))
+    } else {
+        _mm256_srl_epi16(v, _mm_cvtsi32_si128((from - to) as i32))
+    };
+    _mm256_and_si256(moved, _mm256_set1_epi8(1 << to))
+}
+
 /// AVX2: sums of 4 adjacent `u8 * i8` products as 8 i32 (no saturation for
 /// the value ranges used here: |u| <= 128, |s| <= 127).
 #[inline(always)]
@@ -140,6 +169,41 @@ macro_rules! kernels {
                 out[..T].copy_from_slice(&sums);
             }
 
+            /// Q5_0: `x = d * (q - 16)`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn q5_0<const T: usize>(w: &[u8], a: [&[Q8Block]; T], out: &mut [f32]) {
+                let sums = two_chains!(w.len() / 22, i, acc, offs, {
+                    let b = w.as_ptr().add(22 * i);
+                    let d = f16_at(b);
+                    let q = q5_values(b.add(2), b.add(6));
+                    for t in 0..T {
+                        let y = a[t].get_unchecked(i);
+                        let p = _mm256_cvtepi32_ps($mul_sum(q, load(y.qs.as_ptr())));
+                        let dd = d * y.d;
+                        acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(dd), acc[t]);
+                        offs[t] -= dd * (16 * y.sum) as f32;
+                    }
+                });
+                out[..T].copy_from_slice(&sums);
+            }
+
+            /// Q5_1: `x = d * q + m`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn q5_1<const T: usize>(w: &[u8], a: [&[Q8Block]; T], out: &mut [f32]) {
+                let sums = two_chains!(w.len() / 24, i, acc, offs, {
+                    let b = w.as_ptr().add(24 * i);
+                    let (d, m) = (f16_at(b), f16_at(b.add(2)));
+                    let q = q5_values(b.add(4), b.add(8));
+                    for t in 0..T {
+                        let y = a[t].get_unchecked(i);
+                        let p = _mm256_cvtepi32_ps($mul_sum(q, load(y.qs.as_ptr())));
+                        acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(d * y.d), acc[t]);
+                        offs[t] += m * y.d * y.sum as f32;
+                    }
+                });
+                out[..T].copy_from_slice(&sums);
+            }
+
             /// Q8_0: `x = d * q` (signed weights: `|w| * sign(y, w)`).
             #[target_feature(enable = $features)]
             pub unsafe fn q8_0<const T: usize>(w: &[u8], a: [&[Q8Block]; T], out: &mut [f32]) {
@@ -171,6 +235,30 @@ macro_rules! kernels {
                     let raw = load(b.as_ptr().add(16 + 32 * (j / 2)) as *const i8);
                     let raw = if j % 2 == 0 { raw } else { _mm256_srli_epi16(raw, 4) };
                     let q = _mm256_and_si256(raw, mask);
+                    let (sc, m) = scale_min_k4(j, &b[4..16]);
+                    let (dsc, dm) = (d * sc as f32, dmin * m as f32);
+                    for t in 0..T {
+                        let y = a[t].get_unchecked(s);
+                        let p = _mm256_cvtepi32_ps($mul_sum(q, load(y.qs.as_ptr())));
+                        acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(dsc * y.d), acc[t]);
+                        offs[t] -= dm * y.d * y.sum as f32;
+                    }
+                });
+                out[..T].copy_from_slice(&sums);
+            }
+
+            /// Q5_K: Q4_K with a fifth bit per value (bit `j` of `qh[l]`).
+            #[target_feature(enable = $features)]
+            pub unsafe fn q5_k<const T: usize>(w: &[u8], a: [&[Q8Block]; T], out: &mut [f32]) {
+                let mask = _mm256_set1_epi8(15);
+                let sums = two_chains!(w.len() / 176 * 8, s, acc, offs, {
+                    let (i, j) = (s / 8, s % 8);
+                    let b = &w[176 * i..176 * (i + 1)];
+                    let (d, dmin) = (f16_at(b.as_ptr()), f16_at(b.as_ptr().add(2)));
+                    let raw = load(b.as_ptr().add(48 + 32 * (j / 2)) as *const i8);
+                    let raw = if j % 2 == 0 { raw } else { _mm256_srli_epi16(raw, 4) };
+                    let high = move_bit(load(b.as_ptr().add(16) as *const i8), j as u32, 4);
+                    let q = _mm256_or_si256(_mm256_and_si256(raw, mask), high);
                     let (sc, m) = scale_min_k4(j, &b[4..16]);
                     let (dsc, dm) = (d * sc as f32, dmin * m as f32);
                     for t in 0..T {
@@ -381,13 +469,31 @@ pub mod x8 {
         _mm256_set1_epi32((q as *const i32).add(chunk).read_unaligned())
     }
 
-    /// Q4_0 (`OFFSET = true`: x = d (q - 8)) and Q4_1 (x = d q + m): chunks
-    /// of nibble pairs. Products of 4-bit and 8-bit values are summed in
-    /// i16 over the whole block: 8 x 2 x 15 x 128 = 30720 < 32767.
+    /// Σ over chunks `cs` of `maddubs(w[c], activation chunk c)` in i16.
+    #[inline(always)]
+    unsafe fn sum16(w: &[__m256i], q: *const i8, cs: std::ops::Range<usize>) -> __m256i {
+        let mut s = _mm256_maddubs_epi16(w[cs.start], bcast(q, cs.start));
+        for (c, &w) in w.iter().enumerate().take(cs.end).skip(cs.start + 1) {
+            s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w, bcast(q, c)));
+        }
+        s
+    }
+
+    /// Q4_0 (x = d (q - 8)), Q4_1 (`MINS`: x = d q + m) and with `FIVE` their
+    /// five-bit kin Q5_0 (x = d (q - 16)) and Q5_1: chunks of nibble pairs.
+    /// Products of 4-bit and 8-bit values are summed in i16 over the whole
+    /// block (8 x 2 x 15 x 128 = 30720 < 32767); 5-bit ones over half
+    /// blocks (4 x 2 x 31 x 127 = 31496).
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q4<const T: usize, const MINS: bool>(g: &[u8], a: [&[Q8Block]; T], out: &mut [[f32; 8]; T]) {
-        let block = if MINS { 160 } else { 144 };
-        let quants = if MINS { 32 } else { 16 };
+    unsafe fn q4_q5<const T: usize, const MINS: bool, const FIVE: bool>(
+        g: &[u8],
+        a: [&[Q8Block]; T],
+        out: &mut [[f32; 8]; T],
+    ) {
+        let units = if MINS { 32 } else { 16 };
+        let quants = units + if FIVE { 32 } else { 0 };
+        let block = quants + 128;
+        let offset = if FIVE { -16.0 } else { -8.0 };
         let (m4, ones) = (_mm256_set1_epi8(15), _mm256_set1_epi16(1));
         let mut acc = [_mm256_setzero_ps(); T];
         let mut offs = [_mm256_setzero_ps(); T];
@@ -395,26 +501,32 @@ pub mod x8 {
             let p = g.as_ptr().add(block * b);
             let d = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
             let m = if MINS { _mm256_cvtph_ps(_mm_loadu_si128(p.add(16) as *const __m128i)) } else { d };
-            let mut lo = [_mm256_setzero_si256(); 4];
-            let mut hi = [_mm256_setzero_si256(); 4];
+            // lo[c], then hi[c]: the activation chunks 0..4 and 4..8 they meet.
+            let mut w = [_mm256_setzero_si256(); 8];
+            // The transposed qh words (see `interleave.rs`): bits c and 4 + c.
+            let qh = if FIVE { load(p.add(units) as *const i8) } else { _mm256_setzero_si256() };
             for c in 0..4 {
                 let raw = load(p.add(quants + 32 * c) as *const i8);
-                lo[c] = _mm256_and_si256(raw, m4);
-                hi[c] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+                w[c] = _mm256_and_si256(raw, m4);
+                w[4 + c] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+                if FIVE {
+                    w[c] = _mm256_or_si256(w[c], move_bit(qh, c as u32, 4));
+                    w[4 + c] = _mm256_or_si256(w[4 + c], move_bit(qh, 4 + c as u32, 4));
+                }
             }
             for t in 0..T {
                 let y = a[t].get_unchecked(b);
                 let q = y.qs.as_ptr();
-                let mut s16 = _mm256_maddubs_epi16(lo[0], bcast(q, 0));
-                s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(hi[0], bcast(q, 4)));
-                for c in 1..4 {
-                    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(lo[c], bcast(q, c)));
-                    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(hi[c], bcast(q, 4 + c)));
-                }
-                let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones));
-                acc[t] = _mm256_fmadd_ps(s, _mm256_mul_ps(d, _mm256_set1_ps(y.d)), acc[t]);
-                // Q4_1: + m * d_y * Σq_y; Q4_0: - 8 d * d_y * Σq_y.
-                let k = if MINS { y.d * y.sum as f32 } else { -8.0 * y.d * y.sum as f32 };
+                let s = if FIVE {
+                    let low = _mm256_madd_epi16(sum16(&w, q, 0..4), ones);
+                    _mm256_add_epi32(low, _mm256_madd_epi16(sum16(&w, q, 4..8), ones))
+                } else {
+                    _mm256_madd_epi16(sum16(&w, q, 0..8), ones)
+                };
+                acc[t] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, _mm256_set1_ps(y.d)), acc[t]);
+                // Q4_1/Q5_1: + m * d_y * Σq_y; Q4_0/Q5_0: - 8 (16) d * d_y * Σq_y.
+                let k = if MINS { y.d * y.sum as f32 } else { offset * y.d * y.sum as f32 };
                 offs[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(k), offs[t]);
             }
         }
@@ -424,11 +536,174 @@ pub mod x8 {
     }
 
     pub unsafe fn q4_0<const T: usize>(g: &[u8], a: [&[Q8Block]; T], out: &mut [[f32; 8]; T]) {
-        q4::<T, false>(g, a, out)
+        q4_q5::<T, false, false>(g, a, out)
     }
 
     pub unsafe fn q4_1<const T: usize>(g: &[u8], a: [&[Q8Block]; T], out: &mut [[f32; 8]; T]) {
-        q4::<T, true>(g, a, out)
+        q4_q5::<T, true, false>(g, a, out)
+    }
+
+    pub unsafe fn q5_0<const T: usize>(g: &[u8], a: [&[Q8Block]; T], out: &mut [[f32; 8]; T]) {
+        q4_q5::<T, false, true>(g, a, out)
+    }
+
+    pub unsafe fn q5_1<const T: usize>(g: &[u8], a: [&[Q8Block]; T], out: &mut [[f32; 8]; T]) {
+        q4_q5::<T, true, true>(g, a, out)
+    }
+
+    /// The eight rows' 6-bit scales and mins of a Q4_K/Q5_K super-block from
+    /// its 12 one-byte units at `p` (`[byte][row]`, see `get_scale_min_k4`):
+    /// `(scales, mins)`, byte `8 j + r` for sub-block `j` of row `r`.
+    #[inline(always)]
+    unsafe fn k_scales(p: *const u8) -> ([u8; 64], [u8; 64]) {
+        let b = [load(p as *const i8), load(p.add(32) as *const i8), load(p.add(64) as *const i8)];
+        let (m63, m15, top) = (_mm256_set1_epi8(63), _mm256_set1_epi8(15), _mm256_set1_epi8(0x30));
+        // Sub-blocks 0..4 keep theirs in bytes 0..8; 4..8 split them between
+        // the nibbles of bytes 8..12 and the top two bits of bytes 0..8.
+        let top_of = |v: __m256i| _mm256_and_si256(_mm256_srli_epi16(v, 2), top);
+        let sc_high = _mm256_or_si256(_mm256_and_si256(b[2], m15), top_of(b[0]));
+        let m_high = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b[2], 4), m15), top_of(b[1]));
+        let (mut sc, mut m) = ([0u8; 64], [0u8; 64]);
+        _mm256_storeu_si256(sc.as_mut_ptr() as *mut __m256i, _mm256_and_si256(b[0], m63));
+        _mm256_storeu_si256(sc.as_mut_ptr().add(32) as *mut __m256i, sc_high);
+        _mm256_storeu_si256(m.as_mut_ptr() as *mut __m256i, _mm256_and_si256(b[1], m63));
+        _mm256_storeu_si256(m.as_mut_ptr().add(32) as *mut __m256i, m_high);
+        (sc, m)
+    }
+
+    /// Eight bytes at `p` widened to eight f32 lanes.
+    #[inline(always)]
+    unsafe fn u8x8_ps(p: *const u8) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)))
+    }
+
+    /// Q4_K (and Q5_K with `FIVE`): per sub-block of 32, `x = d sc q - dmin m`.
+    /// Sub-block `j` is the low (even `j`) or high nibbles of chunks
+    /// `8 (j / 2)..`, summed in i16 as Q4_0 (Q5_K: as Q5_0, in halves).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4k_q5k<const T: usize, const FIVE: bool>(
+        g: &[u8],
+        a: [&[Q8Block]; T],
+        out: &mut [[f32; 8]; T],
+    ) {
+        let qs_at = if FIVE { 384 } else { 128 };
+        let block = qs_at + 1024;
+        let (m4, ones) = (_mm256_set1_epi8(15), _mm256_set1_epi16(1));
+        let mut acc = [_mm256_setzero_ps(); T];
+        let mut offs = [_mm256_setzero_ps(); T];
+        for i in 0..g.len() / block {
+            let p = g.as_ptr().add(block * i);
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+            let dmin = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16) as *const __m128i));
+            let (sc, mins) = k_scales(p.add(32));
+            for j in 0..8 {
+                let dsc = _mm256_mul_ps(d, u8x8_ps(sc.as_ptr().add(8 * j)));
+                let dm = _mm256_mul_ps(dmin, u8x8_ps(mins.as_ptr().add(8 * j)));
+                let mut w = [_mm256_setzero_si256(); 8];
+                for (c, w) in w.iter_mut().enumerate() {
+                    let raw = load(p.add(qs_at + 32 * (8 * (j / 2) + c)) as *const i8);
+                    let raw = if j % 2 == 0 { raw } else { _mm256_srli_epi16(raw, 4) };
+                    *w = _mm256_and_si256(raw, m4);
+                    if FIVE {
+                        let qh = load(p.add(128 + 32 * c) as *const i8);
+                        *w = _mm256_or_si256(*w, move_bit(qh, j as u32, 4));
+                    }
+                }
+                for t in 0..T {
+                    let y = a[t].get_unchecked(8 * i + j);
+                    let q = y.qs.as_ptr();
+                    let s = if FIVE {
+                        let low = _mm256_madd_epi16(sum16(&w, q, 0..4), ones);
+                        _mm256_add_epi32(low, _mm256_madd_epi16(sum16(&w, q, 4..8), ones))
+                    } else {
+                        _mm256_madd_epi16(sum16(&w, q, 0..8), ones)
+                    };
+                    acc[t] = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(s),
+                        _mm256_mul_ps(dsc, _mm256_set1_ps(y.d)),
+                        acc[t],
+                    );
+                    offs[t] = _mm256_fmadd_ps(dm, _mm256_set1_ps(-y.d * y.sum as f32), offs[t]);
+                }
+            }
+        }
+        for t in 0..T {
+            _mm256_storeu_ps(out[t].as_mut_ptr(), _mm256_add_ps(acc[t], offs[t]));
+        }
+    }
+
+    pub unsafe fn q4_k<const T: usize>(g: &[u8], a: [&[Q8Block]; T], out: &mut [[f32; 8]; T]) {
+        q4k_q5k::<T, false>(g, a, out)
+    }
+
+    pub unsafe fn q5_k<const T: usize>(g: &[u8], a: [&[Q8Block]; T], out: &mut [[f32; 8]; T]) {
+        q4k_q5k::<T, true>(g, a, out)
+    }
+
+    /// Eight i8 scales at `p` as eight lanes of two equal i16 (for
+    /// `madd_epi16` against a lane's two i16 sums).
+    #[inline(always)]
+    unsafe fn i8x8_pairs(p: *const u8) -> __m256i {
+        let x = _mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i));
+        _mm256_or_si256(_mm256_and_si256(x, _mm256_set1_epi32(0xffff)), _mm256_slli_epi32(x, 16))
+    }
+
+    /// Q6_K: `x = d sc (q - 32)` with an i8 scale per 16 values. The signed
+    /// values meet the activations as `|w| * sign(y, w)`, summed in i16 per
+    /// 16 values (4 x 2 x 32 x 127 = 32512 < 32767) and scaled in `madd`.
+    /// Activation block `k` (values `32 k..`) is group `k % 4` of half
+    /// `k / 4` in ggml's order: low bits from `ql` chunks
+    /// `16 h + 8 (k % 2)..` (low nibbles for groups 0, 1), high bits from
+    /// bits `2 g, 2 g + 1` of `qh` chunks `8 h..`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q6_k<const T: usize>(g: &[u8], a: [&[Q8Block]; T], out: &mut [[f32; 8]; T]) {
+        let (m4, m32, top) = (_mm256_set1_epi8(15), _mm256_set1_epi8(32), _mm256_set1_epi8(0x30));
+        let mut acc = [_mm256_setzero_ps(); T];
+        for i in 0..g.len() / 1680 {
+            let p = g.as_ptr().add(1680 * i);
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+            for k in 0..8 {
+                let (h, gi) = (k / 4, k % 4);
+                let (mut w, mut wabs) = ([_mm256_setzero_si256(); 8], [_mm256_setzero_si256(); 8]);
+                for c in 0..8 {
+                    let ql = load(p.add(144 + 32 * (16 * h + 8 * (gi % 2) + c)) as *const i8);
+                    let low = _mm256_and_si256(if gi < 2 { ql } else { _mm256_srli_epi16(ql, 4) }, m4);
+                    let qh = load(p.add(1168 + 32 * (8 * h + c)) as *const i8);
+                    let high = if gi < 3 {
+                        _mm256_sll_epi16(qh, _mm_cvtsi32_si128(4 - 2 * gi as i32))
+                    } else {
+                        _mm256_srli_epi16(qh, 2)
+                    };
+                    w[c] = _mm256_sub_epi8(_mm256_or_si256(low, _mm256_and_si256(high, top)), m32);
+                    wabs[c] = _mm256_sign_epi8(w[c], w[c]);
+                }
+                let scales = [
+                    i8x8_pairs(p.add(16 + 8 * (8 * h + 2 * gi))),
+                    i8x8_pairs(p.add(16 + 8 * (8 * h + 2 * gi + 1))),
+                ];
+                for t in 0..T {
+                    let y = a[t].get_unchecked(8 * i + k);
+                    let q = y.qs.as_ptr();
+                    let half = |cs: std::ops::Range<usize>| {
+                        let mut s = _mm256_setzero_si256();
+                        for c in cs {
+                            let sy = _mm256_sign_epi8(bcast(q, c), w[c]);
+                            s = _mm256_add_epi16(s, _mm256_maddubs_epi16(wabs[c], sy));
+                        }
+                        s
+                    };
+                    let s = _mm256_add_epi32(
+                        _mm256_madd_epi16(half(0..4), scales[0]),
+                        _mm256_madd_epi16(half(4..8), scales[1]),
+                    );
+                    acc[t] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, _mm256_set1_ps(y.d)), acc[t]);
+                }
+            }
+        }
+        for t in 0..T {
+            _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+        }
     }
 
     /// Q8_0: signed weights, `|w| * sign(y, w)` per chunk, summed in i32
