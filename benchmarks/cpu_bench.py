@@ -1,9 +1,15 @@
 """CPU benchmark: prefill and decode speed of one GGUF through ferrolm,
-llama.cpp (llama-cpp-python) and HF transformers (torch, f32), each in its
-own process on the same threads, in one run; prints the ratios.
+llama.cpp (its own `llama-bench`, and llama-cpp-python) and HF transformers
+(torch, f32), each in its own process on the same threads, in one run;
+prints the ratios.
 
     python benchmarks/cpu_bench.py                              # SmolLM2 Q4_1, 128 + 128 tokens, 2 threads
-    python benchmarks/cpu_bench.py --engines ferrolm,llama.cpp --runs 5 --json out.json
+    python benchmarks/cpu_bench.py --engines ferrolm,llama-bench --model Q4_K_M.gguf --runs 5
+
+`llama-bench` is llama.cpp's C++ benchmark (no Python between tokens: the
+strictest peer); `../shared/tools/build-llama-cpp` builds it, and
+`--llama-bin` (default `$FERROLM_LLAMA_BIN`, else /tmp/llama.cpp-bin/bin)
+says where it is.
 
 Each engine gets a 128-token prompt (prefill tokens/s: the whole prompt in
 one pass, logits of its last position only, as llama.cpp computes by
@@ -70,15 +76,23 @@ elif engine == "hf":
             out = m(tok, past_key_values=past, use_cache=True)
             past, tok = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
         decode = time.perf_counter() - t
+elif engine == "llama-bench":
+    import subprocess
+    cmd = [os.path.join(os.environ["LLAMA_BIN"], "llama-bench"), "-m", model, "-t", str(threads), "-r", "1",
+           "-p", str(prompt_len), "-n", str(gen), "-o", "json"]
+    tests = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    prefill = prompt_len / next(t["avg_ts"] for t in tests if t["n_prompt"] > 0)
+    decode = gen / next(t["avg_ts"] for t in tests if t["n_gen"] > 0)
 else:
     raise SystemExit(f"unknown engine {engine}")
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+who = resource.RUSAGE_CHILDREN if engine == "llama-bench" else resource.RUSAGE_SELF
+rss = resource.getrusage(who).ru_maxrss * 1024
 print(json.dumps({"prefill_tps": prompt_len / prefill, "decode_tps": gen / decode, "peak_rss": rss}))
 '''
 
 
-def run_once(python: str, engine: str, model: str, threads: int, prompt_len: int, gen: int) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), RAYON_NUM_THREADS=str(threads))
+def run_once(python: str, engine: str, model: str, threads: int, prompt_len: int, gen: int, llama_bin: str) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), RAYON_NUM_THREADS=str(threads), LLAMA_BIN=llama_bin)
     p = subprocess.run([python, "-c", WORKER, engine, model, str(threads), str(prompt_len), str(gen)],
                        capture_output=True, text=True, env=env, timeout=1800)
     if p.returncode != 0:
@@ -89,7 +103,9 @@ def run_once(python: str, engine: str, model: str, threads: int, prompt_len: int
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2", help="a .gguf file or short name (default: smollm2)")
-    ap.add_argument("--engines", default="ferrolm,llama.cpp,hf")
+    ap.add_argument("--engines", default="ferrolm,llama-bench,llama.cpp,hf")
+    ap.add_argument("--llama-bin", default=os.environ.get("FERROLM_LLAMA_BIN", "/tmp/llama.cpp-bin/bin"),
+                    help="folder of llama.cpp's llama-bench (see ../shared/tools/build-llama-cpp)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--gen-tokens", type=int, default=128)
@@ -113,7 +129,7 @@ def main() -> None:
     for engine in args.engines.split(","):
         try:
             python = pythons.get(engine, sys.executable)
-            runs = [run_once(python, engine, model, args.threads, args.prompt_tokens, args.gen_tokens)
+            runs = [run_once(python, engine, model, args.threads, args.prompt_tokens, args.gen_tokens, args.llama_bin)
                     for _ in range(args.runs)]
         except Exception as e:  # a peer that is not installed is reported, not fatal
             print(f"{engine:>10}: skipped ({e})", flush=True)
@@ -122,6 +138,12 @@ def main() -> None:
         results[engine] = r
         print(f"{engine:>10}: prefill {r['prefill_tps']:8.1f} tok/s | decode {r['decode_tps']:7.1f} tok/s | "
               f"peak RSS {r['peak_rss'] / 2**20:6.0f} MiB", flush=True)
+    bandwidth = read_bandwidth(args.threads)
+    bound = bandwidth / size
+    print(f"read bandwidth, {args.threads} threads: {bandwidth / 1e9:.1f} GB/s -> decode bound ~{bound:.0f} tok/s "
+          f"(every byte of the file read once per token)", flush=True)
+    for engine, r in results.items():
+        print(f"{engine:>10}: decode at {r['decode_tps'] / bound:.0%} of the bound")
     if "ferrolm" in results:
         ours = results["ferrolm"]
         for peer, r in results.items():
@@ -134,7 +156,27 @@ def main() -> None:
               f"{agreement:.1%}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": model, "args": vars(args), "results": results, "agreement": agreement}, f, indent=2)
+            json.dump({"model": model, "args": vars(args), "results": results, "agreement": agreement,
+                       "read_bandwidth": bandwidth, "decode_bound_tps": bound}, f, indent=2)
+
+
+def read_bandwidth(threads: int, mib: int = 1024, repeats: int = 5) -> float:
+    """Bytes/s that `threads` threads read from memory: each sums its share
+    of a buffer far larger than the caches (numpy's vectorized sum releases
+    the GIL); the best of `repeats`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    buf = np.ones(mib * 2**20 // 4, dtype=np.float32)
+    parts = np.array_split(buf, threads)
+    best = 0.0
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(repeats):
+            t = time.perf_counter()
+            list(pool.map(np.sum, parts))
+            best = max(best, buf.nbytes / (time.perf_counter() - t))
+    return best
 
 
 def greedy_agreement(model: str, positions: int) -> float:

@@ -5,7 +5,7 @@ part of it comes from the prefix cache, and however many threads there are.
 
 The cases cover the weight formats of the default path on a tiny random
 Llama with SmolLM2's tokenizer: f16 as stored (the half kernels), Q8_0
-(the interleaved integer kernels) and Q4_K (the K-quant kernels) quantized
+and Q4_K (the interleaved integer kernels, 32- and 256-value blocks) quantized
 at load; and the real SmolLM2 Q4_1 GGUF. Each case sends 16 requests (8
 greedy, 8 seeded at temperature 0.8, with top-2 log-probabilities) alone,
 then mixed into batches of 1 to 64 with other traffic of every length, with

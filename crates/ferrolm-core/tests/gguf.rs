@@ -533,12 +533,12 @@ fn hostile_values_are_refused() {
 #[test]
 fn unsupported_tensor_types_are_named() {
     let s = Scratch::new("types");
-    for (ty, name) in [(13u32, "Q5_K"), (99, "unknown ggml type 99")] {
+    for (ty, name) in [(11u32, "Q3_K"), (99, "unknown ggml type 99")] {
         let mut w = Writer::llama("llama");
-        w.tensors[4].2 = ty; // blk.0.attn_q.weight, 256 bytes: a whole Q5_K block would be 176
-        if ty == 13 {
+        w.tensors[4].2 = ty; // blk.0.attn_q.weight, 256 bytes: a whole Q3_K block would be 110
+        if ty == 11 {
             w.tensors[4].1 = vec![256, 1];
-            w.tensors[4].3 = vec![0; 176];
+            w.tensors[4].3 = vec![0; 110];
         }
         let path = s.write(&w.bytes());
         let source = GgufSource::open(&path).unwrap();
