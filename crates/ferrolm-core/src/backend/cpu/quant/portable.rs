@@ -15,9 +15,8 @@ pub(super) fn f16_at(b: &[u8], i: usize) -> f32 {
 
 /// Quantizes `x` (a multiple of 32 values) into `out`, one block per 32
 /// values: `d = max|x| / 127`, `q = round(x / d)` (ggml's `quantize_row_q8_0`,
-/// with `d` kept in f32). Inlined into the SIMD callers, where the compiler
-/// vectorizes it with the same rounding (`f32::round`: half away from zero).
-#[inline(always)]
+/// with `d` kept in f32; `f32::round`: half away from zero). The AVX2
+/// version gives the same blocks.
 pub fn quantize_q8(x: &[f32], out: &mut [Q8Block]) {
     for (block, x) in out.iter_mut().zip(x.chunks_exact(QK)) {
         let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));

@@ -306,12 +306,47 @@ macro_rules! kernels {
 kernels!(avx2, "avx2,fma,f16c", mul_sum_avx2, mul_sum_scaled_avx2);
 kernels!(avx512vnni, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", mul_sum_vnni, mul_sum_scaled_vnni);
 
-/// [`super::portable::quantize_q8`] compiled for AVX2: the same operations
-/// (so the same blocks, bit for bit), vectorized and with `round` inlined
-/// instead of a call to libm's `roundf`.
+/// [`super::portable::quantize_q8`] in AVX2, the same blocks bit for bit:
+/// the same max, scale and products, and `f32::round` (half away from
+/// zero) as truncation plus a step where the dropped fraction is >= 0.5
+/// (exact: the values are below 2^23).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn quantize_q8(x: &[f32], out: &mut [Q8Block]) {
-    super::portable::quantize_q8(x, out)
+    let sign = _mm256_set1_ps(-0.0);
+    let (half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0));
+    for (block, x) in out.iter_mut().zip(x.chunks_exact(32)) {
+        let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(x.as_ptr().add(8 * i)));
+        // max(|v|, acc) keeps acc where v is NaN, as f32::max does.
+        let mut amax = _mm256_setzero_ps();
+        for v in v {
+            amax = _mm256_max_ps(_mm256_andnot_ps(sign, v), amax);
+        }
+        let m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+        let d = amax / 127.0;
+        let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+        let q: [__m256i; 4] = std::array::from_fn(|i| {
+            let y = _mm256_mul_ps(v[i], id);
+            let t = _mm256_round_ps(y, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(y, t));
+            let step = _mm256_and_ps(
+                _mm256_cmp_ps(frac, half, _CMP_GE_OQ),
+                _mm256_or_ps(one, _mm256_and_ps(y, sign)),
+            );
+            _mm256_cvttps_epi32(_mm256_add_ps(t, step))
+        });
+        let total = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        let s = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        // packs work per 128-bit lane: restore the order with one permute.
+        let bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        let bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(block.qs.as_mut_ptr() as *mut __m256i, bytes);
+        block.d = d;
+        block.sum = _mm_cvtsi128_si32(s);
+    }
 }
 
 /// Half-precision weights against `T` rows of f32 activations (no integer
