@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use ferrolm_core::backend::cpu::quant::interleave::Interleaved;
 use ferrolm_core::backend::cpu::quant::{
-    dot_fp8, dot_fp8_x4, dot_q8, dot_x8, interleaves, quantize_rows, Isa, Q8Block,
+    dot_fp8, dot_fp8_x4, dot_q8, dot_x8, interleaves, quantize_rows, Isa, Q8Block, INTERLEAVED,
 };
 use ferrolm_core::formats::GgmlType;
 use ferrolm_core::formats::{Bytes, PackedTensor};
@@ -41,7 +41,7 @@ fn main() {
         }
         let gmacs = (reps * rows * cols) as f64 / t.elapsed().as_secs_f64() / 1e9;
         println!("{isa:?} FP8 E4M3 4 rows at a time, 1 input row: {gmacs:.2} GMAC/s ({sum:.0})");
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+        for ty in INTERLEAVED {
             let (block, bytes) = ty.block_layout().unwrap();
             let cols = cols / block * block;
             let row_bytes = cols / block * bytes;
@@ -73,7 +73,7 @@ fn main() {
                     }
                 });
             }
-            if interleaves(isa) && matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0) {
+            if interleaves(isa) {
                 let p = PackedTensor::new(vec![rows, cols], ty, Bytes::Owned(w.clone())).unwrap();
                 let x8 = Interleaved::new(&p);
                 for n in [1, 4] {

@@ -17,6 +17,7 @@ mod memory;
 pub mod quant;
 #[cfg(test)]
 mod tests;
+mod vmath;
 
 use std::sync::Arc;
 

@@ -1,0 +1,192 @@
+//! Vectorized f32 math for attention (x86-64 AVX2/FMA): `exp` of eight
+//! values, the dot products of one query with eight keys, and a softmax
+//! chunk built from them. Only called where the CPU has the features.
+
+#![cfg(target_arch = "x86_64")]
+#![allow(unsafe_op_in_unsafe_fn)]
+
+use std::arch::x86_64::*;
+
+/// `exp` of eight values, Cephes' `expf` (a degree-6 polynomial after range
+/// reduction by ln 2, within 2 ulp of the true value over the normal range;
+/// results below 2^-126 are flushed to zero).
+#[inline(always)]
+pub unsafe fn exp8(x: __m256) -> __m256 {
+    let lowest = _mm256_set1_ps(-87.336_55); // ln 2^-126
+    let underflow = _mm256_cmp_ps(x, lowest, _CMP_LT_OQ);
+    let x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.376_26)), lowest);
+    let n =
+        _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E), _mm256_set1_ps(0.5)));
+    // x - n ln 2, with ln 2 split in two so the product's error cancels.
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm256_set1_ps(1.987_569_1e-4);
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let p = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0));
+    let scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    _mm256_andnot_ps(underflow, _mm256_mul_ps(p, _mm256_castsi256_ps(scale)))
+}
+
+/// The sums of eight vectors' lanes, as the eight lanes of one vector.
+#[inline(always)]
+unsafe fn reduce8(a: [__m256; 8]) -> __m256 {
+    let t = [
+        _mm256_hadd_ps(a[0], a[1]),
+        _mm256_hadd_ps(a[2], a[3]),
+        _mm256_hadd_ps(a[4], a[5]),
+        _mm256_hadd_ps(a[6], a[7]),
+    ];
+    let (u0, u1) = (_mm256_hadd_ps(t[0], t[1]), _mm256_hadd_ps(t[2], t[3]));
+    _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31))
+}
+
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+}
+
+#[inline(always)]
+unsafe fn hmax(v: __m256) -> f32 {
+    let s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_max_ss(s, _mm_shuffle_ps(s, s, 1)))
+}
+
+/// One chunk's share of a softmax (see `attention::chunk_partial`, which
+/// this computes for head dims that are whole vectors): scores eight
+/// positions at a time, their exponentials eight at a time, and the
+/// weighted values summed in registers, 64 dims at a time, in position order.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn chunk_partial(
+    qh: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    partial: &mut [f32],
+) {
+    let hd = qh.len();
+    let n = scores.len();
+    debug_assert!(hd.is_multiple_of(8) && keys.len() >= n * hd && values.len() >= n * hd);
+    debug_assert!(partial.len() >= 2 + hd);
+    let (q, k, v) = (qh.as_ptr(), keys.as_ptr(), values.as_ptr());
+    let mut maxv = _mm256_set1_ps(f32::NEG_INFINITY);
+    for p0 in (0..n).step_by(8) {
+        let m = (n - p0).min(8);
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for d in (0..hd).step_by(8) {
+            let qv = _mm256_loadu_ps(q.add(d));
+            for (j, acc) in acc.iter_mut().enumerate().take(m) {
+                *acc = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k.add((p0 + j) * hd + d)), *acc);
+            }
+        }
+        let s = _mm256_mul_ps(reduce8(acc), _mm256_set1_ps(scale));
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), s);
+        scores[p0..p0 + m].copy_from_slice(&lanes[..m]);
+        lanes[m..].fill(f32::NEG_INFINITY);
+        maxv = _mm256_max_ps(maxv, _mm256_loadu_ps(lanes.as_ptr()));
+    }
+    let max = hmax(maxv);
+    let mut sumv = _mm256_setzero_ps();
+    for p0 in (0..n).step_by(8) {
+        let m = (n - p0).min(8);
+        let mut lanes = [f32::NEG_INFINITY; 8];
+        lanes[..m].copy_from_slice(&scores[p0..p0 + m]);
+        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(lanes.as_ptr()), _mm256_set1_ps(max)));
+        _mm256_storeu_ps(lanes.as_mut_ptr(), e);
+        scores[p0..p0 + m].copy_from_slice(&lanes[..m]);
+        sumv = _mm256_add_ps(sumv, e);
+    }
+    let (stats, out) = partial.split_at_mut(2);
+    stats.copy_from_slice(&[max, hsum(sumv)]);
+    let mut d0 = 0;
+    while d0 < hd {
+        let regs = ((hd - d0) / 8).min(8);
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for (p, &e) in scores.iter().enumerate() {
+            let ev = _mm256_set1_ps(e);
+            for (i, acc) in acc.iter_mut().enumerate().take(regs) {
+                *acc = _mm256_fmadd_ps(ev, _mm256_loadu_ps(v.add(p * hd + d0 + 8 * i)), *acc);
+            }
+        }
+        for (i, acc) in acc.iter().enumerate().take(regs) {
+            _mm256_storeu_ps(out.as_mut_ptr().add(d0 + 8 * i), *acc);
+        }
+        d0 += 8 * regs;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn avx2() -> bool {
+        super::super::quant::x86_simd()
+    }
+
+    #[test]
+    fn exp8_is_within_two_ulp() {
+        if !avx2() {
+            return;
+        }
+        let mut x = -87.0f32;
+        while x <= 88.0 {
+            let xs: [f32; 8] = std::array::from_fn(|i| x + i as f32 * 0.0137);
+            let mut got = [0f32; 8];
+            unsafe { _mm256_storeu_ps(got.as_mut_ptr(), exp8(_mm256_loadu_ps(xs.as_ptr()))) };
+            for (g, x) in got.iter().zip(xs) {
+                let want = (x as f64).exp();
+                let ulp = (want as f32).abs() * f32::EPSILON;
+                assert!(((*g as f64) - want).abs() <= 2.0 * ulp as f64, "exp({x}) = {g}, want {want}");
+            }
+            x += 0.1;
+        }
+        let mut z = [0f32; 8];
+        unsafe { _mm256_storeu_ps(z.as_mut_ptr(), exp8(_mm256_set1_ps(f32::NEG_INFINITY))) };
+        assert_eq!(z, [0.0; 8]);
+    }
+
+    /// Against the same quantities in f64: scores, their max, the sum of
+    /// exponentials and the weighted values, for chunk lengths around the
+    /// vector width and head dims that are and are not whole tiles of 64.
+    #[test]
+    fn chunk_partial_matches_f64() {
+        if !avx2() {
+            return;
+        }
+        let mut seed = 1u32;
+        let mut rand = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+        };
+        for hd in [8, 64, 96, 128] {
+            for n in [1, 5, 8, 13, 64] {
+                let q: Vec<f32> = (0..hd).map(|_| rand()).collect();
+                let k: Vec<f32> = (0..n * hd).map(|_| 3.0 * rand()).collect();
+                let v: Vec<f32> = (0..n * hd).map(|_| rand()).collect();
+                let (mut scores, mut partial) = (vec![0f32; n], vec![0f32; 2 + hd]);
+                let scale = 1.0 / (hd as f32).sqrt();
+                unsafe { chunk_partial(&q, &k, &v, scale, &mut scores, &mut partial) };
+                let s: Vec<f64> = (0..n)
+                    .map(|p| (0..hd).map(|d| q[d] as f64 * k[p * hd + d] as f64).sum::<f64>() * scale as f64)
+                    .collect();
+                let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|s| (s - max).exp()).collect();
+                assert!((partial[0] as f64 - max).abs() < 1e-5, "hd {hd} n {n}: max");
+                assert!(
+                    (partial[1] as f64 - e.iter().sum::<f64>()).abs() < 1e-5 * n as f64,
+                    "hd {hd} n {n}: sum"
+                );
+                for d in 0..hd {
+                    let want: f64 = (0..n).map(|p| e[p] * v[p * hd + d] as f64).sum();
+                    assert!((partial[2 + d] as f64 - want).abs() < 1e-5 * n as f64, "hd {hd} n {n} dim {d}");
+                }
+            }
+        }
+    }
+}
