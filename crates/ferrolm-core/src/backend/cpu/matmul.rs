@@ -423,6 +423,12 @@ impl OutPtr {
     pub unsafe fn write(self, i: usize, v: f32) {
         unsafe { *self.0.add(i) = v }
     }
+
+    /// # Safety
+    /// `i..i + v.len()` is inside the buffer and no other task writes it.
+    pub unsafe fn write_slice(self, i: usize, v: &[f32]) {
+        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), self.0.add(i), v.len()) }
+    }
 }
 
 /// Weight rows per parallel task: enough tasks to balance the threads,

@@ -197,8 +197,17 @@ fn add_bias(out: &mut [f32], bias: &[f32]) {
     }
 }
 
-fn silu(g: f32) -> f32 {
-    g / (1.0 + (-g).exp())
+/// `g[i] = silu(g[i]) * u[i]`, `silu(x) = x / (1 + exp(-x))` (eight at a
+/// time with AVX2, whose `exp` is within 2 ulp of libm's).
+fn silu_mul_in_place(g: &mut [f32], u: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if quant::x86_simd() {
+        // SAFETY: AVX2/FMA were detected.
+        return unsafe { vmath::silu_mul(g, u) };
+    }
+    for (g, u) in g.iter_mut().zip(u) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
 }
 
 /// Largest head_dim / 2 the CPU's RoPE handles (its angle table is on the stack).
@@ -389,15 +398,20 @@ impl Backend for Cpu {
             (0..n).into_par_iter().step_by(step).for_each(|r0| {
                 let rows = r0..(r0 + step).min(n);
                 let width = rows.len();
-                with_spare(p.rows * width, |gate_out| {
+                with_spare(2 * p.rows * width, |spare| {
+                    let (gate_out, up_out) = spare.split_at_mut(p.rows * width);
                     g.compute(self.isa, &p, rows.clone(), |t, r, v| {
                         gate_out[t * width + r - r0] = v + bias(gate_bias, r)
                     });
-                    // SAFETY: `out` holds p.rows * n values (asserted above);
-                    // this task writes only columns `rows`.
-                    u.compute(self.isa, &p, rows, |t, r, v| unsafe {
-                        ptr.write(t * n + r, silu(gate_out[t * width + r - r0]) * (v + bias(up_bias, r)))
+                    u.compute(self.isa, &p, rows, |t, r, v| {
+                        up_out[t * width + r - r0] = v + bias(up_bias, r)
                     });
+                    for (t, (g, u)) in gate_out.chunks_mut(width).zip(up_out.chunks(width)).enumerate() {
+                        silu_mul_in_place(g, u);
+                        // SAFETY: `out` holds p.rows * n values (asserted above);
+                        // this task writes only columns r0..r0 + width.
+                        unsafe { ptr.write_slice(t * n + r0, g) };
+                    }
                 });
             });
         });
@@ -434,10 +448,9 @@ impl Backend for Cpu {
 
     fn silu_mul(&self, gate: &mut Vec<f32>, up: &Vec<f32>) -> Result<()> {
         self.pool.install(|| {
-            gate.par_iter_mut()
-                .zip(up.par_iter())
-                .with_min_len(SERIAL_BELOW)
-                .for_each(|(g, u)| *g = silu(*g) * u);
+            gate.par_chunks_mut(SERIAL_BELOW)
+                .zip(up.par_chunks(SERIAL_BELOW))
+                .for_each(|(g, u)| silu_mul_in_place(g, u));
         });
         Ok(())
     }

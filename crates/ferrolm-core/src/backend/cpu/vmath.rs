@@ -1,6 +1,7 @@
-//! Vectorized f32 math for attention (x86-64 AVX2/FMA): `exp` of eight
-//! values, the dot products of one query with eight keys, and a softmax
-//! chunk built from them. Only called where the CPU has the features.
+//! Vectorized f32 math (x86-64 AVX2/FMA): `exp` of eight values, SiLU
+//! gating built on it, and attention's softmax chunks (the dot products of
+//! one query with eight keys at a time). Only called where the CPU has the
+//! features.
 
 #![cfg(target_arch = "x86_64")]
 #![allow(unsafe_op_in_unsafe_fn)]
@@ -27,6 +28,32 @@ pub unsafe fn exp8(x: __m256) -> __m256 {
     let p = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0));
     let scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     _mm256_andnot_ps(underflow, _mm256_mul_ps(p, _mm256_castsi256_ps(scale)))
+}
+
+/// `g[i] = g[i] / (1 + exp(-g[i])) * u[i]`. The tail goes through the same
+/// vector code (padded), so each value's result does not depend on where
+/// it falls in the slice.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn silu_mul(g: &mut [f32], u: &[f32]) {
+    let n = g.len().min(u.len());
+    let one = _mm256_set1_ps(1.0);
+    let eight = |x: __m256, u: __m256| {
+        let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+        _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(one, e)), u)
+    };
+    let mut i = 0;
+    while i + 8 <= n {
+        let y = eight(_mm256_loadu_ps(g.as_ptr().add(i)), _mm256_loadu_ps(u.as_ptr().add(i)));
+        _mm256_storeu_ps(g.as_mut_ptr().add(i), y);
+        i += 8;
+    }
+    if i < n {
+        let (mut x, mut y) = ([0f32; 8], [0f32; 8]);
+        x[..n - i].copy_from_slice(&g[i..n]);
+        y[..n - i].copy_from_slice(&u[i..n]);
+        _mm256_storeu_ps(x.as_mut_ptr(), eight(_mm256_loadu_ps(x.as_ptr()), _mm256_loadu_ps(y.as_ptr())));
+        g[i..n].copy_from_slice(&x[..n - i]);
+    }
 }
 
 /// The sums of eight vectors' lanes, as the eight lanes of one vector.
