@@ -1,7 +1,7 @@
 """CPU benchmark: prefill and decode speed of one GGUF through ferrolm,
 llama.cpp (its own `llama-bench`, and llama-cpp-python) and HF transformers
-(torch, f32), each in its own process on the same threads, in one run;
-prints the ratios.
+(torch, f32), each in its own process on the same threads, in one run
+(runs alternate between the engines); prints the ratios.
 
     python benchmarks/cpu_bench.py                              # SmolLM2 Q4_1, 128 + 128 tokens, 2 threads
     python benchmarks/cpu_bench.py --engines ferrolm,llama-bench --model Q4_K_M.gguf --runs 5
@@ -125,16 +125,22 @@ def main() -> None:
     print(f"{model} ({size / 2**20:.0f} MiB) | {args.prompt_tokens} + {args.gen_tokens} tokens | "
           f"{args.threads} threads | {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs | "
           f"{time.strftime('%Y-%m-%d')}", flush=True)
+    # Runs alternate between the engines (round 1 of each, then round 2, ...)
+    # so that a slow phase of a shared machine does not fall on one engine.
+    engines = args.engines.split(",")
+    runs: dict[str, list[dict]] = {e: [] for e in engines}
+    for _ in range(args.runs):
+        for engine in [e for e in engines if e in runs]:
+            try:
+                python = pythons.get(engine, sys.executable)
+                runs[engine].append(run_once(python, engine, model, args.threads, args.prompt_tokens,
+                                             args.gen_tokens, args.llama_bin))
+            except Exception as e:  # a peer that is not installed is reported, not fatal
+                print(f"{engine:>10}: skipped ({e})", flush=True)
+                del runs[engine]
     results: dict[str, dict] = {}
-    for engine in args.engines.split(","):
-        try:
-            python = pythons.get(engine, sys.executable)
-            runs = [run_once(python, engine, model, args.threads, args.prompt_tokens, args.gen_tokens, args.llama_bin)
-                    for _ in range(args.runs)]
-        except Exception as e:  # a peer that is not installed is reported, not fatal
-            print(f"{engine:>10}: skipped ({e})", flush=True)
-            continue
-        r = {k: statistics.median(x[k] for x in runs) for k in runs[0]}
+    for engine, rs in runs.items():
+        r = {k: statistics.median(x[k] for x in rs) for k in rs[0]}
         results[engine] = r
         print(f"{engine:>10}: prefill {r['prefill_tps']:8.1f} tok/s | decode {r['decode_tps']:7.1f} tok/s | "
               f"peak RSS {r['peak_rss'] / 2**20:6.0f} MiB", flush=True)
