@@ -249,14 +249,24 @@ fn grouped_rows(
     mut write: impl FnMut(usize, usize, f32),
 ) {
     let mut dots = [[0f32; ROWS]; 4];
+    // Tiles of more than four input rows unpack each group's values once.
+    let unpacked_len = quant::unpacked_len(isa, w.ty, w.group_bytes()).filter(|_| p.rows > 4);
+    let mut pre = vec![0u8; unpacked_len.unwrap_or(0)];
     for tile in (0..p.rows).step_by(TOKEN_TILE) {
         let tile_end = (tile + TOKEN_TILE).min(p.rows);
         for g in rows.start / ROWS..rows.end.div_ceil(ROWS) {
             let group = w.group(g);
+            if unpacked_len.is_some() {
+                quant::unpack_x8(isa, w.ty, group, &mut pre);
+            }
             for t0 in (tile..tile_end).step_by(4) {
                 let n = (tile_end - t0).min(4);
                 let acts: [&[Q8Block]; 4] = std::array::from_fn(|i| p.q8_row(t0 + i.min(n - 1)));
-                quant::dot_x8(isa, w.ty, group, &acts[..n], &mut dots[..n]);
+                if unpacked_len.is_some() {
+                    quant::dot_x8_unpacked(isa, w.ty, group, &pre, &acts[..n], &mut dots[..n]);
+                } else {
+                    quant::dot_x8(isa, w.ty, group, &acts[..n], &mut dots[..n]);
+                }
                 for (i, row) in dots[..n].iter().enumerate() {
                     for (j, &d) in row.iter().enumerate() {
                         write(t0 + i, g * ROWS + j, d);

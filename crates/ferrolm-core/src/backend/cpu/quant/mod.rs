@@ -258,6 +258,63 @@ pub fn dot_x8(isa: Isa, ty: GgmlType, g: &[u8], acts: &[&[Q8Block]], out: &mut [
     }
 }
 
+/// Bytes of a group of `ty` unpacked for [`dot_x8_unpacked`] (`None` for
+/// the types whose kernels read their blocks directly).
+pub fn unpacked_len(isa: Isa, ty: GgmlType, group_bytes: usize) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    if interleaves(isa) {
+        return x86::x8::unpacked_len(ty, group_bytes);
+    }
+    let _ = (isa, ty, group_bytes);
+    None
+}
+
+/// The values of group `g` as bytes (see [`unpacked_len`]), for many
+/// calls of [`dot_x8_unpacked`]: a tile of input rows unpacks each group
+/// once instead of once per four rows.
+pub fn unpack_x8(isa: Isa, ty: GgmlType, g: &[u8], out: &mut [u8]) {
+    let len = unpacked_len(isa, ty, g.len()).expect("an unpacked type");
+    assert!(out.len() >= len, "unpack_x8: output too short");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `unpacked_len` is only Some where AVX2/FMA/F16C were detected.
+    unsafe {
+        x86::x8::unpack(ty, g, out)
+    }
+}
+
+/// [`dot_x8`] with the group's values already unpacked into `pre`
+/// ([`unpack_x8`]): the same results, bit for bit.
+pub fn dot_x8_unpacked(
+    isa: Isa,
+    ty: GgmlType,
+    g: &[u8],
+    pre: &[u8],
+    acts: &[&[Q8Block]],
+    out: &mut [[f32; 8]],
+) {
+    let len = unpacked_len(isa, ty, g.len()).expect("an unpacked type");
+    let blocks = len / 256;
+    assert!(pre.len() >= len && acts.iter().all(|a| a.len() >= blocks) && out.len() >= acts.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! call {
+            ($n:literal, [$($i:literal),*]) => {{
+                let a = [$(acts[$i]),*];
+                let o: &mut [[f32; 8]; $n] = (&mut out[..$n]).try_into().expect("n rows");
+                // SAFETY: AVX2/FMA/F16C were detected (`unpacked_len`); lengths checked above.
+                unsafe { x86::x8::unpacked::<$n>(ty, g, pre, a, o) }
+            }};
+        }
+        match acts.len() {
+            1 => call!(1, [0]),
+            2 => call!(2, [0, 1]),
+            3 => call!(3, [0, 1, 2]),
+            4 => call!(4, [0, 1, 2, 3]),
+            n => panic!("dot_x8_unpacked takes 1 to 4 activation rows, not {n}"),
+        }
+    }
+}
+
 /// `Σ decode(w[i]) * x[i]` of one f16 or bf16 row with f32 activations.
 pub fn dot_half(isa: Isa, ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
     let mut out = [0f32];

@@ -257,6 +257,7 @@ fn fp8_kernels_equal_the_exact_sum_within_f32_rounding() {
 /// Each interleaved kernel against the portable row kernel, row by row, for
 /// one to four activation rows: the same integer block sums, so the two
 /// differ only by the order of float additions (the bound of the row test).
+/// Groups unpacked once give the packed kernels' results bit for bit.
 #[test]
 fn interleaved_groups_match_portable_rows() {
     use crate::formats::{Bytes, PackedTensor};
@@ -273,6 +274,13 @@ fn interleaved_groups_match_portable_rows() {
                 for g in 0..2 {
                     let mut got = [[0f32; 8]; 4];
                     dot_x8(isa, ty, w.group(g), &a, &mut got[..n]);
+                    if let Some(len) = unpacked_len(isa, ty, w.group_bytes()) {
+                        let mut pre = vec![0u8; len];
+                        unpack_x8(isa, ty, w.group(g), &mut pre);
+                        let mut same = [[0f32; 8]; 4];
+                        dot_x8_unpacked(isa, ty, w.group(g), &pre, &a, &mut same[..n]);
+                        assert_eq!(same, got, "{isa:?} {ty} n {n}: unpacked values change the sums");
+                    }
                     for (t, a) in a.iter().enumerate() {
                         for i in 0..8 {
                             let row = &rows[8 * g + i];

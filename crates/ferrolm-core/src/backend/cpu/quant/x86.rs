@@ -498,6 +498,7 @@ pub unsafe fn widen_fp8(w: &[u8], scale: f32, out: &mut [f32]) {
 /// scaled by one instruction each. AVX2 (AVX-512 VNNI CPUs run them too).
 pub mod x8 {
     use super::*;
+    use crate::formats::GgmlType;
 
     #[inline(always)]
     unsafe fn bcast(q: *const i8, chunk: usize) -> __m256i {
@@ -514,41 +515,64 @@ pub mod x8 {
         s
     }
 
+    /// Bytes of a Q4_0/Q4_1 (`MINS`) group block, or Q5_0/Q5_1 (`FIVE`), and
+    /// the offsets of its `qh` words and quants.
+    const fn q4_q5_layout(mins: bool, five: bool) -> (usize, usize, usize) {
+        let units = if mins { 32 } else { 16 };
+        let quants = units + if five { 32 } else { 0 };
+        (quants + 128, units, quants)
+    }
+
+    /// The values of one group block at `p` as eight vectors of bytes: the
+    /// low nibbles of chunks 0..4 (with their fifth bits for `FIVE`), then
+    /// the high ones; vector `c` meets activation chunk `c`.
+    #[inline(always)]
+    unsafe fn q4_q5_values<const MINS: bool, const FIVE: bool>(p: *const u8) -> [__m256i; 8] {
+        let (_, units, quants) = q4_q5_layout(MINS, FIVE);
+        let m4 = _mm256_set1_epi8(15);
+        let mut w = [_mm256_setzero_si256(); 8];
+        // The transposed qh words (see `interleave.rs`): bits c and 4 + c.
+        let qh = if FIVE { load(p.add(units) as *const i8) } else { _mm256_setzero_si256() };
+        for c in 0..4 {
+            let raw = load(p.add(quants + 32 * c) as *const i8);
+            w[c] = _mm256_and_si256(raw, m4);
+            w[4 + c] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+            if FIVE {
+                w[c] = _mm256_or_si256(w[c], move_bit(qh, c as u32, 4));
+                w[4 + c] = _mm256_or_si256(w[4 + c], move_bit(qh, 4 + c as u32, 4));
+            }
+        }
+        w
+    }
+
     /// Q4_0 (x = d (q - 8)), Q4_1 (`MINS`: x = d q + m) and with `FIVE` their
     /// five-bit kin Q5_0 (x = d (q - 16)) and Q5_1: chunks of nibble pairs.
     /// Products of 4-bit and 8-bit values are summed in i16 over the whole
     /// block (8 x 2 x 15 x 128 = 30720 < 32767); 5-bit ones over half
-    /// blocks (4 x 2 x 31 x 127 = 31496).
+    /// blocks (4 x 2 x 31 x 127 = 31496). With `PRE`, the values come from
+    /// `pre` (what [`unpack`] made of `g`, 256 bytes a block) instead of
+    /// being unpacked again: the same sums, bit for bit.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q4_q5<const T: usize, const MINS: bool, const FIVE: bool>(
+    unsafe fn q4_q5<const T: usize, const MINS: bool, const FIVE: bool, const PRE: bool>(
         g: &[u8],
+        pre: &[u8],
         a: [&[Q8Block]; T],
         out: &mut [[f32; 8]; T],
     ) {
-        let units = if MINS { 32 } else { 16 };
-        let quants = units + if FIVE { 32 } else { 0 };
-        let block = quants + 128;
+        let (block, ..) = q4_q5_layout(MINS, FIVE);
         let offset = if FIVE { -16.0 } else { -8.0 };
-        let (m4, ones) = (_mm256_set1_epi8(15), _mm256_set1_epi16(1));
+        let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); T];
         let mut offs = [_mm256_setzero_ps(); T];
         for b in 0..g.len() / block {
             let p = g.as_ptr().add(block * b);
             let d = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
             let m = if MINS { _mm256_cvtph_ps(_mm_loadu_si128(p.add(16) as *const __m128i)) } else { d };
-            // lo[c], then hi[c]: the activation chunks 0..4 and 4..8 they meet.
-            let mut w = [_mm256_setzero_si256(); 8];
-            // The transposed qh words (see `interleave.rs`): bits c and 4 + c.
-            let qh = if FIVE { load(p.add(units) as *const i8) } else { _mm256_setzero_si256() };
-            for c in 0..4 {
-                let raw = load(p.add(quants + 32 * c) as *const i8);
-                w[c] = _mm256_and_si256(raw, m4);
-                w[4 + c] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-                if FIVE {
-                    w[c] = _mm256_or_si256(w[c], move_bit(qh, c as u32, 4));
-                    w[4 + c] = _mm256_or_si256(w[4 + c], move_bit(qh, 4 + c as u32, 4));
-                }
-            }
+            let w = if PRE {
+                std::array::from_fn(|c| load(pre.as_ptr().add(256 * b + 32 * c) as *const i8))
+            } else {
+                q4_q5_values::<MINS, FIVE>(p)
+            };
             for t in 0..T {
                 let y = a[t].get_unchecked(b);
                 let q = y.qs.as_ptr();
@@ -570,20 +594,75 @@ pub mod x8 {
         }
     }
 
+    /// The values of every block of a Q4_0/Q4_1/Q5_0/Q5_1 group as bytes,
+    /// 256 a block, for [`q4_q5`] with `PRE` (a tile of many input rows
+    /// unpacks each group once instead of once per four rows).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack_q4_q5<const MINS: bool, const FIVE: bool>(g: &[u8], out: &mut [u8]) {
+        let (block, ..) = q4_q5_layout(MINS, FIVE);
+        for b in 0..g.len() / block {
+            let w = q4_q5_values::<MINS, FIVE>(g.as_ptr().add(block * b));
+            for (c, w) in w.iter().enumerate() {
+                _mm256_storeu_si256(out[256 * b + 32 * c..].as_mut_ptr() as *mut __m256i, *w);
+            }
+        }
+    }
+
+    /// Bytes [`unpack`] writes for a group of `ty` (`None`: not unpacked).
+    pub fn unpacked_len(ty: GgmlType, group: usize) -> Option<usize> {
+        let five = matches!(ty, GgmlType::Q5_0 | GgmlType::Q5_1);
+        let mins = matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1);
+        let (block, ..) = q4_q5_layout(mins, five);
+        matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1)
+            .then(|| group / block * 256)
+    }
+
+    /// # Safety
+    /// AVX2/FMA/F16C available; `out` holds [`unpacked_len`] bytes.
+    pub unsafe fn unpack(ty: GgmlType, g: &[u8], out: &mut [u8]) {
+        match ty {
+            GgmlType::Q4_0 => unpack_q4_q5::<false, false>(g, out),
+            GgmlType::Q4_1 => unpack_q4_q5::<true, false>(g, out),
+            GgmlType::Q5_0 => unpack_q4_q5::<false, true>(g, out),
+            GgmlType::Q5_1 => unpack_q4_q5::<true, true>(g, out),
+            _ => unreachable!("{ty} groups are not unpacked"),
+        }
+    }
+
+    /// [`q4_q5`] of a group `g` of `ty` with its values in `pre` ([`unpack`]).
+    ///
+    /// # Safety
+    /// AVX2/FMA/F16C available; `pre` is `unpack(ty, g)`; activations cover the blocks.
+    pub unsafe fn unpacked<const T: usize>(
+        ty: GgmlType,
+        g: &[u8],
+        pre: &[u8],
+        a: [&[Q8Block]; T],
+        out: &mut [[f32; 8]; T],
+    ) {
+        match ty {
+            GgmlType::Q4_0 => q4_q5::<T, false, false, true>(g, pre, a, out),
+            GgmlType::Q4_1 => q4_q5::<T, true, false, true>(g, pre, a, out),
+            GgmlType::Q5_0 => q4_q5::<T, false, true, true>(g, pre, a, out),
+            GgmlType::Q5_1 => q4_q5::<T, true, true, true>(g, pre, a, out),
+            _ => unreachable!("{ty} groups are not unpacked"),
+        }
+    }
+
     pub unsafe fn q4_0<const T: usize>(g: &[u8], a: [&[Q8Block]; T], out: &mut [[f32; 8]; T]) {
-        q4_q5::<T, false, false>(g, a, out)
+        q4_q5::<T, false, false, false>(g, &[], a, out)
     }
 
     pub unsafe fn q4_1<const T: usize>(g: &[u8], a: [&[Q8Block]; T], out: &mut [[f32; 8]; T]) {
-        q4_q5::<T, true, false>(g, a, out)
+        q4_q5::<T, true, false, false>(g, &[], a, out)
     }
 
     pub unsafe fn q5_0<const T: usize>(g: &[u8], a: [&[Q8Block]; T], out: &mut [[f32; 8]; T]) {
-        q4_q5::<T, false, true>(g, a, out)
+        q4_q5::<T, false, true, false>(g, &[], a, out)
     }
 
     pub unsafe fn q5_1<const T: usize>(g: &[u8], a: [&[Q8Block]; T], out: &mut [[f32; 8]; T]) {
-        q4_q5::<T, true, true>(g, a, out)
+        q4_q5::<T, true, true, false>(g, &[], a, out)
     }
 
     /// The eight rows' 6-bit scales and mins of a Q4_K/Q5_K super-block from
