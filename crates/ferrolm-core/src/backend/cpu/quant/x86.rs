@@ -505,14 +505,27 @@ pub mod x8 {
         _mm256_set1_epi32((q as *const i32).add(chunk).read_unaligned())
     }
 
-    /// Σ over chunks `cs` of `maddubs(w[c], activation chunk c)` in i16.
+    /// Σ over chunks `cs` (4 or 8 of them) of `maddubs(w[c], activation chunk
+    /// c)` in i16, added as a tree (short dependency chains; integer sums, so
+    /// the order does not change them).
     #[inline(always)]
     unsafe fn sum16(w: &[__m256i], q: *const i8, cs: std::ops::Range<usize>) -> __m256i {
-        let mut s = _mm256_maddubs_epi16(w[cs.start], bcast(q, cs.start));
-        for (c, &w) in w.iter().enumerate().take(cs.end).skip(cs.start + 1) {
-            s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w, bcast(q, c)));
+        let p: [__m256i; 8] = std::array::from_fn(|i| {
+            if i < cs.len() {
+                _mm256_maddubs_epi16(w[cs.start + i], bcast(q, cs.start + i))
+            } else {
+                _mm256_setzero_si256()
+            }
+        });
+        let quad = |i: usize| {
+            _mm256_add_epi16(_mm256_add_epi16(p[i], p[i + 1]), _mm256_add_epi16(p[i + 2], p[i + 3]))
+        };
+        if cs.len() == 4 {
+            quad(0)
+        } else {
+            debug_assert_eq!(cs.len(), 8);
+            _mm256_add_epi16(quad(0), quad(4))
         }
-        s
     }
 
     /// Bytes of a Q4_0/Q4_1 (`MINS`) group block, or Q5_0/Q5_1 (`FIVE`), and
@@ -563,7 +576,6 @@ pub mod x8 {
         let offset = if FIVE { -16.0 } else { -8.0 };
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); T];
-        let mut offs = [_mm256_setzero_ps(); T];
         for b in 0..g.len() / block {
             let p = g.as_ptr().add(block * b);
             let d = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
@@ -582,21 +594,21 @@ pub mod x8 {
                 } else {
                     _mm256_madd_epi16(sum16(&w, q, 0..8), ones)
                 };
-                acc[t] =
-                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, _mm256_set1_ps(y.d)), acc[t]);
                 // Q4_1/Q5_1: + m * d_y * Σq_y; Q4_0/Q5_0: - 8 (16) d * d_y * Σq_y.
                 let k = if MINS { y.d * y.sum as f32 } else { offset * y.d * y.sum as f32 };
-                offs[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(k), offs[t]);
+                let scaled = _mm256_fmadd_ps(m, _mm256_set1_ps(k), acc[t]);
+                acc[t] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, _mm256_set1_ps(y.d)), scaled);
             }
         }
         for t in 0..T {
-            _mm256_storeu_ps(out[t].as_mut_ptr(), _mm256_add_ps(acc[t], offs[t]));
+            _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
         }
     }
 
-    /// The values of every block of a Q4_0/Q4_1/Q5_0/Q5_1 group as bytes,
-    /// 256 a block, for [`q4_q5`] with `PRE` (a tile of many input rows
-    /// unpacks each group once instead of once per four rows).
+    /// The values of every block of a Q5_0/Q5_1 group as bytes, 256 a
+    /// block, for [`q4_q5`] with `PRE` (a tile of many input rows unpacks
+    /// each group once instead of once per four rows).
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn unpack_q4_q5<const MINS: bool, const FIVE: bool>(g: &[u8], out: &mut [u8]) {
         let (block, ..) = q4_q5_layout(MINS, FIVE);
@@ -613,16 +625,15 @@ pub mod x8 {
         let five = matches!(ty, GgmlType::Q5_0 | GgmlType::Q5_1);
         let mins = matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1);
         let (block, ..) = q4_q5_layout(mins, five);
-        matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1)
-            .then(|| group / block * 256)
+        // Q4_0/Q4_1 values cost two instructions a vector to unpack: loading
+        // them back is no faster (measured), so only the five-bit types are.
+        five.then(|| group / block * 256)
     }
 
     /// # Safety
     /// AVX2/FMA/F16C available; `out` holds [`unpacked_len`] bytes.
     pub unsafe fn unpack(ty: GgmlType, g: &[u8], out: &mut [u8]) {
         match ty {
-            GgmlType::Q4_0 => unpack_q4_q5::<false, false>(g, out),
-            GgmlType::Q4_1 => unpack_q4_q5::<true, false>(g, out),
             GgmlType::Q5_0 => unpack_q4_q5::<false, true>(g, out),
             GgmlType::Q5_1 => unpack_q4_q5::<true, true>(g, out),
             _ => unreachable!("{ty} groups are not unpacked"),
@@ -641,8 +652,6 @@ pub mod x8 {
         out: &mut [[f32; 8]; T],
     ) {
         match ty {
-            GgmlType::Q4_0 => q4_q5::<T, false, false, true>(g, pre, a, out),
-            GgmlType::Q4_1 => q4_q5::<T, true, false, true>(g, pre, a, out),
             GgmlType::Q5_0 => q4_q5::<T, false, true, true>(g, pre, a, out),
             GgmlType::Q5_1 => q4_q5::<T, true, true, true>(g, pre, a, out),
             _ => unreachable!("{ty} groups are not unpacked"),
@@ -704,7 +713,6 @@ pub mod x8 {
         let block = qs_at + 1024;
         let (m4, ones) = (_mm256_set1_epi8(15), _mm256_set1_epi16(1));
         let mut acc = [_mm256_setzero_ps(); T];
-        let mut offs = [_mm256_setzero_ps(); T];
         for i in 0..g.len() / block {
             let p = g.as_ptr().add(block * i);
             let d = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
@@ -732,17 +740,14 @@ pub mod x8 {
                     } else {
                         _mm256_madd_epi16(sum16(&w, q, 0..8), ones)
                     };
-                    acc[t] = _mm256_fmadd_ps(
-                        _mm256_cvtepi32_ps(s),
-                        _mm256_mul_ps(dsc, _mm256_set1_ps(y.d)),
-                        acc[t],
-                    );
-                    offs[t] = _mm256_fmadd_ps(dm, _mm256_set1_ps(-y.d * y.sum as f32), offs[t]);
+                    let mins = _mm256_fmadd_ps(dm, _mm256_set1_ps(-y.d * y.sum as f32), acc[t]);
+                    acc[t] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dsc, _mm256_set1_ps(y.d)), mins);
                 }
             }
         }
         for t in 0..T {
-            _mm256_storeu_ps(out[t].as_mut_ptr(), _mm256_add_ps(acc[t], offs[t]));
+            _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
         }
     }
 
@@ -798,17 +803,17 @@ pub mod x8 {
                 for t in 0..T {
                     let y = a[t].get_unchecked(8 * i + k);
                     let q = y.qs.as_ptr();
-                    let half = |cs: std::ops::Range<usize>| {
+                    let half = |c0: usize| {
                         let mut s = _mm256_setzero_si256();
-                        for c in cs {
+                        for c in c0..c0 + 4 {
                             let sy = _mm256_sign_epi8(bcast(q, c), w[c]);
                             s = _mm256_add_epi16(s, _mm256_maddubs_epi16(wabs[c], sy));
                         }
                         s
                     };
                     let s = _mm256_add_epi32(
-                        _mm256_madd_epi16(half(0..4), scales[0]),
-                        _mm256_madd_epi16(half(4..8), scales[1]),
+                        _mm256_madd_epi16(half(0), scales[0]),
+                        _mm256_madd_epi16(half(4), scales[1]),
                     );
                     acc[t] =
                         _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, _mm256_set1_ps(y.d)), acc[t]);
