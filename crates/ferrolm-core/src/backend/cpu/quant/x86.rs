@@ -134,74 +134,51 @@ macro_rules! kernels {
         pub mod $isa {
             use super::*;
 
-            /// Q4_0: `x = d * (q - 8)`.
+            /// Q4_0 (`x = d * (q - 8)`), Q4_1 (`MINS`: `x = d * q + m`) and
+            /// with `FIVE` Q5_0 (`x = d * (q - 16)`) and Q5_1.
             #[target_feature(enable = $features)]
+            unsafe fn q4_q5<const T: usize, const MINS: bool, const FIVE: bool>(
+                w: &[u8],
+                a: [&[Q8Block]; T],
+                out: &mut [f32],
+            ) {
+                // d, then m, then qh, then the quants.
+                let qh = if MINS { 4 } else { 2 };
+                let quants = qh + if FIVE { 4 } else { 0 };
+                let offset = if FIVE { 16 } else { 8 };
+                let sums = two_chains!(w.len() / (quants + 16), i, acc, offs, {
+                    let b = w.as_ptr().add((quants + 16) * i);
+                    let d = f16_at(b);
+                    let q = if FIVE { q5_values(b.add(qh), b.add(quants)) } else { nibbles16(b.add(quants)) };
+                    for t in 0..T {
+                        let y = a[t].get_unchecked(i);
+                        let p = _mm256_cvtepi32_ps($mul_sum(q, load(y.qs.as_ptr())));
+                        let dd = d * y.d;
+                        acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(dd), acc[t]);
+                        if MINS {
+                            offs[t] += f16_at(b.add(2)) * y.d * y.sum as f32;
+                        } else {
+                            offs[t] -= dd * (offset * y.sum) as f32;
+                        }
+                    }
+                });
+                out[..T].copy_from_slice(&sums);
+            }
+
             pub unsafe fn q4_0<const T: usize>(w: &[u8], a: [&[Q8Block]; T], out: &mut [f32]) {
-                let sums = two_chains!(w.len() / 18, i, acc, offs, {
-                    let b = w.as_ptr().add(18 * i);
-                    let d = f16_at(b);
-                    let q = nibbles16(b.add(2));
-                    for t in 0..T {
-                        let y = a[t].get_unchecked(i);
-                        let p = _mm256_cvtepi32_ps($mul_sum(q, load(y.qs.as_ptr())));
-                        let dd = d * y.d;
-                        acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(dd), acc[t]);
-                        offs[t] -= dd * (8 * y.sum) as f32;
-                    }
-                });
-                out[..T].copy_from_slice(&sums);
+                q4_q5::<T, false, false>(w, a, out)
             }
 
-            /// Q4_1: `x = d * q + m`.
-            #[target_feature(enable = $features)]
             pub unsafe fn q4_1<const T: usize>(w: &[u8], a: [&[Q8Block]; T], out: &mut [f32]) {
-                let sums = two_chains!(w.len() / 20, i, acc, offs, {
-                    let b = w.as_ptr().add(20 * i);
-                    let (d, m) = (f16_at(b), f16_at(b.add(2)));
-                    let q = nibbles16(b.add(4));
-                    for t in 0..T {
-                        let y = a[t].get_unchecked(i);
-                        let p = _mm256_cvtepi32_ps($mul_sum(q, load(y.qs.as_ptr())));
-                        acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(d * y.d), acc[t]);
-                        offs[t] += m * y.d * y.sum as f32;
-                    }
-                });
-                out[..T].copy_from_slice(&sums);
+                q4_q5::<T, true, false>(w, a, out)
             }
 
-            /// Q5_0: `x = d * (q - 16)`.
-            #[target_feature(enable = $features)]
             pub unsafe fn q5_0<const T: usize>(w: &[u8], a: [&[Q8Block]; T], out: &mut [f32]) {
-                let sums = two_chains!(w.len() / 22, i, acc, offs, {
-                    let b = w.as_ptr().add(22 * i);
-                    let d = f16_at(b);
-                    let q = q5_values(b.add(2), b.add(6));
-                    for t in 0..T {
-                        let y = a[t].get_unchecked(i);
-                        let p = _mm256_cvtepi32_ps($mul_sum(q, load(y.qs.as_ptr())));
-                        let dd = d * y.d;
-                        acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(dd), acc[t]);
-                        offs[t] -= dd * (16 * y.sum) as f32;
-                    }
-                });
-                out[..T].copy_from_slice(&sums);
+                q4_q5::<T, false, true>(w, a, out)
             }
 
-            /// Q5_1: `x = d * q + m`.
-            #[target_feature(enable = $features)]
             pub unsafe fn q5_1<const T: usize>(w: &[u8], a: [&[Q8Block]; T], out: &mut [f32]) {
-                let sums = two_chains!(w.len() / 24, i, acc, offs, {
-                    let b = w.as_ptr().add(24 * i);
-                    let (d, m) = (f16_at(b), f16_at(b.add(2)));
-                    let q = q5_values(b.add(4), b.add(8));
-                    for t in 0..T {
-                        let y = a[t].get_unchecked(i);
-                        let p = _mm256_cvtepi32_ps($mul_sum(q, load(y.qs.as_ptr())));
-                        acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(d * y.d), acc[t]);
-                        offs[t] += m * y.d * y.sum as f32;
-                    }
-                });
-                out[..T].copy_from_slice(&sums);
+                q4_q5::<T, true, true>(w, a, out)
             }
 
             /// Q8_0: `x = d * q` (signed weights: `|w| * sign(y, w)`).
