@@ -199,19 +199,30 @@ macro_rules! kernels {
                 out[..T].copy_from_slice(&sums);
             }
 
-            /// Q4_K: super-blocks of 256, eight sub-blocks of 32 with 6-bit
-            /// scale and min: `x = d * sc * q - dmin * m`. One step per sub-block.
+            /// Q4_K (and Q5_K with `FIVE`: a fifth bit per value, bit `j` of
+            /// `qh[l]`): super-blocks of 256, eight sub-blocks of 32 with
+            /// 6-bit scale and min: `x = d * sc * q - dmin * m`. One step per
+            /// sub-block.
             #[target_feature(enable = $features)]
-            pub unsafe fn q4_k<const T: usize>(w: &[u8], a: [&[Q8Block]; T], out: &mut [f32]) {
+            unsafe fn q4k_q5k<const T: usize, const FIVE: bool>(
+                w: &[u8],
+                a: [&[Q8Block]; T],
+                out: &mut [f32],
+            ) {
+                let block = if FIVE { 176 } else { 144 };
+                let qs = if FIVE { 48 } else { 16 };
                 let mask = _mm256_set1_epi8(15);
-                let sums = two_chains!(w.len() / 144 * 8, s, acc, offs, {
+                let sums = two_chains!(w.len() / block * 8, s, acc, offs, {
                     let (i, j) = (s / 8, s % 8);
-                    let b = &w[144 * i..144 * (i + 1)];
+                    let b = &w[block * i..block * (i + 1)];
                     let (d, dmin) = (f16_at(b.as_ptr()), f16_at(b.as_ptr().add(2)));
                     // Sub-block j: the low (even j) or high (odd j) nibbles of 32 bytes.
-                    let raw = load(b.as_ptr().add(16 + 32 * (j / 2)) as *const i8);
+                    let raw = load(b.as_ptr().add(qs + 32 * (j / 2)) as *const i8);
                     let raw = if j % 2 == 0 { raw } else { _mm256_srli_epi16(raw, 4) };
-                    let q = _mm256_and_si256(raw, mask);
+                    let mut q = _mm256_and_si256(raw, mask);
+                    if FIVE {
+                        q = _mm256_or_si256(q, move_bit(load(b.as_ptr().add(16) as *const i8), j as u32, 4));
+                    }
                     let (sc, m) = scale_min_k4(j, &b[4..16]);
                     let (dsc, dm) = (d * sc as f32, dmin * m as f32);
                     for t in 0..T {
@@ -224,28 +235,12 @@ macro_rules! kernels {
                 out[..T].copy_from_slice(&sums);
             }
 
-            /// Q5_K: Q4_K with a fifth bit per value (bit `j` of `qh[l]`).
-            #[target_feature(enable = $features)]
+            pub unsafe fn q4_k<const T: usize>(w: &[u8], a: [&[Q8Block]; T], out: &mut [f32]) {
+                q4k_q5k::<T, false>(w, a, out)
+            }
+
             pub unsafe fn q5_k<const T: usize>(w: &[u8], a: [&[Q8Block]; T], out: &mut [f32]) {
-                let mask = _mm256_set1_epi8(15);
-                let sums = two_chains!(w.len() / 176 * 8, s, acc, offs, {
-                    let (i, j) = (s / 8, s % 8);
-                    let b = &w[176 * i..176 * (i + 1)];
-                    let (d, dmin) = (f16_at(b.as_ptr()), f16_at(b.as_ptr().add(2)));
-                    let raw = load(b.as_ptr().add(48 + 32 * (j / 2)) as *const i8);
-                    let raw = if j % 2 == 0 { raw } else { _mm256_srli_epi16(raw, 4) };
-                    let high = move_bit(load(b.as_ptr().add(16) as *const i8), j as u32, 4);
-                    let q = _mm256_or_si256(_mm256_and_si256(raw, mask), high);
-                    let (sc, m) = scale_min_k4(j, &b[4..16]);
-                    let (dsc, dm) = (d * sc as f32, dmin * m as f32);
-                    for t in 0..T {
-                        let y = a[t].get_unchecked(s);
-                        let p = _mm256_cvtepi32_ps($mul_sum(q, load(y.qs.as_ptr())));
-                        acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(dsc * y.d), acc[t]);
-                        offs[t] -= dm * y.d * y.sum as f32;
-                    }
-                });
-                out[..T].copy_from_slice(&sums);
+                q4k_q5k::<T, true>(w, a, out)
             }
 
             /// Q6_K: super-blocks of 256, sixteen sub-blocks of 16 with i8
