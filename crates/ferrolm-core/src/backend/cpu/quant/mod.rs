@@ -293,7 +293,7 @@ pub fn dot_x8_unpacked(
     out: &mut [[f32; 8]],
 ) {
     let len = unpacked_len(isa, ty, g.len()).expect("an unpacked type");
-    let blocks = len / 256;
+    let blocks = if ty == GgmlType::Q6_K { len / 512 } else { len / 256 };
     assert!(pre.len() >= len && acts.iter().all(|a| a.len() >= blocks) && out.len() >= acts.len());
     #[cfg(target_arch = "x86_64")]
     {

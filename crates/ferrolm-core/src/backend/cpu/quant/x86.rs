@@ -582,10 +582,10 @@ pub mod x8 {
     /// block, for [`q4_q5`] with `PRE` (a tile of many input rows unpacks
     /// each group once instead of once per four rows).
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn unpack_q4_q5<const MINS: bool, const FIVE: bool>(g: &[u8], out: &mut [u8]) {
-        let (block, ..) = q4_q5_layout(MINS, FIVE);
+    unsafe fn unpack_q5<const MINS: bool>(g: &[u8], out: &mut [u8]) {
+        let (block, ..) = q4_q5_layout(MINS, true);
         for b in 0..g.len() / block {
-            let w = q4_q5_values::<MINS, FIVE>(g.as_ptr().add(block * b));
+            let w = q4_q5_values::<MINS, true>(g.as_ptr().add(block * b));
             for (c, w) in w.iter().enumerate() {
                 _mm256_storeu_si256(out[256 * b + 32 * c..].as_mut_ptr() as *mut __m256i, *w);
             }
@@ -598,7 +598,11 @@ pub mod x8 {
         let mins = matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1);
         let (block, ..) = q4_q5_layout(mins, five);
         // Q4_0/Q4_1 values cost two instructions a vector to unpack: loading
-        // them back is no faster (measured), so only the five-bit types are.
+        // them back is no faster (measured), so only the five- and six-bit
+        // types are.
+        if ty == GgmlType::Q6_K {
+            return Some(group / 1680 * 8 * 512);
+        }
         five.then(|| group / block * 256)
     }
 
@@ -606,13 +610,15 @@ pub mod x8 {
     /// AVX2/FMA/F16C available; `out` holds [`unpacked_len`] bytes.
     pub unsafe fn unpack(ty: GgmlType, g: &[u8], out: &mut [u8]) {
         match ty {
-            GgmlType::Q5_0 => unpack_q4_q5::<false, true>(g, out),
-            GgmlType::Q5_1 => unpack_q4_q5::<true, true>(g, out),
+            GgmlType::Q5_0 => unpack_q5::<false>(g, out),
+            GgmlType::Q5_1 => unpack_q5::<true>(g, out),
+            GgmlType::Q6_K => unpack_q6_k(g, out),
             _ => unreachable!("{ty} groups are not unpacked"),
         }
     }
 
-    /// [`q4_q5`] of a group `g` of `ty` with its values in `pre` ([`unpack`]).
+    /// [`q4_q5`] or [`q6_k_any`] of a group `g` of `ty` with its values in
+    /// `pre` ([`unpack`]).
     ///
     /// # Safety
     /// AVX2/FMA/F16C available; `pre` is `unpack(ty, g)`; activations cover the blocks.
@@ -624,6 +630,7 @@ pub mod x8 {
         out: &mut [[f32; 8]; T],
     ) {
         match ty {
+            GgmlType::Q6_K => q6_k_any::<T, true>(g, pre, a, out),
             GgmlType::Q5_0 => q4_q5::<T, false, true, true>(g, pre, a, out),
             GgmlType::Q5_1 => q4_q5::<T, true, true, true>(g, pre, a, out),
             _ => unreachable!("{ty} groups are not unpacked"),
@@ -739,35 +746,59 @@ pub mod x8 {
         _mm256_or_si256(_mm256_and_si256(x, _mm256_set1_epi32(0xffff)), _mm256_slli_epi32(x, 16))
     }
 
+    /// The signed values of activation block `k` of the Q6_K super-block at
+    /// `p` (eight vectors, one per activation chunk) and their magnitudes.
+    /// Block `k` (values `32 k..`) is group `k % 4` of half `k / 4` in
+    /// ggml's order: low bits from `ql` chunks `16 h + 8 (k % 2)..` (low
+    /// nibbles for groups 0, 1), high bits from bits `2 g, 2 g + 1` of `qh`
+    /// chunks `8 h..`.
+    #[inline(always)]
+    unsafe fn q6_k_values(p: *const u8, k: usize) -> ([__m256i; 8], [__m256i; 8]) {
+        let (m4, m32, top) = (_mm256_set1_epi8(15), _mm256_set1_epi8(32), _mm256_set1_epi8(0x30));
+        let (h, gi) = (k / 4, k % 4);
+        let (mut w, mut wabs) = ([_mm256_setzero_si256(); 8], [_mm256_setzero_si256(); 8]);
+        for c in 0..8 {
+            let ql = load(p.add(144 + 32 * (16 * h + 8 * (gi % 2) + c)) as *const i8);
+            let low = _mm256_and_si256(if gi < 2 { ql } else { _mm256_srli_epi16(ql, 4) }, m4);
+            let qh = load(p.add(1168 + 32 * (8 * h + c)) as *const i8);
+            let high = if gi < 3 {
+                _mm256_sll_epi16(qh, _mm_cvtsi32_si128(4 - 2 * gi as i32))
+            } else {
+                _mm256_srli_epi16(qh, 2)
+            };
+            w[c] = _mm256_sub_epi8(_mm256_or_si256(low, _mm256_and_si256(high, top)), m32);
+            wabs[c] = _mm256_sign_epi8(w[c], w[c]);
+        }
+        (w, wabs)
+    }
+
     /// Q6_K: `x = d sc (q - 32)` with an i8 scale per 16 values. The signed
     /// values meet the activations as `|w| * sign(y, w)`, summed in i16 per
     /// 16 values (4 x 2 x 32 x 127 = 32512 < 32767) and scaled in `madd`.
-    /// Activation block `k` (values `32 k..`) is group `k % 4` of half
-    /// `k / 4` in ggml's order: low bits from `ql` chunks
-    /// `16 h + 8 (k % 2)..` (low nibbles for groups 0, 1), high bits from
-    /// bits `2 g, 2 g + 1` of `qh` chunks `8 h..`.
+    /// With `PRE`, the values and magnitudes come from `pre` (what
+    /// [`unpack`] made of `g`, 512 bytes an activation block).
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q6_k<const T: usize>(g: &[u8], a: [&[Q8Block]; T], out: &mut [[f32; 8]; T]) {
-        let (m4, m32, top) = (_mm256_set1_epi8(15), _mm256_set1_epi8(32), _mm256_set1_epi8(0x30));
+    unsafe fn q6_k_any<const T: usize, const PRE: bool>(
+        g: &[u8],
+        pre: &[u8],
+        a: [&[Q8Block]; T],
+        out: &mut [[f32; 8]; T],
+    ) {
         let mut acc = [_mm256_setzero_ps(); T];
         for i in 0..g.len() / 1680 {
             let p = g.as_ptr().add(1680 * i);
             let d = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
             for k in 0..8 {
+                let (w, wabs) = if PRE {
+                    let at = pre.as_ptr().add(512 * (8 * i + k));
+                    (
+                        std::array::from_fn(|c| load(at.add(32 * c) as *const i8)),
+                        std::array::from_fn(|c| load(at.add(256 + 32 * c) as *const i8)),
+                    )
+                } else {
+                    q6_k_values(p, k)
+                };
                 let (h, gi) = (k / 4, k % 4);
-                let (mut w, mut wabs) = ([_mm256_setzero_si256(); 8], [_mm256_setzero_si256(); 8]);
-                for c in 0..8 {
-                    let ql = load(p.add(144 + 32 * (16 * h + 8 * (gi % 2) + c)) as *const i8);
-                    let low = _mm256_and_si256(if gi < 2 { ql } else { _mm256_srli_epi16(ql, 4) }, m4);
-                    let qh = load(p.add(1168 + 32 * (8 * h + c)) as *const i8);
-                    let high = if gi < 3 {
-                        _mm256_sll_epi16(qh, _mm_cvtsi32_si128(4 - 2 * gi as i32))
-                    } else {
-                        _mm256_srli_epi16(qh, 2)
-                    };
-                    w[c] = _mm256_sub_epi8(_mm256_or_si256(low, _mm256_and_si256(high, top)), m32);
-                    wabs[c] = _mm256_sign_epi8(w[c], w[c]);
-                }
                 let scales = [
                     i8x8_pairs(p.add(16 + 8 * (8 * h + 2 * gi))),
                     i8x8_pairs(p.add(16 + 8 * (8 * h + 2 * gi + 1))),
@@ -794,6 +825,26 @@ pub mod x8 {
         }
         for t in 0..T {
             _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+        }
+    }
+
+    pub unsafe fn q6_k<const T: usize>(g: &[u8], a: [&[Q8Block]; T], out: &mut [[f32; 8]; T]) {
+        q6_k_any::<T, false>(g, &[], a, out)
+    }
+
+    /// The values and magnitudes of every block of a Q6_K group, 512 bytes
+    /// an activation block, for [`q6_k_any`] with `PRE`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack_q6_k(g: &[u8], out: &mut [u8]) {
+        for i in 0..g.len() / 1680 {
+            for k in 0..8 {
+                let (w, wabs) = q6_k_values(g.as_ptr().add(1680 * i), k);
+                let at = out.as_mut_ptr().add(512 * (8 * i + k));
+                for c in 0..8 {
+                    _mm256_storeu_si256(at.add(32 * c) as *mut __m256i, w[c]);
+                    _mm256_storeu_si256(at.add(256 + 32 * c) as *mut __m256i, wabs[c]);
+                }
+            }
         }
     }
 
