@@ -1,5 +1,6 @@
 //! Single-thread speed of each quantized kernel (one weight matrix of
-//! 1536 x 576 against 1 and 4 activation rows; FP8 against 1 f32 row), for tuning:
+//! 1536 x 576 against 1 and 4 activation rows, as stored, in groups of eight rows
+//! and, for the types prefill unpacks once, unpacked; FP8 against 1 f32 row), for tuning:
 //!
 //!     cargo run --release --example kernel_speed
 
@@ -7,7 +8,8 @@ use std::time::Instant;
 
 use ferrolm_core::backend::cpu::quant::interleave::Interleaved;
 use ferrolm_core::backend::cpu::quant::{
-    dot_fp8, dot_fp8_x4, dot_q8, dot_x8, interleaves, quantize_rows, Isa, Q8Block, INTERLEAVED,
+    dot_fp8, dot_fp8_x4, dot_q8, dot_x8, dot_x8_unpacked, interleaves, quantize_rows, unpack_x8,
+    unpacked_len, Isa, Q8Block, INTERLEAVED,
 };
 use ferrolm_core::formats::GgmlType;
 use ferrolm_core::formats::{Bytes, PackedTensor};
@@ -81,6 +83,22 @@ fn main() {
                     report("groups of 8 rows", n, &mut || {
                         for g in 0..rows / 8 {
                             dot_x8(isa, ty, x8.group(g), &acts[..n], &mut out[..n]);
+                        }
+                    });
+                }
+                // The prefill path of the types unpacked once per tile of input rows.
+                if let Some(len) = unpacked_len(isa, ty, x8.group_bytes()) {
+                    let pre: Vec<Vec<u8>> = (0..rows / 8)
+                        .map(|g| {
+                            let mut v = vec![0u8; len];
+                            unpack_x8(isa, ty, x8.group(g), &mut v);
+                            v
+                        })
+                        .collect();
+                    let mut out = [[0f32; 8]; 4];
+                    report("groups unpacked once", 4, &mut || {
+                        for (g, pre) in pre.iter().enumerate() {
+                            dot_x8_unpacked(isa, ty, x8.group(g), pre, &acts[..4], &mut out);
                         }
                     });
                 }
