@@ -10,12 +10,14 @@ use std::arch::x86_64::*;
 
 /// `exp` of eight values, Cephes' `expf` (a degree-6 polynomial after range
 /// reduction by ln 2, within 2 ulp of the true value over the normal range;
-/// results below 2^-126 are flushed to zero).
+/// results below 2^-126 are flushed to zero, inputs above ln f32::MAX are
+/// clamped there; NaN stays NaN).
 #[inline(always)]
 pub unsafe fn exp8(x: __m256) -> __m256 {
     let lowest = _mm256_set1_ps(-87.336_55); // ln 2^-126
     let underflow = _mm256_cmp_ps(x, lowest, _CMP_LT_OQ);
-    let x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.376_26)), lowest);
+    // min/max return their second operand where one is NaN: x, so NaN passes.
+    let x = _mm256_max_ps(lowest, _mm256_min_ps(_mm256_set1_ps(88.376_26), x));
     let n =
         _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E), _mm256_set1_ps(0.5)));
     // x - n ln 2, with ln 2 split in two so the product's error cancels.
@@ -176,6 +178,8 @@ mod tests {
         let mut z = [0f32; 8];
         unsafe { _mm256_storeu_ps(z.as_mut_ptr(), exp8(_mm256_set1_ps(f32::NEG_INFINITY))) };
         assert_eq!(z, [0.0; 8]);
+        unsafe { _mm256_storeu_ps(z.as_mut_ptr(), exp8(_mm256_set1_ps(f32::NAN))) };
+        assert!(z.iter().all(|v| v.is_nan()), "NaN must stay NaN: {z:?}");
     }
 
     /// Against the same quantities in f64: scores, their max, the sum of

@@ -173,6 +173,8 @@ fn simd_activation_quantization_equals_portable() {
     for (i, v) in x.iter_mut().enumerate().step_by(7) {
         *v = (i % 255) as f32 - 127.0 + 0.5;
     }
+    x[100] = f32::NAN; // quantized to 0 by both
+    x[200] = f32::INFINITY; // a block whose scale is infinite
     let (mut a, mut b) = (vec![Q8Block::default(); 128], vec![Q8Block::default(); 128]);
     quantize_rows(&x, &mut a);
     quantize_rows_portable(&x, &mut b);

@@ -299,7 +299,9 @@ pub unsafe fn quantize_q8(x: &[f32], out: &mut [Q8Block]) {
         let d = amax / 127.0;
         let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
         let q: [__m256i; 4] = std::array::from_fn(|i| {
+            // NaN becomes 0, as `f32 as i8` makes it.
             let y = _mm256_mul_ps(v[i], id);
+            let y = _mm256_and_ps(y, _mm256_cmp_ps(y, y, _CMP_ORD_Q));
             let t = _mm256_round_ps(y, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
             let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(y, t));
             let step = _mm256_and_ps(
