@@ -7,7 +7,8 @@ llama.cpp (its own `llama-bench`, and llama-cpp-python) and HF transformers
     python benchmarks/cpu_bench.py --engines ferrolm,llama-bench --model Q4_K_M.gguf --runs 5
 
 `llama-bench` is llama.cpp's C++ benchmark (no Python between tokens: the
-strictest peer); `../shared/tools/build-llama-cpp` builds it, and
+strictest peer), run twice: the prompt, then decoding at a depth of the
+prompt's length (`-d`), as the other engines decode after their prompt; `../shared/tools/build-llama-cpp` builds it, and
 `--llama-bin` (default `$FERROLM_LLAMA_BIN`, else /tmp/llama.cpp-bin/bin)
 says where it is.
 
@@ -78,11 +79,13 @@ elif engine == "hf":
         decode = time.perf_counter() - t
 elif engine == "llama-bench":
     import subprocess
-    cmd = [os.path.join(os.environ["LLAMA_BIN"], "llama-bench"), "-m", model, "-t", str(threads), "-r", "1",
-           "-p", str(prompt_len), "-n", str(gen), "-o", "json"]
-    tests = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
-    prefill = prompt_len / next(t["avg_ts"] for t in tests if t["n_prompt"] > 0)
-    decode = gen / next(t["avg_ts"] for t in tests if t["n_gen"] > 0)
+    def bench(*args):
+        cmd = [os.path.join(os.environ["LLAMA_BIN"], "llama-bench"), "-m", model, "-t", str(threads), "-r", "1",
+               "-o", "json", *args]
+        return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)[0]["avg_ts"]
+    # Decode after the prompt, as the others decode: at a depth of prompt_len cached positions.
+    prefill = prompt_len / bench("-p", str(prompt_len), "-n", "0")
+    decode = gen / bench("-p", "0", "-n", str(gen), "-d", str(prompt_len))
 else:
     raise SystemExit(f"unknown engine {engine}")
 who = resource.RUSAGE_CHILDREN if engine == "llama-bench" else resource.RUSAGE_SELF
