@@ -102,6 +102,35 @@ fn chunk_partial(
     stats.copy_from_slice(&[max, sum]);
 }
 
+/// [`chunk_partial`] for each of the `group` query heads in `q` (`group *
+/// head_dim` values, one key/value head's group) into `partials` (`group *
+/// (2 + head_dim)`), `scores` scratch of `group` times the chunk. With AVX2
+/// the heads share each load of the keys and values; each head's partial is
+/// [`chunk_partial`]'s bit for bit either way.
+#[inline(always)]
+fn chunk_partials(
+    q: &[f32],
+    group: usize,
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    partials: &mut [f32],
+) {
+    let head_dim = q.len() / group;
+    #[cfg(target_arch = "x86_64")]
+    if head_dim.is_multiple_of(8) && super::quant::x86_simd() {
+        // SAFETY: AVX2/FMA were detected; the lengths are the caller's.
+        return unsafe { super::vmath::chunk_partials(q, group, keys, values, scale, scores, partials) };
+    }
+    let n = scores.len() / group;
+    for ((qh, s), p) in
+        q.chunks_exact(head_dim).zip(scores.chunks_exact_mut(n)).zip(partials.chunks_exact_mut(2 + head_dim))
+    {
+        chunk_partial(qh, keys, values, scale, s, p);
+    }
+}
+
 /// The softmax-weighted values from a row's chunk partials, in chunk order.
 #[inline(always)]
 fn merge<'a>(partials: impl Iterator<Item = &'a [f32]> + Clone, out: &mut [f32]) {
@@ -157,26 +186,36 @@ fn attend_any(
         let n = hi - lo;
         let most_chunks = n.div_ceil(CHUNK) + 1;
         let part = 2 + head_dim;
-        with_spare(2 * n * head_dim + CHUNK + head_dim + most_chunks * part, |spare| {
+        with_spare(2 * n * head_dim + group * CHUNK + head_dim + most_chunks * group * part, |spare| {
             let (keys, rest) = spare.split_at_mut(n * head_dim);
             let (values, rest) = rest.split_at_mut(n * head_dim);
-            let (scores, rest) = rest.split_at_mut(CHUNK);
+            let (scores, rest) = rest.split_at_mut(group * CHUNK);
             let (merged, partials) = rest.split_at_mut(head_dim);
             kv.gather(span.pages, layer, false, head_dim, kvh, lo..hi, keys);
             kv.gather(span.pages, layer, true, head_dim, kvh, lo..hi, values);
             for i in r0..r1 {
                 let row = span.row + i;
                 let (from, to) = (first(span, i), span.start_pos + i + 1);
+                // The group's query heads are side by side in the row.
+                let qg = &q[row * q_width + kvh * group * head_dim..][..group * head_dim];
+                let mut used = 0;
+                for (c, p) in chunks(from, to).zip(partials.chunks_exact_mut(group * part)) {
+                    let (a, b) = ((c.start - lo) * head_dim, (c.end - lo) * head_dim);
+                    chunk_partials(
+                        qg,
+                        group,
+                        &keys[a..b],
+                        &values[a..b],
+                        scale,
+                        &mut scores[..group * c.len()],
+                        p,
+                    );
+                    used += 1;
+                }
                 for g in 0..group {
                     let head = kvh * group + g;
-                    let qh = &q[row * q_width + head * head_dim..][..head_dim];
-                    let mut used = 0;
-                    for (c, p) in chunks(from, to).zip(partials.chunks_exact_mut(part)) {
-                        let (a, b) = ((c.start - lo) * head_dim, (c.end - lo) * head_dim);
-                        chunk_partial(qh, &keys[a..b], &values[a..b], scale, &mut scores[..c.len()], p);
-                        used += 1;
-                    }
-                    merge(partials[..used * part].chunks_exact(part), merged);
+                    let per_chunk = partials[..used * group * part].chunks_exact(group * part);
+                    merge(per_chunk.map(|p| &p[g * part..(g + 1) * part]), merged);
                     for (d, &a) in merged.iter().enumerate() {
                         // SAFETY: each (row, head) belongs to exactly one task.
                         unsafe { out_ptr.write(row * q_width + head * head_dim + d, a) };
@@ -217,16 +256,13 @@ fn attend_split(
     partials.par_chunks_mut(group * part).zip(&tasks).for_each(|(partial, &(i, kvh, j))| {
         let (span, c) = (&spans[i], spans_chunks[i][j].clone());
         let n = c.len();
-        with_spare(2 * n * head_dim + n, |spare| {
+        with_spare(2 * n * head_dim + group * n, |spare| {
             let (keys, rest) = spare.split_at_mut(n * head_dim);
             let (values, scores) = rest.split_at_mut(n * head_dim);
             kv.gather(span.pages, layer, false, head_dim, kvh, c.clone(), keys);
             kv.gather(span.pages, layer, true, head_dim, kvh, c, values);
-            for (g, p) in partial.chunks_exact_mut(part).enumerate() {
-                let head = kvh * group + g;
-                let qh = &q[span.row * q_width + head * head_dim..][..head_dim];
-                chunk_partial(qh, keys, values, scale, scores, p);
-            }
+            let qg = &q[span.row * q_width + kvh * group * head_dim..][..group * head_dim];
+            chunk_partials(qg, group, keys, values, scale, scores, partial);
         });
     });
     let mut base = 0;

@@ -150,6 +150,126 @@ pub unsafe fn chunk_partial(
     }
 }
 
+/// The sums of four vectors' lanes, added in the order [`reduce8`] adds
+/// each of its vectors' (pairs, then pairs of pairs, then the halves).
+#[inline(always)]
+unsafe fn reduce4(a: [__m256; 4]) -> __m128 {
+    let u = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1))
+}
+
+/// [`chunk_partial`] for the `H` query heads of `q` (`H * head_dim`
+/// values) that share these keys and values, each key and value vector
+/// loaded once for the `H` heads: scores four positions at a time, values
+/// 32 dims at a time. Every head's operations are [`chunk_partial`]'s, in
+/// its order, so each head's partial is the same bit for bit.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // indices run over several arrays (heads x positions, heads x dims)
+unsafe fn chunk_partials_h<const H: usize>(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    partials: &mut [f32],
+) {
+    let hd = q.len() / H;
+    let n = scores.len() / H;
+    let part = 2 + hd;
+    let (qp, k, v) = (q.as_ptr(), keys.as_ptr(), values.as_ptr());
+    for p0 in (0..n).step_by(4) {
+        let m = (n - p0).min(4);
+        let mut acc = [[_mm256_setzero_ps(); 4]; H];
+        for d in (0..hd).step_by(8) {
+            let qv: [__m256; H] = std::array::from_fn(|h| _mm256_loadu_ps(qp.add(h * hd + d)));
+            for j in 0..m {
+                let kv = _mm256_loadu_ps(k.add((p0 + j) * hd + d));
+                for h in 0..H {
+                    acc[h][j] = _mm256_fmadd_ps(qv[h], kv, acc[h][j]);
+                }
+            }
+        }
+        for (h, acc) in acc.iter().enumerate() {
+            let mut lanes = [0f32; 4];
+            _mm_storeu_ps(lanes.as_mut_ptr(), _mm_mul_ps(reduce4(*acc), _mm_set1_ps(scale)));
+            scores[h * n + p0..h * n + p0 + m].copy_from_slice(&lanes[..m]);
+        }
+    }
+    for h in 0..H {
+        let s = &mut scores[h * n..(h + 1) * n];
+        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sumv = _mm256_setzero_ps();
+        for p0 in (0..n).step_by(8) {
+            let m = (n - p0).min(8);
+            let mut lanes = [f32::NEG_INFINITY; 8];
+            lanes[..m].copy_from_slice(&s[p0..p0 + m]);
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(lanes.as_ptr()), _mm256_set1_ps(max)));
+            _mm256_storeu_ps(lanes.as_mut_ptr(), e);
+            s[p0..p0 + m].copy_from_slice(&lanes[..m]);
+            sumv = _mm256_add_ps(sumv, e);
+        }
+        partials[h * part..h * part + 2].copy_from_slice(&[max, hsum(sumv)]);
+    }
+    let mut d0 = 0;
+    while d0 < hd {
+        let regs = ((hd - d0) / 8).min(4);
+        let mut acc = [[_mm256_setzero_ps(); 4]; H];
+        for p in 0..n {
+            let vv: [__m256; 4] = std::array::from_fn(|i| {
+                if i < regs {
+                    _mm256_loadu_ps(v.add(p * hd + d0 + 8 * i))
+                } else {
+                    _mm256_setzero_ps()
+                }
+            });
+            for h in 0..H {
+                let ev = _mm256_set1_ps(scores[h * n + p]);
+                for i in 0..regs {
+                    acc[h][i] = _mm256_fmadd_ps(ev, vv[i], acc[h][i]);
+                }
+            }
+        }
+        for (h, acc) in acc.iter().enumerate() {
+            for (i, acc) in acc.iter().enumerate().take(regs) {
+                _mm256_storeu_ps(partials.as_mut_ptr().add(h * part + 2 + d0 + 8 * i), *acc);
+            }
+        }
+        d0 += 8 * regs;
+    }
+}
+
+/// [`chunk_partial`] of every query head of a group (`q`: `group *
+/// head_dim` values; `scores`: `group * n` scratch; `partials`: `group *
+/// (2 + head_dim)`), up to three heads at a time sharing each load of the
+/// keys and values. Each head's partial is the one [`chunk_partial`] gives.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn chunk_partials(
+    q: &[f32],
+    group: usize,
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    partials: &mut [f32],
+) {
+    let hd = q.len() / group;
+    let n = scores.len() / group;
+    debug_assert!(hd.is_multiple_of(8) && keys.len() >= n * hd && values.len() >= n * hd);
+    debug_assert!(partials.len() >= group * (2 + hd));
+    let mut h0 = 0;
+    while h0 < group {
+        let h = (group - h0).min(3);
+        let (q, s, p) =
+            (&q[h0 * hd..(h0 + h) * hd], &mut scores[h0 * n..(h0 + h) * n], &mut partials[h0 * (2 + hd)..]);
+        match h {
+            3 => chunk_partials_h::<3>(q, keys, values, scale, s, p),
+            2 => chunk_partials_h::<2>(q, keys, values, scale, s, p),
+            _ => chunk_partials_h::<1>(q, keys, values, scale, s, p),
+        }
+        h0 += h;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +337,38 @@ mod tests {
                     let want: f64 = (0..n).map(|p| e[p] * v[p * hd + d] as f64).sum();
                     assert!((partial[2 + d] as f64 - want).abs() < 1e-5 * n as f64, "hd {hd} n {n} dim {d}");
                 }
+            }
+        }
+    }
+
+    /// The grouped chunks give each head what one head's chunk gives, bit
+    /// for bit, for groups of 1 to 7 heads (sub-groups of 3, 2 and 1).
+    #[test]
+    fn grouped_partials_equal_one_head_at_a_time() {
+        if !avx2() {
+            return;
+        }
+        let mut seed = 5u32;
+        let mut rand = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+        };
+        for (group, hd, n) in [(1, 64, 64), (2, 8, 5), (3, 64, 13), (4, 96, 64), (7, 128, 3)] {
+            let q: Vec<f32> = (0..group * hd).map(|_| rand()).collect();
+            let k: Vec<f32> = (0..n * hd).map(|_| 3.0 * rand()).collect();
+            let v: Vec<f32> = (0..n * hd).map(|_| rand()).collect();
+            let scale = 1.0 / (hd as f32).sqrt();
+            let (mut scores, mut got) = (vec![0f32; group * n], vec![0f32; group * (2 + hd)]);
+            unsafe { chunk_partials(&q, group, &k, &v, scale, &mut scores, &mut got) };
+            for h in 0..group {
+                let (mut s, mut want) = (vec![0f32; n], vec![0f32; 2 + hd]);
+                unsafe { chunk_partial(&q[h * hd..(h + 1) * hd], &k, &v, scale, &mut s, &mut want) };
+                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&got[h * (2 + hd)..(h + 1) * (2 + hd)]),
+                    bits(&want),
+                    "group {group} head {h} n {n}"
+                );
             }
         }
     }
