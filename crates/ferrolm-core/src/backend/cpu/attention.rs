@@ -80,11 +80,6 @@ fn chunk_partial(
     partial: &mut [f32],
 ) {
     let head_dim = qh.len();
-    #[cfg(target_arch = "x86_64")]
-    if head_dim.is_multiple_of(8) && super::quant::x86_simd() {
-        // SAFETY: AVX2/FMA were detected; the lengths are the caller's.
-        return unsafe { super::vmath::chunk_partial(qh, keys, values, scale, scores, partial) };
-    }
     for (s, k) in scores.iter_mut().zip(keys.chunks_exact(head_dim)) {
         *s = dot_f32(qh, k) * scale;
     }

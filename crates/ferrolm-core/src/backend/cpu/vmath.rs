@@ -58,19 +58,6 @@ pub unsafe fn silu_mul(g: &mut [f32], u: &[f32]) {
     }
 }
 
-/// The sums of eight vectors' lanes, as the eight lanes of one vector.
-#[inline(always)]
-unsafe fn reduce8(a: [__m256; 8]) -> __m256 {
-    let t = [
-        _mm256_hadd_ps(a[0], a[1]),
-        _mm256_hadd_ps(a[2], a[3]),
-        _mm256_hadd_ps(a[4], a[5]),
-        _mm256_hadd_ps(a[6], a[7]),
-    ];
-    let (u0, u1) = (_mm256_hadd_ps(t[0], t[1]), _mm256_hadd_ps(t[2], t[3]));
-    _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31))
-}
-
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -78,91 +65,20 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
 }
 
-#[inline(always)]
-unsafe fn hmax(v: __m256) -> f32 {
-    let s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_max_ss(s, _mm_shuffle_ps(s, s, 1)))
-}
-
-/// One chunk's share of a softmax (see `attention::chunk_partial`, which
-/// this computes for head dims that are whole vectors): scores eight
-/// positions at a time, their exponentials eight at a time, and the
-/// weighted values summed in registers, 64 dims at a time, in position order.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn chunk_partial(
-    qh: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    scale: f32,
-    scores: &mut [f32],
-    partial: &mut [f32],
-) {
-    let hd = qh.len();
-    let n = scores.len();
-    debug_assert!(hd.is_multiple_of(8) && keys.len() >= n * hd && values.len() >= n * hd);
-    debug_assert!(partial.len() >= 2 + hd);
-    let (q, k, v) = (qh.as_ptr(), keys.as_ptr(), values.as_ptr());
-    let mut maxv = _mm256_set1_ps(f32::NEG_INFINITY);
-    for p0 in (0..n).step_by(8) {
-        let m = (n - p0).min(8);
-        let mut acc = [_mm256_setzero_ps(); 8];
-        for d in (0..hd).step_by(8) {
-            let qv = _mm256_loadu_ps(q.add(d));
-            for (j, acc) in acc.iter_mut().enumerate().take(m) {
-                *acc = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k.add((p0 + j) * hd + d)), *acc);
-            }
-        }
-        let s = _mm256_mul_ps(reduce8(acc), _mm256_set1_ps(scale));
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), s);
-        scores[p0..p0 + m].copy_from_slice(&lanes[..m]);
-        lanes[m..].fill(f32::NEG_INFINITY);
-        maxv = _mm256_max_ps(maxv, _mm256_loadu_ps(lanes.as_ptr()));
-    }
-    let max = hmax(maxv);
-    let mut sumv = _mm256_setzero_ps();
-    for p0 in (0..n).step_by(8) {
-        let m = (n - p0).min(8);
-        let mut lanes = [f32::NEG_INFINITY; 8];
-        lanes[..m].copy_from_slice(&scores[p0..p0 + m]);
-        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(lanes.as_ptr()), _mm256_set1_ps(max)));
-        _mm256_storeu_ps(lanes.as_mut_ptr(), e);
-        scores[p0..p0 + m].copy_from_slice(&lanes[..m]);
-        sumv = _mm256_add_ps(sumv, e);
-    }
-    let (stats, out) = partial.split_at_mut(2);
-    stats.copy_from_slice(&[max, hsum(sumv)]);
-    let mut d0 = 0;
-    while d0 < hd {
-        let regs = ((hd - d0) / 8).min(8);
-        let mut acc = [_mm256_setzero_ps(); 8];
-        for (p, &e) in scores.iter().enumerate() {
-            let ev = _mm256_set1_ps(e);
-            for (i, acc) in acc.iter_mut().enumerate().take(regs) {
-                *acc = _mm256_fmadd_ps(ev, _mm256_loadu_ps(v.add(p * hd + d0 + 8 * i)), *acc);
-            }
-        }
-        for (i, acc) in acc.iter().enumerate().take(regs) {
-            _mm256_storeu_ps(out.as_mut_ptr().add(d0 + 8 * i), *acc);
-        }
-        d0 += 8 * regs;
-    }
-}
-
-/// The sums of four vectors' lanes, added in the order [`reduce8`] adds
-/// each of its vectors' (pairs, then pairs of pairs, then the halves).
+/// The sums of four vectors' lanes (pairs, then pairs of pairs, then the
+/// two halves), as the four lanes of one vector.
 #[inline(always)]
 unsafe fn reduce4(a: [__m256; 4]) -> __m128 {
     let u = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
     _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1))
 }
 
-/// [`chunk_partial`] for the `H` query heads of `q` (`H * head_dim`
-/// values) that share these keys and values, each key and value vector
-/// loaded once for the `H` heads: scores four positions at a time, values
-/// 32 dims at a time. Every head's operations are [`chunk_partial`]'s, in
-/// its order, so each head's partial is the same bit for bit.
+/// `attention::chunk_partial` for the `H` query heads of `q` (`H *
+/// head_dim` values) that share these keys and values, each key and value
+/// vector loaded once for the `H` heads: scores four positions at a time,
+/// their exponentials eight at a time, the weighted values summed in
+/// registers 32 dims at a time in position order. No head's operations
+/// depend on the others, so a head's partial is the same in any group.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // indices run over several arrays (heads x positions, heads x dims)
 unsafe fn chunk_partials_h<const H: usize>(
@@ -238,10 +154,10 @@ unsafe fn chunk_partials_h<const H: usize>(
     }
 }
 
-/// [`chunk_partial`] of every query head of a group (`q`: `group *
+/// `attention::chunk_partial` of every query head of a group (`q`: `group *
 /// head_dim` values; `scores`: `group * n` scratch; `partials`: `group *
 /// (2 + head_dim)`), up to three heads at a time sharing each load of the
-/// keys and values. Each head's partial is the one [`chunk_partial`] gives.
+/// keys and values. Each head's partial is the one it gets alone.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn chunk_partials(
     q: &[f32],
@@ -322,7 +238,7 @@ mod tests {
                 let v: Vec<f32> = (0..n * hd).map(|_| rand()).collect();
                 let (mut scores, mut partial) = (vec![0f32; n], vec![0f32; 2 + hd]);
                 let scale = 1.0 / (hd as f32).sqrt();
-                unsafe { chunk_partial(&q, &k, &v, scale, &mut scores, &mut partial) };
+                unsafe { chunk_partials(&q, 1, &k, &v, scale, &mut scores, &mut partial) };
                 let s: Vec<f64> = (0..n)
                     .map(|p| (0..hd).map(|d| q[d] as f64 * k[p * hd + d] as f64).sum::<f64>() * scale as f64)
                     .collect();
@@ -341,8 +257,8 @@ mod tests {
         }
     }
 
-    /// The grouped chunks give each head what one head's chunk gives, bit
-    /// for bit, for groups of 1 to 7 heads (sub-groups of 3, 2 and 1).
+    /// The grouped chunks give each head what it gets alone, bit for bit,
+    /// for groups of 1 to 7 heads (sub-groups of 3, 2 and 1).
     #[test]
     fn grouped_partials_equal_one_head_at_a_time() {
         if !avx2() {
@@ -362,7 +278,7 @@ mod tests {
             unsafe { chunk_partials(&q, group, &k, &v, scale, &mut scores, &mut got) };
             for h in 0..group {
                 let (mut s, mut want) = (vec![0f32; n], vec![0f32; 2 + hd]);
-                unsafe { chunk_partial(&q[h * hd..(h + 1) * hd], &k, &v, scale, &mut s, &mut want) };
+                unsafe { chunk_partials(&q[h * hd..(h + 1) * hd], 1, &k, &v, scale, &mut s, &mut want) };
                 let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
                 assert_eq!(
                     bits(&got[h * (2 + hd)..(h + 1) * (2 + hd)]),

@@ -502,6 +502,20 @@ pub mod x8 {
         }
     }
 
+    /// A block's integer sums for eight rows (i32 lanes): eight chunks'
+    /// products in i16, all at once for 4-bit values, in two halves for
+    /// 5-bit ones (whose eight would overflow i16).
+    #[inline(always)]
+    unsafe fn block_sum<const FIVE: bool>(w: &[__m256i; 8], q: *const i8) -> __m256i {
+        let ones = _mm256_set1_epi16(1);
+        if FIVE {
+            let low = _mm256_madd_epi16(sum16(w, q, 0..4), ones);
+            _mm256_add_epi32(low, _mm256_madd_epi16(sum16(w, q, 4..8), ones))
+        } else {
+            _mm256_madd_epi16(sum16(w, q, 0..8), ones)
+        }
+    }
+
     /// Bytes of a Q4_0/Q4_1 (`MINS`) group block, or Q5_0/Q5_1 (`FIVE`), and
     /// the offsets of its `qh` words and quants.
     const fn q4_q5_layout(mins: bool, five: bool) -> (usize, usize, usize) {
@@ -548,7 +562,6 @@ pub mod x8 {
     ) {
         let (block, ..) = q4_q5_layout(MINS, FIVE);
         let offset = if FIVE { -16.0 } else { -8.0 };
-        let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); T];
         for b in 0..g.len() / block {
             let p = g.as_ptr().add(block * b);
@@ -562,12 +575,7 @@ pub mod x8 {
             for t in 0..T {
                 let y = a[t].get_unchecked(b);
                 let q = y.qs.as_ptr();
-                let s = if FIVE {
-                    let low = _mm256_madd_epi16(sum16(&w, q, 0..4), ones);
-                    _mm256_add_epi32(low, _mm256_madd_epi16(sum16(&w, q, 4..8), ones))
-                } else {
-                    _mm256_madd_epi16(sum16(&w, q, 0..8), ones)
-                };
+                let s = block_sum::<FIVE>(&w, q);
                 // Q4_1/Q5_1: + m * d_y * Σq_y; Q4_0/Q5_0: - 8 (16) d * d_y * Σq_y.
                 let k = if MINS { y.d * y.sum as f32 } else { offset * y.d * y.sum as f32 };
                 let scaled = _mm256_fmadd_ps(m, _mm256_set1_ps(k), acc[t]);
@@ -692,7 +700,7 @@ pub mod x8 {
     ) {
         let qs_at = if FIVE { 384 } else { 128 };
         let block = qs_at + 1024;
-        let (m4, ones) = (_mm256_set1_epi8(15), _mm256_set1_epi16(1));
+        let m4 = _mm256_set1_epi8(15);
         let mut acc = [_mm256_setzero_ps(); T];
         for i in 0..g.len() / block {
             let p = g.as_ptr().add(block * i);
@@ -715,12 +723,7 @@ pub mod x8 {
                 for t in 0..T {
                     let y = a[t].get_unchecked(8 * i + j);
                     let q = y.qs.as_ptr();
-                    let s = if FIVE {
-                        let low = _mm256_madd_epi16(sum16(&w, q, 0..4), ones);
-                        _mm256_add_epi32(low, _mm256_madd_epi16(sum16(&w, q, 4..8), ones))
-                    } else {
-                        _mm256_madd_epi16(sum16(&w, q, 0..8), ones)
-                    };
+                    let s = block_sum::<FIVE>(&w, q);
                     let mins = _mm256_fmadd_ps(dm, _mm256_set1_ps(-y.d * y.sum as f32), acc[t]);
                     acc[t] =
                         _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dsc, _mm256_set1_ps(y.d)), mins);
